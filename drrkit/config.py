@@ -1,0 +1,18 @@
+"""Tuning knobs in one place."""
+
+from __future__ import annotations
+
+import os
+
+#: CUDA block shape (x = detector columns, y = rows) for the ray-marching kernels.
+CUDA_BLOCK = (32, 8)
+
+
+def cpu_threads() -> int:
+    """Threads for the Numba backend: ``DRRKIT_NUM_THREADS`` or Numba's default."""
+    import numba
+
+    value = os.environ.get("DRRKIT_NUM_THREADS")
+    if value:
+        return max(1, min(int(value), numba.config.NUMBA_NUM_THREADS))
+    return numba.config.NUMBA_NUM_THREADS

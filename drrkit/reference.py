@@ -1,0 +1,67 @@
+"""Plain, slow, obviously correct NumPy references the fast backends are tested against.
+
+Same ray rule as :mod:`drrkit._cpu` (clip to the voxel box, equal pieces no longer than
+``step``, midpoint trilinear samples with edge clamping), in float64, one ray at a time.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def trilinear(data: np.ndarray, index: np.ndarray) -> float:
+    """Sample (Z, Y, X) ``data`` at continuous index (i, j, k), clamped to voxel centres."""
+    shape_xyz = np.array(data.shape[::-1])
+    x = np.clip(index, 0, shape_xyz - 1)
+    lo = np.minimum(np.floor(x).astype(int), np.maximum(shape_xyz - 2, 0))
+    hi = np.minimum(lo + 1, shape_xyz - 1)
+    f = x - lo
+    value = 0.0
+    for corner in range(8):
+        pick = [(corner >> a) & 1 for a in range(3)]
+        ijk = [hi[a] if pick[a] else lo[a] for a in range(3)]
+        weight = np.prod([f[a] if pick[a] else 1 - f[a] for a in range(3)])
+        value += weight * data[ijk[2], ijk[1], ijk[0]]
+    return float(value)
+
+
+def clip_ray(origin: np.ndarray, direction: np.ndarray, shape_xyz) -> tuple[float, float]:
+    """Parameter range [a0, a1] (a >= 0) where ``origin + a direction`` is in the voxel box."""
+    a0, a1 = 0.0, math.inf
+    for axis in range(3):
+        lo, hi = -0.5, shape_xyz[axis] - 0.5
+        if direction[axis] == 0:
+            if not lo <= origin[axis] <= hi:
+                return 0.0, -1.0
+            continue
+        ta = (lo - origin[axis]) / direction[axis]
+        tb = (hi - origin[axis]) / direction[axis]
+        a0, a1 = max(a0, min(ta, tb)), min(a1, max(ta, tb))
+    return a0, a1
+
+
+def render_reference(volume, geometry, step: float) -> np.ndarray:
+    """(K, H, W) float64 line integrals in the same rule as the fast backends. Slow."""
+    w2i = volume.world_to_index
+    metric = volume.index_to_world[:3, :3]
+    out = np.zeros(geometry.shape)
+    data = np.asarray(volume.data, dtype=np.float64)
+    for k in range(len(geometry)):
+        source = w2i[:3, :3] @ geometry.sources[k] + w2i[:3, 3]
+        for r in range(geometry.height):
+            for c in range(geometry.width):
+                pixel = (geometry.detector_origins[k] + c * geometry.u[k]
+                         + r * geometry.v[k])
+                d = w2i[:3, :3] @ pixel + w2i[:3, 3] - source
+                length = np.linalg.norm(metric @ d)
+                a0, a1 = clip_ray(source, d, volume.shape_xyz)
+                if not a1 > a0:
+                    continue
+                chord = (a1 - a0) * length
+                n = max(1, math.ceil(chord / step))
+                total = sum(trilinear(data, source + (a0 + (m + 0.5) * (a1 - a0) / n) * d)
+                            for m in range(n))
+                out[k, r, c] = total * chord / n
+    return out
