@@ -1,0 +1,121 @@
+"""Volumes: exact geometry through file formats, HU conversion, resampling."""
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+import drrkit
+from drrkit import DrrkitError, Volume, load_volume
+from tests.drrkit.conftest import random_rotation
+
+
+def oblique_volume(rng) -> Volume:
+    """Anisotropic spacing, a rotated and flipped direction, values in HU."""
+    direction = random_rotation(7) @ np.diag([1.0, -1.0, -1.0])
+    data = rng.integers(-1000, 2000, size=(5, 6, 7)).astype(np.float32)
+    return Volume(data, spacing=[0.7, 0.9, 2.5], origin=[-12.5, 30.0, 4.25], direction=direction)
+
+
+def test_index_world_round_trip(rng):
+    vol = oblique_volume(rng)
+    index = rng.random((20, 3)) * 5
+    np.testing.assert_allclose(vol.world_to_voxel(vol.voxel_to_world(index)), index, atol=1e-10)
+    np.testing.assert_allclose(vol.index_to_world @ vol.world_to_index, np.eye(4), atol=1e-12)
+    # voxel (i, j, k) is data[k, j, i]
+    i, j, k = 3, 1, 4
+    world = vol.origin + vol.direction @ (vol.spacing * [i, j, k])
+    np.testing.assert_allclose(vol.voxel_to_world([i, j, k]), world)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"])
+def test_file_formats_keep_geometry(tmp_path, rng, suffix):
+    vol = oblique_volume(rng)
+    path = tmp_path / f"ct{suffix}"
+    vol.save(path)
+    back = load_volume(path, units="mu")
+    np.testing.assert_allclose(back.spacing, vol.spacing, rtol=1e-6)
+    np.testing.assert_allclose(back.origin, vol.origin, atol=1e-4)
+    np.testing.assert_allclose(back.direction, vol.direction, atol=1e-5)
+    np.testing.assert_array_equal(back.data, vol.data)
+
+
+def test_dicom_series_folder(tmp_path, rng):
+    vol = Volume(rng.integers(-1000, 1500, size=(4, 8, 9)).astype(np.int16),
+                 spacing=[0.8, 0.8, 2.0], origin=[-100, -90, 50])
+    image = vol.to_sitk()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for z in range(image.GetDepth()):
+        sl = image[:, :, z]
+        sl.SetMetaData("0020|0032", "\\".join(map(str, image.TransformIndexToPhysicalPoint((0, 0, z)))))
+        sl.SetMetaData("0020|0037", "1\\0\\0\\0\\1\\0")
+        sl.SetMetaData("0020|0013", str(z))
+        sl.SetMetaData("0008|0060", "CT")
+        sl.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.1")
+        sl.SetMetaData("0028|1052", "0")
+        sl.SetMetaData("0028|1053", "1")
+        writer.SetFileName(str(tmp_path / f"slice{z:03d}.dcm"))
+        writer.Execute(sl)
+    back = load_volume(tmp_path, units="hu")
+    np.testing.assert_allclose(back.spacing, vol.spacing, rtol=1e-5)
+    np.testing.assert_allclose(back.origin, vol.origin, atol=1e-3)
+    np.testing.assert_allclose(back.data, drrkit.hu_to_mu(vol.data), rtol=1e-6)
+
+
+def test_hu_to_mu():
+    mu = drrkit.hu_to_mu(np.array([-1000.0, -2000.0, 0.0, 1000.0]))
+    np.testing.assert_allclose(mu, [0, 0, drrkit.MU_WATER, 2 * drrkit.MU_WATER], rtol=1e-6)
+    assert mu.dtype == np.float32
+    np.testing.assert_allclose(drrkit.hu_to_mu(np.array([0.0]), mu_water=0.02), [0.02])
+
+
+def test_nan_voxels_warn_and_become_air(tmp_path):
+    data = np.zeros((3, 3, 3), np.float32)
+    data[1, 1, 1] = np.nan
+    Volume(data).save(tmp_path / "nan.nrrd")
+    with pytest.warns(UserWarning, match="non-finite"):
+        vol = load_volume(tmp_path / "nan.nrrd")
+    assert np.isfinite(vol.data).all() and vol.data[1, 1, 1] == 0
+    with pytest.raises(DrrkitError, match="non-finite"):
+        load_volume(tmp_path / "nan.nrrd", nan="raise")
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(DrrkitError, match="no such file"):
+        load_volume(tmp_path / "missing.nii.gz")
+    (tmp_path / "empty.nii.gz").write_bytes(b"")
+    with pytest.raises(DrrkitError, match="empty"):
+        load_volume(tmp_path / "empty.nii.gz")
+    (tmp_path / "junk.nii.gz").write_bytes(b"not an image at all" * 10)
+    with pytest.raises(DrrkitError, match="cannot read"):
+        load_volume(tmp_path / "junk.nii.gz")
+    sitk.WriteImage(sitk.Image(4, 5, sitk.sitkFloat32), str(tmp_path / "flat.nrrd"))
+    with pytest.raises(DrrkitError, match="2-D"):
+        load_volume(tmp_path / "flat.nrrd")
+    with pytest.raises(DrrkitError, match="units"):
+        load_volume(tmp_path / "flat.nrrd", units="kelvin")
+    with pytest.raises(DrrkitError, match="spacing"):
+        Volume(np.zeros((2, 2, 2)), spacing=[1, 0, 1])
+    with pytest.raises(DrrkitError, match="3-D"):
+        Volume(np.zeros((2, 2)))
+
+
+def test_resample_isotropic_keeps_world_positions(rng):
+    # a linear ramp in world x is reproduced exactly by linear resampling, inside the box
+    direction = random_rotation(3)
+    vol = Volume(np.zeros((12, 10, 8), np.float32), spacing=[1.5, 0.5, 2.0], origin=[1, 2, 3],
+                 direction=direction)
+    k, j, i = np.meshgrid(*(np.arange(n) for n in vol.data.shape), indexing="ij")
+    world = vol.voxel_to_world(np.stack([i, j, k], -1).astype(float))
+    vol = vol.with_data((world[..., 0] * 0.1).astype(np.float32))
+    iso = drrkit.resample_isotropic(vol, 1.0)
+    np.testing.assert_allclose(iso.spacing, 1.0)
+    np.testing.assert_allclose(iso.direction, direction, atol=1e-6)
+    np.testing.assert_allclose(iso.center, vol.center, atol=1e-6)
+    kk, jj, ii = np.meshgrid(*(np.arange(1, n - 1) for n in iso.data.shape), indexing="ij")
+    idx = np.stack([ii, jj, kk], -1).astype(float)
+    inner = vol.world_to_voxel(iso.voxel_to_world(idx))
+    ok = np.all((inner >= 0) & (inner <= np.array(vol.shape_xyz) - 1), axis=-1)
+    expected = iso.voxel_to_world(idx)[..., 0] * 0.1
+    got = iso.data[1:-1, 1:-1, 1:-1]
+    np.testing.assert_allclose(got[ok], expected[ok], atol=1e-4)
