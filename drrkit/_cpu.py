@@ -8,8 +8,9 @@ holds a plain NumPy copy the tests compare against):
    volume is the box ``[-0.5, n - 0.5]`` along each axis, and ``t`` is the world
    distance from the source in mm.
 2. The ray is clipped to the box analytically (slab method) to ``[t0, t1]``, t0 >= 0.
-3. The chord is cut into ``N = ceil((t1 - t0) / step)`` equal pieces of length
-   ``h = (t1 - t0) / N <= step`` mm; the volume is sampled at each piece's midpoint
+3. The chord is cut into ``N = ceil((t1 - t0) / step - 1e-3)`` equal pieces of length
+   ``h = (t1 - t0) / N`` mm (at most ``step``, give or take 0.1 % of a piece: the slack
+   keeps a chord of exactly N steps from tipping into N + 1 through rounding); the volume is sampled at each piece's midpoint
    with trilinear interpolation (coordinates clamped to the voxel centres, i.e.
    edge voxels extend to the box faces) and the line integral is ``h * sum``.
 """
@@ -23,8 +24,35 @@ import numpy as np
 
 from drrkit import config
 
+#: Slack in the piece count, so a chord of exactly N steps is not cut into N + 1.
+PIECE_SLACK = 1e-3
 
-@numba.njit(parallel=True, fastmath=True, cache=True, error_model="numpy", nogil=True)
+
+_JIT = dict(fastmath=True, cache=True, error_model="numpy", nogil=True)
+
+
+@numba.njit(inline="always", **_JIT)
+def _clip_axis(s, d, hi, a0, a1):  # pragma: no cover - compiled
+    """Narrow [a0, a1] to where ``s + a d`` lies in [-0.5, hi] along one axis."""
+    if d != 0:
+        inv = np.float32(1.0) / d
+        ta = (np.float32(-0.5) - s) * inv
+        tb = (hi - s) * inv
+        return max(a0, min(ta, tb)), min(a1, max(ta, tb))
+    if s < np.float32(-0.5) or s > hi:
+        return a0, np.float32(-1.0)
+    return a0, a1
+
+
+@numba.njit(inline="always", **_JIT)
+def _clip(s0, s1, s2, d0, d1, d2, hix, hiy, hiz):  # pragma: no cover - compiled
+    """Ray parameter range [a0, a1], a0 >= 0, inside the voxel box (empty when a1 <= a0)."""
+    a0, a1 = _clip_axis(s0, d0, hix, np.float32(0.0), np.float32(3.0e38))
+    a0, a1 = _clip_axis(s1, d1, hiy, a0, a1)
+    return _clip_axis(s2, d2, hiz, a0, a1)
+
+
+@numba.njit(parallel=True, **_JIT)
 def _march(vol, rays, height, width, step, out):  # pragma: no cover - compiled
     """Line integrals of ``vol`` along every pixel's ray.
 
@@ -43,7 +71,6 @@ def _march(vol, rays, height, width, step, out):  # pragma: no cover - compiled
     oz = sz if nz > 1 else 0
     mx, my, mz = max(nx - 2, 0), max(ny - 2, 0), max(nz - 2, 0)
     hx, hy, hz = np.float32(nx - 1), np.float32(ny - 1), np.float32(nz - 1)
-    lox, loy, loz = np.float32(-0.5), np.float32(-0.5), np.float32(-0.5)
     hix, hiy, hiz = np.float32(nx - 0.5), np.float32(ny - 0.5), np.float32(nz - 0.5)
     n_views = rays.shape[0]
     zero = np.float32(0.0)
@@ -52,48 +79,27 @@ def _march(vol, rays, height, width, step, out):  # pragma: no cover - compiled
         r = line - k * height
         s0, s1, s2 = rays[k, 0], rays[k, 1], rays[k, 2]
         metric = rays[k, 12:21]
+        rf = np.float32(r)
+        e0 = rays[k, 3] + rf * rays[k, 9] - s0
+        e1 = rays[k, 4] + rf * rays[k, 10] - s1
+        e2 = rays[k, 5] + rf * rays[k, 11] - s2
         for c in range(width):
-            # direction in index space (not normalised)
-            d0 = rays[k, 3] + c * rays[k, 6] + r * rays[k, 9] - s0
-            d1 = rays[k, 4] + c * rays[k, 7] + r * rays[k, 10] - s1
-            d2 = rays[k, 5] + c * rays[k, 8] + r * rays[k, 11] - s2
+            cf = np.float32(c)
+            # direction in index space (not normalised): pixel centre minus source
+            d0 = e0 + cf * rays[k, 6]
+            d1 = e1 + cf * rays[k, 7]
+            d2 = e2 + cf * rays[k, 8]
             # world length of the index-space vector d: |d|_mm = sqrt(d^T G d)
             g0 = metric[0] * d0 + metric[1] * d1 + metric[2] * d2
             g1 = metric[3] * d0 + metric[4] * d1 + metric[5] * d2
             g2 = metric[6] * d0 + metric[7] * d1 + metric[8] * d2
             length_mm = math.sqrt(d0 * g0 + d1 * g1 + d2 * g2)
-            # slab clipping in the ray parameter a (point = s + a d), a >= 0
-            a0 = zero
-            a1 = np.float32(3.0e38)
-            if d0 != 0:
-                inv = np.float32(1.0) / d0
-                ta = (lox - s0) * inv
-                tb = (hix - s0) * inv
-                a0 = max(a0, min(ta, tb))
-                a1 = min(a1, max(ta, tb))
-            elif s0 < lox or s0 > hix:
-                a1 = -np.float32(1.0)
-            if d1 != 0:
-                inv = np.float32(1.0) / d1
-                ta = (loy - s1) * inv
-                tb = (hiy - s1) * inv
-                a0 = max(a0, min(ta, tb))
-                a1 = min(a1, max(ta, tb))
-            elif s1 < loy or s1 > hiy:
-                a1 = -np.float32(1.0)
-            if d2 != 0:
-                inv = np.float32(1.0) / d2
-                ta = (loz - s2) * inv
-                tb = (hiz - s2) * inv
-                a0 = max(a0, min(ta, tb))
-                a1 = min(a1, max(ta, tb))
-            elif s2 < loz or s2 > hiz:
-                a1 = -np.float32(1.0)
+            a0, a1 = _clip(s0, s1, s2, d0, d1, d2, hix, hiy, hiz)
             if not a1 > a0:
                 out[k, r, c] = zero
                 continue
             chord_mm = (a1 - a0) * length_mm
-            n = max(1, int(math.ceil(chord_mm / step)))
+            n = max(1, int(math.ceil(chord_mm / step - np.float32(PIECE_SLACK))))
             da = (a1 - a0) / n
             h_mm = chord_mm / n
             # first sample at the midpoint of the first piece
@@ -104,10 +110,12 @@ def _march(vol, rays, height, width, step, out):  # pragma: no cover - compiled
             q1 = da * d1
             q2 = da * d2
             acc = zero
-            for m in range(n):
-                x = min(max(p0 + m * q0, zero), hx)
-                y = min(max(p1 + m * q1, zero), hy)
-                z = min(max(p2 + m * q2, zero), hz)
+            mf = zero
+            for _ in range(n):
+                x = min(max(p0 + mf * q0, zero), hx)
+                y = min(max(p1 + mf * q1, zero), hy)
+                z = min(max(p2 + mf * q2, zero), hz)
+                mf += np.float32(1.0)
                 i = min(int(x), mx)
                 j = min(int(y), my)
                 kk = min(int(z), mz)
@@ -123,6 +131,91 @@ def _march(vol, rays, height, width, step, out):  # pragma: no cover - compiled
                 c1 = c01 + fy * (c11 - c01)
                 acc += c0 + fz * (c1 - c0)
             out[k, r, c] = acc * h_mm
+
+
+@numba.njit(parallel=True, **_JIT)
+def _march_joseph(vol, rays, height, width, out):  # pragma: no cover - compiled
+    """Joseph's method: one bilinear sample per slice of the ray's dominant index axis.
+
+    For a ray whose index-space direction is largest along axis A, the box is cut into
+    the slabs ``|x_A - m| <= 0.5`` of the voxel-centre planes ``x_A = m``; the sample at
+    the plane crossing (bilinear in the other two axes, edge-clamped) is weighted by the
+    ray's length in mm inside that slab (only the entry and exit slabs are partial).
+
+    Args: as :func:`_march`, without ``step``.
+    """
+    shape = vol.shape
+    flat = vol.reshape(-1)
+    n_views = rays.shape[0]
+    zero = np.float32(0.0)
+    half = np.float32(0.5)
+    hix = np.float32(shape[2] - 0.5)
+    hiy = np.float32(shape[1] - 0.5)
+    hiz = np.float32(shape[0] - 0.5)
+    for line in numba.prange(n_views * height):
+        k = line // height
+        r = line - k * height
+        src = (rays[k, 0], rays[k, 1], rays[k, 2])
+        metric = rays[k, 12:21]
+        rf = np.float32(r)
+        e0 = rays[k, 3] + rf * rays[k, 9] - src[0]
+        e1 = rays[k, 4] + rf * rays[k, 10] - src[1]
+        e2 = rays[k, 5] + rf * rays[k, 11] - src[2]
+        for c in range(width):
+            cf = np.float32(c)
+            d0 = e0 + cf * rays[k, 6]
+            d1 = e1 + cf * rays[k, 7]
+            d2 = e2 + cf * rays[k, 8]
+            g0 = metric[0] * d0 + metric[1] * d1 + metric[2] * d2
+            g1 = metric[3] * d0 + metric[4] * d1 + metric[5] * d2
+            g2 = metric[6] * d0 + metric[7] * d1 + metric[8] * d2
+            length_mm = math.sqrt(d0 * g0 + d1 * g1 + d2 * g2)
+            a0, a1 = _clip(src[0], src[1], src[2], d0, d1, d2, hix, hiy, hiz)
+            if not a1 > a0:
+                out[k, r, c] = zero
+                continue
+            # axis A = dominant, B and C the others; index axis 0 = i (x, stride 1)
+            ax, ay, az = abs(d0), abs(d1), abs(d2)
+            if ax >= ay and ax >= az:
+                sa, da, sb, db, sc, dc = src[0], d0, src[1], d1, src[2], d2
+                na, nb, nc = shape[2], shape[1], shape[0]
+                stride_a, stride_b, stride_c = 1, shape[2], shape[2] * shape[1]
+            elif ay >= az:
+                sa, da, sb, db, sc, dc = src[1], d1, src[0], d0, src[2], d2
+                na, nb, nc = shape[1], shape[2], shape[0]
+                stride_a, stride_b, stride_c = shape[2], 1, shape[2] * shape[1]
+            else:
+                sa, da, sb, db, sc, dc = src[2], d2, src[0], d0, src[1], d1
+                na, nb, nc = shape[0], shape[2], shape[1]
+                stride_a, stride_b, stride_c = shape[2] * shape[1], 1, shape[2]
+            off_b = stride_b if nb > 1 else 0
+            off_c = stride_c if nc > 1 else 0
+            top_b, top_c = np.float32(nb - 1), np.float32(nc - 1)
+            last_b, last_c = max(nb - 2, 0), max(nc - 2, 0)
+            xa0 = sa + a0 * da
+            xa1 = sa + a1 * da
+            lo = min(xa0, xa1)
+            hi = max(xa0, xa1)
+            m_first = max(int(math.floor(lo + half)), 0)
+            m_last = min(int(math.floor(hi + half)), na - 1)
+            inv = np.float32(1.0) / da
+            mm_per_slice = length_mm * abs(inv)
+            acc = zero
+            for m in range(m_first, m_last + 1):
+                mf = np.float32(m)
+                weight = min(mf + half, hi) - max(mf - half, lo)
+                t = (mf - sa) * inv
+                xb = min(max(sb + t * db, zero), top_b)
+                xc = min(max(sc + t * dc, zero), top_c)
+                ib = min(int(xb), last_b)
+                ic = min(int(xc), last_c)
+                fb = xb - ib
+                fc = xc - ic
+                base = m * stride_a + ib * stride_b + ic * stride_c
+                v0 = flat[base] + fb * (flat[base + off_b] - flat[base])
+                v1 = flat[base + off_c] + fb * (flat[base + off_c + off_b] - flat[base + off_c])
+                acc += weight * (v0 + fc * (v1 - v0))
+            out[k, r, c] = acc * mm_per_slice
 
 
 def prepare_rays(volume, geometry) -> np.ndarray:
@@ -147,8 +240,8 @@ def prepare_rays(volume, geometry) -> np.ndarray:
     return rays.astype(np.float32)
 
 
-def render_cpu(volume, geometry, step: float) -> np.ndarray:
-    """(K, H, W) float32 line integrals; see the module docstring for the rule."""
+def render_cpu(volume, geometry, step: float, method: str = "trilinear") -> np.ndarray:
+    """(K, H, W) float32 line integrals by ``method`` "trilinear" (module docstring) or "joseph"."""
     data = np.ascontiguousarray(volume.data, dtype=np.float32)
     rays = prepare_rays(volume, geometry)
     out = np.empty(geometry.shape, dtype=np.float32)
@@ -156,7 +249,10 @@ def render_cpu(volume, geometry, step: float) -> np.ndarray:
     previous = numba.get_num_threads()
     numba.set_num_threads(threads)
     try:
-        _march(data, rays, geometry.height, geometry.width, np.float32(step), out)
+        if method == "joseph":
+            _march_joseph(data, rays, geometry.height, geometry.width, out)
+        else:
+            _march(data, rays, geometry.height, geometry.width, np.float32(step), out)
     finally:
         numba.set_num_threads(previous)
     return out

@@ -10,6 +10,8 @@ import math
 
 import numpy as np
 
+from drrkit._cpu import PIECE_SLACK
+
 
 def trilinear(data: np.ndarray, index: np.ndarray) -> float:
     """Sample (Z, Y, X) ``data`` at continuous index (i, j, k), clamped to voxel centres."""
@@ -60,8 +62,37 @@ def render_reference(volume, geometry, step: float) -> np.ndarray:
                 if not a1 > a0:
                     continue
                 chord = (a1 - a0) * length
-                n = max(1, math.ceil(chord / step))
+                n = max(1, math.ceil(chord / step - PIECE_SLACK))
                 total = sum(trilinear(data, source + (a0 + (m + 0.5) * (a1 - a0) / n) * d)
                             for m in range(n))
                 out[k, r, c] = total * chord / n
+    return out
+
+
+def render_reference_joseph(volume, geometry) -> np.ndarray:
+    """(K, H, W) float64 Joseph line integrals (see :func:`drrkit._cpu._march_joseph`). Slow."""
+    w2i = volume.world_to_index
+    metric = volume.index_to_world[:3, :3]
+    shape_xyz = np.array(volume.shape_xyz)
+    data = np.asarray(volume.data, dtype=np.float64)
+    out = np.zeros(geometry.shape)
+    for k in range(len(geometry)):
+        source = w2i[:3, :3] @ geometry.sources[k] + w2i[:3, 3]
+        for r in range(geometry.height):
+            for c in range(geometry.width):
+                pixel = geometry.detector_origins[k] + c * geometry.u[k] + r * geometry.v[k]
+                d = w2i[:3, :3] @ pixel + w2i[:3, 3] - source
+                a0, a1 = clip_ray(source, d, shape_xyz)
+                if not a1 > a0:
+                    continue
+                axis = int(np.argmax(np.abs(d)))
+                lo, hi = sorted([source[axis] + a0 * d[axis], source[axis] + a1 * d[axis]])
+                mm_per_slice = np.linalg.norm(metric @ d) / abs(d[axis])
+                total = 0.0
+                for m in range(max(math.floor(lo + 0.5), 0),
+                               min(math.floor(hi + 0.5), shape_xyz[axis] - 1) + 1):
+                    weight = min(m + 0.5, hi) - max(m - 0.5, lo)
+                    point = source + (m - source[axis]) / d[axis] * d
+                    total += weight * trilinear(data, point)
+                out[k, r, c] = total * mm_per_slice
     return out

@@ -16,6 +16,7 @@ from drrkit.geometry import Geometry
 from drrkit.volume import Volume
 
 BACKENDS = ("auto", "cpu", "cuda")
+METHODS = ("trilinear", "joseph")
 OUTPUTS = ("integral", "intensity")
 
 
@@ -63,6 +64,7 @@ def render(
     step: float | None = None,
     *,
     output: str = "integral",
+    method: str = "trilinear",
     **cuda_options,
 ) -> np.ndarray:
     """Render K digitally reconstructed radiographs.
@@ -76,6 +78,9 @@ def render(
             pieces no longer than this.
         output: "integral" for line integrals of mu (dimensionless), "intensity" for
             transmitted fraction ``exp(-integral)``.
+        method: "trilinear" (samples every ``step`` mm, the rule in :mod:`drrkit._cpu`) or
+            "joseph" (one bilinear sample per slice of the ray's dominant axis, Joseph
+            1982; CPU only; ``step`` does not apply).
         cuda_options: passed to the CUDA backend (e.g. ``sampling="texture"``).
 
     Returns:
@@ -88,6 +93,10 @@ def render(
         raise DrrkitError("geometry must be a drrkit.Geometry (see drrkit.circular_orbit)")
     if output not in OUTPUTS:
         raise DrrkitError(f"unknown output {output!r}; choose one of {', '.join(OUTPUTS)}")
+    if method not in METHODS:
+        raise DrrkitError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if method == "joseph" and step is not None:
+        raise DrrkitError("method 'joseph' samples once per slice; do not pass a step")
     step = _check_step(volume, step)
     if not np.all(np.isfinite(volume.data)):
         raise DrrkitError("the volume has non-finite voxels (NaN or inf)")
@@ -97,8 +106,10 @@ def render(
             raise DrrkitError(f"options {sorted(cuda_options)} apply to backend 'cuda' only")
         from drrkit._cpu import render_cpu
 
-        image = render_cpu(volume, geometry, step)
+        image = render_cpu(volume, geometry, step, method)
     else:
+        if method != "trilinear":
+            raise DrrkitError(f"method {method!r} runs on backend 'cpu' only")
         from drrkit.cuda import render_cuda
 
         image = render_cuda(volume, geometry, step, **cuda_options)
@@ -114,6 +125,7 @@ def render_labels(
     values=None,
     backend: str = "auto",
     step: float | None = None,
+    method: str = "trilinear",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-label path lengths: how many mm of each label every ray crosses.
 
@@ -124,7 +136,7 @@ def render_labels(
         labels: integer label volume (Z, Y, X) with its geometry; 0 is background.
         geometry: K views of H x W pixels.
         values: labels to project (default: every non-zero label present, ascending).
-        backend, step: as :func:`render`.
+        backend, step, method: as :func:`render`.
 
     Returns:
         (K, L, H, W) float32 path lengths in mm, and the (L,) label values.
@@ -141,5 +153,5 @@ def render_labels(
     out = np.zeros((len(geometry), len(values), geometry.height, geometry.width), np.float32)
     for index, value in enumerate(values):
         mask = labels.with_data((data == value).astype(np.float32))
-        out[:, index] = render(mask, geometry, backend=backend, step=step)
+        out[:, index] = render(mask, geometry, backend=backend, step=step, method=method)
     return out, values
