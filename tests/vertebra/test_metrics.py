@@ -1,0 +1,212 @@
+"""VerSe identification rate and localisation error, the paper's variant, and `vertebra evaluate`."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import drrkit
+from drrkit.errors import DrrkitError
+from vertebra.cli import app
+from vertebra.data import write_centroids
+from vertebra.metrics import evaluate, pool
+
+SPINE = {lab: np.array([0.0, 0.0, -25.0 * n]) for n, lab in enumerate(range(14, 26))}  # T7..L6
+
+
+def shifted(points, offset):
+    return {k: np.asarray(v) + offset for k, v in points.items()}
+
+
+def test_perfect_prediction():
+    r = evaluate(shifted(SPINE, [1.0, 0, 0]), SPINE)
+    assert r["id_rate"] == 1.0 and r["identified"] == r["n_gt"] == 12
+    assert r["l_error"] == pytest.approx(1.0) and r["n_without_prediction"] == 0
+    assert r["misses"] == [] and r["false_positives"] == [] and r["unmatched_predictions"] == []
+    assert r["regions"]["thoracic"]["n_gt"] == 6 and r["regions"]["lumbar"]["n_gt"] == 6
+    assert math.isnan(r["regions"]["cervical"]["id_rate"])
+    assert r["id_rate_per_prediction"] == 1.0
+
+
+def test_missing_predictions_count_against_verse_but_not_the_paper_variant():
+    pred = {k: v for k, v in SPINE.items() if k not in (24, 25)}
+    r = evaluate(pred, SPINE)
+    assert r["id_rate"] == pytest.approx(10 / 12)
+    assert r["misses"] == [24, 25] and r["n_without_prediction"] == 2
+    assert r["l_error"] == 0.0 and r["n_localized"] == 10
+    assert r["regions"]["lumbar"]["id_rate"] == pytest.approx(4 / 6)
+    assert r["regions"]["lumbar"]["n_without_prediction"] == 2
+    assert r["id_rate_per_prediction"] == 1.0  # the denominator is the 10 predictions
+
+
+def test_extra_predictions_are_false_positives():
+    pred = dict(SPINE)
+    pred[1] = np.array([0.0, 0.0, 400.0])  # a far C1 that the ground truth does not have
+    r = evaluate(pred, SPINE)
+    assert r["id_rate"] == 1.0 and r["false_positives"] == [1]
+    assert r["unmatched_predictions"] == [1]
+    assert r["id_rate_per_prediction"] == pytest.approx(12 / 13)
+    assert r["n_far_predictions"] == 1
+
+
+def test_off_by_one_labels():
+    pred = {k + 1 if k < 25 else 28: v for k, v in SPINE.items()}  # every label one too low
+    pred.pop(28)
+    r = evaluate(pred, SPINE)
+    assert r["id_rate"] == 0.0 and r["hits"] == []
+    # each ground truth is 25 mm from its same-label prediction (the neighbour's position)
+    assert r["l_error"] == pytest.approx(25.0)
+    assert r["n_without_prediction"] == 1  # T7 (14): no prediction carries it
+    assert r["vertebrae"][15]["closest_label"] == 16 and r["vertebrae"][15]["closest_distance"] == 0
+    assert r["id_rate_per_prediction"] == 0.0
+
+
+def test_closest_prediction_rule():
+    gt = {20: np.zeros(3), 21: np.array([0, 0, -30.0])}
+    # the right L1 is 8 mm away, but a wrongly labelled prediction sits 3 mm away: a miss
+    pred = {20: np.array([8.0, 0, 0]), 22: np.array([0, 3.0, 0]), 21: np.array([0, 0, -30.0])}
+    r = evaluate(pred, gt)
+    assert r["hits"] == [21] and r["misses"] == [20]
+    assert r["vertebrae"][20]["distance"] == pytest.approx(8.0)
+    assert r["vertebrae"][20]["closest_label"] == 22
+    assert r["l_error"] == pytest.approx(4.0)  # (8 + 0) / 2: distance to the same label
+    assert r["false_positives"] == [22]
+
+
+def test_radius_is_strict():
+    gt = {20: np.zeros(3)}
+    assert evaluate({20: [20.0, 0, 0]}, gt)["id_rate"] == 0.0
+    assert evaluate({20: [19.999, 0, 0]}, gt)["id_rate"] == 1.0
+    assert evaluate({20: [20.0, 0, 0]}, gt)["l_error"] == pytest.approx(20.0)
+    assert evaluate({20: [20.0, 0, 0]}, gt, radius_mm=25)["id_rate"] == 1.0
+
+
+def test_t13_l6_regions_and_ignored_labels():
+    gt = {19: [0, 0, 0], 28: [0, 0, -25], 20: [0, 0, -50], 25: [0, 0, -75], 26: [0, 0, -100]}
+    pred = {19: [0, 0, 0], 28: [0, 0, -25], 20: [0, 0, -50], 25: [0, 0, -75], 27: [0, 0, -120]}
+    r = evaluate(pred, gt)
+    assert r["n_gt"] == 4 and r["id_rate"] == 1.0
+    assert r["regions"]["thoracic"]["n_gt"] == 2 and r["regions"]["lumbar"]["n_gt"] == 2
+    assert r["vertebrae"][28]["name"] == "T13" and r["vertebrae"][25]["name"] == "L6"
+    assert r["ignored_labels"] == [26, 27]
+
+
+def test_empty_inputs():
+    r = evaluate({}, SPINE)
+    assert r["id_rate"] == 0.0 and r["n_without_prediction"] == 12 and math.isnan(r["l_error"])
+    assert math.isnan(r["id_rate_per_prediction"])
+    r = evaluate(SPINE, {})
+    assert math.isnan(r["id_rate"]) and r["false_positives"] == sorted(SPINE)
+    assert r["id_rate_per_prediction"] == 0.0
+
+
+def test_pool_counts_vertebrae_not_scans():
+    a = evaluate(SPINE, SPINE)                                   # 12 / 12
+    b = evaluate({20: [0, 0, 0]}, {20: [0, 0, 0], 21: [0, 0, -30]})  # 1 / 2
+    p = pool([a, b])
+    assert p["n_scans"] == 2 and p["n_gt"] == 14 and p["identified"] == 13
+    assert p["id_rate"] == pytest.approx(13 / 14) and p["n_without_prediction"] == 1
+    assert p["id_rate_per_prediction"] == 1.0
+    with pytest.raises(DrrkitError):
+        pool([])
+
+
+@pytest.mark.parametrize(
+    "pred, gt, match",
+    [([1, 2], SPINE, "mapping"), ({20: [np.nan, 0, 0]}, SPINE, "finite"),
+     ({20: [0, 0]}, SPINE, "3 numbers"), ({"L1": [0, 0, 0]}, SPINE, "not an integer"),
+     ({20: [0, 0, 0], "20": [0, 0, 1]}, SPINE, "more than once")],
+)
+def test_bad_input(pred, gt, match):
+    with pytest.raises(DrrkitError, match=match):
+        evaluate(pred, gt)
+    with pytest.raises(DrrkitError, match="radius"):
+        evaluate(SPINE, SPINE, radius_mm=0)
+
+
+# ---------------------------------------------------------------------- CLI
+@pytest.fixture()
+def files(tmp_path):
+    direction = np.array([[0, 0, 1], [0, -1, 0], [-1, 0, 0]], float)
+    ct = drrkit.Volume(np.zeros((30, 20, 10), np.float32), spacing=(0.9, 1.2, 3.0),
+                       origin=(5.0, 10.0, -200.0), direction=direction)
+    ct.save(tmp_path / "ct.nii.gz")
+    base = ct.center
+    gt = {19: base + [0, 0, 25], 20: base, 21: base + [0, 0, -25]}
+    pred = {19: base + [0, 0, 26], 20: base + [0, 2, 0], 22: base + [0, 0, -24]}
+    write_centroids(tmp_path / "gt.json", gt, ct)
+    write_centroids(tmp_path / "pred.json", pred, ct)
+    write_centroids(tmp_path / "gt19.json", gt, ct, format="verse19")
+    write_centroids(tmp_path / "pred19.json", pred, ct, format="verse19")
+    return tmp_path
+
+
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_cli_evaluate_json_matches_the_api(files):
+    res = run("evaluate", files / "pred.json", files / "gt.json", "--image", files / "ct.nii.gz",
+              "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["hits"] == [19, 20] and out["misses"] == [21] and out["false_positives"] == [22]
+    assert out["id_rate"] == pytest.approx(2 / 3)
+    assert out["l_error"] == pytest.approx(1.5, abs=1e-2)  # (1 + 2) / 2; L2 has no prediction
+    assert out["n_without_prediction"] == 1
+    # the 2019 format needs no image: distances are in mm already
+    res19 = run("evaluate", files / "pred19.json", files / "gt19.json", "--format", "verse19",
+                "--json")
+    assert res19.exit_code == 0, res19.output
+    assert json.loads(res19.stdout)["l_error"] == pytest.approx(out["l_error"], abs=1e-2)
+
+
+def test_cli_evaluate_table(files):
+    res = run("evaluate", files / "pred.json", files / "gt.json", "--image", files / "ct.nii.gz")
+    assert res.exit_code == 0, res.output
+    assert "thoracic" in res.stdout and "lumbar" in res.stdout and "66.67" in res.stdout
+    assert "misses: L2" in res.stdout and "paper-code variant" in res.stdout
+
+
+def test_cli_help_lists_evaluate():
+    res = run("--help")
+    assert res.exit_code == 0 and "evaluate" in res.stdout
+
+
+@pytest.mark.parametrize(
+    "make_args, match",
+    [(lambda d: ["evaluate", d / "missing.json", d / "gt.json", "--image", d / "ct.nii.gz"],
+      "no such centroid file"),
+     (lambda d: ["evaluate", d / "pred.json", d / "gt.json"], "need --image"),
+     (lambda d: ["evaluate", d / "pred.json", d / "gt.json", "--image", d / "nope.nii.gz"],
+      "no such image"),
+     (lambda d: ["evaluate", d / "pred.json", d / "gt.json", "--format", "v3"],
+      "unknown format"),
+     (lambda d: ["evaluate", d / "bad.json", d / "gt.json", "--image", d / "ct.nii.gz"],
+      "not valid JSON"),
+     (lambda d: ["evaluate", d / "pred.json", d / "gt.json", "--image", d / "ct.nii.gz",
+                 "--radius", "-1"], "radius"),
+     (lambda d: ["evaluate", d / "nohead.json", d / "gt.json", "--image", d / "ct.nii.gz"],
+      "pass --direction"),
+     (lambda d: ["evaluate", d / "pred19.json", d / "lps19.json", "--format", "verse19"],
+      "different orientations")],
+)
+def test_cli_bad_input_is_one_line_exit_2(files, make_args, match):
+    (files / "bad.json").write_text("{oops")
+    (files / "nohead.json").write_text('[{"label": 20, "X": 1, "Y": 2, "Z": 3}]')
+    (files / "lps19.json").write_text('[{"direction": "LPS"}, {"label": 20, "X": 1, "Y": 2, "Z": 3}]')
+    res = run(*make_args(files))
+    assert res.exit_code == 2, res.output
+    assert res.stderr.startswith("error: ") and match in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in res.output
+
+
+def test_cli_direction_option_for_headerless_files(files):
+    (files / "nohead.json").write_text('[{"label": 20, "X": 1, "Y": 2, "Z": 3}]')
+    res = run("evaluate", files / "nohead.json", files / "gt.json", "--image",
+              files / "ct.nii.gz", "--direction", "PIR", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["n_pred"] == 1
