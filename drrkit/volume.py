@@ -224,9 +224,14 @@ def _read_sitk(path: Path):
 
 
 def _first_line(error: Exception) -> str:
+    import re
+
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    useful = [line for line in lines if "ERROR" not in line and not line.startswith("sitk::")]
-    return (useful or lines or ["unknown error"])[-1][:200]
+    # drop ITK's "Exception thrown in ... .cxx:99:" line and "sitk::ERROR:" / "ITK ERROR:
+    # Class(0x...):" prefixes, keep the reason
+    useful = [re.sub(r"^(sitk::ERROR:|ITK ERROR:)\s*(\w+\(0x[0-9a-fA-F]+\):\s*)?", "", line)
+              for line in lines if not line.startswith("Exception thrown in")]
+    return " ".join(useful or lines or ["unknown error"])[:200]
 
 
 def load_volume(
