@@ -466,5 +466,57 @@ def _info(ct: Path | None, phantom: bool) -> None:
         typer.echo(f"{label + ':':<{width}} {text}")
 
 
+# ---------------------------------------------------------------------- bench
+BENCH_SAMPLINGS = {"all": None,
+                   "global": (("global", "float32"), ("global", "float16")),
+                   "texture": (("texture", "float32"), ("texture", "float16"))}
+
+
+@app.command()
+def bench(
+    backend: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    scenes: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated scene names (default: the backend's standard "
+                          "scenes): ct256-512, ct512x400-1024, ct256-200.",
+                     show_default=False),
+    ] = None,
+    json_path: Annotated[
+        Path | None,
+        typer.Option("--json", help="Also write the rows, versions and hardware as JSON here.",
+                     show_default=False),
+    ] = None,
+    sampling: Annotated[
+        str, typer.Option(help="CUDA configurations: all, global or texture.")
+    ] = "all",
+    repeats: Annotated[
+        int | None,
+        typer.Option(help="Timed renders per configuration (default 20 on the GPU, 5 on "
+                          "the CPU).", show_default=False),
+    ] = None,
+    warmup: Annotated[int, typer.Option(help="Untimed renders before timing.")] = 2,
+) -> None:
+    """Time the standard scenes: ms per view, views/s and G samples/s.
+
+    On the GPU, also the fraction of a measured texture-filtering floor.
+
+    Examples: drrkit bench --backend cpu; drrkit bench --backend cuda --json bench.json
+    """
+    with _cli_errors():
+        from drrkit import bench as benchmarks
+        from drrkit.errors import DrrkitError
+        from drrkit.render import resolve_backend
+
+        configs = BENCH_SAMPLINGS[_check_choice("sampling", sampling, tuple(BENCH_SAMPLINGS))]
+        if (repeats is not None and repeats < 1) or warmup < 0:
+            raise DrrkitError("--repeats must be at least 1 and --warmup at least 0")
+        chosen = resolve_backend(backend.strip().lower())
+        names = [s.strip() for s in scenes.split(",") if s.strip()] if scenes else None
+        rows = benchmarks.run_bench(chosen, names, configs, repeats, warmup)
+        typer.echo(benchmarks.format_table(rows))
+        if json_path is not None:
+            typer.echo(f"wrote {benchmarks.write_json(rows, json_path, chosen)}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
