@@ -24,6 +24,7 @@ __all__ = [
     "FORMATS",
     "CentroidFile",
     "ImageGrid",
+    "SpinePhantom",
     "VerseCase",
     "VerseDataset",
     "axcodes",
@@ -31,9 +32,22 @@ __all__ = [
     "image_grid",
     "index_verse",
     "load_centroid_file",
+    "make_spine_phantom",
     "read_centroids",
     "reorientation",
+    "save_phantom",
     "verse_to_world",
     "world_to_verse",
     "write_centroids",
+    "write_phantoms",
 ]
+
+_PHANTOM = ("SpinePhantom", "make_spine_phantom", "save_phantom", "write_phantoms")
+
+
+def __getattr__(name):  # lazy: the phantom generator loads Numba
+    if name in _PHANTOM:
+        from vertebra.data import phantom
+
+        return getattr(phantom, name)
+    raise AttributeError(f"module 'vertebra.data' has no attribute {name!r}")

@@ -1,0 +1,628 @@
+"""Synthetic spine CTs in HU with VerSe-style ground truth.
+
+:func:`make_spine_phantom` builds a random but anatomically ordered spine from a seed:
+vertebral bodies with a cortical shell and trabecular core, pedicles, laminae, spinous,
+transverse and articular processes, discs, the atlas ring and the dens, ribs on the
+thoracic levels (floating at the last two), sternum, clavicles and scapulae, sacrum,
+coccyx, pelvis and femora below the lumbar spine, the skull base and mandible above C1,
+lungs, airway, bowel gas and a trunk with subcutaneous fat. Sizes grow craniocaudally as
+in real spines, so a vertebra's level can only be told from anatomy (ribs, size, skull,
+pelvis, counting), as in real CT.
+
+Random per seed: curvature (lordosis, kyphosis, mild scoliosis), which contiguous run of
+levels is in the field of view (sometimes only 4-5), voxel spacing (0.5-1 mm in plane,
+1-3 mm slices), storage orientation (axis permutation and flips, exact in world space),
+noise, optional pedicle screws and rods (3000 HU, with streaks) and optional transitional
+anatomy (T13 or L6).
+
+Everything is built in world LPS mm (x Left, y Posterior, z Superior) from implicit
+primitives (:mod:`vertebra.data._sdf`) rasterised only inside each primitive's bounding
+box, so a 256^3-class volume takes about a second. Ground truth is consistent by
+construction: the label mask holds VerSe ids, and each centroid is the centre of mass of
+its label in the mask.
+
+Example:
+    >>> from vertebra.data.phantom import make_spine_phantom
+    >>> ph = make_spine_phantom(3, levels=("T11", "L2"), size="small")
+    >>> {"T11", "T12", "L1", "L2"} <= set(ph.levels)
+    True
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from drrkit.errors import DrrkitError
+from drrkit.volume import Volume
+from vertebra import labels as vlabels
+from vertebra.data import _sdf
+from vertebra.data._scene import Scene, build_scene
+from vertebra.data.anatomy import Spine, build_spine, level_names
+
+#: Size presets: (max slices, max rows, max columns) of the canonical grid, in-plane
+#: spacing range (mm) and slice spacing range (mm).
+SIZES = {
+    "full": ((256, 256, 256), (0.5, 1.0), (1.0, 3.0)),
+    "small": ((64, 80, 80), (1.6, 2.2), (2.0, 3.0)),
+}
+
+#: A vertebra gets a centroid when at least this fraction of it lies in the volume.
+MIN_VISIBLE = 0.5
+
+
+@dataclass(frozen=True, eq=False)
+class SpinePhantom:
+    """A synthetic CT with its ground truth.
+
+    Attributes:
+        ct: HU, float32 (Z, Y, X) with its world geometry.
+        labels: uint8 (Z, Y, X) VerSe ids on the same grid (0 background, 26 sacrum,
+            27 coccyx).
+        centroids: {VerSe id: (3,) world LPS mm}, centre of mass of the label in
+            ``labels``, cranio-caudal; only vertebrae at least :data:`MIN_VISIBLE` inside.
+        visible: {VerSe id: fraction of that vertebra's voxels inside the volume} for
+            every vertebra label present in ``labels``.
+        levels: names of the vertebrae in ``centroids``, cranio-caudal.
+        seed: the seed it was made from.
+        metal: whether screws and rods were placed.
+        transitional: None, "t13" or "l6".
+        rib_levels: names of the rib-bearing vertebrae of the whole spine.
+        anatomy: the whole spine (every level, also those outside the volume).
+    """
+
+    ct: Volume
+    labels: Volume
+    centroids: dict[int, np.ndarray]
+    visible: dict[int, float]
+    levels: tuple[str, ...]
+    seed: int
+    metal: bool
+    transitional: str | None
+    rib_levels: tuple[str, ...]
+    anatomy: Spine = field(repr=False)
+
+
+# ---------------------------------------------------------------------- the build
+@dataclass
+class _Grid:
+    origin: np.ndarray  # (3,) world mm of voxel (0, 0, 0)
+    spacing: np.ndarray  # (3,) mm along x, y, z
+    shape_xyz: tuple[int, int, int]
+
+    @property
+    def zyx(self) -> tuple[int, int, int]:
+        return (self.shape_xyz[2], self.shape_xyz[1], self.shape_xyz[0])
+
+    def z(self) -> np.ndarray:
+        return self.origin[2] + self.spacing[2] * np.arange(self.shape_xyz[2])
+
+
+def _level_z_range(spine: Spine, i: int) -> tuple[float, float]:
+    d, c, F = spine.dims[i], spine.centres[i], spine.frames[i]
+    corners = np.array([(x, y, z) for x in (-d.width / 2, d.width / 2)
+                        for y in (-0.55 * d.depth, 0.45 * d.depth)
+                        for z in (-d.height / 2, d.height / 2)])
+    zs = (c + corners @ F.T)[:, 2]
+    return float(zs.min()), float(zs.max())
+
+
+def _parse_levels(levels, names) -> tuple[int, int]:
+    if isinstance(levels, str):
+        parts = levels.replace("-", ":").split(":")
+        levels = tuple(p.strip() for p in parts)
+    if len(levels) != 2:
+        raise DrrkitError(f"levels must be two names like ('T10', 'L3'), got {levels!r}")
+    a, b = (str(v).strip().upper() for v in levels)
+    for v in (a, b):
+        if v not in names:
+            extra = ("; T13 needs transitional='t13'" if v == "T13" else
+                     "; L6 needs transitional='l6'" if v == "L6" else "")
+            raise DrrkitError(f"unknown or absent level {v!r}{extra}")
+    i, j = names.index(a), names.index(b)
+    if i > j:
+        raise DrrkitError(f"levels must run cranio-caudally, got {a} below {b}")
+    return i, j
+
+
+def _choose_transitional(transitional, levels, rng) -> str | None:
+    draw = rng.random()
+    if transitional is None:
+        mentioned = ""
+        if levels is not None:
+            mentioned = " ".join(str(v).upper() for v in (
+                [levels] if isinstance(levels, str) else levels))
+        if "T13" in mentioned:
+            return "t13"
+        if "L6" in mentioned:
+            return "l6"
+        return "t13" if draw < 0.05 else "l6" if draw < 0.10 else None
+    t = str(transitional).strip().lower()
+    if t in ("none", "", "false"):
+        return None
+    if t not in ("t13", "l6"):
+        raise DrrkitError(f"transitional must be None, 'none', 't13' or 'l6', got {transitional!r}")
+    return t
+
+
+def _size_preset(size):
+    if isinstance(size, str):
+        if size not in SIZES:
+            raise DrrkitError(f"unknown size {size!r}; choose one of {', '.join(SIZES)} "
+                              "or give a (Z, Y, X) shape")
+        return SIZES[size]
+    try:
+        cap = tuple(int(v) for v in size)
+    except TypeError:
+        raise DrrkitError(f"size must be 'small', 'full' or a (Z, Y, X) shape, got {size!r}"
+                          ) from None
+    if len(cap) != 3 or min(cap) < 16:
+        raise DrrkitError(f"a size shape needs 3 values of at least 16, got {size!r}")
+    return cap, SIZES["full"][1], SIZES["full"][2]
+
+
+def _choose_grid(spine: Spine, levels, size, spacing, fov, rng):
+    cap, inplane, slices = _size_preset(size)
+    sp_draw = (rng.uniform(*inplane), rng.uniform(*slices))
+    if spacing is None:
+        sp = np.array([sp_draw[0], sp_draw[0], sp_draw[1]])
+    else:
+        sp = np.broadcast_to(np.asarray(spacing, dtype=np.float64).reshape(-1), (3,)).copy()
+        if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
+            raise DrrkitError(f"spacing must be positive mm, got {spacing!r}")
+    names = spine.names
+    n = len(names)
+    explicit = levels is not None
+    run_draw = rng.random()
+    if explicit:
+        i0, i1 = _parse_levels(levels, names)
+    else:
+        length = int(rng.integers(4, 6)) if run_draw < 0.3 else int(rng.integers(6, n + 1))
+        i0 = int(rng.integers(0, n - length + 1))
+        i1 = i0 + length - 1
+    m_top, m_bot = (rng.uniform(2, 12), rng.uniform(2, 12)) if explicit else (
+        rng.uniform(3, 25), rng.uniform(3, 25))
+    if names[i0] == "C1":
+        m_top = rng.uniform(25, 70)
+    if i1 == n - 1:
+        m_bot = rng.uniform(20, 90)
+    ends = rng.random()
+
+    def z_range(a, b):
+        return _level_z_range(spine, b)[0] - m_bot, _level_z_range(spine, a)[1] + m_top
+
+    lo, hi = z_range(i0, i1)
+    while not explicit and (hi - lo) / sp[2] + 1 > cap[0] and i1 > i0 + 3:
+        if ends < 0.5:
+            i0 += 1
+        else:
+            i1 -= 1
+        lo, hi = z_range(i0, i1)
+    nz = math.floor((hi - lo) / sp[2]) + 1
+    if not explicit:
+        nz = min(nz, cap[0])
+    run = slice(i0, i1 + 1)
+    c = spine.centres[run]
+    cx = float(c[:, 0].mean()) + rng.normal(0, 5)
+    cy = float(c[:, 1].mean()) + rng.uniform(5, 25)
+    need_x = float(np.abs(c[:, 0] - cx).max()) + 50.0
+    fronts = c[:, 1] - 40.0
+    backs = c[:, 1] + 75.0
+    need_y = float(max(np.abs(fronts - cy).max(), np.abs(backs - cy).max()))
+    fov_draw = rng.uniform(150, 420) if cap[1] > 100 else rng.uniform(110, 180)
+    if fov is None:
+        fov = max(fov_draw, 2 * need_x, 2 * need_y)
+    elif not fov > 0:
+        raise DrrkitError(f"the field of view must be a positive number of mm, got {fov!r}")
+    nx = min(math.ceil(fov / sp[0]), cap[2])
+    ny = min(math.ceil(fov / sp[1]), cap[1])
+    origin = np.array([cx - 0.5 * (nx - 1) * sp[0], cy - 0.5 * (ny - 1) * sp[1],
+                       0.5 * (lo + hi) - 0.5 * (nz - 1) * sp[2]])
+    return _Grid(origin, sp, (nx, ny, nz)), (i0, i1)
+
+
+def _outline(spine: Spine, head, habitus, grid: _Grid):
+    """Per-slice superellipse of the trunk/neck/head.
+
+    Returns:
+        the seven (Z,) arrays that :func:`_sdf.body_outline` takes after ``spacing``
+        (cx, cy, ax, ay, power, fat, tissue), and the world y of the table top (mm): the
+        supine trunk's back rests on it at every level.
+    """
+    wf, af, obese, fat0 = habitus
+    keys = []  # z, cx, cy, ax, ay, power, fat, tissue, on the table (0/1)
+    prof = {  # half width, half AP, back offset, power
+        "cervical": (58, 62, 52, 2.0),
+        "T1": (125, 78, 58, 2.2), "T2": (165, 88, 60, 2.3), "T4": (165, 95, 62, 2.3),
+        "T8": (156, 110, 64, 2.3), "T12": (150, 114, 70, 2.4), "L3": (155, 110, 82, 2.4),
+        "L5": (165, 105, 85, 2.5),
+    }
+    names = spine.names
+    anchors = [n for n in prof if n != "cervical" and n in names]
+    pos = {n: names.index(n) for n in anchors}
+    for i, d in enumerate(spine.dims):
+        c = spine.centres[i]
+        if d.region == "cervical":
+            hw, ha, bo, pw = prof["cervical"]
+            fat = 0.5 * fat0
+            if d.name in ("C1", "C2"):
+                continue
+        else:
+            xs = [pos[n] for n in anchors]
+            hw, ha, bo, pw = (float(np.interp(i, xs, [prof[n][j] for n in anchors]))
+                              for j in range(4))
+            extra = obese * (1.0 if d.region == "lumbar" else 0.4)
+            hw, ha = hw * wf + extra, ha * af + extra
+            fat = fat0 * (1.5 if d.region == "lumbar" else 1.0) + 0.5 * extra
+        keys.append((c[2], c[0], c[1] + bo - ha, hw * (wf if d.region == "cervical" else 1),
+                     ha * (af if d.region == "cervical" else 1), pw, fat, 40.0,
+                     float(d.region != "cervical")))
+    # pelvis and thighs
+    for s, (hw, ha, bo) in zip((0, 2, 4), ((175, 110, 80), (182, 115, 72), (185, 112, 70))):
+        c = spine.sacrum_centres[s]
+        hw, ha = hw * wf + obese, ha * af + obese
+        keys.append((c[2], c[0], c[1] + bo - ha, hw, ha, 2.6, fat0 * 1.5 + 0.5 * obese, 40.0,
+                     1.0))
+    c = spine.sacrum_centres[4]
+    keys.append((c[2] - 400, *keys[-1][1:]))
+    # neck under the jaw and the head
+    hc, hF = head
+    i2 = names.index("C2")
+    c2 = spine.centres[i2]
+    keys.append((c2[2], c2[0], c2[1] + 50 - 75 * af, 60 * wf, 75 * af, 2.0, 0.5 * fat0, 40.0,
+                 0.0))
+    c1 = spine.centres[names.index("C1")]
+    keys.append((c1[2], c1[0], c1[1] + 55 - 95 * af, 68 * wf, 95 * af, 2.0, 0.4 * fat0, 40.0,
+                 0.0))
+    sk = hc + hF @ np.array([0.0, -15.0, 86.0])
+    for t in np.linspace(0.0, 0.98, 9):
+        f = math.sqrt(1 - t * t)
+        keys.append((sk[2] + 80 * t, sk[0], sk[1] - 5, max(76 * f, 3), max(100 * f, 3), 2.0,
+                     4.0, 40.0, 0.0))
+    keys.append((sk[2] + 82, sk[0], sk[1], 1.0, 1.0, 2.0, 0.0, 40.0, 0.0))
+    keys = np.array(sorted(keys, key=lambda k: k[0]))
+    # lying supine, the trunk's back is flattened onto the table
+    trunk = keys[:, 8] > 0
+    table = float(np.max(keys[trunk, 2] + keys[trunk, 4]))
+    front = keys[trunk, 2] - keys[trunk, 4]
+    keys[trunk, 2] = 0.5 * (front + table)
+    keys[trunk, 4] = 0.5 * (table - front)
+    z = grid.z()
+    return [np.interp(z, keys[:, 0], keys[:, j]).astype(np.float64) for j in range(1, 8)], table
+
+
+def _pass(shapes, grid: _Grid, sdf, obj, blur):
+    rows, lo, hi = shapes.arrays()
+    # a carve that only acts on its own object need not reach beyond that object
+    for o in np.unique(rows[rows[:, 2] == _sdf.SUBTRACT_OWN, 1]):
+        own = (rows[:, 1] == o) & (rows[:, 2] == _sdf.UNION)
+        carve = (rows[:, 1] == o) & (rows[:, 2] == _sdf.SUBTRACT_OWN)
+        if own.any():
+            lo[carve] = np.maximum(lo[carve], lo[own].min(0))
+            hi[carve] = np.minimum(hi[carve], hi[own].max(0))
+    margin = (blur + rows[:, 3] + 1.0)[:, None]
+    boxes = _sdf.index_boxes(lo, hi, grid.origin, grid.spacing, grid.shape_xyz, margin)
+    keep = (boxes[:, 1] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 2]) & (boxes[:, 5] > boxes[:, 4])
+    _sdf.rasterise(sdf, obj, np.ascontiguousarray(rows[keep]), np.ascontiguousarray(boxes[keep]),
+                   grid.origin, grid.spacing)
+
+
+def _full_counts(bone, vert_obj, grid: _Grid, blur) -> dict[int, int]:
+    """Voxel count of each vertebra rasterised alone on an unclipped copy of the lattice,
+    for the vertebrae whose bounding box leaves the grid."""
+    rows, lo, hi = bone.arrays()
+    out = {}
+    n = np.asarray(grid.shape_xyz)
+    for vid, o in vert_obj.items():
+        sel = rows[:, 1] == o
+        if not sel.any():
+            continue
+        a = np.floor((lo[sel].min(0) - blur - 1 - grid.origin) / grid.spacing).astype(int)
+        b = np.ceil((hi[sel].max(0) + blur + 1 - grid.origin) / grid.spacing).astype(int) + 1
+        if np.all(a >= 0) and np.all(b <= n):
+            continue
+        if np.any(b <= 0) or np.any(a >= n):
+            continue
+        local = _Grid(grid.origin + a * grid.spacing, grid.spacing, tuple(int(v) for v in b - a))
+        sdf = np.empty(local.zyx, dtype=np.float32)
+        obj = np.empty(local.zyx, dtype=np.int16)
+        sub = _sdf.Shapes()
+        sub.rows = [r for r, m in zip(bone.rows, sel) if m]
+        sub.lo = [x for x, m in zip(bone.lo, sel) if m]
+        sub.hi = [x for x, m in zip(bone.hi, sel) if m]
+        _pass(sub, local, sdf, obj, blur)
+        out[vid] = int(np.count_nonzero((sdf < 0) & (obj == o)))
+    return out
+
+
+def _metal_sources(metal: _sdf.Shapes, grid: _Grid, rng):
+    """Per axial slice: world (x, y) of each metal part the slice cuts, with streak angles."""
+    rows, lo, hi = metal.arrays()
+    z = grid.z()
+    n_ang = 8
+    base_angles = rng.uniform(0, np.pi, (len(rows), n_ang))
+    per_slice = []
+    for k, zk in enumerate(z):
+        pts, angs = [], []
+        for p, row in enumerate(rows):
+            if not lo[p, 2] <= zk <= hi[p, 2]:
+                continue
+            if int(row[0]) == _sdf.CAPSULE:
+                a, b, r = row[5:8], row[17:20], max(row[20], row[21])
+                dz = b[2] - a[2]
+                if abs(dz) < 1e-6:
+                    t0, t1 = 0.0, 1.0
+                else:
+                    t0, t1 = sorted(((zk - r - a[2]) / dz, (zk + r - a[2]) / dz))
+                    t0, t1 = max(t0, 0.0), min(t1, 1.0)
+                    if t0 > t1:
+                        continue
+                q = a + (b - a) * 0.5 * (t0 + t1)
+                ang = base_angles[p].copy()
+                ang[0] = math.atan2(b[1] - a[1], b[0] - a[0])
+            else:
+                q = row[5:8]
+                ang = base_angles[p]
+            pts.append(q[:2])
+            angs.append(ang)
+        if pts:
+            per_slice.append((k, np.array(pts), np.array(angs)))
+    if not per_slice:
+        return None
+    m = max(len(p) for _, p, _ in per_slice)
+    slices = np.array([k for k, _, _ in per_slice], dtype=np.int64)
+    points = np.zeros((len(slices), m, 2))
+    angles = np.zeros((len(slices), m, n_ang))
+    count = np.zeros(len(slices), dtype=np.int64)
+    for s, (_, p, a) in enumerate(per_slice):
+        points[s, :len(p)] = p
+        angles[s, :len(p)] = a
+        count[s] = len(p)
+    return slices, points, count, angles
+
+
+def _orient(vol_data, lab_data, grid: _Grid, rng, orientation):
+    """Store the canonical (identity-direction) grid under a random axis order and flips."""
+    perm, flip = np.arange(3), np.zeros(3, dtype=bool)
+    perm_draw, flip_draw = rng.random(), rng.random(3)
+    perm_choice = rng.permutation(3)
+    if orientation == "random":
+        if perm_draw < 0.3:
+            perm = perm_choice
+        flip = flip_draw < 0.5
+    n = np.asarray(grid.shape_xyz)
+    direction = np.zeros((3, 3))
+    spacing = grid.spacing[perm]
+    first = np.zeros(3)
+    for a in range(3):  # new index axis a runs along canonical axis perm[a]
+        direction[perm[a], a] = -1.0 if flip[a] else 1.0
+        if flip[a]:
+            first[perm[a]] = n[perm[a]] - 1
+    origin = grid.origin + grid.spacing * first
+    # data (k, j, i) -> axes (Z, Y, X) = canonical (2, 1, 0); new (k', j', i') order
+    axes_new_zyx = [2 - perm[2], 2 - perm[1], 2 - perm[0]]
+
+    def store(x):
+        y = np.transpose(x, axes_new_zyx)
+        for a in range(3):
+            if flip[a]:
+                y = np.flip(y, axis=2 - a)
+        return np.ascontiguousarray(y)
+
+    return store(vol_data), store(lab_data), spacing, origin, direction
+
+
+def make_spine_phantom(
+    seed: int,
+    *,
+    levels=None,
+    size="full",
+    spacing=None,
+    fov: float | None = None,
+    metal: bool | None = None,
+    transitional: str | None = None,
+    noise: bool = True,
+    orientation: str = "random",
+) -> SpinePhantom:
+    """A random synthetic spine CT in HU with VerSe ground truth, reproducible from ``seed``.
+
+    Args:
+        seed: integer seed; the same arguments always give the same phantom.
+        levels: None for a random contiguous run (sometimes only 4-5 vertebrae), or the
+            first and last vertebra to cover, e.g. ``("T10", "L3")`` or ``"T10:L3"``.
+        size: "full" (0.5-1 mm in plane, 1-3 mm slices, at most 256 voxels per axis for
+            randomly chosen runs), "small" (about 2 mm voxels, at most 64 x 80 x 80, for
+            tests) or a (Z, Y, X) cap on the canonical grid with the "full" spacings.
+        spacing: (3,) mm along world x, y, z (or one number) instead of a random one.
+        fov: in-plane field of view in mm (square, before the size cap) instead of a
+            random 150-420 mm that always holds the covered vertebrae.
+        metal: True/False for pedicle screws and rods; None draws it (15 %).
+        transitional: None draws it (5 % T13, 5 % L6; implied by "T13"/"L6" in
+            ``levels``), "none", "t13" or "l6".
+        noise: add near-Gaussian noise (8-30 HU standard deviation).
+        orientation: "random" (permuted/flipped storage) or "canonical" (LPS, identity
+            direction).
+
+    Returns:
+        :class:`SpinePhantom`.
+    """
+    try:
+        seed = int(seed)
+    except (TypeError, ValueError):
+        raise DrrkitError(f"seed must be an integer, got {seed!r}") from None
+    if seed < 0:
+        raise DrrkitError(f"seed must be non-negative, got {seed}")
+    if orientation not in ("random", "canonical"):
+        raise DrrkitError(f"orientation must be 'random' or 'canonical', got {orientation!r}")
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6)]
+    r_anat, r_fov, r_build, r_metal, r_noise, r_orient = streams
+    trans = _choose_transitional(transitional, levels, r_anat)
+    names = level_names(trans)
+    scale = r_anat.uniform(0.88, 1.12)
+    spine = build_spine(names, r_anat, scale)
+    habitus = (r_anat.uniform(0.88, 1.12), r_anat.uniform(0.9, 1.12),
+               max(0.0, r_anat.normal(8, 12)), r_anat.uniform(5, 22))
+    grid, (i0, i1) = _choose_grid(spine, levels, size, spacing, fov, r_fov)
+
+    # metal on 2-6 consecutive thoracolumbar levels inside the run
+    metal_draw = r_metal.random()
+    use_metal = bool(metal_draw < 0.15) if metal is None else bool(metal)
+    metal_levels: list[int] = []
+    candidates = [i for i in range(i0, i1 + 1) if spine.dims[i].region != "cervical"]
+    if use_metal and len(candidates) >= 2:
+        length = int(r_metal.integers(2, min(6, len(candidates)) + 1))
+        start = int(r_metal.integers(0, len(candidates) - length + 1))
+        metal_levels = candidates[start:start + length]
+    if metal and not metal_levels:
+        warnings.warn("metal=True but fewer than two thoracic or lumbar vertebrae are in the "
+                      "field of view; no screws placed", stacklevel=2)
+    use_metal = bool(metal_levels)
+
+    scene = build_scene(spine, r_build, metal_levels)
+    hu, lab = _rasterise(scene, spine, grid, habitus, r_build, r_metal if use_metal else None)
+    sigma = r_noise.uniform(8, 30) if noise else 0.0
+    _sdf.noise_and_clip(hu, int(r_noise.integers(0, 2**62)), sigma, -1024.0, 3071.0)
+
+    # ground truth from the mask
+    full = _full_counts(scene.bone, scene.vertebra_objects, grid, float(np.max(grid.spacing)))
+    centroids, visible = _mask_centroids(lab, grid, full)
+    ct_data, lab_data, spacing_o, origin_o, direction_o = _orient(hu, lab, grid, r_orient,
+                                                                  orientation)
+    return SpinePhantom(
+        ct=Volume(ct_data, spacing_o, origin_o, direction_o),
+        labels=Volume(lab_data, spacing_o, origin_o, direction_o),
+        centroids=centroids, visible=visible,
+        levels=tuple(vlabels.name_of(v) for v in centroids), seed=seed, metal=use_metal,
+        transitional=trans, rib_levels=scene.rib_levels, anatomy=spine)
+
+
+def _rasterise(scene: Scene, spine: Spine, grid: _Grid, habitus, rng, r_metal):
+    """Background, soft, bone and (with ``r_metal``) metal passes -> (HU, labels)."""
+    blur = float(np.max(grid.spacing))
+    hu = np.empty(grid.zyx, dtype=np.float32)
+    lab = np.zeros(grid.zyx, dtype=np.uint8)
+    outline, table = _outline(spine, scene.head, habitus, grid)
+    _sdf.body_outline(hu, grid.origin, grid.spacing, *outline, blur)
+    objs = scene.objects
+    if rng.random() < 0.7:  # the patient table (a hollow shell) under the back
+        zc = 0.5 * (grid.z()[0] + grid.z()[-1])
+        scene.soft.box(objs.add(rng.uniform(150, 400), label=-1),
+                       np.array([float(np.mean(outline[0])), table + 10, zc]), np.eye(3),
+                       (230, 8, 2000), rounding=4, onion=1.0)
+    core, shell, thick, label_of = objs.tables()
+    no_label = np.full_like(label_of, -1)
+    sdf = np.empty(grid.zyx, dtype=np.float32)
+    obj = np.empty(grid.zyx, dtype=np.int16)
+    _pass(scene.soft, grid, sdf, obj, blur)
+    _sdf.composite(hu, lab, sdf, obj, core, shell, thick, no_label, grid.spacing)
+    _pass(scene.bone, grid, sdf, obj, blur)
+    _sdf.composite(hu, lab, sdf, obj, core, shell, thick, label_of, grid.spacing)
+    if r_metal is not None:
+        _pass(scene.metal, grid, sdf, obj, blur)
+        _sdf.composite(hu, lab, sdf, obj, core, shell, thick, no_label, grid.spacing)
+        sources = _metal_sources(scene.metal, grid, r_metal)
+        if sources is not None:
+            slices, points, count, angles = sources
+            _sdf.streaks(hu, slices, grid.origin, grid.spacing, points, count, angles,
+                         r_metal.uniform(100, 300), r_metal.uniform(0.8, 1.5),
+                         r_metal.uniform(25, 50), r_metal.uniform(60, 180))
+    return hu, lab
+
+
+def _mask_centroids(lab: np.ndarray, grid: _Grid, full: dict[int, int]):
+    """Centre of mass (world mm) of each vertebra label and its visible fraction."""
+    from scipy import ndimage
+
+    found = ndimage.find_objects(lab)
+    centroids, visible = {}, {}
+    for vid in vlabels.VERSE_IDS:
+        if vid > len(found) or found[vid - 1] is None:
+            continue
+        sl = found[vid - 1]
+        idx = np.nonzero(lab[sl] == vid)
+        count = len(idx[0])
+        frac = min(1.0, count / full[vid]) if vid in full and full[vid] > 0 else 1.0
+        visible[vid] = float(frac)
+        if frac < MIN_VISIBLE:
+            continue
+        kji = np.array([idx[a].mean() + sl[a].start for a in range(3)])
+        ijk = kji[::-1]
+        centroids[vid] = grid.origin + grid.spacing * ijk
+    order = vlabels.sort_anatomical(centroids)
+    vis_order = vlabels.sort_anatomical(visible)
+    return {v: centroids[v] for v in order}, {v: visible[v] for v in vis_order}
+
+
+def save_phantom(phantom: SpinePhantom, out_dir: str | Path, name: str) -> dict[str, Path]:
+    """Write a phantom in the VerSe folder layout.
+
+    Files::
+
+        OUT/rawdata/sub-NAME/sub-NAME_ct.nii.gz                  (HU, int16)
+        OUT/derivatives/sub-NAME/sub-NAME_seg-vert_msk.nii.gz    (VerSe ids, uint8)
+        OUT/derivatives/sub-NAME/sub-NAME_seg-subreg_ctd.json    (verse20 centroids)
+
+    (the centroid file carries VerSe's ``seg-subreg`` entity so that
+    :class:`vertebra.data.VerseDataset` pairs it with the CT).
+
+    Returns:
+        {"ct": path, "mask": path, "centroids": path}.
+    """
+    from vertebra.data.verse import write_centroids
+
+    name = str(name)
+    if not name or any(c in name for c in "/\\ ") or name.startswith("."):
+        raise DrrkitError(f"a case name must be a plain word without spaces or slashes, "
+                          f"got {name!r}")
+    out = Path(out_dir)
+    raw = out / "rawdata" / f"sub-{name}"
+    der = out / "derivatives" / f"sub-{name}"
+    raw.mkdir(parents=True, exist_ok=True)
+    der.mkdir(parents=True, exist_ok=True)
+    paths = {"ct": raw / f"sub-{name}_ct.nii.gz",
+             "mask": der / f"sub-{name}_seg-vert_msk.nii.gz",
+             "centroids": der / f"sub-{name}_seg-subreg_ctd.json"}
+    ct = phantom.ct
+    ct.with_data(np.round(ct.data).astype(np.int16)).save(paths["ct"])
+    phantom.labels.save(paths["mask"])
+    write_centroids(paths["centroids"], phantom.centroids, phantom.labels)
+    return paths
+
+
+def write_phantoms(out_dir: str | Path, seeds, *, prefix: str = "phantom", **options
+                   ) -> list[str]:
+    """Make and save several phantoms atomically (a temporary folder renamed into place).
+
+    Args:
+        out_dir: destination; must not exist yet, or be an empty folder.
+        seeds: iterable of integer seeds, one case each, named ``{prefix}{seed:04d}``.
+        options: passed to :func:`make_spine_phantom`.
+
+    Returns:
+        the case names written.
+    """
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DrrkitError(f"{out} already exists and is not an empty folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    names = []
+    try:
+        for seed in seeds:
+            case = f"{prefix}{int(seed):04d}"
+            save_phantom(make_spine_phantom(int(seed), **options), tmp, case)
+            names.append(case)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return names
