@@ -30,8 +30,12 @@ __all__ = [
 
 
 def __getattr__(name):  # lazy: keep `import drrkit` light
-    if name in ("triangulate",):
+    if name in ("triangulate", "triangulate_robust"):
         from drrkit import triangulation
 
         return getattr(triangulation, name)
+    if name == "match_views":
+        from drrkit import correspondence
+
+        return correspondence.match_views
     raise AttributeError(f"module 'drrkit' has no attribute {name!r}")
