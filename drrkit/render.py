@@ -98,8 +98,6 @@ def render(
     if method == "joseph" and step is not None:
         raise DrrkitError("method 'joseph' samples once per slice; do not pass a step")
     step = _check_step(volume, step)
-    if not np.all(np.isfinite(volume.data)):
-        raise DrrkitError("the volume has non-finite voxels (NaN or inf)")
     chosen = resolve_backend(backend)
     if chosen == "cpu":
         if cuda_options:
@@ -113,6 +111,10 @@ def render(
         from drrkit.cuda import render_cuda
 
         image = render_cuda(volume, geometry, step, **cuda_options)
+    # checking the (small) output is far cheaper than scanning the volume on every call
+    if not np.all(np.isfinite(image)):
+        raise DrrkitError("the volume has non-finite voxels (NaN or inf) on the rays; "
+                          "load it with drrkit.load_volume(..., nan='zero')")
     if output == "intensity":
         np.negative(image, out=image)
         np.exp(image, out=image)
