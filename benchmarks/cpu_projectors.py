@@ -48,8 +48,8 @@ SIGNAL_FRACTION = 0.01
 #: "Interior" rays pass at least this many voxels from every ellipsoid surface tangent.
 INTERIOR_MARGIN_VOXELS = 2.0
 #: drrkit.render keyword sets timed by default ("voxel" = one voxel spacing); add more
-#: with --drrkit-variant '{"step": "voxel", "method": "joseph"}'.
-DRRKIT_VARIANTS = ({"step": None}, {"step": "voxel"})
+#: with --drrkit-variant '{"step": "voxel"}'.
+DRRKIT_VARIANTS = ({"step": None}, {"step": "voxel"}, {"method": "joseph"})
 #: Mean relative error (interior rays) above which a geometry conversion is called wrong.
 CONVERSION_TOLERANCE = 0.05
 
@@ -257,8 +257,11 @@ def drrkit_runners(scene, case, threads, variants) -> list[Runner]:
         step = kwargs.get("step") or default_step(volume)
         label = ("half voxel (default)" if kwargs.get("step") is None
                  else "1 voxel" if step == voxel else f"{step / voxel:g} voxel")
-        settings = ", ".join([f"step = {label} = {step:g} mm"]
-                             + [f"{k}={v!r}" for k, v in kwargs.items() if k != "step"])
+        if kwargs.get("method") == "joseph":
+            settings = "method = joseph (one bilinear sample per slice)"
+        else:
+            settings = ", ".join([f"step = {label} = {step:g} mm"]
+                                 + [f"{k}={v!r}" for k, v in kwargs.items() if k != "step"])
         runners.append(Runner(
             "drrkit", "drrkit.render(backend='cpu'), Numba", settings,
             lambda kwargs=kwargs: drrkit.render(volume, geometry, backend="cpu", **kwargs),
