@@ -52,6 +52,28 @@ def _clip(s0, s1, s2, d0, d1, d2, hix, hiy, hiz):  # pragma: no cover - compiled
     return _clip_axis(s2, d2, hiz, a0, a1)
 
 
+@numba.njit(inline="always", **_JIT)
+def _pixel_ray(rays, k, r, c, hix, hiy, hiz):  # pragma: no cover - compiled
+    """The ray of pixel (c, r) of view k in voxel index space.
+
+    Returns:
+        direction (d0, d1, d2) from the source to the pixel centre (not normalised), its
+        world length in mm (``sqrt(d^T G d)``), and the clip range [a0, a1] of the ray
+        parameter (point = source + a d) inside the voxel box.
+    """
+    rf = np.float32(r)
+    cf = np.float32(c)
+    d0 = rays[k, 3] + cf * rays[k, 6] + rf * rays[k, 9] - rays[k, 0]
+    d1 = rays[k, 4] + cf * rays[k, 7] + rf * rays[k, 10] - rays[k, 1]
+    d2 = rays[k, 5] + cf * rays[k, 8] + rf * rays[k, 11] - rays[k, 2]
+    g0 = rays[k, 12] * d0 + rays[k, 13] * d1 + rays[k, 14] * d2
+    g1 = rays[k, 15] * d0 + rays[k, 16] * d1 + rays[k, 17] * d2
+    g2 = rays[k, 18] * d0 + rays[k, 19] * d1 + rays[k, 20] * d2
+    length_mm = math.sqrt(d0 * g0 + d1 * g1 + d2 * g2)
+    a0, a1 = _clip(rays[k, 0], rays[k, 1], rays[k, 2], d0, d1, d2, hix, hiy, hiz)
+    return d0, d1, d2, length_mm, a0, a1
+
+
 @numba.njit(parallel=True, **_JIT)
 def _march(vol, rays, height, width, step, out):  # pragma: no cover - compiled
     """Line integrals of ``vol`` along every pixel's ray.
@@ -78,23 +100,8 @@ def _march(vol, rays, height, width, step, out):  # pragma: no cover - compiled
         k = line // height
         r = line - k * height
         s0, s1, s2 = rays[k, 0], rays[k, 1], rays[k, 2]
-        metric = rays[k, 12:21]
-        rf = np.float32(r)
-        e0 = rays[k, 3] + rf * rays[k, 9] - s0
-        e1 = rays[k, 4] + rf * rays[k, 10] - s1
-        e2 = rays[k, 5] + rf * rays[k, 11] - s2
         for c in range(width):
-            cf = np.float32(c)
-            # direction in index space (not normalised): pixel centre minus source
-            d0 = e0 + cf * rays[k, 6]
-            d1 = e1 + cf * rays[k, 7]
-            d2 = e2 + cf * rays[k, 8]
-            # world length of the index-space vector d: |d|_mm = sqrt(d^T G d)
-            g0 = metric[0] * d0 + metric[1] * d1 + metric[2] * d2
-            g1 = metric[3] * d0 + metric[4] * d1 + metric[5] * d2
-            g2 = metric[6] * d0 + metric[7] * d1 + metric[8] * d2
-            length_mm = math.sqrt(d0 * g0 + d1 * g1 + d2 * g2)
-            a0, a1 = _clip(s0, s1, s2, d0, d1, d2, hix, hiy, hiz)
+            d0, d1, d2, length_mm, a0, a1 = _pixel_ray(rays, k, r, c, hix, hiy, hiz)
             if not a1 > a0:
                 out[k, r, c] = zero
                 continue
@@ -156,21 +163,8 @@ def _march_joseph(vol, rays, height, width, out):  # pragma: no cover - compiled
         k = line // height
         r = line - k * height
         src = (rays[k, 0], rays[k, 1], rays[k, 2])
-        metric = rays[k, 12:21]
-        rf = np.float32(r)
-        e0 = rays[k, 3] + rf * rays[k, 9] - src[0]
-        e1 = rays[k, 4] + rf * rays[k, 10] - src[1]
-        e2 = rays[k, 5] + rf * rays[k, 11] - src[2]
         for c in range(width):
-            cf = np.float32(c)
-            d0 = e0 + cf * rays[k, 6]
-            d1 = e1 + cf * rays[k, 7]
-            d2 = e2 + cf * rays[k, 8]
-            g0 = metric[0] * d0 + metric[1] * d1 + metric[2] * d2
-            g1 = metric[3] * d0 + metric[4] * d1 + metric[5] * d2
-            g2 = metric[6] * d0 + metric[7] * d1 + metric[8] * d2
-            length_mm = math.sqrt(d0 * g0 + d1 * g1 + d2 * g2)
-            a0, a1 = _clip(src[0], src[1], src[2], d0, d1, d2, hix, hiy, hiz)
+            d0, d1, d2, length_mm, a0, a1 = _pixel_ray(rays, k, r, c, hix, hiy, hiz)
             if not a1 > a0:
                 out[k, r, c] = zero
                 continue
