@@ -52,8 +52,10 @@ def _json_safe(value):
 # ====================================================================== evaluate
 @app.command()
 def evaluate(
-    pred: Annotated[Path, typer.Argument(help="Predicted centroids (VerSe JSON).")],
-    gt: Annotated[Path, typer.Argument(help="Ground-truth centroids (VerSe JSON).")],
+    pred: Annotated[Path, typer.Argument(help="Predicted centroids (VerSe JSON), or a folder "
+                                         "of them (as written by vertebra label).")],
+    gt: Annotated[Path, typer.Argument(help="Ground-truth centroids (VerSe JSON), or a "
+                                       "VerSe-layout folder (with a folder of predictions).")],
     image: Annotated[Path | None, typer.Option(
         "--image", help="The CT both files refer to; needed to turn voxel coordinates "
         "into mm.")] = None,
@@ -73,7 +75,11 @@ def evaluate(
     Example:
 
         $ vertebra evaluate pred_ctd.json sub-verse004_seg-subreg_ctd.json --image sub-verse004_ct.nii.gz
+        $ vertebra evaluate labels/ verse19/test/      (folders: pooled over all cases)
     """
+    if pred.is_dir() or gt.is_dir():
+        _evaluate_folders(pred, gt, format=format, radius=radius, as_json=as_json)
+        return
     import warnings
 
     import numpy as np
@@ -164,3 +170,472 @@ def _print_evaluation(result: dict) -> None:
 
 # ====================================================================== other commands
 # phantom, pretrain, train, label, demo: each added as its own section below this line.
+
+
+# ====================================================================== phantom
+@app.command()
+def phantom(
+    out: Annotated[Path, typer.Argument(help="Output folder (VerSe layout); must not exist "
+                                        "or be empty.")],
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the first case.")] = 0,
+    count: Annotated[int, typer.Option("--count", help="Number of cases (seeds SEED, "
+                                       "SEED+1, ...).")] = 1,
+    levels: Annotated[str | None, typer.Option(
+        "--levels", help="First and last vertebra to cover, e.g. T10:L3 (default: a "
+        "random run).")] = None,
+    metal: Annotated[bool | None, typer.Option(
+        "--metal/--no-metal", help="Pedicle screws and rods (default: random, 15 %).")] = None,
+    transitional: Annotated[str, typer.Option(
+        "--transitional", help="random, none, t13 or l6.")] = "random",
+    size: Annotated[str, typer.Option(
+        "--size", help="full (0.5-1 mm x 1-3 mm voxels, up to 256^3) or small (~2 mm, "
+        "for tests).")] = "full",
+    noise: Annotated[bool, typer.Option("--noise/--no-noise", help="Add CT noise.")] = True,
+) -> None:
+    """Write synthetic spine CTs with VerSe ground truth (mask and centroid JSON).
+
+    Example:
+
+        $ vertebra phantom data/phantoms --seed 0 --count 20 --levels T10:L3
+    """
+    import time
+
+    from drrkit.errors import DrrkitError
+    from vertebra.data.phantom import write_phantoms
+
+    try:
+        if count < 1:
+            raise DrrkitError(f"--count must be at least 1, got {count}")
+        if seed < 0:
+            raise DrrkitError(f"--seed must be non-negative, got {seed}")
+        if transitional not in ("random", "none", "t13", "l6"):
+            raise DrrkitError(f"--transitional must be random, none, t13 or l6, "
+                              f"got {transitional!r}")
+        start = time.perf_counter()
+        names = write_phantoms(
+            out, range(seed, seed + count), levels=levels, metal=metal, size=size,
+            transitional=None if transitional == "random" else transitional, noise=noise)
+    except (DrrkitError, OSError) as error:
+        fail(str(error))
+        return
+    typer.echo(f"wrote {len(names)} case(s) to {out} in {time.perf_counter() - start:.1f} s: "
+               f"{', '.join(names)}")
+
+
+# ====================================================================== label
+_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
+
+
+def _find_cts(folder: Path) -> list[Path]:
+    """CT files under a folder: VerSe ``*_ct.nii[.gz]`` if any, else every image file."""
+    verse_cts = sorted(p for p in folder.rglob("*_ct.nii*") if p.is_file())
+    if verse_cts:
+        return verse_cts
+    return sorted(p for p in folder.rglob("*") if p.is_file()
+                  and p.name.lower().endswith(_IMAGE_SUFFIXES)
+                  and "_msk" not in p.name and "_seg" not in p.name)
+
+
+@app.command()
+def label(
+    ct: Annotated[Path, typer.Argument(help="A CT file (NIfTI, MHA, NRRD), a DICOM folder, or "
+                                       "a folder of CTs (batch; VerSe layout understood).")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")],
+    model: Annotated[Path | None, typer.Option(
+        "--model", help="Checkpoint holding both networks.")] = None,
+    localizer: Annotated[Path | None, typer.Option(
+        "--localizer", help="Localization network checkpoint (with --identifier).")] = None,
+    identifier: Annotated[Path | None, typer.Option(
+        "--identifier", help="Identification network checkpoint (with --localizer).")] = None,
+    device: Annotated[str, typer.Option(
+        "--device", help="Torch device for the networks: auto, cpu, cuda, cuda:N.")] = "auto",
+    backend: Annotated[str, typer.Option(
+        "--backend", help="DRR backend: auto, cpu or cuda.")] = "auto",
+    views: Annotated[int | None, typer.Option(
+        "--views", help="Number of views K (default: the checkpoint's).")] = None,
+    correction: Annotated[str, typer.Option(
+        "--correction", help="Label correction: dp (optional T13) or paper.")] = "dp",
+    voting: Annotated[str, typer.Option(
+        "--voting", help="weighted (Sequence Loss weights, Eq. 6) or mean.")] = "weighted",
+    pictures: Annotated[bool, typer.Option(
+        "--pictures/--no-pictures", help="Write the PNGs.")] = True,
+) -> None:
+    """Label the vertebrae of a CT (or of every CT in a folder).
+
+    Writes STEM_ctd.json (VerSe centroids, voxel coordinates with a direction header),
+    STEM_centroids.csv (world mm, names, confidences), STEM_label.json (timings, details)
+    and PNGs (views, sagittal and coronal reformats) into --out; for a folder, into
+    --out/STEM/ per CT.
+
+    Example:
+
+        $ vertebra label sub-verse004_ct.nii.gz --model runs/demo/model.pt --out labels/
+    """
+    import dataclasses
+    import time
+    import warnings
+
+    from drrkit.errors import DrrkitError
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if not ct.exists():
+                raise DrrkitError(f"no such file or folder: {ct}")
+            batch = ct.is_dir() and bool(_find_cts(ct))
+            cases = _find_cts(ct) if batch else [ct]
+            if ct.is_dir() and not batch and not any(p.is_file() for p in ct.iterdir()):
+                raise DrrkitError(f"{ct} holds no CT files")
+            if views is not None and views < 2:
+                raise DrrkitError(f"--views must be at least 2, got {views}")
+            from vertebra.pipeline import PipelineConfig, load_networks
+
+            nets = load_networks(model, localizer, identifier, device=device)
+            config = PipelineConfig(correction=correction, voting=voting, **nets.settings)
+            view_config = nets.views if views is None else dataclasses.replace(
+                nets.views, views=views)
+        for w in caught:
+            typer.echo(f"warning: {w.message}", err=True)
+    except (DrrkitError, OSError) as error:
+        fail(str(error))
+        return
+
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    import drrkit
+    from vertebra.pipeline import STAGES, label_ct
+    from vertebra.report import case_stem, write_outputs
+
+    console = Console(stderr=True, soft_wrap=True)
+    failed = 0
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("labelling", total=len(cases) * (len(STAGES) + 2))
+        for path in cases:
+            stem = case_stem(path)
+            start = time.perf_counter()
+
+            def step(name: str, stem=stem) -> None:
+                bar.update(task, advance=1, description=f"{stem}: {name}")
+
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    bar.update(task, description=f"{stem}: reading")
+                    volume = drrkit.load_volume(path)
+                    bar.advance(task)
+                    result = label_ct(volume, nets.localizer, nets.identifier,
+                                      views=view_config, config=config, backend=backend,
+                                      progress=step)
+                    bar.update(task, description=f"{stem}: writing")
+                    dest = out / stem if batch else out
+                    write_outputs(result, volume, dest, stem, pictures=pictures,
+                                  input=str(path), device=nets.device,
+                                  view_config=view_config.to_dict(),
+                                  pipeline=dataclasses.asdict(config))
+                    bar.advance(task)
+                for w in caught:
+                    console.print(f"warning: {stem}: {w.message}", markup=False,
+                                  highlight=False)
+            except (DrrkitError, OSError, MemoryError) as error:
+                failed += 1
+                first = str(error).strip().splitlines()[0] if str(error).strip() else "error"
+                console.print(f"error: {path}: {first}", markup=False, highlight=False)
+                bar.update(task, completed=(cases.index(path) + 1) * (len(STAGES) + 2))
+                continue
+            names = [v.name for v in result.vertebrae]
+            span = f"{names[0]}-{names[-1]}" if names else "-"
+            typer.echo(f"{stem}: {len(names)} vertebrae {span} ({result.status}) in "
+                       f"{time.perf_counter() - start:.1f} s -> {dest}")
+    if failed:
+        if len(cases) == 1:
+            raise typer.Exit(2)
+        typer.echo(f"error: {failed} of {len(cases)} CTs failed", err=True)
+        raise typer.Exit(2)
+
+
+def _evaluate_folders(pred: Path, gt: Path, *, format: str, radius: float,
+                      as_json: bool) -> None:
+    """``vertebra evaluate PRED_DIR GT_DIR``: score every ground-truth case, pooled."""
+    import warnings
+
+    from drrkit.errors import DrrkitError
+    from vertebra.report import score_folder
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pooled, results, missing = score_folder(pred, gt, format=format, radius_mm=radius)
+            if missing:
+                warnings.warn(f"{len(missing)} case(s) have no prediction in {pred} (scored "
+                              f"as nothing found): {', '.join(missing[:5])}"
+                              + (" ..." if len(missing) > 5 else ""), stacklevel=2)
+        for w in caught:
+            typer.echo(f"warning: {w.message}", err=True)
+    except (DrrkitError, OSError) as error:
+        fail(str(error))
+        return
+    if as_json:
+        typer.echo(json.dumps(_json_safe({"pooled": pooled, "cases": {
+            name: {k: r[k] for k in ("n_gt", "n_pred", "identified", "id_rate", "l_error",
+                                     "misses", "false_positives")}
+            for name, r in results.items()}}), indent=1))
+        return
+    print_pooled(pooled, title=f"{pooled['n_scans']} scans, VerSe {radius:g} mm")
+
+
+def print_pooled(pooled: dict, title: str = "") -> None:
+    """Per-region table of a :func:`vertebra.metrics.pool` result (id rate, error)."""
+    from rich.console import Console
+
+    from vertebra.report import pooled_table
+
+    console = Console(soft_wrap=True)
+    console.print(pooled_table(pooled, title))
+    console.print(f"predictions: {pooled['n_pred']}, ground-truth vertebrae without a "
+                  f"same-label prediction: {pooled['n_without_prediction']}")
+
+
+# ====================================================================== prerender, pretrain, train
+_DATA_HELP = ("Training CTs: phantoms:N (synthetic spines, seeds 0..N-1; phantoms:A:B for "
+              "seeds A..B-1), a VerSe-layout folder, or a vertebra prerender cache folder.")
+
+
+def _train_config(preset: str, task: str, **changes):
+    """A TrainConfig from a preset with the options the user gave (None = preset's)."""
+    from vertebra.training.config import TrainConfig
+
+    given = {k: v for k, v in changes.items() if v is not None}
+    return TrainConfig.preset(preset, task, **given)
+
+
+def _echo_warnings():
+    """Context: show warnings at once as one ``warning: ...`` line on stderr."""
+    import contextlib
+    import warnings
+
+    @contextlib.contextmanager
+    def show():
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.showwarning = lambda message, *rest, **kw: typer.echo(
+                f"warning: {message}", err=True)
+            yield
+
+    return show()
+
+
+def _check_data_spec(data: str) -> None:
+    from drrkit.errors import DrrkitError
+    from vertebra.training.sources import parse_phantoms
+
+    if parse_phantoms(data) is None and not Path(data).is_dir():
+        raise DrrkitError(f"{data}: not a folder and not phantoms:N")
+
+
+@app.command()
+def prerender(
+    data: Annotated[str, typer.Argument(help=_DATA_HELP)],
+    out: Annotated[Path, typer.Argument(help="Cache folder to write (CASE.npz + cache.json).")],
+    preset: Annotated[str, typer.Option(help="Views and target sizes of this training "
+                                              "preset: paper or cpu-demo.")] = "paper",
+    mm_per_pixel: Annotated[float | None, typer.Option(
+        help="Detector pixel size at the isocentre, mm (default: the preset's).")] = None,
+    views: Annotated[int | None, typer.Option(help="Views per orbit (default: the preset's)."
+                                              )] = None,
+    orbits: Annotated[int, typer.Option(help="Orbits per CT: angle 0, then random start "
+                                             "angles within half a view step.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the extra orbits' angles.")] = 0,
+    backend: Annotated[str, typer.Option(help="drrkit render backend: auto, cpu or cuda.")
+                       ] = "auto",
+) -> None:
+    """Render every CT's training views and targets once, into a cache folder.
+
+    Example:
+
+        $ vertebra prerender phantoms:40 cache/ --preset cpu-demo --orbits 2
+    """
+    from dataclasses import replace
+
+    from drrkit.errors import DrrkitError
+    from vertebra.training.rendered import RenderedCache
+    from vertebra.training.rendered import prerender as run_prerender
+    from vertebra.training.sources import open_data
+
+    try:
+        _check_data_spec(data)
+        config = _train_config(preset, "localization")
+        vc = config.views
+        vc = replace(vc, **{k: v for k, v in (("mm_per_pixel", mm_per_pixel), ("views", views))
+                            if v is not None})
+        source = open_data(data)
+        if isinstance(source, RenderedCache):
+            raise DrrkitError(f"{data} is already a prerender cache")
+        from rich.progress import Progress
+
+        with _echo_warnings(), Progress(transient=True) as bar:
+            task = bar.add_task("rendering", total=len(source))
+            cache = run_prerender(source, out, vc, orbits=orbits, seed=seed,
+                                  sigma_mm=config.sigma_mm, square_mm=config.square_mm,
+                                  backend=backend,
+                                  progress=lambda done, total: bar.update(task, completed=done))
+    except (DrrkitError, OSError) as error:
+        fail(str(error))
+        return
+    typer.echo(f"wrote {len(cache)} cases x {orbits * vc.views} views to {out}")
+
+
+@app.command()
+def pretrain(
+    data: Annotated[str, typer.Argument(help=_DATA_HELP)],
+    out: Annotated[Path, typer.Option("--out", help="Encoder checkpoint to write (.pt).")],
+    steps: Annotated[int, typer.Option(help="SGD steps (cosine decay over them).")] = 1000,
+    batch_size: Annotated[int, typer.Option(help="Pairs per step (paper 64).")] = 64,
+    encoder: Annotated[str | None, typer.Option(help="timm encoder (default: the preset's, "
+                                                     "paper resnet50).")] = None,
+    preset: Annotated[str, typer.Option(help="Views, crops and augmentation of this "
+                                              "preset: paper or cpu-demo.")] = "paper",
+    crop_size: Annotated[int | None, typer.Option(help="Crop side in pixels.")] = None,
+    lr: Annotated[float, typer.Option(help="Base learning rate (paper 0.0125).")] = 0.0125,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation and samples.")] = 0,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Multi-view SimSiam pre-training: two DRR views of one CT are a positive pair.
+
+    Writes an encoder checkpoint for `vertebra train --init simsiam:CKPT`.
+
+    Example:
+
+        $ vertebra pretrain cache/ --out simsiam.pt --steps 2000
+    """
+    from drrkit.errors import DrrkitError
+    from vertebra.training.pretraining import pretrain_views
+
+    try:
+        _check_data_spec(data)
+        config = _train_config(preset, "localization", encoder=encoder, crop_size=crop_size,
+                               device=device, workers=workers, seed=seed)
+        from rich.progress import Progress
+
+        with _echo_warnings(), Progress(disable=not progress) as bar:
+            task = bar.add_task("pretrain", total=steps)
+            res = pretrain_views(data, out, config, steps=steps, batch_size=batch_size, lr=lr,
+                                 callback=lambda step, loss: bar.update(
+                                     task, completed=step + 1, description=f"loss {loss:.3f}"))
+    except (DrrkitError, OSError) as error:
+        fail(str(error))
+        return
+    typer.echo(f"{len(res.losses)} steps, final loss {res.losses[-1]:.4f}; encoder "
+               f"{config.encoder} saved to {out}")
+
+
+@app.command()
+def train(
+    data: Annotated[str, typer.Argument(help=_DATA_HELP)],
+    out: Annotated[Path, typer.Option("--out", help="Checkpoint to write (.pt); the loss "
+                                                    "log goes next to it (.log.jsonl).")],
+    task: Annotated[str, typer.Option(help="localization or identification.")
+                    ] = "localization",
+    preset: Annotated[str, typer.Option(help="paper (defaults of the paper) or cpu-demo "
+                                              "(a few minutes on a laptop CPU).")] = "paper",
+    iterations: Annotated[int | None, typer.Option(help="Optimiser steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Views per step.")] = None,
+    crop_size: Annotated[int | None, typer.Option(help="Crop side in pixels (x32).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate.")] = None,
+    init: Annotated[str, typer.Option(help="Encoder initialisation: none, imagenet:PATH or "
+                                           "simsiam:PATH.")] = "none",
+    sequence_loss: Annotated[bool, typer.Option(
+        "--sequence-loss/--no-sequence-loss",
+        help="Add the Sequence Loss (identification).")] = True,
+    encoder: Annotated[str | None, typer.Option(help="timm encoder (paper resnet50).")
+                       ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    workers: Annotated[int | None, typer.Option(help="DataLoader worker processes.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of initialisation and samples.")
+                    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run saved at --out.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train the localization (heatmaps) or identification (22 mm squares) U-Net.
+
+    Examples:
+
+        $ vertebra train cache/ --task localization --out loc.pt
+
+        $ vertebra train phantoms:40 --task identification --preset cpu-demo --out id.pt
+    """
+    from drrkit.errors import DrrkitError
+    from vertebra.training.trainer import log_path
+    from vertebra.training.trainer import train as run_train
+
+    try:
+        _check_data_spec(data)
+        config = _train_config(preset, task, iterations=iterations, batch_size=batch_size,
+                               crop_size=crop_size, lr=lr, init=init,
+                               sequence_loss=sequence_loss, encoder=encoder, device=device,
+                               workers=workers, seed=seed)
+        with _echo_warnings():
+            res = run_train(config, data, out, resume=resume, progress=progress)
+    except (DrrkitError, OSError) as error:
+        fail(str(error))
+        return
+    last = res.history[-1] if res.history else {}
+    loss = f", final loss {last['loss']:.4f}" if "loss" in last else ""
+    typer.echo(f"{res.iteration} iterations{loss} in {res.seconds:.0f} s; checkpoint {out}, "
+               f"loss log {log_path(out)}")
+
+
+# ====================================================================== demo
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Demo folder (reused if it holds an "
+                                                    "earlier run).")] = Path("vertebra-demo"),
+    quick: Annotated[bool, typer.Option("--quick", help="A smoke run of every step in a "
+                                                        "couple of minutes (not accurate).")
+                     ] = False,
+    threads: Annotated[int | None, typer.Option("--threads", help="Torch CPU threads.")
+                       ] = None,
+    progress: Annotated[bool, typer.Option(help="Show training progress bars.")] = True,
+) -> None:
+    """The whole method on a CPU: phantoms, pre-training, both networks, labelling of
+    held-out phantoms, VerSe scores per region and pictures.
+
+    Example:
+
+        $ vertebra demo --out demo/
+    """
+    import time
+
+    from drrkit.errors import DrrkitError
+    from vertebra.demo import TARGET_ERROR_MM, TARGET_ID_RATE, DemoConfig, run_demo
+
+    start = time.perf_counter()
+    try:
+        config = DemoConfig.quick() if quick else DemoConfig()
+        if threads is not None:
+            if threads < 1:
+                raise DrrkitError(f"--threads must be >= 1, got {threads}")
+            from dataclasses import replace
+
+            config = replace(config, threads=threads)
+        result = run_demo(out, config, log=typer.echo, progress=progress)
+    except (DrrkitError, OSError) as error:
+        fail(str(error))
+        return
+    print_pooled(result.pooled, title=f"{result.pooled['n_scans']} held-out phantoms, "
+                                      "VerSe 20 mm")
+    steps = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
+    typer.echo(f"time: {steps}; total {time.perf_counter() - start:.0f} s")
+    verdict = "met" if result.meets_targets else "NOT met"
+    typer.echo(f"targets (id rate >= {100 * TARGET_ID_RATE:.0f} %, error <= "
+               f"{TARGET_ERROR_MM:g} mm): {verdict}; pictures and report.json in {out}")

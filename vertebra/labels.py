@@ -177,3 +177,26 @@ def classes_of(verse_ids) -> np.ndarray:
     ok = (ids >= 0) & (ids < CLASS_OF_ID.size)
     out[ok] = CLASS_OF_ID[ids[ok]]
     return out
+
+
+def chain_classes(t13: bool) -> np.ndarray:
+    """Network classes of one spine's vertebra chain, cranio-caudal: the Sequence Loss columns.
+
+    A spine without a thirteenth thoracic vertebra goes T12 -> L1 directly, so its chain
+    leaves class 20 (T13) out and T12 (19) and L1 (21) become neighbouring columns. L6
+    (class 26) stays as the last column either way: a spine without one simply never
+    reaches it.
+
+    Args:
+        t13: whether the spine has a T13.
+
+    Returns:
+        (26,) or (25,) int64 class indices in spine order.
+
+    Example:
+        >>> chain_classes(False)[17:21].tolist(), len(chain_classes(True))
+        ([18, 19, 21, 22], 26)
+    """
+    t13_class = _BY_NAME["T13"].class_index
+    classes = np.arange(1, len(VERTEBRAE) + 1, dtype=np.int64)
+    return classes if t13 else classes[classes != t13_class]

@@ -1,0 +1,209 @@
+"""Label correction: DP over class chains (optional T13, L6 at the end) and the paper's rule."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from drrkit.errors import DrrkitError
+from vertebra import labels as vl
+from vertebra.correction import (
+    CHAIN_WITH_T13,
+    CHAIN_WITHOUT_T13,
+    correct_labels,
+    gap_rows,
+)
+from vertebra.sequence import ALPHA, BETA
+
+C = len(vl.VERTEBRAE)
+
+
+def one_hot(names, value=1.0):
+    p = np.zeros((len(names), C))
+    for i, name in enumerate(names):
+        p[i, vl.by_name(name).class_index - 1] = value
+    return p
+
+
+def names_of(result):
+    return result.names
+
+
+@pytest.mark.parametrize("names", [
+    ["C1", "C2", "C3", "C4"],
+    ["T3", "T4", "T5", "T6", "T7", "T8"],
+    ["T11", "T12", "L1", "L2"],
+    ["L1", "L2", "L3", "L4", "L5"],
+    ["L4"],
+    [n for n in vl.NAMES if n not in ("T13", "L6")],  # the whole spine, 24 vertebrae
+])
+def test_one_hot_normal_spines(names):
+    r = correct_labels(one_hot(names))
+    assert names_of(r) == names
+    assert not r.t13
+    np.testing.assert_allclose(r.confidence, 1.0)
+    assert r.scores["without_t13"] >= r.scores["with_t13"]
+
+
+def test_dp_fixes_one_wrong_row():
+    names = ["T6", "T7", "T8", "T9", "T10"]
+    p = one_hot(names, 0.7)
+    p[2] = 0.0
+    p[2, vl.by_name("T10").class_index - 1] = 0.7  # the T8 row says T10
+    p += 0.01
+    r = correct_labels(p)
+    assert names_of(r) == names
+    assert r.confidence[2] < 0.1 < r.confidence[0]
+
+
+def test_t13_spine_uses_the_t13_chain():
+    names = ["T10", "T11", "T12", "T13", "L1", "L2"]
+    r = correct_labels(one_hot(names))
+    assert names_of(r) == names
+    assert r.t13 and r.scores["with_t13"] > r.scores["without_t13"]
+
+
+def test_t13_ambiguous_rows_resolved_by_the_sequence():
+    # a transitional spine whose T13 row is only weakly T13
+    names = ["T10", "T11", "T12", "T13", "L1", "L2", "L3"]
+    p = one_hot(names, 0.8)
+    t13 = vl.class_of(28) - 1
+    p[3] = 0.0
+    p[3, t13], p[3, t13 + 1] = 0.45, 0.4  # T13 vs L1
+    assert names_of(correct_labels(p)) == names
+    # a normal spine whose L1 row has some T13 probability stays without T13
+    normal = ["T10", "T11", "T12", "L1", "L2", "L3"]
+    q = one_hot(normal, 0.8)
+    q[3, t13] = 0.3
+    r = correct_labels(q)
+    assert names_of(r) == normal and not r.t13
+
+
+def test_l6_is_the_last_column_and_optional():
+    six = ["L2", "L3", "L4", "L5", "L6"]
+    assert names_of(correct_labels(one_hot(six))) == six
+    five = ["L1", "L2", "L3", "L4", "L5"]
+    assert names_of(correct_labels(one_hot(five))) == five
+
+
+def test_allow_t13_false_never_labels_t13():
+    names = ["T11", "T12", "T13", "L1"]
+    r = correct_labels(one_hot(names), allow_t13=False)
+    assert "T13" not in names_of(r) and "with_t13" not in r.scores
+
+
+def test_dp_path_never_runs_off_the_top():
+    # row 1 looks like C1, so the argmax path would put row 0 above C1
+    p = one_hot(["C1", "C1", "C2", "C3"])
+    r = correct_labels(p)
+    assert names_of(r) == ["C1", "C2", "C3", "C4"]
+    assert np.all(r.classes > 0)
+
+
+def test_more_rows_than_classes_leaves_the_top_unlabelled():
+    p = np.full((30, C), 1.0 / C)  # 30 flat rows: the longer chain labels more of them
+    r = correct_labels(p)
+    chain = CHAIN_WITH_T13 if r.t13 else CHAIN_WITHOUT_T13
+    assert r.t13
+    assert r.classes[:30 - len(chain)].tolist() == [0] * (30 - len(chain))
+    assert r.classes[30 - len(chain):].tolist() == chain.tolist()
+
+
+def test_paper_rule_reference_and_fixed_wraparound():
+    names = ["T3", "T4", "T5", "T6"]
+    p = one_hot(names)
+    p[0] = one_hot(["L2"])[0]  # rows above the last do not matter to the paper's rule
+    assert names_of(correct_labels(p, "paper")) == names
+    # last row says C3 with 5 rows: the top two rows would be above C1
+    q = one_hot(["C1", "C2", "C3", "C4", "C3"])
+    r = correct_labels(q, "paper")
+    assert r.classes.tolist()[:2] == [0, 0]  # unlabelled, not wrapped round to L5/L6
+    assert names_of(r)[2:] == ["C1", "C2", "C3"]
+    assert r.confidence[0] == 0.0
+    # C1 is a class of its own: a last row saying C1 labels C1 (not background)
+    assert names_of(correct_labels(one_hot(["C1"]), "paper")) == ["C1"]
+
+
+def test_paper_rule_cannot_label_transitional_spines():
+    names = ["T11", "T12", "T13", "L1"]
+    assert names_of(correct_labels(one_hot(names), "paper")) != names
+    assert names_of(correct_labels(one_hot(names), "dp")) == names
+
+
+def test_empty_rows_keep_the_sequence():
+    names = ["T8", "T9", "T10", "T11", "T12"]
+    p = one_hot(names)
+    p[2] = 0.0  # a missed vertebra left as an empty row
+    r = correct_labels(p)
+    assert names_of(r) == names
+    assert r.confidence[2] == 0.0
+
+
+def test_empty_input_and_bad_input():
+    r = correct_labels(np.zeros((0, C)))
+    assert len(r.classes) == 0
+    with pytest.raises(DrrkitError):
+        correct_labels(np.zeros((3, C + 1)))
+    with pytest.raises(DrrkitError):
+        correct_labels(-np.ones((3, C)))
+    with pytest.raises(DrrkitError):
+        correct_labels(np.ones((3, C)), "viterbi")
+
+
+def _brute_force(p):
+    """Best (chain, start) by direct summation of the path score of the sequence DP."""
+    best = (-np.inf, None)
+    n = len(p)
+    for chain in (CHAIN_WITHOUT_T13, CHAIN_WITH_T13):  # ties go to the first chain
+        sub = np.pad(p[:, chain - 1], ((0, 0), (1, 1)))  # zero columns off the chain
+        for start in range(len(chain) - n + 1):
+            cols = start + np.arange(n) + 1
+            score = sub[0, cols[0]]
+            for i in range(1, n):
+                j = cols[i]
+                score += max(BETA * sub[i, j], ALPHA * sub[i, j - 1], ALPHA * sub[i, j + 1])
+            if score > best[0] + 1e-12:
+                best = (score, chain[cols - 1])
+    return best
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 12), st.integers(0, 2**31 - 1))
+def test_dp_matches_brute_force(n, seed):
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.full(C, 0.3), size=n)
+    score, classes = _brute_force(p)
+    r = correct_labels(p)
+    np.testing.assert_allclose(r.score, score, rtol=1e-9)
+    assert r.classes.tolist() == classes.tolist()
+    assert np.all((r.confidence >= 0) & (r.confidence <= 1))
+
+
+def test_gap_rows():
+    z = -np.cumsum([0, 20, 21, 22, 23, 24, 25])  # growing spacing, no gap
+    pts = np.stack([np.zeros_like(z), np.zeros_like(z), z], -1).astype(float)
+    rows, m = gap_rows(pts)
+    assert rows.tolist() == list(range(7)) and m == 7
+    missing = np.delete(pts, 3, axis=0)  # one vertebra missed
+    rows, m = gap_rows(missing)
+    assert rows.tolist() == [0, 1, 2, 4, 5, 6] and m == 7
+    two = np.delete(pts, [3, 4], axis=0)  # two in a row
+    rows, m = gap_rows(two)
+    assert rows.tolist() == [0, 1, 2, 5, 6] and m == 7
+    assert gap_rows(pts[:2])[0].tolist() == [0, 1]
+    with pytest.raises(DrrkitError):
+        gap_rows(pts, ratio=1.0)
+
+
+def test_sequence_losses_use_the_better_chain():
+    from vertebra.correction import sequence_losses
+    from vertebra.sequence import sequence_loss
+
+    t13 = one_hot(["T11", "T12", "T13", "L1"])
+    normal = one_hot(["T11", "T12", "L1", "L2"])
+    both = sequence_losses(np.stack([t13, normal]))
+    perfect = 1 - (1 + 3 * BETA) / (4 * BETA)  # a one-hot consecutive sequence
+    np.testing.assert_allclose(both, perfect)
+    # the full 26-class chain alone would penalise the normal spine at T12 -> L1
+    assert float(sequence_loss(normal)) > perfect + 0.1
+    assert sequence_losses(t13, allow_t13=False) > perfect + 0.1

@@ -1,0 +1,207 @@
+"""Oracle tests of the labelling pipeline: the networks are replaced by maps made from the
+phantom's ground truth with vertebra.targets (plus noise and deliberate faults), so these
+tests check the geometry and the fusion (peaks, correspondence, triangulation, squares,
+voting, correction) independently of any learning."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+import drrkit
+from drrkit.errors import DrrkitError
+from vertebra import labels as vl
+from vertebra.data.phantom import make_spine_phantom
+from vertebra.pipeline import NO_SPINE, PipelineConfig, label_ct, square_means
+from vertebra.targets import make_targets
+from vertebra.views import ViewConfig
+
+VIEWS = ViewConfig(views=10, mm_per_pixel=2.0)
+
+
+def mu(phantom):
+    return phantom.ct.with_data(drrkit.hu_to_mu(phantom.ct.data))
+
+
+def one_hot(id_maps):
+    return np.eye(vl.NUM_CLASSES, dtype=np.float32)[id_maps].transpose(0, 3, 1, 2).copy()
+
+
+def oracle(volume, centroids, views=VIEWS, *, heat_noise=0.0, prob_noise=0.0, seed=0,
+           heat_centroids=None):
+    """Localizer and identifier callables returning target maps of the ground truth."""
+    geometry = views.geometry(volume)
+    targets = make_targets(centroids, geometry, volume)
+    heat_targets = targets if heat_centroids is None else make_targets(
+        heat_centroids, geometry, volume)
+    rng = np.random.default_rng(seed)
+    heat = heat_targets.heatmaps + heat_noise * rng.standard_normal(
+        targets.heatmaps.shape).astype(np.float32)
+    probs = one_hot(targets.id_maps)
+    if prob_noise:
+        noise = rng.dirichlet(np.full(vl.NUM_CLASSES, 0.5),
+                              size=probs.shape[:1] + probs.shape[2:]).astype(np.float32)
+        probs = (1 - prob_noise) * probs + prob_noise * noise.transpose(0, 3, 1, 2)
+    return heat, probs, targets
+
+
+def run(volume, heat, probs, config=None, views=VIEWS):
+    return label_ct(volume, lambda x: heat, lambda x: probs, views=views, config=config,
+                    backend="cpu")
+
+
+def check(result, centroids, tol_mm=1.0):
+    got = result.centroids()
+    assert list(got) == list(centroids), ([vl.name_of(i) for i in got],
+                                          [vl.name_of(i) for i in centroids])
+    err = [np.linalg.norm(got[k] - centroids[k]) for k in centroids]
+    assert max(err) < tol_mm, err
+
+
+@pytest.fixture(scope="module")
+def thoracic():
+    ph = make_spine_phantom(0, size="small")  # T1..T6
+    assert len(ph.centroids) >= 5
+    return ph
+
+
+@pytest.fixture(scope="module")
+def thoracic_maps(thoracic):
+    vol = mu(thoracic)
+    return vol, oracle(vol, thoracic.centroids)
+
+
+def test_exact_maps_give_exact_centroids_and_labels(thoracic, thoracic_maps):
+    vol, (heat, probs, _) = thoracic_maps
+    r = run(vol, heat, probs)
+    assert r.status == "ok"
+    check(r, thoracic.centroids, tol_mm=0.5)
+    assert set(r.timings) == {"render", "localize", "peaks", "match", "identify", "vote",
+                              "correct"}
+    assert r.inputs.shape == r.heatmaps.shape == r.geometry.shape
+    assert all(v.n_views >= 9 and v.confidence > 0.8 for v in r.vertebrae)
+    np.testing.assert_allclose(r.weights.sum(), 1.0)
+
+
+def test_noisy_maps(thoracic):
+    vol = mu(thoracic)
+    heat, probs, _ = oracle(vol, thoracic.centroids, heat_noise=0.08, prob_noise=0.5, seed=3)
+    r = run(vol, heat, probs)
+    check(r, thoracic.centroids, tol_mm=1.5)
+
+
+def test_a_view_without_detections_and_a_spurious_peak(thoracic, thoracic_maps):
+    vol, (heat, probs, _) = thoracic_maps
+    heat = heat.copy()
+    heat[3] = 0.0  # view 3 sees nothing
+    _, h, w = heat.shape
+    rr, cc = np.mgrid[:h, :w]
+    heat[6] = np.maximum(heat[6], np.exp(-((rr - 10) ** 2 + (cc - 12) ** 2) / 4.0))  # stray
+    r = run(vol, heat, probs)
+    assert len(r.detections[3]) == 0
+    assert len(r.detections[6]) == len(thoracic.centroids) + 1
+    check(r, thoracic.centroids)
+    assert all(v.n_views == 9 for v in r.vertebrae)
+
+
+def test_wrong_label_views_are_outvoted_and_scrambled_views_downweighted(thoracic,
+                                                                         thoracic_maps):
+    vol, (heat, probs, targets) = thoracic_maps
+    probs = probs.copy()
+    ids = targets.id_maps
+    # view 2: every vertebra one class too low (a consistent but wrong sequence)
+    probs[2] = one_hot(np.where(ids[2] > 1, ids[2] - 1, ids[2])[None])[0]
+    # view 5: classes scrambled (not a sequence at all)
+    rng = np.random.default_rng(1)
+    perm = np.concatenate([[0], rng.permutation(np.arange(1, vl.NUM_CLASSES))])
+    probs[5] = one_hot(perm[ids[5]][None])[0]
+    r = run(vol, heat, probs)
+    check(r, thoracic.centroids)
+    others = np.delete(r.weights, [2, 5])
+    assert r.weights[5] < 0.5 * others.min()
+    # with plain averaging the scrambled view weighs as much as the others
+    mean = run(vol, heat, probs, PipelineConfig(voting="mean"))
+    np.testing.assert_allclose(mean.weights, 0.1)
+
+
+@pytest.mark.parametrize("transitional, levels", [("t13", ("T11", "L2")),
+                                                  ("l6", ("L2", "L6"))])
+def test_transitional_spines(transitional, levels):
+    ph = make_spine_phantom(5, size="small", levels=levels, transitional=transitional)
+    assert ph.transitional == transitional
+    vol = mu(ph)
+    heat, probs, _ = oracle(vol, ph.centroids, heat_noise=0.03, prob_noise=0.3)
+    r = run(vol, heat, probs)
+    check(r, ph.centroids)
+    if transitional == "t13":
+        assert r.correction.t13 and 28 in r.centroids()
+        paper = run(vol, heat, probs, PipelineConfig(correction="paper"))
+        assert list(paper.centroids()) != list(ph.centroids)  # the paper's rule cannot
+    else:
+        assert 25 in r.centroids()
+
+
+def test_a_missed_vertebra_leaves_the_others_right(thoracic):
+    vol = mu(thoracic)
+    missing = list(thoracic.centroids)[2]
+    seen = {k: v for k, v in thoracic.centroids.items() if k != missing}
+    heat, probs, _ = oracle(vol, thoracic.centroids, heat_centroids=seen)
+    r = run(vol, heat, probs)
+    check(r, seen)
+    no_fill = run(vol, heat, probs, PipelineConfig(fill_gaps=False))
+    assert missing in no_fill.centroids()  # without the gap rows the labels shift
+
+
+def test_one_vertebra_visible(thoracic):
+    vol = mu(thoracic)
+    key = list(thoracic.centroids)[3]
+    single = {key: thoracic.centroids[key]}
+    heat, probs, _ = oracle(vol, single, prob_noise=0.2)
+    r = run(vol, heat, probs)
+    check(r, single)
+    assert 0 < r.vertebrae[0].confidence <= 1
+
+
+def test_partial_field_of_view():
+    ph = make_spine_phantom(2, size="small")  # L3-L5 with the sacrum cut
+    vol = mu(ph)
+    heat, probs, _ = oracle(vol, ph.centroids, heat_noise=0.03)
+    check(run(vol, heat, probs), ph.centroids)
+
+
+def test_no_spine_says_so(thoracic, thoracic_maps):
+    vol, (heat, probs, _) = thoracic_maps
+    with pytest.warns(UserWarning, match="no spine found"):
+        r = run(vol, np.zeros_like(heat), probs)
+    assert r.status == NO_SPINE and r.centroids() == {} and len(r.points) == 0
+
+
+def test_views_independent_of_k(thoracic):
+    vol = mu(thoracic)
+    views = ViewConfig(views=4, mm_per_pixel=2.0)
+    heat, probs, _ = oracle(vol, thoracic.centroids, views)
+    check(run(vol, heat, probs, views=views), thoracic.centroids)
+
+
+def test_bad_network_outputs_raise(thoracic, thoracic_maps):
+    vol, (heat, probs, _) = thoracic_maps
+    with pytest.raises(DrrkitError, match="localizer"):
+        run(vol, heat[:, :-1], probs)
+    with pytest.raises(DrrkitError, match="identifier"):
+        run(vol, heat, probs[:, :5])
+    with pytest.raises(DrrkitError):
+        PipelineConfig(voting="max")
+
+
+def test_square_means_exact():
+    probs = np.zeros((1, 2, 10, 10), np.float32)
+    probs[0, 1, 2:5, 3:6] = 1.0  # a 3x3 block
+    probs[0, 0] = 1.0 - probs[0, 1]
+    pixels = np.array([[[4.0, 3.0], [-50.0, 3.0], [np.nan, np.nan], [0.0, 0.0]]])
+    means, covered = square_means(probs, pixels, np.array([[1.0, 1.0]]))
+    np.testing.assert_allclose(means[0, 0], [0.0, 1.0])
+    assert covered[0].tolist() == [True, False, False, True]
+    np.testing.assert_allclose(means[0, 3], [1.0, 0.0])  # the corner: 2x2 pixels on it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        square_means(probs, pixels[:, :0], np.array([[1.0, 1.0]]))

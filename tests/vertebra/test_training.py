@@ -1,0 +1,306 @@
+"""Training: data items, Sequence Loss plumbing, a short run whose loss falls, resume, CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from drrkit.errors import DrrkitError
+from vertebra import labels as L
+from vertebra.sequence import SequenceDP, sequence_loss
+from vertebra.training.config import AugmentConfig, TrainConfig, parse_init
+from vertebra.training.dataset import (
+    PairDataset,
+    StreamSampler,
+    ViewDataset,
+    crop,
+    crop_corner,
+)
+from vertebra.training.losses import heatmap_loss, identification_loss, sequence_term, square_rows
+from vertebra.training.rendered import RenderedCache, RenderedViews, render_all
+from vertebra.training.sources import PhantomSource, open_data, parse_phantoms
+from vertebra.views import ViewConfig
+
+ENC = "resnet10t"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads on a busy 2-core box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_config(task="identification", **changes):
+    base = {"encoder": ENC, "crop_size": 64, "batch_size": 4, "iterations": 4, "log_every": 2,
+            "checkpoint_every": 2, "sigma_mm": 6.0,
+            "views": ViewConfig(views=4, mm_per_pixel=4.0)}
+    base.update(changes)
+    return TrainConfig(task=task, **base)
+
+
+@pytest.fixture(scope="module")
+def phantoms():
+    return PhantomSource([0, 1], size="small", levels=("T10", "L3"), orientation="random")
+
+
+@pytest.fixture(scope="module")
+def rendered(phantoms):
+    cfg = tiny_config()
+    return render_all(phantoms, cfg.views, orbits=2, sigma_mm=cfg.sigma_mm)
+
+
+# ---------------------------------------------------------------------- labels chain
+def test_chain_classes():
+    with_t13, without = L.chain_classes(True), L.chain_classes(False)
+    assert with_t13.tolist() == list(range(1, 27))
+    assert len(without) == 25 and L.by_name("T13").class_index not in without
+    i = without.tolist().index(L.by_name("T12").class_index)
+    assert without[i + 1] == L.by_name("L1").class_index  # T12 -> L1 consecutive
+    assert without[-1] == with_t13[-1] == L.by_name("L6").class_index
+
+
+# ---------------------------------------------------------------------- config
+def test_config_round_trip_and_validation():
+    cfg = TrainConfig.cpu_demo("identification", iterations=7)
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert TrainConfig().iterations == 15000 and TrainConfig().lr_step == 4000
+    assert parse_init("simsiam:/x.pt") == ("simsiam", "/x.pt")
+    for bad in ({"task": "segment"}, {"crop_size": 100}, {"init": "bogus:"}, {"lr": 0},
+                {"background_weight": 0}):
+        with pytest.raises(DrrkitError):
+            TrainConfig(**bad)
+    with pytest.raises(DrrkitError):
+        AugmentConfig(noise=(0.1, 0.0))
+
+
+def test_phantom_specs():
+    assert parse_phantoms("phantoms:3") == [0, 1, 2]
+    assert parse_phantoms("phantoms:5:7") == [5, 6]
+    assert parse_phantoms("/some/folder") is None
+    for bad in ("phantoms:", "phantoms:x", "phantoms:4:2"):
+        with pytest.raises(DrrkitError):
+            parse_phantoms(bad)
+    with pytest.raises(DrrkitError):
+        open_data("/no/such/folder")
+
+
+# ---------------------------------------------------------------------- data
+def test_crop_and_corner():
+    a = np.arange(12.0).reshape(3, 4)
+    c = crop(a, -1, 2, 3)
+    assert c.tolist() == [[0, 0, 0], [2, 3, 0], [6, 7, 0]]
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        top, left = crop_corner(rng, (100, 40), 64, np.array([[20.0, 50.0]]), 0.5)
+        assert 0 <= top <= 36 and -24 <= left <= 0  # crop inside the image / image inside crop
+
+
+def _check_item(item, size):
+    assert item["image"].shape == (1, size, size) and item["image"].dtype == torch.float32
+    assert item["heatmap"].shape == (1, size, size)
+    assert item["id_map"].shape == (size, size) and item["id_map"].dtype == torch.int64
+    pts = item["pixels"].numpy()
+    pts = pts[~np.isnan(pts[:, 0])]
+    heat, ids = item["heatmap"][0].numpy(), item["id_map"].numpy()
+    inside = [(c, r) for c, r in pts if 0 <= round(r) < size and 0 <= round(c) < size]
+    for c, r in inside:  # targets sit on the projected centroids
+        assert heat[round(r), round(c)] > 0.8
+        assert ids[round(r), round(c)] > 0
+    return len(inside)
+
+
+def test_view_dataset_items_on_the_fly_and_cached(phantoms, rendered):
+    cfg = tiny_config()
+    seen = 0
+    for data in (phantoms, RenderedCache.from_views(rendered)):
+        ds = ViewDataset(data, cfg)
+        for i in range(4):
+            seen += _check_item(ds[i], 64)
+        # an item is a pure function of (seed, index)
+        assert torch.equal(ds[3]["image"], ds[3]["image"])
+        assert not torch.equal(ds[3]["image"], ds[4]["image"])
+    assert seen > 0
+    x1, x2 = PairDataset(RenderedCache.from_views(rendered), cfg)[0]
+    assert x1.shape == x2.shape == (1, 64, 64)
+
+
+def test_rendered_views_targets_and_npz_round_trip(rendered, tmp_path):
+    rv = rendered[0]
+    assert len(rv) == 8 and rv.images.shape == rv.heatmaps.shape == rv.id_maps.shape
+    v, n = np.nonzero(rv.visible)
+    r, c = np.round(rv.pixels[v, n, 1]).astype(int), np.round(rv.pixels[v, n, 0]).astype(int)
+    assert np.all(rv.id_maps[v, r, c] == L.classes_of(rv.labels[n]))
+    back = RenderedViews.load(rv.save(tmp_path / "a.npz"))
+    for name in ("images", "heatmaps", "id_maps", "pixels", "visible", "labels"):
+        assert np.array_equal(getattr(back, name), getattr(rv, name))
+    assert np.allclose(back.geometry.projection_matrices, rv.geometry.projection_matrices)
+    assert back.view_config == rv.view_config and back.t13 == rv.t13
+
+
+def test_stream_sampler_resumes_and_splits_ranks():
+    it = iter(StreamSampler(2, start=0))
+    first = [next(it) for _ in range(6)]
+    assert first == [0, 1, 2, 3, 4, 5]
+    resumed = iter(StreamSampler(2, start=2))
+    assert [next(resumed) for _ in range(2)] == [4, 5]
+    r0, r1 = iter(StreamSampler(2, rank=0, world=2)), iter(StreamSampler(2, rank=1, world=2))
+    a, b = [next(r0) for _ in range(4)], [next(r1) for _ in range(4)]
+    assert not set(a) & set(b)
+
+
+# ---------------------------------------------------------------------- losses
+def test_square_rows_mean_softmax_per_square():
+    probs = torch.zeros(1, 27, 2, 4)
+    probs[0, 0] = 1.0
+    ids = torch.zeros(1, 2, 4, dtype=torch.int64)
+    ids[0, :, :2] = 21  # L1 square
+    ids[0, :, 2:3] = 19  # T12 square
+    probs[0, :, :, :2] = 0
+    probs[0, 21, 0, :2] = 1.0
+    probs[0, 20, 1, :2] = 1.0  # half of L1's pixels say T13
+    rows = square_rows(probs, ids)
+    assert rows.lengths.tolist() == [2]
+    assert rows.classes.tolist() == [[19, 21]]  # spine order
+    assert rows.probs[0, 1, 20].item() == pytest.approx(0.5)  # column of class 21 (L1)
+    assert rows.probs[0, 1, 19].item() == pytest.approx(0.5)  # column of class 20 (T13)
+    assert rows.probs[0, 0].sum().item() == pytest.approx(0.0)  # T12's pixels: background
+
+
+def test_sequence_term_uses_the_spines_own_chain():
+    """T12 then L1 predicted perfectly: consecutive without T13, a skip with T13."""
+    ids = torch.zeros(1, 1, 4, dtype=torch.int64)
+    ids[0, 0, :2], ids[0, 0, 2:] = 19, 21
+    probs = torch.zeros(1, 27, 1, 4)
+    probs[0, 19, 0, :2] = 1.0
+    probs[0, 21, 0, 2:] = 1.0
+    dp = SequenceDP()
+    no_t13 = sequence_term(probs, ids, torch.tensor([False]), dp)
+    with_t13 = sequence_term(probs, ids, torch.tensor([True]), dp)
+    perfect = sequence_loss(np.eye(2))  # two consecutive one-hot rows
+    assert no_t13.item() == pytest.approx(float(perfect))
+    assert with_t13.item() > no_t13.item() + 0.3
+    # a batch mixing both chains averages the two per-image losses
+    both = sequence_term(probs.repeat(2, 1, 1, 1), ids.repeat(2, 1, 1),
+                         torch.tensor([False, True]), dp)
+    assert both.item() == pytest.approx((no_t13.item() + with_t13.item()) / 2)
+    # an image without vertebrae contributes nothing
+    empty = sequence_term(probs, torch.zeros_like(ids), torch.tensor([False]), dp)
+    assert empty.item() == 0.0
+
+
+def test_identification_loss_gradients_and_switch():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 27, 8, 8, requires_grad=True)
+    ids = torch.zeros(2, 8, 8, dtype=torch.int64)
+    ids[:, 2:5, 2:5], ids[:, 5:8, 2:5] = 8, 9
+    t13 = torch.tensor([False, True])
+    on = identification_loss(logits, ids, t13, gamma=1.0)
+    off = identification_loss(logits, ids, t13, sequence=False)
+    assert on.total.item() == pytest.approx(on.ce.item() + on.seq.item())
+    assert off.total.item() == pytest.approx(off.ce.item())
+    assert off.seq.item() == pytest.approx(on.seq.item()) and not off.seq.requires_grad
+    (g_seq,) = torch.autograd.grad(on.seq, logits)
+    assert g_seq.abs().sum() > 0
+    assert heatmap_loss(torch.ones(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)).item() == 1.0
+    w = heatmap_loss(torch.zeros(1, 1, 1, 2), torch.tensor([[[[1.0, 0.0]]]]), fg_weight=3.0)
+    assert w.item() == pytest.approx(4.0 / 2)
+
+
+# ---------------------------------------------------------------------- training
+def test_short_training_run_loss_falls(rendered):
+    from vertebra.training.trainer import train
+
+    cfg = tiny_config("identification", iterations=30, lr=3e-3, log_every=10)
+    res = train(cfg, RenderedCache.from_views(rendered), None, progress=False)
+    assert res.iteration == 30 and len(res.losses) == 30
+    first, last = np.mean(res.losses[:5]), np.mean(res.losses[-5:])
+    assert last < 0.7 * first, (first, last)
+    assert [h["iteration"] for h in res.history] == [10, 20, 30]
+    assert {"ce", "seq", "lr", "it_per_s"} <= set(res.history[-1])
+
+
+def test_checkpoint_resume_continues_the_same_run(rendered, tmp_path):
+    from vertebra.models import load_model
+    from vertebra.training.checkpoint import load_trained, read_training_checkpoint
+    from vertebra.training.trainer import log_path, train
+
+    data = RenderedCache.from_views(rendered)
+    cfg = tiny_config("localization", iterations=4, heatmap_fg_weight=5.0)
+    straight = train(cfg, data, None, progress=False)
+    out = tmp_path / "loc.pt"
+    part = train(cfg.replace(iterations=2), data, out, progress=False)
+    assert part.iteration == 2
+    with pytest.raises(DrrkitError, match="exists"):
+        train(cfg, data, out, progress=False)
+    with pytest.raises(DrrkitError, match="task"):
+        train(cfg.replace(task="identification"), data, out, resume=True, progress=False)
+    rest = train(cfg, data, out, resume=True, progress=False)
+    assert rest.iteration == 4 and len(rest.losses) == 2
+    assert np.allclose(rest.losses, straight.losses[2:], rtol=1e-4, atol=1e-6)
+    for (k, a), b in zip(straight.model.state_dict().items(), rest.model.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-6), k
+    ckpt = read_training_checkpoint(out)
+    assert ckpt["iteration"] == 4 and ckpt["train_config"]["task"] == "localization"
+    assert ckpt["view_config"] == cfg.views.to_dict()
+    assert ckpt["labels"][19]["name"] == "T13" and ckpt["code_version"]["drrkit"]
+    assert "state" in ckpt["optimizer"]
+    model, loaded_cfg = load_trained(out)
+    assert loaded_cfg == cfg and not model.training
+    assert load_model(out).config["task"] == "localization"
+    lines = [json.loads(s) for s in log_path(out).read_text().splitlines()]
+    assert [r["iteration"] for r in lines] == [2, 4]
+
+
+# ---------------------------------------------------------------------- CLI
+def test_cli_prerender_pretrain_train_and_bad_input(tmp_path):
+    from vertebra.cli import app
+
+    runner = CliRunner()
+    cache = tmp_path / "cache"
+    r = runner.invoke(app, ["prerender", "phantoms:1", str(cache), "--preset", "cpu-demo",
+                            "--views", "4", "--mm-per-pixel", "4"])
+    assert r.exit_code == 0, r.output
+    assert (cache / "cache.json").is_file() and (cache / "phantom0000.npz").is_file()
+
+    enc = tmp_path / "enc.pt"
+    r = runner.invoke(app, ["pretrain", str(cache), "--out", str(enc), "--steps", "2",
+                            "--batch-size", "2", "--encoder", ENC, "--crop-size", "64",
+                            "--device", "cpu", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert torch.load(enc, weights_only=True)["encoder"] == ENC
+
+    ckpt = tmp_path / "id.pt"
+    common = ["--task", "identification", "--preset", "cpu-demo", "--encoder", ENC,
+              "--crop-size", "64", "--batch-size", "2", "--device", "cpu", "--no-progress"]
+    r = runner.invoke(app, ["train", str(cache), "--out", str(ckpt), "--iterations", "2",
+                            "--init", f"simsiam:{enc}", "--no-sequence-loss", *common])
+    assert r.exit_code == 0, r.output
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["iteration"] == 2 and saved["train_config"]["sequence_loss"] is False
+    assert saved["view_config"]["views"] == 4  # the cache's views were recorded
+    r = runner.invoke(app, ["train", str(cache), "--out", str(ckpt), "--iterations", "3",
+                            "--resume", "--no-sequence-loss", *common])
+    assert r.exit_code == 0, r.output
+    assert torch.load(ckpt, weights_only=True)["iteration"] == 3
+
+    bad = [
+        ["train", str(tmp_path / "missing"), "--out", str(tmp_path / "x.pt")],
+        ["train", "phantoms:0", "--out", str(tmp_path / "x.pt")],
+        ["train", str(cache), "--out", str(tmp_path / "x.pt"), "--task", "segment"],
+        ["train", str(cache), "--out", str(tmp_path / "x.pt"), "--init", "weights.pt"],
+        ["train", str(cache), "--out", str(tmp_path / "x.pt"), "--init",
+         f"simsiam:{tmp_path / 'none.pt'}"],
+        ["train", str(cache), "--out", str(ckpt), *common],  # exists, no --resume
+        ["train", str(tmp_path), "--out", str(tmp_path / "x.pt")],  # no CTs in folder
+        ["pretrain", "phantoms:x", "--out", str(tmp_path / "e.pt")],
+        ["prerender", str(cache), str(tmp_path / "c2")],  # already a cache
+    ]
+    for args in bad:
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2, (args, r.output)
+        assert "error:" in r.output and "Traceback" not in r.output

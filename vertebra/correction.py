@@ -1,0 +1,230 @@
+"""Label correction: turn per-vertebra class probabilities into consecutive anatomical labels.
+
+Input: ``probs`` (n, 26), the fused (voted) identification probabilities of n detected
+vertebrae in spine order (row 0 the most superior), columns the vertebra classes 1..26 of
+:mod:`vertebra.labels` (C1..C7, T1..T12, T13, L1..L6; background excluded).
+
+Two rules:
+
+``"dp"`` (default): the best path of the sequence DP (:class:`vertebra.sequence.SequenceDP`,
+the same recurrence as the Sequence Loss) over a *chain* of classes. Consecutive rows get
+consecutive chain positions, so no vertebra is skipped. T13 is optional: the DP runs on
+the chain without the T13 column (C1..T12, L1..L6, 25 columns) and on the full chain
+(26 columns), and the better best-path score wins (ties go to the chain without T13).
+L6 needs no such choice: it is the last column of both chains and a spine may simply end
+at L5. The path must start on the table (its first row at C1 or below), so a path never
+runs off the top of the chain; only when there are more rows than chain columns are the
+rows above C1 left unlabelled.
+
+``"paper"``: the rule of Wu et al.'s release: the class with the largest probability in
+the *last* row is the reference and the rows above are labelled consecutively upwards.
+Two bugs of that code are fixed: a row that would lie above C1 is left unlabelled
+instead of wrapping round to the end of the class list (Python index -1), and C1 is a
+class of its own, not the background index. The rule has no notion of an optional
+vertebra, so it counts on the chain without T13 (T13's column is ignored).
+
+Empty rows (all zeros) are allowed: the pipeline inserts them where the 3-D spacing of
+the detections shows a missed vertebra (:func:`gap_rows`), so the labels above and below
+the gap stay right.
+
+Example:
+    >>> import numpy as np
+    >>> from vertebra import labels
+    >>> p = np.zeros((3, 26)); p[[0, 1, 2], [17, 18, 19]] = 1   # T11, T12, T13
+    >>> [labels.name_of(v) for v in correct_labels(p).verse_ids]
+    ['T11', 'T12', 'T13']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from drrkit.errors import DrrkitError
+from vertebra import labels as vlabels
+from vertebra.sequence import SequenceDP
+
+METHODS = ("dp", "paper")
+
+#: Number of vertebra classes (columns of ``probs``).
+N_VERTEBRA_CLASSES = len(vlabels.VERTEBRAE)
+
+#: Network class of T13.
+T13_CLASS = vlabels.class_of(28)
+
+#: Class chains (network classes in anatomical order) the DP may use; the same columns as
+#: the Sequence Loss in training (:func:`vertebra.labels.chain_classes`).
+CHAIN_WITHOUT_T13 = vlabels.chain_classes(False)
+CHAIN_WITH_T13 = vlabels.chain_classes(True)
+
+#: A spacing between consecutive detections this many times the local spacing means a
+#: vertebra was missed (adjacent vertebrae differ in spacing by less than ~1.35x).
+GAP_RATIO = 1.7
+
+
+@dataclass(frozen=True)
+class Correction:
+    """Corrected labels of n rows.
+
+    Attributes:
+        classes: (n,) int64 network class 1..26 per row, 0 where unlabelled.
+        verse_ids: (n,) int64 VerSe id per row, 0 where unlabelled.
+        confidence: (n,) float64 in [0, 1]: the row's probability of its label after
+            normalising the row over the 26 vertebra classes; 0 where unlabelled or empty.
+        method: "dp" or "paper".
+        t13: whether a row was labelled T13.
+        score: best-path score of the chosen chain (NaN for "paper").
+        scores: {"without_t13": score, "with_t13": score} of the DP (empty for "paper").
+    """
+
+    classes: np.ndarray
+    verse_ids: np.ndarray
+    confidence: np.ndarray
+    method: str
+    t13: bool
+    score: float
+    scores: dict
+
+    @property
+    def names(self) -> list[str]:
+        """Vertebra names per row ("" where unlabelled)."""
+        return [vlabels.name_of(v) if v else "" for v in self.verse_ids.tolist()]
+
+
+def _check_probs(probs) -> np.ndarray:
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != N_VERTEBRA_CLASSES:
+        raise DrrkitError(
+            f"probs must have shape (n, {N_VERTEBRA_CLASSES}) (vertebra classes 1..26, "
+            f"background excluded), got {p.shape}")
+    if not np.all(np.isfinite(p)) or np.any(p < 0):
+        raise DrrkitError("probs must be finite and non-negative")
+    return p
+
+
+def _normalised(p: np.ndarray) -> np.ndarray:
+    total = p.sum(axis=1, keepdims=True)
+    return np.divide(p, total, out=np.zeros_like(p), where=total > 0)
+
+
+def _finish(p: np.ndarray, chain_pos: np.ndarray, chain: np.ndarray, method: str, t13: bool,
+            score: float, scores: dict) -> Correction:
+    """Chain positions (n,) (-1 = unlabelled) -> :class:`Correction`."""
+    ok = chain_pos >= 0
+    classes = np.where(ok, chain[np.clip(chain_pos, 0, len(chain) - 1)], 0).astype(np.int64)
+    q = _normalised(p)
+    rows = np.arange(len(p))
+    confidence = np.where(ok, q[rows, np.maximum(classes - 1, 0)], 0.0)
+    return Correction(classes, vlabels.ID_OF_CLASS[classes].astype(np.int64), confidence,
+                      method, t13, float(score), scores)
+
+
+def _dp_chain(p: np.ndarray, chain: np.ndarray, dp: SequenceDP) -> tuple[float, np.ndarray]:
+    """Best path on one chain: (score, chain position per row, -1 above the chain)."""
+    n = len(p)
+    sub = p[:, chain - 1]
+    result = dp.scores(sub)
+    last = np.asarray(result.opt)[n - 1]  # (c,) OPT[n, j]
+    c = len(chain)
+    # the path's first row must lie on the table: end >= n - 1 (0-based)
+    allowed = np.arange(c) >= min(n - 1, c - 1)
+    scores = np.where(allowed, last, -np.inf)
+    end = int(np.argmax(scores))  # first on ties, like SequenceDP
+    positions = end - (n - 1 - np.arange(n))
+    return float(scores[end]), np.where(positions >= 0, positions, -1)
+
+
+def correct_labels(probs, method: str = "dp", *, dp: SequenceDP | None = None,
+                   allow_t13: bool = True) -> Correction:
+    """Consecutive anatomical labels for n vertebrae in spine order.
+
+    Args:
+        probs: (n, 26) non-negative class probabilities (vertebra classes 1..26, background
+            excluded), row 0 the most superior vertebra; rows may be all zero (gaps).
+        method: "dp" (sequence DP, optional T13) or "paper" (last row's reference).
+        dp: the sequence DP (default ``SequenceDP()``, the paper's alpha 0.1, beta 0.8).
+        allow_t13: let the DP choose the chain with T13 (method "dp" only).
+
+    Returns:
+        :class:`Correction`.
+    """
+    if method not in METHODS:
+        raise DrrkitError(f"unknown correction {method!r}; choose one of {', '.join(METHODS)}")
+    p = _check_probs(probs)
+    n = len(p)
+    if n == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return Correction(empty, empty.copy(), np.zeros(0), method, False, float("nan"), {})
+    if method == "paper":
+        chain = CHAIN_WITHOUT_T13
+        reference = int(np.argmax(p[-1, chain - 1]))
+        positions = reference - (n - 1 - np.arange(n))
+        return _finish(p, np.where(positions >= 0, positions, -1), chain, "paper", False,
+                       float("nan"), {})
+    dp = SequenceDP() if dp is None else dp
+    s0, pos0 = _dp_chain(p, CHAIN_WITHOUT_T13, dp)
+    scores = {"without_t13": s0}
+    chosen = (s0, pos0, CHAIN_WITHOUT_T13, False)
+    if allow_t13:
+        s1, pos1 = _dp_chain(p, CHAIN_WITH_T13, dp)
+        scores["with_t13"] = s1
+        if s1 > s0:
+            chosen = (s1, pos1, CHAIN_WITH_T13, True)
+    score, positions, chain, _ = chosen
+    result = _finish(p, positions, chain, "dp", False, score, scores)
+    return Correction(result.classes, result.verse_ids, result.confidence, "dp",
+                      bool(np.any(result.classes == T13_CLASS)), score, scores)
+
+
+def sequence_losses(probs, dp: SequenceDP | None = None, allow_t13: bool = True) -> np.ndarray:
+    """Per-view sequence loss ``L_s`` (Eq. 2) on the better of the two class chains.
+
+    Args:
+        probs: (..., n, 26) per-view tables (vertebra classes 1..26, background excluded).
+        dp: the sequence DP (default ``SequenceDP()``).
+        allow_t13: also try the chain with T13.
+
+    Returns:
+        (...) float64 ``min`` over the chains of ``L_s`` (the chain that fits best).
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim < 2 or p.shape[-1] != N_VERTEBRA_CLASSES:
+        raise DrrkitError(f"probs must have shape (..., n, {N_VERTEBRA_CLASSES}), got {p.shape}")
+    dp = SequenceDP() if dp is None else dp
+    chains = (CHAIN_WITHOUT_T13, CHAIN_WITH_T13) if allow_t13 else (CHAIN_WITHOUT_T13,)
+    losses = [np.asarray(dp.loss(p[..., chain - 1]), dtype=np.float64) for chain in chains]
+    return np.minimum.reduce(losses)
+
+
+def gap_rows(points, ratio: float = GAP_RATIO) -> tuple[np.ndarray, int]:
+    """Table rows of n detections in spine order, leaving empty rows for missed vertebrae.
+
+    The spacing ``s_i = |p_{i+1} - p_i|`` between consecutive detections is compared with
+    the local spacing ``r_i``, the median of the neighbouring spacings ``s_{i-1}, s_{i+1}``
+    (those that exist). Where ``s_i > ratio * r_i``, ``round(s_i / r_i) - 1`` rows are left
+    empty between the two detections. With fewer than three detections nothing is
+    inserted (there is no local spacing to compare with).
+
+    Args:
+        points: (n, 3) world mm, superior first.
+        ratio: threshold on ``s_i / r_i`` (default :data:`GAP_RATIO`).
+
+    Returns:
+        rows (n,) int64, the table row of each detection, and the table length m >= n.
+    """
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    n = len(pts)
+    if not ratio > 1:
+        raise DrrkitError(f"the gap ratio must be > 1, got {ratio}")
+    if n < 3:
+        return np.arange(n, dtype=np.int64), n
+    s = np.linalg.norm(np.diff(pts, axis=0), axis=1)  # (n - 1,)
+    extra = np.zeros(n - 1, dtype=np.int64)
+    for i in range(n - 1):
+        neighbours = [s[j] for j in (i - 1, i + 1) if 0 <= j < n - 1]
+        local = float(np.median(neighbours))
+        if local > 0 and s[i] > ratio * local:
+            extra[i] = max(round(float(s[i] / local)) - 1, 1)
+    rows = np.concatenate([[0], np.cumsum(1 + extra)]).astype(np.int64)
+    return rows, rows[-1].item() + 1

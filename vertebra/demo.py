@@ -1,0 +1,302 @@
+"""The whole method on synthetic spines, on a CPU: ``vertebra demo``.
+
+Steps (each reuses its output when the folder already holds it, so an interrupted demo
+continues where it stopped):
+
+1. ``data``: training phantoms (seeds ``0 .. train_phantoms - 1``) rendered once into a
+   prerender cache (:func:`vertebra.training.rendered.prerender`, ``orbits`` orbits each),
+   and held-out phantoms (seeds from ``held_out_start``, never used for training) written
+   in the VerSe folder layout (CT, mask, centroid JSON).
+2. ``pretrain``: multi-view SimSiam pre-training of the encoder
+   (:func:`vertebra.training.pretraining.pretrain_views`).
+3. ``localizer`` and ``identifier``: the two U-Nets trained from the pre-trained encoder
+   with :meth:`vertebra.training.config.TrainConfig.cpu_demo`
+   (:func:`vertebra.training.trainer.train`); the identifier with the Sequence Loss.
+4. ``label``: every held-out CT is read from disk and labelled by
+   :func:`vertebra.pipeline.label_ct` with both networks (bundled into one checkpoint),
+   writing what ``vertebra label`` writes (JSON, CSV, PNGs with the ground truth as rings).
+5. ``score``: the predictions are scored against the held-out ground truth with the
+   VerSe metrics (:func:`vertebra.report.score_folder`): id rate and localization error
+   per region.
+
+Folder layout::
+
+    OUT/data/train/        prerender cache of the training phantoms
+    OUT/data/held_out/     held-out phantoms, VerSe layout
+    OUT/models/            simsiam.pt, localizer.pt, identifier.pt, networks.pt (+ loss logs)
+    OUT/labels/STEM/       outputs per held-out CT
+    OUT/report.json        the scores, per case and pooled, and the time of each step
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from drrkit.errors import DrrkitError
+
+#: The issue's targets on held-out phantoms.
+TARGET_ID_RATE = 0.95
+TARGET_ERROR_MM = 2.0
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sizes of the demo.
+
+    Attributes:
+        train_phantoms: training phantoms (seeds 0 .. N-1).
+        orbits: prerendered orbits per training phantom.
+        held_out: held-out phantoms (seeds ``held_out_start`` ..).
+        held_out_start: first held-out seed (far from the training seeds).
+        pretrain_steps: SimSiam steps (0 skips pre-training).
+        pretrain_batch: SimSiam pairs per step.
+        localizer_iterations, identifier_iterations: optimiser steps (None: the
+            ``TrainConfig.cpu_demo`` preset's).
+        threads: torch CPU threads (None: torch's default).
+        pictures: write the PNGs of every held-out case.
+    """
+
+    train_phantoms: int = 40
+    orbits: int = 2
+    held_out: int = 12
+    held_out_start: int = 1000
+    pretrain_steps: int = 40
+    pretrain_batch: int = 32
+    localizer_iterations: int | None = None
+    identifier_iterations: int | None = None
+    threads: int | None = None
+    pictures: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("train_phantoms", "orbits", "held_out"):
+            if int(getattr(self, name)) < 1:
+                raise DrrkitError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.held_out_start < self.train_phantoms:
+            raise DrrkitError("held-out seeds must not overlap the training seeds")
+        if self.pretrain_steps < 0 or self.pretrain_batch < 2:
+            raise DrrkitError("need pretrain_steps >= 0 and pretrain_batch >= 2")
+
+    @classmethod
+    def quick(cls) -> DemoConfig:
+        """A smoke run of every step in a couple of minutes (far from the targets)."""
+        return cls(train_phantoms=4, orbits=1, held_out=2, pretrain_steps=3, pretrain_batch=4,
+                   localizer_iterations=10, identifier_iterations=10)
+
+
+@dataclass
+class DemoResult:
+    """What :func:`run_demo` returns (also written to ``OUT/report.json``)."""
+
+    pooled: dict
+    cases: dict
+    seconds: dict = field(default_factory=dict)
+    labelling_seconds: dict = field(default_factory=dict)
+    out: Path | None = None
+
+    @property
+    def meets_targets(self) -> bool:
+        return bool(self.pooled["id_rate"] >= TARGET_ID_RATE
+                    and self.pooled["l_error"] <= TARGET_ERROR_MM)
+
+
+def _train_config(task: str, iterations: int | None, init: str, **changes):
+    from vertebra.training.config import TrainConfig
+
+    changes = {"init": init, "device": "cpu", **changes}
+    if iterations is not None:
+        changes["iterations"] = int(iterations)
+        changes["checkpoint_every"] = max(1, int(iterations))
+    return TrainConfig.cpu_demo(task, **changes)
+
+
+def prepare_data(data: Path, config: DemoConfig, log: Callable[[str], None] = print):
+    """Training cache ``data/train`` and held-out VerSe folder ``data/held_out`` (reused).
+
+    Returns:
+        (the training ``RenderedCache``, the held-out folder).
+    """
+    from vertebra.data.phantom import write_phantoms
+    from vertebra.training.rendered import RenderedCache, prerender
+    from vertebra.training.sources import PhantomSource
+
+    base = _train_config("localization", None, "none")
+    train_dir = data / "train"
+    if (train_dir / "cache.json").is_file():
+        cache = RenderedCache(train_dir)
+        if len(cache) != config.train_phantoms:
+            raise DrrkitError(f"{train_dir} holds {len(cache)} phantoms, not "
+                              f"{config.train_phantoms}; use another --out")
+        log(f"  reusing {train_dir}")
+    else:
+        cache = prerender(PhantomSource(range(config.train_phantoms)), train_dir, base.views,
+                          orbits=config.orbits, sigma_mm=base.sigma_mm,
+                          square_mm=base.square_mm)
+    held_dir = data / "held_out"
+    if held_dir.is_dir():
+        log(f"  reusing {held_dir}")
+    else:
+        write_phantoms(held_dir, range(config.held_out_start,
+                                       config.held_out_start + config.held_out))
+    return cache, held_dir
+
+
+def pretrain_encoder(cache, path: Path, config: DemoConfig, log: Callable[[str], None] = print
+                     ) -> str:
+    """SimSiam pre-training into ``path`` (reused if present); returns the ``init`` string."""
+    from vertebra.training.pretraining import pretrain_views
+
+    if path.is_file():
+        log(f"  reusing {path}")
+    else:
+        base = _train_config("localization", None, "none")
+        pretrain_views(cache, path, base, steps=config.pretrain_steps,
+                       batch_size=config.pretrain_batch, dim=512, pred_dim=128)
+    return f"simsiam:{path}"
+
+
+def train_network(cache, path: Path, task: str, iterations: int | None, init: str, *,
+                  progress: bool = True, log: Callable[[str], None] = print, **changes):
+    """Train (or finish training) one U-Net with the cpu-demo recipe into ``path``."""
+    from vertebra.training.trainer import train
+
+    cfg = _train_config(task, iterations, init, **changes)
+    log(f"  {task}: {cfg.encoder} U-Net, {cfg.iterations} iterations of {cfg.batch_size} "
+        f"crops of {cfg.crop_size} px, init {init}"
+        + ("" if task == "localization" else f", Sequence Loss {cfg.sequence_loss}"))
+    return train(cfg, cache, path, resume=path.is_file(), progress=progress)
+
+
+def label_folder(networks: Path, held_dir: Path, labels: Path, *, pictures: bool = True,
+                 log: Callable[[str], None] = print, **pipeline_changes):
+    """Label every CT of a VerSe folder with a network bundle, write outputs, score them.
+
+    Args:
+        networks: a bundle from :func:`vertebra.pipeline.bundle_networks`.
+        held_dir: VerSe-layout folder with ground truth.
+        labels: output folder (one sub-folder per case).
+        pictures: write the PNGs (ground truth drawn as rings).
+        pipeline_changes: :class:`vertebra.pipeline.PipelineConfig` fields (e.g. voting).
+
+    Returns:
+        (pooled scores, per-case scores, mean seconds per stage per CT).
+    """
+    import warnings
+
+    import drrkit
+    from vertebra.data.dataset import VerseDataset
+    from vertebra.pipeline import PipelineConfig, label_ct, load_networks
+    from vertebra.report import score_folder, write_outputs
+
+    nets = load_networks(networks, device="cpu")
+    pipe = PipelineConfig(**{**nets.settings, **pipeline_changes})
+    totals: dict[str, float] = {}
+    cases = VerseDataset(held_dir).cases
+    for case in cases:
+        volume = drrkit.load_volume(case.ct)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = label_ct(volume, nets.localizer, nets.identifier, views=nets.views,
+                              config=pipe)
+        for w in caught:
+            log(f"  warning: {case.name}: {w.message}")
+        for k, v in result.timings.items():
+            totals[k] = totals.get(k, 0.0) + v
+        write_outputs(result, volume, labels / case.name, case.name, pictures=pictures,
+                      truth=case.centroids(), input=str(case.ct))
+    pooled, scores, missing = score_folder(labels, held_dir)
+    if missing:
+        raise DrrkitError(f"no predictions were written for {', '.join(missing)}")
+    return pooled, scores, {k: v / max(len(cases), 1) for k, v in totals.items()}
+
+
+def run_demo(out: str | Path, config: DemoConfig | None = None, *,
+             log: Callable[[str], None] = print, progress: bool = True) -> DemoResult:
+    """Run the demo into ``out`` (see the module docstring).
+
+    Args:
+        out: the demo folder (created; reused if it holds an earlier run).
+        config: sizes (default :class:`DemoConfig`).
+        log: called with one line per step.
+        progress: show training progress bars.
+
+    Returns:
+        :class:`DemoResult`.
+    """
+    import torch
+
+    from vertebra.pipeline import bundle_networks
+
+    config = DemoConfig() if config is None else config
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DrrkitError(f"{out} exists and is not a folder")
+    if config.threads:
+        torch.set_num_threads(int(config.threads))
+    models = out / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+
+    t = time.perf_counter()
+    log(f"[data] {config.train_phantoms} training phantoms x {config.orbits} orbit(s); "
+        f"{config.held_out} held-out phantoms (seeds {config.held_out_start}..)")
+    cache, held_dir = prepare_data(out / "data", config, log)
+    seconds["data"] = time.perf_counter() - t
+
+    init = "none"
+    if config.pretrain_steps:
+        t = time.perf_counter()
+        log(f"[pretrain] SimSiam, {config.pretrain_steps} steps of {config.pretrain_batch} "
+            "view pairs")
+        init = pretrain_encoder(cache, models / "simsiam.pt", config, log)
+        seconds["pretrain"] = time.perf_counter() - t
+
+    paths = {}
+    for task, name, iterations in (
+            ("localization", "localizer", config.localizer_iterations),
+            ("identification", "identifier", config.identifier_iterations)):
+        t = time.perf_counter()
+        log(f"[{name}]")
+        paths[name] = models / f"{name}.pt"
+        train_network(cache, paths[name], task, iterations, init, progress=progress, log=log)
+        seconds[name] = time.perf_counter() - t
+    bundle = models / "networks.pt"
+    bundle_networks(paths["localizer"], paths["identifier"], bundle)
+
+    t = time.perf_counter()
+    log(f"[label] {config.held_out} held-out CTs -> {out / 'labels'}")
+    pooled, cases, per_ct = label_folder(bundle, held_dir, out / "labels",
+                                         pictures=config.pictures, log=log)
+    seconds["label"] = time.perf_counter() - t
+    result = DemoResult(pooled, cases, seconds, per_ct, out)
+    report = {
+        "config": asdict(config),
+        "pooled": pooled,
+        "cases": {name: {k: r[k] for k in ("n_gt", "identified", "id_rate", "l_error",
+                                           "misses", "false_positives")}
+                  for name, r in cases.items()},
+        "seconds": seconds,
+        "labelling_seconds_per_ct": per_ct,
+        "targets": {"id_rate": TARGET_ID_RATE, "l_error_mm": TARGET_ERROR_MM,
+                    "met": result.meets_targets},
+    }
+    from drrkit.io import write_json
+
+    write_json(out / "report.json", _json_safe(report))
+    return result
+
+
+def _json_safe(value):
+    """NaN -> None, NumPy scalars -> Python, keys -> str, recursively."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value

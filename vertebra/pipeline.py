@@ -1,0 +1,662 @@
+"""CT -> labelled 3-D vertebra centroids (Wu et al., MICCAI 2023), stage by stage.
+
+Stages (each timed, seconds in :attr:`LabelResult.timings`):
+
+1. ``render``: K DRRs of the CT with the network's :class:`vertebra.views.ViewConfig`
+   (drrkit; CUDA when available), normalised to network inputs (K, H, W).
+2. ``localize``: the localization network -> heatmaps (K, H, W).
+3. ``peaks``: 2-D detections per view by density-peak clustering
+   (:func:`vertebra.peaks.density_peaks`); distances in mm at the isocentre.
+4. ``match``: cross-view correspondence and least-squares triangulation
+   (:func:`drrkit.correspondence.match_views`) -> T 3-D tracks, superior first; tracks
+   further than ``box_margin_mm`` outside the CT's box are dropped.
+5. ``identify``: the identification network -> class probabilities (K, C, H, W); per view
+   and track, the mean probability over the ``square_mm`` (22 mm at the isocentre) square
+   around the *re-projected* 3-D centroid: ``P_k`` (T, 26), background excluded. A track
+   whose square falls off a view's detector has a zero row in that view.
+6. ``vote``: view weights ``W_k = (1 - L_k) / sum (1 - L_k)`` from the sequence loss
+   ``L_k`` of each view's ``P_k`` (Eq. 6; ``L_k`` on the better fitting of the class chains
+   with and without T13, :func:`vertebra.correction.sequence_losses`) and the voted map
+   ``V = sum_k W_k P_k`` (T, 26). ``voting="mean"`` uses ``W_k = 1 / K`` instead.
+7. ``correct``: consecutive anatomical labels from ``V``
+   (:func:`vertebra.correction.correct_labels`: DP with optional T13, or the paper's rule).
+   With ``fill_gaps``, empty rows are inserted where the 3-D spacing shows a missed vertebra
+   (:func:`vertebra.correction.gap_rows`).
+
+The networks are plain callables, so the geometry and fusion can be tested without
+learning: ``localizer(inputs (K, H, W) float32) -> (K, H, W)`` heatmaps (peak ~1 at a
+centroid) and ``identifier(inputs) -> (K, C, H, W)`` class probabilities (C = 27,
+channel 0 background). :class:`TorchNetwork` wraps the torch U-Nets of
+:mod:`vertebra.models`.
+
+Fails soft: views without detections, a partial field of view or a single vertebra still
+give an answer with per-vertebra confidences; a CT in which no vertebra is found gives an
+empty result whose ``status`` is ``"no spine found"`` (and a warning).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+import drrkit
+from drrkit.errors import DrrkitError
+from vertebra import labels as vlabels
+from vertebra.correction import Correction, correct_labels, gap_rows
+from vertebra.peaks import Peaks, density_peaks
+from vertebra.targets import SQUARE_MM, pixel_size_at_isocenter
+from vertebra.views import ViewConfig
+
+#: Network inputs are zero-padded (bottom, right) to a multiple of this many pixels.
+PAD_MULTIPLE = 32
+
+STAGES = ("render", "localize", "peaks", "match", "identify", "vote", "correct")
+VOTING = ("weighted", "mean")
+NO_SPINE = "no spine found"
+
+Localizer = Callable[[np.ndarray], np.ndarray]
+Identifier = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Settings of the stages after the networks (all lengths in mm at the isocentre).
+
+    Attributes:
+        peak_threshold: smallest heatmap value of a detection.
+        min_distance_mm: smallest distance between two detections in one view.
+        max_detections: keep at most this many detections (the highest) per view.
+        max_peak_pixels: density-peak clustering uses at most this many of the highest
+            heatmap pixels per view (bounds the cost of a poor heatmap).
+        tolerance_mm: largest reprojection error of a detection in a 3-D track.
+        min_views: fewest views a track needs (None: ``ceil(K / 2)``, at least 3).
+        square_mm: side of the identification square (paper: 22).
+        voting: "weighted" (Eq. 6) or "mean" (every view weighs 1 / K).
+        correction: "dp" (sequence DP, optional T13) or "paper".
+        allow_t13: the DP may label a thirteenth thoracic vertebra.
+        fill_gaps: leave an empty row where the 3-D spacing shows a missed vertebra.
+        box_margin_mm: tracks further than this outside the CT's box are dropped (mm).
+        alpha, beta: weights of the sequence DP (paper: 0.1, 0.8).
+    """
+
+    peak_threshold: float = 0.4
+    min_distance_mm: float = 10.0
+    max_detections: int = 40
+    max_peak_pixels: int = 4000
+    tolerance_mm: float = 6.0
+    min_views: int | None = None
+    square_mm: float = SQUARE_MM
+    voting: str = "weighted"
+    correction: str = "dp"
+    allow_t13: bool = True
+    fill_gaps: bool = True
+    box_margin_mm: float = 10.0
+    alpha: float = 0.1
+    beta: float = 0.8
+
+    def __post_init__(self) -> None:
+        if self.voting not in VOTING:
+            raise DrrkitError(f"unknown voting {self.voting!r}; choose one of {', '.join(VOTING)}")
+        from vertebra.correction import METHODS
+
+        if self.correction not in METHODS:
+            raise DrrkitError(f"unknown correction {self.correction!r}; choose one of "
+                              f"{', '.join(METHODS)}")
+        for name in ("min_distance_mm", "tolerance_mm", "square_mm"):
+            value = getattr(self, name)
+            if not (np.isfinite(value) and value > 0):
+                raise DrrkitError(f"{name} must be a positive number of mm, got {value}")
+        if not np.isfinite(self.peak_threshold):
+            raise DrrkitError("peak_threshold must be finite")
+        if int(self.max_detections) < 1 or int(self.max_peak_pixels) < 1:
+            raise DrrkitError("max_detections and max_peak_pixels must be >= 1")
+        if not self.box_margin_mm >= 0:
+            raise DrrkitError("box_margin_mm must be >= 0")
+
+
+@dataclass(frozen=True)
+class LabelledVertebra:
+    """One labelled vertebra.
+
+    Attributes:
+        verse_id: VerSe label id.
+        name: "C1" .. "L6", "T13".
+        region: "cervical", "thoracic" or "lumbar".
+        world: (3,) world LPS mm.
+        confidence: probability of the label in the voted map (row normalised), [0, 1].
+        detection: mean heatmap value of the track's 2-D detections, ~[0, 1].
+        n_views: views in which the vertebra was detected.
+        rms_mm: RMS distance of the 3-D point from its detection rays, mm.
+    """
+
+    verse_id: int
+    name: str
+    region: str
+    world: np.ndarray
+    confidence: float
+    detection: float
+    n_views: int
+    rms_mm: float
+
+
+@dataclass(frozen=True, eq=False)
+class LabelResult:
+    """Everything the pipeline found for one CT (T tracks, K views).
+
+    Attributes:
+        vertebrae: the labelled vertebrae, superior first.
+        status: "ok" or "no spine found".
+        points: (T, 3) world mm of every track, superior first (labelled or not).
+        classes: (T,) network class per track (0 = unlabelled).
+        confidence: (T,) label confidence per track.
+        n_views: (T,) views per track.
+        view_probs: (K, T, 26) ``P_k``, mean class probabilities in each view's square.
+        covered: (K, T) bool, the square lies (at least partly) on view k's detector.
+        weights: (K,) view weights ``W_k``.
+        voted: (T, 26) the voted map ``V``.
+        correction: the label correction of the (gap-filled) table.
+        detections: K :class:`vertebra.peaks.Peaks`.
+        correspondence: the :class:`drrkit.correspondence.Correspondence` (before the
+            box test; ``kept`` indexes its tracks).
+        kept: (T,) indices of the correspondence's tracks that were kept.
+        geometry: the K views.
+        inputs: (K, H, W) float32 network inputs.
+        heatmaps: (K, H, W) float32 localization output.
+        timings: {stage: seconds}.
+    """
+
+    vertebrae: tuple[LabelledVertebra, ...]
+    status: str
+    points: np.ndarray
+    classes: np.ndarray
+    confidence: np.ndarray
+    n_views: np.ndarray
+    view_probs: np.ndarray
+    covered: np.ndarray
+    weights: np.ndarray
+    voted: np.ndarray
+    correction: Correction | None
+    detections: tuple[Peaks, ...]
+    correspondence: object
+    kept: np.ndarray
+    geometry: drrkit.Geometry
+    inputs: np.ndarray
+    heatmaps: np.ndarray
+    timings: dict = field(default_factory=dict)
+
+    def centroids(self) -> dict[int, np.ndarray]:
+        """{VerSe id: (3,) world mm} of the labelled vertebrae, superior first."""
+        return {v.verse_id: v.world for v in self.vertebrae}
+
+    @property
+    def total_seconds(self) -> float:
+        return float(sum(self.timings.values()))
+
+
+# ---------------------------------------------------------------------- stages
+def detect_peaks(heatmaps: np.ndarray, pixel_mm: np.ndarray, config: PipelineConfig
+                 ) -> list[Peaks]:
+    """K heatmaps (K, H, W) and pixel sizes (K, 2) mm -> K :class:`Peaks` (best first)."""
+    out = []
+    for k, h in enumerate(heatmaps):
+        p = density_peaks(h, float(np.mean(pixel_mm[k])), threshold=config.peak_threshold,
+                          min_distance_mm=config.min_distance_mm,
+                          max_points=int(config.max_peak_pixels))
+        n = int(config.max_detections)
+        out.append(Peaks(p.pixels[:n], p.scores[:n]) if len(p) > n else p)
+    return out
+
+
+def square_means(probs: np.ndarray, pixels: np.ndarray, half_px: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean class probabilities over squares around projected points.
+
+    Pixels whose centres lie within ``half_px`` of the point along each axis (the square
+    of :mod:`vertebra.targets`) are averaged; a square partly off the detector averages
+    its part on it.
+
+    Args:
+        probs: (K, C, H, W) class probabilities.
+        pixels: (K, T, 2) (col, row) projected points; NaN for points behind a source.
+        half_px: (K, 2) half the square's side in pixels (column, row).
+
+    Returns:
+        means (K, T, C) float64 (zero where the square misses the detector) and
+        covered (K, T) bool.
+    """
+    k, c, h, w = probs.shape
+    t = pixels.shape[1]
+    out = np.zeros((k, t, c))
+    covered = np.zeros((k, t), dtype=bool)
+    for view in range(k):
+        hc, hr = half_px[view]
+        for i in range(t):
+            col, row = pixels[view, i]
+            if not (np.isfinite(col) and np.isfinite(row)):
+                continue
+            c0, c1 = max(int(np.ceil(col - hc - 1e-6)), 0), min(int(np.floor(col + hc + 1e-6)) + 1, w)
+            r0, r1 = max(int(np.ceil(row - hr - 1e-6)), 0), min(int(np.floor(row + hr + 1e-6)) + 1, h)
+            if c0 >= c1 or r0 >= r1:
+                continue
+            out[view, i] = probs[view, :, r0:r1, c0:c1].mean(axis=(1, 2), dtype=np.float64)
+            covered[view, i] = True
+    return out, covered
+
+
+def _check_output(name: str, array, shape: tuple[int, ...]) -> np.ndarray:
+    a = np.asarray(array, dtype=np.float32)
+    if a.shape != shape:
+        raise DrrkitError(f"the {name} returned shape {a.shape}, expected {shape}")
+    if not np.all(np.isfinite(a)):
+        raise DrrkitError(f"the {name} returned non-finite values")
+    return a
+
+
+def _inside_box(volume: drrkit.Volume, points: np.ndarray, margin_mm: float) -> np.ndarray:
+    if len(points) == 0:
+        return np.zeros(0, dtype=bool)
+    index = volume.world_to_voxel(points)
+    n = np.asarray(volume.shape_xyz, dtype=np.float64)
+    margin = margin_mm / np.asarray(volume.spacing, dtype=np.float64)
+    return np.all((index >= -0.5 - margin) & (index <= n - 0.5 + margin), axis=-1)
+
+
+def label_ct(
+    volume: drrkit.Volume,
+    localizer: Localizer,
+    identifier: Identifier,
+    *,
+    views: ViewConfig | None = None,
+    config: PipelineConfig | None = None,
+    backend: str = "auto",
+    progress: Callable[[str], None] | None = None,
+) -> LabelResult:
+    """Label the vertebrae of one CT.
+
+    Args:
+        volume: the CT as attenuation in 1/mm (``drrkit.load_volume(path)``), any
+            orientation.
+        localizer: (K, H, W) float32 inputs -> (K, H, W) heatmaps.
+        identifier: (K, H, W) float32 inputs -> (K, C, H, W) probabilities, C = 27
+            (channel 0 background, 1..26 the classes of :mod:`vertebra.labels`).
+        views: how the CT becomes network inputs (must be the networks' training views).
+        config: settings of the later stages.
+        backend: drrkit render backend ("auto", "cpu", "cuda").
+        progress: called with each stage's name as it starts.
+
+    Returns:
+        :class:`LabelResult`.
+    """
+    if not isinstance(volume, drrkit.Volume):
+        raise DrrkitError("volume must be a drrkit.Volume (see drrkit.load_volume)")
+    views = ViewConfig() if views is None else views
+    config = PipelineConfig() if config is None else config
+    timings: dict[str, float] = {}
+    clock = [time.perf_counter()]
+
+    def stage(name: str) -> None:
+        if progress is not None:
+            progress(name)
+
+    def done(name: str) -> None:
+        now = time.perf_counter()
+        timings[name] = now - clock[0]
+        clock[0] = now
+
+    stage("render")
+    geometry = views.geometry(volume)
+    inputs = views.render(volume, geometry, backend=backend)
+    done("render")
+
+    stage("localize")
+    heatmaps = _check_output("localizer", localizer(inputs), geometry.shape)
+    done("localize")
+
+    stage("peaks")
+    pixel_mm = pixel_size_at_isocenter(geometry, volume.center)  # (K, 2)
+    detections = detect_peaks(heatmaps, pixel_mm, config)
+    done("peaks")
+
+    stage("match")
+    from drrkit.correspondence import match_views
+
+    k = len(geometry)
+    min_views = config.min_views
+    if min_views is not None:
+        min_views = int(min(max(min_views, 2), k))
+    if k < 2:
+        raise DrrkitError("labelling needs at least two views")
+    match = match_views([d.pixels for d in detections], geometry,
+                        tolerance_px=config.tolerance_mm / float(np.mean(pixel_mm)),
+                        min_views=min_views)
+    kept = np.flatnonzero(_inside_box(volume, match.points, config.box_margin_mm))
+    points = match.points[kept]
+    assign = match.assignments[kept]
+    t = len(points)
+    done("match")
+
+    stage("identify")
+    probs = None
+    if t:
+        probs = identifier(inputs)
+        probs = _check_output("identifier", probs, (k, vlabels.NUM_CLASSES) + geometry.shape[1:])
+        pixels = drrkit.project_points(points, geometry).pixels  # (K, T, 2)
+        half = config.square_mm / 2.0 / pixel_mm
+        means, covered = square_means(probs, pixels, half)
+        view_probs = means[:, :, 1:]  # background excluded
+    else:
+        view_probs = np.zeros((k, 0, len(vlabels.VERTEBRAE)))
+        covered = np.zeros((k, 0), dtype=bool)
+    done("identify")
+
+    stage("vote")
+    if config.fill_gaps and t:
+        rows, m = gap_rows(points)
+    else:
+        rows, m = np.arange(t), t
+    table = np.zeros((k, m, view_probs.shape[2]))
+    table[:, rows] = view_probs
+    if t and config.voting == "weighted":
+        from vertebra.correction import sequence_losses
+        from vertebra.sequence import SequenceDP, view_weights
+
+        losses = sequence_losses(table, SequenceDP(config.alpha, config.beta),
+                                 config.allow_t13)
+        weights = np.asarray(view_weights(losses), dtype=np.float64)
+    else:
+        weights = np.full(k, 1.0 / k)
+    voted_table = np.einsum("k,kmc->mc", weights, table)
+    done("vote")
+
+    stage("correct")
+    from vertebra.sequence import SequenceDP
+
+    correction = None
+    classes = np.zeros(t, dtype=np.int64)
+    confidence = np.zeros(t)
+    if t:
+        correction = correct_labels(voted_table, config.correction,
+                                    dp=SequenceDP(config.alpha, config.beta),
+                                    allow_t13=config.allow_t13)
+        classes = correction.classes[rows]
+        confidence = correction.confidence[rows]
+    n_views = (assign >= 0).sum(axis=1)
+    scores = np.zeros(t)
+    for i in range(t):
+        vals = [detections[v].scores[assign[i, v]] for v in range(k) if assign[i, v] >= 0]
+        scores[i] = float(np.mean(vals)) if vals else 0.0
+    rms = match.rms[kept]
+    vertebrae = []
+    for i in range(t):
+        if classes[i] == 0:
+            continue
+        row = vlabels.by_class(int(classes[i]))
+        vertebrae.append(LabelledVertebra(row.verse_id, row.name, row.region, points[i].copy(),
+                                          float(confidence[i]), float(scores[i]),
+                                          int(n_views[i]), float(rms[i])))
+    unlabelled = int(np.sum(classes == 0))
+    if unlabelled:
+        warnings.warn(f"{unlabelled} detected vertebrae could not be given a label "
+                      "(more detections than vertebra classes)", stacklevel=2)
+    status = "ok" if vertebrae else NO_SPINE
+    if not vertebrae:
+        warnings.warn("no spine found: no vertebra was detected in enough views",
+                      stacklevel=2)
+    done("correct")
+    return LabelResult(
+        vertebrae=tuple(vertebrae), status=status, points=points, classes=classes,
+        confidence=confidence, n_views=n_views, view_probs=view_probs, covered=covered,
+        weights=weights, voted=voted_table[rows] if t else np.zeros((0, table.shape[2])),
+        correction=correction, detections=tuple(detections), correspondence=match,
+        kept=kept, geometry=geometry, inputs=inputs, heatmaps=heatmaps, timings=timings)
+
+
+# ---------------------------------------------------------------------- torch networks
+class TorchNetwork:
+    """A torch U-Net as a pipeline callable: (K, H, W) float32 -> NumPy maps.
+
+    Views are run in batches of ``batch_size`` without gradients, in eval mode, on
+    ``device``. ``output`` picks the head: "heatmap" gives (K, H, W) (the raw head), and
+    "probabilities" gives (K, C, H, W) ``softmax(logits)``. Two adapters that wrap the same
+    two-headed model (``task="both"``) share one forward pass per input array.
+
+    Args:
+        model: a :class:`vertebra.models.UNet` (or any module returning ``UNetOutput``).
+        output: "heatmap" or "probabilities".
+        device: torch device string ("cpu", "cuda", "cuda:1").
+        batch_size: views per forward pass.
+    """
+
+    def __init__(self, model, output: str, device: str = "cpu", batch_size: int = 4) -> None:
+        if output not in ("heatmap", "probabilities"):
+            raise DrrkitError(f"unknown output {output!r}; choose heatmap or probabilities")
+        if int(batch_size) < 1:
+            raise DrrkitError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model.to(device).eval()
+        self.output = output
+        self.device = device
+        self.batch_size = int(batch_size)
+
+    def _forward(self, inputs: np.ndarray):
+        import torch
+
+        cached = getattr(self.model, "_vertebra_last", None)
+        if cached is not None and cached[0] is inputs:
+            return cached[1]
+        x = np.asarray(inputs, dtype=np.float32)
+        if x.ndim != 3:
+            raise DrrkitError(f"inputs must be (K, H, W), got {x.shape}")
+        k, h, w = x.shape
+        pad = ((0, 0), (0, -h % PAD_MULTIPLE), (0, -w % PAD_MULTIPLE))  # U-Net strides
+        heat, prob = [], []
+        with torch.inference_mode():
+            for start in range(0, k, self.batch_size):
+                batch = torch.from_numpy(np.pad(x[start:start + self.batch_size], pad))
+                out = self.model(batch[:, None].to(self.device))
+                if out.heatmap is not None:
+                    heat.append(out.heatmap[:, 0, :h, :w].float().cpu().numpy())
+                if out.logits is not None:
+                    prob.append(torch.softmax(out.logits[:, :, :h, :w].float(), dim=1)
+                                .cpu().numpy())
+        result = (np.concatenate(heat) if heat else None, np.concatenate(prob) if prob else None)
+        # remember the last input so a two-headed model runs once for both adapters
+        self.model._vertebra_last = (inputs, result)
+        return result
+
+    def __call__(self, inputs: np.ndarray) -> np.ndarray:
+        heat, prob = self._forward(inputs)
+        out = heat if self.output == "heatmap" else prob
+        if out is None:
+            raise DrrkitError(f"the model has no {self.output} head "
+                              f"(task {getattr(self.model, 'config', {}).get('task')!r})")
+        return out
+
+
+def resolve_device(device: str | None) -> str:
+    """"auto"/None -> "cuda" when torch sees a GPU, else "cpu"; others are checked."""
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DrrkitError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DrrkitError(f"device {device!r} needs a CUDA GPU and none is usable; use cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise DrrkitError(f"device {device!r} is not supported; use cpu or cuda")
+    return str(dev)
+
+
+# ---------------------------------------------------------------------- checkpoints
+#: Keys under which a checkpoint may carry its :class:`ViewConfig` (as a dict).
+VIEW_KEYS = ("view_config", "views")
+
+
+@dataclass(frozen=True, eq=False)
+class Networks:
+    """Both networks as pipeline callables, with the views they were trained on.
+
+    Attributes:
+        localizer: (K, H, W) -> (K, H, W) heatmaps.
+        identifier: (K, H, W) -> (K, C, H, W) probabilities.
+        views: the :class:`ViewConfig` stored with the networks (default if none was).
+        device: the torch device they run on.
+        settings: :class:`PipelineConfig` fields taken from the identifier's training
+            configuration (``square_mm``, ``alpha``, ``beta``), to be used at inference.
+    """
+
+    localizer: TorchNetwork
+    identifier: TorchNetwork
+    views: ViewConfig
+    device: str
+    settings: dict = field(default_factory=dict)
+
+
+def _model_from_state(ckpt: dict, where: str):
+    """Rebuild a model from a ``save_model`` dict."""
+    from vertebra.models import _kind, create_model
+
+    if _kind(ckpt) != "model":
+        raise DrrkitError(f"{where} is not a vertebra model checkpoint (no model/config/"
+                          "state_dict)")
+    config = dict(ckpt["config"])
+    name = config.pop("name", ckpt["model"])
+    model = create_model(name, **config)
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as error:
+        raise DrrkitError(f"{where}: weights do not fit the stored config: "
+                          f"{str(error).splitlines()[0]}") from None
+    return model
+
+
+def _views_of(ckpt: dict) -> ViewConfig | None:
+    for key in VIEW_KEYS:
+        if isinstance(ckpt.get(key), dict):
+            return ViewConfig.from_dict(ckpt[key])
+    return None
+
+
+#: Training settings (``train_config`` of a checkpoint) that the pipeline reuses.
+_TRAINED_SETTINGS = ("square_mm", "alpha", "beta")
+
+
+def _settings_of(ckpt: dict) -> dict:
+    train = ckpt.get("train_config")
+    if not isinstance(train, dict):
+        return {}
+    return {k: float(train[k]) for k in _TRAINED_SETTINGS if k in train}
+
+
+def _read_models(path) -> tuple[dict, ViewConfig | None, dict]:
+    """{"localization"|"identification"|"both": model}, the views and the identifier's
+    training settings of one file."""
+    from vertebra.models import read_checkpoint
+
+    ckpt = read_checkpoint(path)
+    views = _views_of(ckpt)
+    found, settings = {}, {}
+    parts = [(key, ckpt[key]) for key in ("localizer", "identifier")
+             if isinstance(ckpt.get(key), dict)]
+    if parts:  # a bundle holding both networks
+        for key, sub in parts:
+            model = _model_from_state(sub, f"{path} [{key}]")
+            found["localization" if key == "localizer" else "identification"] = model
+            views = views or _views_of(sub)
+            if key == "identifier":
+                settings = _settings_of(sub)
+    else:
+        model = _model_from_state(ckpt, str(path))
+        found[model.config["task"]] = model
+        settings = _settings_of(ckpt)
+    return found, views, settings
+
+
+def bundle_networks(localizer, identifier, out) -> None:
+    """Write one file holding both networks (for ``vertebra label --model``).
+
+    ``{"localizer": ckpt, "identifier": ckpt, "view_config": {...}}`` where each ``ckpt`` is
+    the model checkpoint as saved (optimizer state dropped); written atomically.
+
+    Args:
+        localizer, identifier: model checkpoint paths (``save_model`` / training files).
+        out: the bundle path.
+    """
+    import torch
+
+    from drrkit.io import atomic_write
+    from vertebra.models import read_checkpoint
+
+    parts = {}
+    for key, path in (("localizer", localizer), ("identifier", identifier)):
+        ckpt = read_checkpoint(path)
+        _model_from_state(ckpt, str(path))  # check it loads
+        parts[key] = {k: v for k, v in ckpt.items() if k != "optimizer"}
+    views = [_views_of(c) for c in parts.values()]
+    if views[0] is not None and views[1] is not None and views[0] != views[1]:
+        raise DrrkitError(f"{localizer} and {identifier} were trained on different views")
+    bundle = {"format": "vertebra.networks", **parts}
+    if views[0] or views[1]:
+        bundle["view_config"] = (views[0] or views[1]).to_dict()
+    atomic_write(out, lambda tmp: torch.save(bundle, tmp))
+
+
+def load_networks(model=None, localizer=None, identifier=None, *, device: str | None = "auto",
+                  batch_size: int = 4) -> Networks:
+    """Load the localization and identification networks for :func:`label_ct`.
+
+    Either ``model`` (one file holding both: a two-headed U-Net, ``task="both"``, or a
+    bundle ``{"localizer": ckpt, "identifier": ckpt, "view_config": {...}}``), or
+    ``localizer`` and ``identifier`` (one model checkpoint each, as written by
+    :func:`vertebra.models.save_model`). The :class:`ViewConfig` comes from a
+    ``"view_config"`` entry of the checkpoint(s); both files must agree on it.
+
+    Args:
+        model, localizer, identifier: checkpoint paths (see above).
+        device: "auto" (CUDA when available), "cpu", "cuda", "cuda:N".
+        batch_size: views per forward pass.
+    """
+    if model is not None and (localizer is not None or identifier is not None):
+        raise DrrkitError("give either one checkpoint holding both networks, or a localizer "
+                          "and an identifier checkpoint, not both")
+    if model is None and (localizer is None or identifier is None):
+        raise DrrkitError("need a checkpoint holding both networks, or both a localizer and "
+                          "an identifier checkpoint")
+    device = resolve_device(device)
+    if model is not None:
+        found, views, settings = _read_models(model)
+        loc = found.get("localization") or found.get("both")
+        ide = found.get("identification") or found.get("both")
+        if loc is None or ide is None:
+            have = ", ".join(sorted(found))
+            raise DrrkitError(f"{model} holds only a {have} network; pass --localizer and "
+                              "--identifier checkpoints instead")
+    else:
+        found_l, views_l, _ = _read_models(localizer)
+        found_i, views_i, settings = _read_models(identifier)
+        loc = found_l.get("localization") or found_l.get("both")
+        ide = found_i.get("identification") or found_i.get("both")
+        if loc is None:
+            raise DrrkitError(f"{localizer} has no localization head")
+        if ide is None:
+            raise DrrkitError(f"{identifier} has no identification head")
+        if views_l is not None and views_i is not None and views_l != views_i:
+            raise DrrkitError(f"{localizer} and {identifier} were trained on different views "
+                              f"({views_l} vs {views_i})")
+        views = views_l or views_i
+    if ide.config["num_classes"] != vlabels.NUM_CLASSES:
+        raise DrrkitError(f"the identification network has {ide.config['num_classes']} classes;"
+                          f" the pipeline needs {vlabels.NUM_CLASSES} (background + 26)")
+    if views is None:
+        warnings.warn("the checkpoint carries no view_config; using the default ViewConfig()",
+                      stacklevel=2)
+        views = ViewConfig()
+    return Networks(TorchNetwork(loc, "heatmap", device, batch_size),
+                    TorchNetwork(ide, "probabilities", device, batch_size), views, device,
+                    settings)

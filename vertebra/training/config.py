@@ -1,0 +1,247 @@
+"""Training settings: one dataclass with the paper's defaults, plus a fast CPU preset.
+
+:class:`TrainConfig` holds everything a training run needs (task, network, optimiser,
+schedule, losses, crops, augmentation and the :class:`vertebra.views.ViewConfig` that
+turns a CT into views). It is stored in every checkpoint (``to_dict``) and rebuilt from
+it (``from_dict``), so a checkpoint says exactly how it was made.
+
+Paper defaults (Wu et al., MICCAI 2023): ResNet-50 U-Nets, Adam with learning rate 1e-3
+divided by 10 every 4000 iterations, 15 000 iterations, identification loss
+cross-entropy + gamma * Sequence Loss with gamma = 1 (alpha 0.1, beta 0.8), 22 mm
+identification squares.
+
+Example:
+    >>> cfg = TrainConfig(task="identification", iterations=10)
+    >>> TrainConfig.from_dict(cfg.to_dict()) == cfg
+    True
+    >>> TrainConfig.cpu_demo("localization").encoder
+    'resnet10t'
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from drrkit.errors import DrrkitError
+from vertebra.views import ViewConfig
+
+TASKS = ("localization", "identification")
+HEATMAP_LOSSES = ("mse",)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random changes applied to every training view (all in network-input units).
+
+    Attributes:
+        angle_jitter_deg: the orbit's start angle is drawn uniformly in
+            ``[-angle_jitter_deg, +angle_jitter_deg]`` around the K fixed view angles when
+            views are rendered on the fly (half the view spacing, 18 for K = 10, makes
+            every angle reachable).
+        crop_on_vertebra: probability that a crop is centred near a visible vertebra
+            (within a quarter of the crop) instead of anywhere on the detector.
+        scale: (lo, hi) range of a random factor multiplying the image.
+        offset: (lo, hi) range of a random constant added to the image.
+        noise: (lo, hi) range of the standard deviation of added Gaussian pixel noise.
+    """
+
+    angle_jitter_deg: float = 18.0
+    crop_on_vertebra: float = 0.8
+    scale: tuple[float, float] = (0.85, 1.15)
+    offset: tuple[float, float] = (-0.02, 0.02)
+    noise: tuple[float, float] = (0.0, 0.02)
+
+    def __post_init__(self) -> None:
+        for name in ("scale", "offset", "noise"):
+            lo, hi = getattr(self, name)
+            object.__setattr__(self, name, (float(lo), float(hi)))
+            if not lo <= hi:
+                raise DrrkitError(f"augment.{name} must be a (lo, hi) range, got {(lo, hi)}")
+        if self.noise[0] < 0 or self.scale[0] <= 0:
+            raise DrrkitError("augment noise must be >= 0 and scale > 0")
+        if not 0 <= self.crop_on_vertebra <= 1:
+            raise DrrkitError("augment.crop_on_vertebra must be a probability")
+        if self.angle_jitter_deg < 0:
+            raise DrrkitError("augment.angle_jitter_deg must be >= 0")
+
+    @classmethod
+    def none(cls) -> AugmentConfig:
+        """No augmentation (fixed angles, crops still random)."""
+        return cls(angle_jitter_deg=0.0, scale=(1.0, 1.0), offset=(0.0, 0.0), noise=(0.0, 0.0))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs.
+
+    Attributes:
+        task: "localization" (heatmap regression) or "identification" (22 mm squares).
+        encoder: timm encoder of the U-Net (paper: "resnet50").
+        init: encoder initialisation: "none", "imagenet:PATH" (a local timm / torchvision
+            state dict) or "simsiam:PATH" (a ``vertebra pretrain`` encoder checkpoint).
+        iterations: optimiser steps (paper 15 000).
+        batch_size: views per step (per process under DDP).
+        lr: Adam learning rate (paper 1e-3).
+        lr_step: the rate is multiplied by ``lr_gamma`` every ``lr_step`` iterations
+            (paper 4000, 0.1).
+        lr_gamma: see ``lr_step``.
+        weight_decay: Adam weight decay.
+        crop_size: training crops are ``crop_size`` x ``crop_size`` pixels (a multiple of 32).
+        sequence_loss: add gamma * Sequence Loss to the identification cross-entropy.
+        gamma: weight of the Sequence Loss (paper 1).
+        alpha, beta: Sequence Loss weights of a neighbouring / the same class (paper 0.1,
+            0.8).
+        sigma_mm: heatmap Gaussian sigma in mm at the isocentre.
+        square_mm: identification square side in mm at the isocentre (paper 22).
+        background_weight: cross-entropy weight of the background class (1 = plain
+            cross-entropy as in the paper; < 1 makes the few square pixels count more).
+        heatmap_loss: "mse" (mean squared error over all pixels).
+        heatmap_fg_weight: pixels are weighted by ``1 + heatmap_fg_weight * target`` in the
+            heatmap loss (0 = plain MSE as in the paper; > 0 counters the mostly-empty
+            heatmaps on short runs).
+        device: "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
+        amp: mixed precision (``torch.autocast``), used only on CUDA.
+        seed: seeds initialisation and the (deterministic) stream of training samples.
+        workers: DataLoader worker processes (0 = render in the main process, needed when
+            rendering on the GPU).
+        render_backend: drrkit backend for on-the-fly rendering ("auto", "cpu", "cuda").
+        ct_cache: CTs kept in memory when rendering on the fly.
+        log_every: iterations between loss-log lines.
+        checkpoint_every: iterations between checkpoints (the last one is always saved).
+        views: the C-arm and detector (:class:`vertebra.views.ViewConfig`).
+        augment: :class:`AugmentConfig`.
+    """
+
+    task: str = "localization"
+    encoder: str = "resnet50"
+    init: str = "none"
+    iterations: int = 15000
+    batch_size: int = 8
+    lr: float = 1e-3
+    lr_step: int = 4000
+    lr_gamma: float = 0.1
+    weight_decay: float = 0.0
+    crop_size: int = 256
+    sequence_loss: bool = True
+    gamma: float = 1.0
+    alpha: float = 0.1
+    beta: float = 0.8
+    sigma_mm: float = 3.0
+    square_mm: float = 22.0
+    background_weight: float = 1.0
+    heatmap_loss: str = "mse"
+    heatmap_fg_weight: float = 0.0
+    device: str = "auto"
+    amp: bool = True
+    seed: int = 0
+    workers: int = 0
+    render_backend: str = "auto"
+    ct_cache: int = 8
+    log_every: int = 10
+    checkpoint_every: int = 500
+    views: ViewConfig = field(default_factory=ViewConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise DrrkitError(f"unknown task {self.task!r}; choose {' or '.join(TASKS)}")
+        if self.heatmap_loss not in HEATMAP_LOSSES:
+            raise DrrkitError(f"unknown heatmap loss {self.heatmap_loss!r}; choose "
+                              f"{', '.join(HEATMAP_LOSSES)}")
+        for name in ("iterations", "batch_size", "lr_step", "crop_size", "log_every",
+                     "checkpoint_every", "ct_cache"):
+            if int(getattr(self, name)) < 1:
+                raise DrrkitError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.crop_size % 32:
+            raise DrrkitError(f"crop_size must be a multiple of 32, got {self.crop_size}")
+        if self.workers < 0:
+            raise DrrkitError(f"workers must be >= 0, got {self.workers}")
+        if not self.lr > 0 or not 0 < self.lr_gamma <= 1:
+            raise DrrkitError("need lr > 0 and 0 < lr_gamma <= 1")
+        if self.gamma < 0 or self.heatmap_fg_weight < 0 or self.weight_decay < 0:
+            raise DrrkitError("gamma, heatmap_fg_weight and weight_decay must be >= 0")
+        if not self.background_weight > 0:
+            raise DrrkitError("background_weight must be positive")
+        if not self.sigma_mm > 0 or not self.square_mm > 0:
+            raise DrrkitError("sigma_mm and square_mm must be positive")
+        parse_init(self.init)
+
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def paper(cls, task: str = "localization", **changes) -> TrainConfig:
+        """The paper's settings (the dataclass defaults) for ``task``."""
+        return cls(task=task, **changes)
+
+    @classmethod
+    def cpu_demo(cls, task: str = "localization", **changes) -> TrainConfig:
+        """A recipe that trains in a few minutes on a 2-core CPU on ``phantoms:N`` data.
+
+        A small encoder (ResNet-10t), 3 mm pixels at the isocentre (a whole spine view is
+        about 96 x 160 pixels), 128-pixel crops, batch 8, a short schedule, larger
+        heatmap Gaussians (6 mm) with foreground weighting so the heatmap learns fast.
+        The numbers it reaches are in the training module's report and the README.
+        """
+        base = {
+            "task": task,
+            "encoder": "resnet10t",
+            "iterations": 400,
+            "batch_size": 8,
+            "lr": 1e-3,
+            "lr_step": 300,
+            "crop_size": 128,
+            "sigma_mm": 6.0,
+            "heatmap_fg_weight": 20.0,
+            "checkpoint_every": 100,
+            "views": ViewConfig(mm_per_pixel=3.0),
+        }
+        base.update(changes)
+        return cls(**base)
+
+    PRESETS = ("paper", "cpu-demo")
+
+    @classmethod
+    def preset(cls, name: str, task: str = "localization", **changes) -> TrainConfig:
+        """A preset by name: "paper" or "cpu-demo"."""
+        if name == "paper":
+            return cls.paper(task, **changes)
+        if name in ("cpu-demo", "cpu_demo"):
+            return cls.cpu_demo(task, **changes)
+        raise DrrkitError(f"unknown preset {name!r}; choose paper or cpu-demo")
+
+    # ------------------------------------------------------------------ I/O
+    def replace(self, **changes) -> TrainConfig:
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (lists for tuples) for checkpoints and JSON."""
+        out = asdict(self)
+        out["views"] = self.views.to_dict()
+        out["augment"] = {k: list(v) if isinstance(v, tuple) else v
+                          for k, v in asdict(self.augment).items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are ignored."""
+        names = {f.name for f in fields(cls)}
+        known = {k: v for k, v in values.items() if k in names}
+        if isinstance(known.get("views"), dict):
+            known["views"] = ViewConfig.from_dict(known["views"])
+        if isinstance(known.get("augment"), dict):
+            aug_names = {f.name for f in fields(AugmentConfig)}
+            known["augment"] = AugmentConfig(**{
+                k: tuple(v) if isinstance(v, list) else v
+                for k, v in known["augment"].items() if k in aug_names})
+        return cls(**known)
+
+
+def parse_init(init: str) -> tuple[str, str | None]:
+    """``"none"`` / ``"imagenet:PATH"`` / ``"simsiam:PATH"`` -> (kind, path or None)."""
+    text = str(init).strip()
+    if text.lower() == "none":
+        return "none", None
+    kind, sep, path = text.partition(":")
+    if sep and kind.lower() in ("imagenet", "simsiam") and path:
+        return kind.lower(), path
+    raise DrrkitError(f"bad --init {init!r}; use none, imagenet:PATH or simsiam:PATH")

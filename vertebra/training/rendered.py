@@ -1,0 +1,303 @@
+"""Views rendered from a CT with their targets, in memory or cached on disk as ``.npz``.
+
+:func:`render_views` is the one place where training data is made from a CT: the CT's
+attenuation volume -> :meth:`ViewConfig.geometry` (one orbit per start angle) ->
+:meth:`ViewConfig.render` -> :func:`vertebra.targets.make_targets`. The result, a
+:class:`RenderedViews`, is what the training datasets crop and augment.
+
+On a CPU, rendering for every step is slow next to a small network's step, so
+``vertebra prerender`` writes one ``.npz`` per CT into a folder with a ``cache.json``
+manifest (:func:`prerender`); :class:`RenderedCache` reads such a folder back (or wraps
+a list of :class:`RenderedViews` held in memory).
+
+File layout of ``CASE.npz`` (written atomically)::
+
+    images    (V, H, W) float32   network inputs (line integrals / intensity_scale)
+    heatmaps  (V, H, W) float32   Gaussian heatmaps, max over vertebrae
+    id_maps   (V, H, W) uint8     network class per pixel (0 background)
+    pixel_mm  (V, 2)    float64   pixel size at the isocentre (column, row), mm
+    labels    (N,)      int64     VerSe ids of the centroids, cranio-caudal
+    pixels    (V, N, 2) float64   projected centroids (col, row)
+    visible   (V, N)    bool      centroid projects onto the detector and lies in the CT
+    meta      ()        str       JSON: name, t13, view_config, geometry (drrkit.io
+                                  geometry JSON), sigma_mm, square_mm, start_angles
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from drrkit.errors import DrrkitError
+from vertebra.training.sources import LazyCollection, TrainingCT
+from vertebra.views import ViewConfig
+
+CACHE_FORMAT = "vertebra.prerender"
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True, eq=False)
+class RenderedViews:
+    """V views of one CT with their training targets (see the module docstring).
+
+    Attributes:
+        name: case name.
+        images: (V, H, W) float32 network inputs.
+        heatmaps: (V, H, W) float32.
+        id_maps: (V, H, W) uint8 network classes.
+        pixel_mm: (V, 2) mm at the isocentre per pixel (column, row).
+        labels: (N,) int64 VerSe ids, cranio-caudal.
+        pixels: (V, N, 2) projected centroids (col, row).
+        visible: (V, N) bool.
+        t13: whether the spine has a T13.
+        geometry: ``drrkit.Geometry`` of the V views.
+        view_config: the :class:`ViewConfig` used.
+        sigma_mm: heatmap sigma at the isocentre, mm.
+        square_mm: identification square side at the isocentre, mm.
+    """
+
+    name: str
+    images: np.ndarray
+    heatmaps: np.ndarray
+    id_maps: np.ndarray
+    pixel_mm: np.ndarray
+    labels: np.ndarray
+    pixels: np.ndarray
+    visible: np.ndarray
+    t13: bool
+    geometry: object
+    view_config: ViewConfig
+    sigma_mm: float
+    square_mm: float
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    # ------------------------------------------------------------------ I/O
+    def save(self, path: str | Path) -> Path:
+        """Write the ``.npz`` described in the module docstring, atomically."""
+        from drrkit.io import atomic_write, geometry_to_json
+
+        meta = {
+            "format": CACHE_FORMAT, "version": CACHE_VERSION, "name": self.name,
+            "t13": bool(self.t13), "view_config": self.view_config.to_dict(),
+            "geometry": geometry_to_json(self.geometry), "sigma_mm": float(self.sigma_mm),
+            "square_mm": float(self.square_mm),
+        }
+        arrays = {"images": self.images.astype(np.float32),
+                  "heatmaps": self.heatmaps.astype(np.float32),
+                  "id_maps": self.id_maps.astype(np.uint8), "pixel_mm": self.pixel_mm,
+                  "labels": self.labels.astype(np.int64), "pixels": self.pixels,
+                  "visible": self.visible, "meta": np.array(json.dumps(meta))}
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:  # a handle: np.savez would append ".npz"
+                np.savez_compressed(handle, **arrays)
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, write)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> RenderedViews:
+        """Read a file written by :meth:`save`."""
+        from drrkit.io import geometry_from_json
+
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            meta = json.loads(str(arrays.pop("meta")))
+        except (OSError, ValueError, KeyError) as exc:
+            raise DrrkitError(f"cannot read rendered views {path}: {exc}") from None
+        if meta.get("format") != CACHE_FORMAT:
+            raise DrrkitError(f"{path} is not a vertebra prerender file")
+        return cls(
+            name=meta["name"], images=arrays["images"], heatmaps=arrays["heatmaps"],
+            id_maps=arrays["id_maps"], pixel_mm=arrays["pixel_mm"], labels=arrays["labels"],
+            pixels=arrays["pixels"], visible=arrays["visible"], t13=bool(meta["t13"]),
+            geometry=geometry_from_json(meta["geometry"]),
+            view_config=ViewConfig.from_dict(meta["view_config"]),
+            sigma_mm=float(meta["sigma_mm"]), square_mm=float(meta["square_mm"]))
+
+
+def concat_geometries(parts):
+    """Several ``drrkit.Geometry`` of one detector size -> one with all their views."""
+    from drrkit.geometry import Geometry
+
+    first = parts[0]
+    if any((g.height, g.width) != (first.height, first.width) for g in parts):
+        raise DrrkitError("cannot join geometries of different detector sizes")
+    cat = [np.concatenate([getattr(g, a) for g in parts]) for a in
+           ("sources", "detector_origins", "u", "v")]
+    return Geometry(*cat, first.height, first.width,
+                    np.concatenate([g.angles_deg for g in parts]))
+
+
+def render_views(ct: TrainingCT, view_config: ViewConfig, start_angles=(0.0,), *,
+                 views=None, sigma_mm: float = 3.0, square_mm: float = 22.0,
+                 backend: str = "auto") -> RenderedViews:
+    """Render one CT on one or more orbits and make every view's targets.
+
+    Args:
+        ct: the CT (attenuation volume and centroids).
+        view_config: the C-arm; each orbit has ``view_config.views`` views.
+        start_angles: (R,) start angle of each orbit in degrees.
+        views: optional view indices within each orbit to keep (default all K).
+        sigma_mm, square_mm: target sizes at the isocentre (see :func:`make_targets`).
+        backend: drrkit render backend.
+
+    Returns:
+        :class:`RenderedViews` with V = R * (number of kept views).
+    """
+    from vertebra.targets import make_targets
+
+    angles = np.atleast_1d(np.asarray(start_angles, dtype=np.float64))
+    if angles.ndim != 1 or len(angles) == 0 or not np.all(np.isfinite(angles)):
+        raise DrrkitError("start_angles must be a non-empty list of finite degrees")
+    size = view_config.detector_size(ct.volume)
+    parts = [view_config.geometry(ct.volume, start_angle=float(a), size=size) for a in angles]
+    if views is not None:
+        parts = [g[np.asarray(views)] for g in parts]
+    geometry = concat_geometries(parts) if len(parts) > 1 else parts[0]
+    images = view_config.render(ct.volume, geometry, backend=backend)
+    targets = make_targets(ct.centroids, geometry, ct.volume, sigma_mm=sigma_mm,
+                           square_mm=square_mm)
+    p = targets.projected
+    return RenderedViews(
+        name=ct.name, images=np.asarray(images, dtype=np.float32),
+        heatmaps=targets.heatmaps, id_maps=targets.id_maps.astype(np.uint8),
+        pixel_mm=targets.pixel_mm, labels=p.labels, pixels=p.pixels, visible=p.visible,
+        t13=bool(ct.t13), geometry=geometry, view_config=view_config,
+        sigma_mm=float(sigma_mm), square_mm=float(square_mm))
+
+
+class RenderedCache(LazyCollection):
+    """Rendered CTs: a ``vertebra prerender`` folder, or a list held in memory.
+
+    ``len(cache)`` CTs; ``cache.load(i)`` -> :class:`RenderedViews`.
+
+    Args:
+        root: the folder holding ``cache.json`` and the ``.npz`` files.
+        cache: files kept in memory.
+    """
+
+    def __init__(self, root: str | Path | None = None, cache: int = 64, *,
+                 items: list[RenderedViews] | None = None) -> None:
+        super().__init__(cache)
+        self.root = None if root is None else Path(root)
+        self._items = items
+        if items is not None:
+            if not items:
+                raise DrrkitError("no rendered views given")
+            self.names = [v.name for v in items]
+            first = items[0]
+            self.view_config = first.view_config
+            self.sigma_mm, self.square_mm = first.sigma_mm, first.square_mm
+            return
+        manifest = self.root / "cache.json"
+        try:
+            data = json.loads(manifest.read_text())
+        except (OSError, ValueError) as exc:
+            raise DrrkitError(f"cannot read {manifest}: {exc}") from None
+        if data.get("format") != CACHE_FORMAT:
+            raise DrrkitError(f"{manifest} is not a vertebra prerender manifest")
+        self.names = list(data["cases"])
+        if not self.names:
+            raise DrrkitError(f"{self.root}: the prerender cache holds no cases")
+        missing = [n for n in self.names if not (self.root / f"{n}.npz").is_file()]
+        if missing:
+            raise DrrkitError(f"{self.root}: {len(missing)} cached files missing, e.g. "
+                              f"{missing[0]}.npz (run vertebra prerender again)")
+        self.view_config = ViewConfig.from_dict(data["view_config"])
+        self.sigma_mm, self.square_mm = float(data["sigma_mm"]), float(data["square_mm"])
+
+    @classmethod
+    def from_views(cls, items: list[RenderedViews]) -> RenderedCache:
+        """Wrap rendered views held in memory."""
+        return cls(items=list(items))
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def name(self, index: int) -> str:
+        return self.names[index]
+
+    def _load(self, index: int) -> RenderedViews:
+        if self._items is not None:
+            return self._items[index]
+        return RenderedViews.load(self.root / f"{self.names[index]}.npz")
+
+
+def orbit_angles(orbits: int, views: int, rng: np.random.Generator) -> np.ndarray:
+    """(orbits,) start angles: 0 (the inference views) then random within half a view step."""
+    half = 180.0 / views
+    extra = rng.uniform(-half, half, size=max(int(orbits) - 1, 0))
+    return np.concatenate([[0.0], extra])
+
+
+def render_all(source, view_config: ViewConfig, *, orbits: int = 1, seed: int = 0,
+               sigma_mm: float = 3.0, square_mm: float = 22.0, backend: str = "auto",
+               progress=None) -> list[RenderedViews]:
+    """Render every CT of a CT source into memory (``orbits`` orbits each)."""
+    out = []
+    for i in range(len(source)):
+        angles = orbit_angles(orbits, view_config.views, np.random.default_rng([seed, i]))
+        out.append(render_views(source.load(i), view_config, angles, sigma_mm=sigma_mm,
+                                square_mm=square_mm, backend=backend))
+        if progress is not None:
+            progress(i + 1, len(source))
+    return out
+
+
+def prerender(source, out: str | Path, view_config: ViewConfig, *, orbits: int = 1,
+              seed: int = 0, sigma_mm: float = 3.0, square_mm: float = 22.0,
+              backend: str = "auto", progress=None) -> RenderedCache:
+    """Render a CT source into a cache folder: ``OUT/<case>.npz`` + ``OUT/cache.json``.
+
+    Files already present from an interrupted run with the same settings are kept; the
+    manifest is written last, so a folder with a ``cache.json`` is always complete.
+
+    Args:
+        source: a :class:`vertebra.training.sources.CTSource`.
+        out: the folder (created).
+        view_config: the C-arm.
+        orbits: orbits per CT: the first at start angle 0, the others at random angles
+            within half a view step (``seed``), for more training views.
+        seed, sigma_mm, square_mm, backend: see :func:`render_views`.
+        progress: optional ``progress(done, total)`` callback.
+    """
+    from drrkit.io import write_json
+
+    if int(orbits) < 1:
+        raise DrrkitError(f"orbits must be >= 1, got {orbits}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DrrkitError(f"{out} exists and is not a folder")
+    manifest = {"format": CACHE_FORMAT, "version": CACHE_VERSION,
+                "view_config": view_config.to_dict(), "orbits": int(orbits), "seed": int(seed),
+                "sigma_mm": float(sigma_mm), "square_mm": float(square_mm)}
+    old = out / "cache.json"
+    if old.is_file():
+        previous = json.loads(old.read_text())
+        if any(previous.get(k) != v for k, v in manifest.items()):
+            raise DrrkitError(f"{out} holds a cache made with other settings; use a new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(len(source)):
+        name = source.name(i)
+        path = out / f"{name}.npz"
+        if not path.is_file():
+            angles = orbit_angles(orbits, view_config.views, np.random.default_rng([seed, i]))
+            render_views(source.load(i), view_config, angles, sigma_mm=sigma_mm,
+                         square_mm=square_mm, backend=backend).save(path)
+        names.append(name)
+        if progress is not None:
+            progress(i + 1, len(source))
+    if len(set(names)) != len(names):
+        raise DrrkitError("two CTs of the source share a name")
+    write_json(old, {**manifest, "cases": names})
+    return RenderedCache(out)

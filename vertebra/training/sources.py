@@ -1,0 +1,186 @@
+"""Where training CTs come from: ``phantoms:N``, a VerSe-layout folder, or a prerender cache.
+
+A *CT source* is a sized collection of :class:`TrainingCT` (an attenuation volume with
+its centroids) loaded on demand; :func:`open_data` turns the ``DATA`` argument of the
+``vertebra`` commands into one:
+
+* ``phantoms:N`` -- N synthetic spines, seeds 0..N-1 (``phantoms:A:B``: seeds A..B-1),
+  from :func:`vertebra.data.phantom.make_spine_phantom`;
+* a folder holding ``cache.json`` -- views rendered beforehand by ``vertebra prerender``
+  (a :class:`vertebra.training.rendered.RenderedCache`);
+* any other folder -- a VerSe-layout dataset (cases with a CT and centroids, a JSON or a
+  mask).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from drrkit.errors import DrrkitError
+
+_PHANTOMS = re.compile(r"^phantoms:(?P<a>\d+)(:(?P<b>\d+))?$")
+
+
+@dataclass(frozen=True, eq=False)
+class TrainingCT:
+    """One CT ready for rendering.
+
+    Attributes:
+        name: case name.
+        volume: ``drrkit.Volume`` of linear attenuation in 1/mm (``drrkit.hu_to_mu``).
+        centroids: {VerSe id: (3,) world LPS mm}, vertebra targets only.
+        t13: whether the spine has a thirteenth thoracic vertebra (decides the Sequence
+            Loss columns, :func:`vertebra.labels.chain_classes`).
+    """
+
+    name: str
+    volume: object
+    centroids: dict
+    t13: bool
+
+
+class LazyCollection:
+    """Base class: ``len(c)`` items, ``c.name(i)``, ``c.load(i)`` loaded on demand.
+
+    Loaded items are kept in a small least-recently-used cache of ``cache`` items (emptied
+    when the collection is sent to a DataLoader worker).
+    """
+
+    def __init__(self, cache: int = 8) -> None:
+        self._cache: OrderedDict[int, object] = OrderedDict()
+        self._cache_size = max(1, int(cache))
+
+    def __len__(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def name(self, index: int) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _load(self, index: int):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def load(self, index: int):
+        """The item at ``index`` (0 <= index < len), from the cache when present."""
+        index = int(index)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        item = self._cache.get(index)
+        if item is None:
+            item = self._load(index)
+            self._cache[index] = item
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(index)
+        return item
+
+    def __getstate__(self):  # DataLoader workers start with an empty cache
+        state = dict(self.__dict__)
+        state["_cache"] = OrderedDict()
+        return state
+
+
+class CTSource(LazyCollection):
+    """CTs to render on the fly: ``load(i)`` -> :class:`TrainingCT`."""
+
+
+class PhantomSource(CTSource):
+    """Synthetic spines from :func:`vertebra.data.phantom.make_spine_phantom`.
+
+    Args:
+        seeds: one phantom per seed.
+        cache: phantoms kept in memory.
+        **options: passed to ``make_spine_phantom`` (e.g. ``size="small"``).
+    """
+
+    def __init__(self, seeds, cache: int = 8, **options) -> None:
+        super().__init__(cache)
+        self.seeds = [int(s) for s in seeds]
+        if not self.seeds:
+            raise DrrkitError("no phantom seeds given")
+        self.options = options
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def name(self, index: int) -> str:
+        return f"phantom{self.seeds[index]:04d}"
+
+    def _load(self, index: int) -> TrainingCT:
+        import drrkit
+        from vertebra.data.phantom import make_spine_phantom
+
+        ph = make_spine_phantom(self.seeds[index], **self.options)
+        mu = ph.ct.with_data(drrkit.hu_to_mu(ph.ct.data))
+        return TrainingCT(self.name(index), mu, dict(ph.centroids), ph.transitional == "t13")
+
+
+class VerseSource(CTSource):
+    """The cases of a VerSe-layout folder that have centroids (JSON or mask)."""
+
+    def __init__(self, root: str | Path, cache: int = 8) -> None:
+        from vertebra.data.dataset import VerseDataset
+
+        super().__init__(cache)
+        self.dataset = VerseDataset(root, require="centroids")
+        if len(self.dataset) == 0:
+            raise DrrkitError(
+                f"{root}: no CTs with centroids found (expected a VerSe-layout folder with "
+                "*_ct.nii.gz and *_ctd.json or *_msk.nii.gz, a prerender cache with "
+                "cache.json, or phantoms:N)")
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def name(self, index: int) -> str:
+        return self.dataset[index].name
+
+    def _load(self, index: int) -> TrainingCT:
+        from vertebra import labels as vlabels
+
+        case = self.dataset[index]
+        volume = case.load_ct(units="mu")
+        centroids = {k: np.asarray(v, dtype=np.float64)
+                     for k, v in case.centroids().items() if vlabels.is_vertebra(k)}
+        t13 = vlabels.by_name("T13").verse_id in centroids
+        return TrainingCT(case.name, volume, centroids, t13)
+
+
+def parse_phantoms(spec: str) -> list[int] | None:
+    """Seeds of a ``phantoms:N`` / ``phantoms:A:B`` spec, or None if ``spec`` is not one."""
+    m = _PHANTOMS.match(str(spec).strip())
+    if m is None:
+        if str(spec).strip().startswith("phantoms"):
+            raise DrrkitError(f"bad phantom spec {spec!r}; use phantoms:N or phantoms:A:B")
+        return None
+    a, b = int(m["a"]), m["b"]
+    seeds = list(range(a)) if b is None else list(range(a, int(b)))
+    if not seeds:
+        raise DrrkitError(f"{spec!r} selects no phantoms")
+    return seeds
+
+
+def open_data(spec: str | Path, *, cache: int = 8, phantom_options: dict | None = None):
+    """The ``DATA`` argument -> a :class:`CTSource` or a ``RenderedCache``.
+
+    Args:
+        spec: ``phantoms:N``, ``phantoms:A:B``, a prerender cache folder or a VerSe folder.
+        cache: CTs kept in memory (CT sources).
+        phantom_options: passed to ``make_spine_phantom``.
+    """
+    seeds = parse_phantoms(str(spec))
+    if seeds is not None:
+        return PhantomSource(seeds, cache=cache, **(phantom_options or {}))
+    path = Path(spec)
+    if not path.is_dir():
+        raise DrrkitError(f"{spec}: not a folder and not phantoms:N")
+    if (path / "cache.json").is_file():
+        from vertebra.training.rendered import RenderedCache
+
+        return RenderedCache(path)
+    return VerseSource(path, cache=cache)
