@@ -262,14 +262,14 @@ def label(
 ) -> None:
     """Label the vertebrae of a CT (or of every CT in a folder).
 
-    Writes STEM_ctd.json (VerSe centroids, voxel coordinates with a direction header),
-    STEM_centroids.csv (world mm, names, confidences), STEM_label.json (timings, details)
-    and PNGs (views, sagittal and coronal reformats) into --out; for a folder, into
-    --out/STEM/ per CT.
+    Writes STEM_ctd.json (VerSe JSON in voxels), STEM_centroids.csv (mm), STEM_label.json
+    and PNGs into --out (for a folder: --out/STEM/ per CT).
 
-    Example:
+    Examples:
 
-        $ vertebra label sub-verse004_ct.nii.gz --model runs/demo/model.pt --out labels/
+        $ vertebra label ct.nii.gz --model vertebra-demo/models/networks.pt --out labels/
+
+        $ vertebra label verse19/test --localizer loc.pt --identifier id.pt --out pred/
     """
     import dataclasses
     import time

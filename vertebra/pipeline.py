@@ -9,7 +9,9 @@ Stages (each timed, seconds in :attr:`LabelResult.timings`):
    (:func:`vertebra.peaks.density_peaks`); distances in mm at the isocentre.
 4. ``match``: cross-view correspondence and least-squares triangulation
    (:func:`drrkit.correspondence.match_views`) -> T 3-D tracks, superior first; tracks
-   further than ``box_margin_mm`` outside the CT's box are dropped.
+   further than ``box_margin_mm`` outside the CT's box are dropped, and of two tracks
+   closer than ``min_separation_mm`` in height (two detections of one vertebra, or a
+   vertebra and another bone at its level) only the better supported is kept.
 5. ``identify``: the identification network -> class probabilities (K, C, H, W); per view
    and track, the mean probability over the ``square_mm`` (22 mm at the isocentre) square
    around the *re-projected* 3-D centroid: ``P_k`` (T, 26), background excluded. A track
@@ -51,6 +53,9 @@ from vertebra.peaks import Peaks, density_peaks
 from vertebra.targets import SQUARE_MM, pixel_size_at_isocenter
 from vertebra.views import ViewConfig
 
+#: Pixels this close outside a square's edge count as inside (as in vertebra.targets).
+_EPS_PX = 1e-6
+
 #: Network inputs are zero-padded (bottom, right) to a multiple of this many pixels.
 PAD_MULTIPLE = 32
 
@@ -80,6 +85,9 @@ class PipelineConfig:
         allow_t13: the DP may label a thirteenth thoracic vertebra.
         fill_gaps: leave an empty row where the 3-D spacing shows a missed vertebra.
         box_margin_mm: tracks further than this outside the CT's box are dropped (mm).
+        min_separation_mm: two tracks closer than this along the spine (world z) cannot
+            both be vertebrae: the one seen in fewer views (then with the lower heatmap
+            score) is dropped; 0 keeps all.
         alpha, beta: weights of the sequence DP (paper: 0.1, 0.8).
     """
 
@@ -95,6 +103,7 @@ class PipelineConfig:
     allow_t13: bool = True
     fill_gaps: bool = True
     box_margin_mm: float = 10.0
+    min_separation_mm: float = 8.0
     alpha: float = 0.1
     beta: float = 0.8
 
@@ -114,8 +123,8 @@ class PipelineConfig:
             raise DrrkitError("peak_threshold must be finite")
         if int(self.max_detections) < 1 or int(self.max_peak_pixels) < 1:
             raise DrrkitError("max_detections and max_peak_pixels must be >= 1")
-        if not self.box_margin_mm >= 0:
-            raise DrrkitError("box_margin_mm must be >= 0")
+        if not self.box_margin_mm >= 0 or not self.min_separation_mm >= 0:
+            raise DrrkitError("box_margin_mm and min_separation_mm must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -238,8 +247,10 @@ def square_means(probs: np.ndarray, pixels: np.ndarray, half_px: np.ndarray
             col, row = pixels[view, i]
             if not (np.isfinite(col) and np.isfinite(row)):
                 continue
-            c0, c1 = max(int(np.ceil(col - hc - 1e-6)), 0), min(int(np.floor(col + hc + 1e-6)) + 1, w)
-            r0, r1 = max(int(np.ceil(row - hr - 1e-6)), 0), min(int(np.floor(row + hr + 1e-6)) + 1, h)
+            c0 = max(int(np.ceil(col - hc - _EPS_PX)), 0)
+            c1 = min(int(np.floor(col + hc + _EPS_PX)) + 1, w)
+            r0 = max(int(np.ceil(row - hr - _EPS_PX)), 0)
+            r1 = min(int(np.floor(row + hr + _EPS_PX)) + 1, h)
             if c0 >= c1 or r0 >= r1:
                 continue
             out[view, i] = probs[view, :, r0:r1, c0:c1].mean(axis=(1, 2), dtype=np.float64)
@@ -263,6 +274,31 @@ def _inside_box(volume: drrkit.Volume, points: np.ndarray, margin_mm: float) -> 
     n = np.asarray(volume.shape_xyz, dtype=np.float64)
     margin = margin_mm / np.asarray(volume.spacing, dtype=np.float64)
     return np.all((index >= -0.5 - margin) & (index <= n - 0.5 + margin), axis=-1)
+
+
+def _track_scores(assign: np.ndarray, detections) -> np.ndarray:
+    """(T,) mean heatmap score of each track's detections."""
+    out = np.zeros(len(assign))
+    for i, row in enumerate(assign):
+        vals = [detections[v].scores[j] for v, j in enumerate(row) if j >= 0]
+        out[i] = float(np.mean(vals)) if vals else 0.0
+    return out
+
+
+def _separated(points: np.ndarray, views: np.ndarray, scores: np.ndarray,
+               min_dz: float) -> np.ndarray:
+    """Indices (ascending) of tracks kept so that no two lie closer than ``min_dz`` in z.
+
+    Greedy, best supported first: more views, then a higher mean heatmap score.
+    """
+    if min_dz <= 0 or len(points) < 2:
+        return np.arange(len(points))
+    order = np.lexsort((-scores, -views))
+    kept: list[int] = []
+    for i in order:
+        if all(abs(points[i, 2] - points[j, 2]) >= min_dz for j in kept):
+            kept.append(int(i))
+    return np.sort(np.array(kept, dtype=np.int64))
 
 
 def label_ct(
@@ -295,6 +331,8 @@ def label_ct(
         raise DrrkitError("volume must be a drrkit.Volume (see drrkit.load_volume)")
     views = ViewConfig() if views is None else views
     config = PipelineConfig() if config is None else config
+    if views.views < 2:
+        raise DrrkitError("labelling needs at least two views")
     timings: dict[str, float] = {}
     clock = [time.perf_counter()]
 
@@ -328,14 +366,16 @@ def label_ct(
     min_views = config.min_views
     if min_views is not None:
         min_views = int(min(max(min_views, 2), k))
-    if k < 2:
-        raise DrrkitError("labelling needs at least two views")
     match = match_views([d.pixels for d in detections], geometry,
                         tolerance_px=config.tolerance_mm / float(np.mean(pixel_mm)),
                         min_views=min_views)
+    scores = _track_scores(match.assignments, detections)
     kept = np.flatnonzero(_inside_box(volume, match.points, config.box_margin_mm))
+    kept = kept[_separated(match.points[kept], match.views[kept], scores[kept],
+                           config.min_separation_mm)]
     points = match.points[kept]
     assign = match.assignments[kept]
+    scores = scores[kept]
     t = len(points)
     done("match")
 
@@ -385,10 +425,6 @@ def label_ct(
         classes = correction.classes[rows]
         confidence = correction.confidence[rows]
     n_views = (assign >= 0).sum(axis=1)
-    scores = np.zeros(t)
-    for i in range(t):
-        vals = [detections[v].scores[assign[i, v]] for v in range(k) if assign[i, v] >= 0]
-        scores[i] = float(np.mean(vals)) if vals else 0.0
     rms = match.rms[kept]
     vertebrae = []
     for i in range(t):
@@ -463,8 +499,8 @@ class TorchNetwork:
                     prob.append(torch.softmax(out.logits[:, :, :h, :w].float(), dim=1)
                                 .cpu().numpy())
         result = (np.concatenate(heat) if heat else None, np.concatenate(prob) if prob else None)
-        # remember the last input so a two-headed model runs once for both adapters
-        self.model._vertebra_last = (inputs, result)
+        if heat and prob:  # a two-headed model: remember it so both adapters run it once
+            self.model._vertebra_last = (inputs, result)
         return result
 
     def __call__(self, inputs: np.ndarray) -> np.ndarray:

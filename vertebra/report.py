@@ -61,7 +61,7 @@ def _marker(draw, x: float, y: float, r: float, colour, *, ring: bool = False) -
 
 # ---------------------------------------------------------------------- views
 def views_figure(result, *, truth: dict | None = None, columns: int | None = None,
-                 tile: int = 320, gap: int = 4):
+                 tile: int = 400, gap: int = 4):
     """The K views with detections and labelled centroids, as one RGB picture.
 
     Args:
@@ -98,7 +98,13 @@ def views_figure(result, *, truth: dict | None = None, columns: int | None = Non
         truth_px = drrkit.project_points(
             np.array([truth[i] for i in truth_ids], dtype=np.float64).reshape(-1, 3),
             geometry).pixels
-    radius = max(3.0, 4.0 * scale)
+    from vertebra.targets import default_isocenter, pixel_size_at_isocenter
+
+    try:  # markers about 3 mm (at the isocentre) in radius, 3 to 6 picture pixels
+        mm = float(np.mean(pixel_size_at_isocenter(geometry, default_isocenter(geometry))))
+        radius = float(np.clip(3.0 / mm * scale, 3.0, 6.0))
+    except DrrkitError:
+        radius = 4.0
     for view in range(k):
         r, c = divmod(view, columns)
         x0 = gap + c * (tw + gap)

@@ -157,6 +157,7 @@ def test_torch_adapter_batches_and_shares_one_forward(tiny_checkpoint):
     ide = pipeline.TorchNetwork(model, "probabilities", batch_size=3)
     x = np.random.default_rng(0).random((5, 64, 96)).astype(np.float32)
     heat = loc(x)
+    assert model._vertebra_last[0] is x  # the identifier reuses this forward pass
     probs = ide(x)
     assert heat.shape == (5, 64, 96) and probs.shape == (5, vl.NUM_CLASSES, 64, 96)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)

@@ -104,6 +104,23 @@ def test_a_view_without_detections_and_a_spurious_peak(thoracic, thoracic_maps):
     assert all(v.n_views == 9 for v in r.vertebrae)
 
 
+def test_a_second_track_at_a_vertebra_level_is_dropped(thoracic, thoracic_maps):
+    """A consistent 3-D structure 25 mm beside a vertebra, seen in 6 of the 10 views."""
+    vol, (heat, probs, _) = thoracic_maps
+    key = list(thoracic.centroids)[2]
+    fake = {key: thoracic.centroids[key] + np.array([25.0, 0.0, 1.0])}
+    blobs = make_targets(fake, VIEWS.geometry(vol), vol).heatmaps * 0.7
+    heat = heat.copy()
+    seen = [0, 1, 4, 5, 6, 9]  # the views where it lies 20 mm or more from the vertebra
+    heat[seen] = np.maximum(heat[seen], blobs[seen])
+    r = run(vol, heat, probs)
+    check(r, thoracic.centroids)
+    assert len(r.correspondence.points) == len(thoracic.centroids) + 1  # found, then dropped
+    kept_all = run(vol, heat, probs, PipelineConfig(min_separation_mm=0))
+    assert len(kept_all.points) == len(thoracic.centroids) + 1
+    assert list(kept_all.centroids()) != list(thoracic.centroids)  # kept, it shifts labels
+
+
 def test_wrong_label_views_are_outvoted_and_scrambled_views_downweighted(thoracic,
                                                                          thoracic_maps):
     vol, (heat, probs, targets) = thoracic_maps

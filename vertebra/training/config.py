@@ -143,6 +143,13 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.views, dict):
+            object.__setattr__(self, "views", ViewConfig.from_dict(self.views))
+        if isinstance(self.augment, dict):
+            object.__setattr__(self, "augment", AugmentConfig(**{
+                k: tuple(v) if isinstance(v, list) else v for k, v in self.augment.items()}))
+        if not isinstance(self.views, ViewConfig) or not isinstance(self.augment, AugmentConfig):
+            raise DrrkitError("views must be a ViewConfig and augment an AugmentConfig")
         if self.task not in TASKS:
             raise DrrkitError(f"unknown task {self.task!r}; choose {' or '.join(TASKS)}")
         if self.heatmap_loss not in HEATMAP_LOSSES:
@@ -226,13 +233,9 @@ class TrainConfig:
         """Inverse of :meth:`to_dict`; unknown keys are ignored."""
         names = {f.name for f in fields(cls)}
         known = {k: v for k, v in values.items() if k in names}
-        if isinstance(known.get("views"), dict):
-            known["views"] = ViewConfig.from_dict(known["views"])
         if isinstance(known.get("augment"), dict):
             aug_names = {f.name for f in fields(AugmentConfig)}
-            known["augment"] = AugmentConfig(**{
-                k: tuple(v) if isinstance(v, list) else v
-                for k, v in known["augment"].items() if k in aug_names})
+            known["augment"] = {k: v for k, v in known["augment"].items() if k in aug_names}
         return cls(**known)
 
 

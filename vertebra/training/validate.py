@@ -1,11 +1,15 @@
 """Per-view scores of a trained U-Net on held-out rendered views.
 
 * identification: pixel accuracy inside the ground-truth squares (argmax class equals
-  the square's class), and square accuracy (the majority class over a square's pixels
-  equals its class);
+  the square's class); square accuracy (the argmax of the square's mean softmax equals
+  its class), also within one level; and sequence accuracy: the squares of a view, in
+  spine order, relabelled by the best path of the Sequence DP
+  (:class:`vertebra.sequence.SequenceDP`) over their mean softmax, on the spine's own
+  chain of classes -- what per-view label correction would give;
 * localization: 2-D peak error in mm at the isocentre: heatmap peaks found with
   :func:`vertebra.peaks.density_peaks`; for every visible ground-truth centroid, the
-  distance to the nearest peak; detection rate within ``radius_mm``; peaks farther than
+  distance to the nearest peak; a centroid with a peak within ``radius_mm`` is
+  detected (the error statistics are over detected centroids); peaks farther than
   ``radius_mm`` from every centroid count as false positives.
 
 Views are fed whole (zero-padded at the bottom and right to a multiple of 32 pixels,
@@ -55,25 +59,47 @@ def predict(model: torch.nn.Module, images: np.ndarray, *, batch_size: int = 4,
 
 
 def identification_scores(model, rendered, **kwargs) -> dict:
-    """Pixel and square accuracy over every view of every :class:`RenderedViews`.
+    """Pixel, square and sequence accuracy over every view of every :class:`RenderedViews`.
 
     Returns:
-        {"pixel_accuracy", "square_accuracy", "pixels", "squares"}.
+        {"pixel_accuracy", "square_accuracy", "square_accuracy_pm1", "sequence_accuracy",
+        "pixels", "squares"}.
     """
-    correct = total = sq_ok = sq_total = 0
+    from vertebra import labels as vlabels
+    from vertebra.sequence import SequenceDP
+
+    dp = SequenceDP()
+    correct = total = 0
+    sq_ok = sq_pm1 = seq_ok = sq_total = 0
     for rv in rendered:
-        pred = predict(model, rv.images, **kwargs)["probs"].argmax(1)
+        probs = predict(model, rv.images, **kwargs)["probs"]
+        pred = probs.argmax(1)
         gt = rv.id_maps.astype(np.int64)
         inside = gt > 0
         correct += int((pred[inside] == gt[inside]).sum())
         total += int(inside.sum())
+        chain = vlabels.chain_classes(rv.t13)
         for v in range(len(gt)):
-            for c in np.unique(gt[v][gt[v] > 0]):
-                votes = np.bincount(pred[v][gt[v] == c], minlength=int(c) + 1)
-                sq_ok += int(votes.argmax() == c)
-                sq_total += 1
-    return {"pixel_accuracy": correct / max(total, 1), "square_accuracy": sq_ok / max(sq_total, 1),
+            classes = np.unique(gt[v][gt[v] > 0])
+            if len(classes) == 0:
+                continue
+            rows = np.stack([probs[v][:, gt[v] == c].mean(axis=1) for c in classes])  # (n, C)
+            best = rows[:, 1:].argmax(axis=1) + 1
+            sq_ok += int((best == classes).sum())
+            sq_pm1 += int((np.abs(_rank(best, chain) - _rank(classes, chain)) <= 1).sum())
+            path = dp.scores(rows[:, chain]).labels
+            fixed = np.where(path >= 0, chain[np.clip(path, 0, None)], -1)
+            seq_ok += int((fixed == classes).sum())
+            sq_total += len(classes)
+    n = max(sq_total, 1)
+    return {"pixel_accuracy": correct / max(total, 1), "square_accuracy": sq_ok / n,
+            "square_accuracy_pm1": sq_pm1 / n, "sequence_accuracy": seq_ok / n,
             "pixels": total, "squares": sq_total}
+
+
+def _rank(classes: np.ndarray, chain: np.ndarray) -> np.ndarray:
+    """Position of each class in the chain (classes off the chain: their nearest slot)."""
+    return np.searchsorted(chain, classes)
 
 
 def localization_scores(model, rendered, *, threshold: float = 0.3,
@@ -82,8 +108,8 @@ def localization_scores(model, rendered, *, threshold: float = 0.3,
     """2-D peak errors over every view of every :class:`RenderedViews`.
 
     Returns:
-        {"median_error_mm", "mean_error_mm" (nearest peak to each visible centroid,
-        centroids without any peak left out), "detection_rate" (share of centroids with
+        {"median_error_mm", "mean_error_mm", "p90_error_mm" (distance from each detected
+        centroid to its nearest peak), "detection_rate" (share of visible centroids with
         a peak within ``radius_mm``), "false_positives_per_view", "centroids", "views"}.
     """
     from vertebra.peaks import density_peaks
@@ -103,7 +129,7 @@ def localization_scores(model, rendered, *, threshold: float = 0.3,
             d = np.linalg.norm((gt[:, None] - peaks.pixels[None]) * rv.pixel_mm[v], axis=-1)
             if len(gt):
                 nearest = d.min(axis=1)
-                errors.extend(nearest.tolist())
+                errors.extend(nearest[nearest <= radius_mm].tolist())
                 found += int((nearest <= radius_mm).sum())
                 fps += int((d.min(axis=0) > radius_mm).sum())
             else:
@@ -111,6 +137,7 @@ def localization_scores(model, rendered, *, threshold: float = 0.3,
     errors = np.asarray(errors)
     return {"median_error_mm": float(np.median(errors)) if len(errors) else float("nan"),
             "mean_error_mm": float(errors.mean()) if len(errors) else float("nan"),
+            "p90_error_mm": float(np.percentile(errors, 90)) if len(errors) else float("nan"),
             "detection_rate": found / max(n_gt, 1),
             "false_positives_per_view": fps / max(n_views, 1),
             "centroids": n_gt, "views": n_views}

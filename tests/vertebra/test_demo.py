@@ -1,0 +1,37 @@
+"""`vertebra demo` plumbing at a tiny size (the accuracy is measured by the demo itself)."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from drrkit.errors import DrrkitError
+from vertebra.cli import app
+from vertebra.demo import DemoConfig, run_demo
+
+
+@pytest.mark.slow
+def test_tiny_demo_runs_every_step_and_reuses_outputs(tmp_path, monkeypatch):
+    config = DemoConfig(train_phantoms=2, orbits=1, held_out=1, pretrain_steps=1,
+                        pretrain_batch=2, localizer_iterations=1, identifier_iterations=1,
+                        pictures=False)
+    lines = []
+    result = run_demo(tmp_path, config, log=lines.append, progress=False)
+    assert result.pooled["n_scans"] == 1 and result.pooled["n_gt"] > 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(report["seconds"]) == {"data", "pretrain", "localizer", "identifier", "label"}
+    assert report["targets"]["met"] is False or result.meets_targets
+    assert (tmp_path / "models" / "networks.pt").is_file()
+    assert list((tmp_path / "labels").glob("*/*_ctd.json"))
+    # a second run reuses data and models
+    lines.clear()
+    run_demo(tmp_path, config, log=lines.append, progress=False)
+    assert sum("reusing" in line for line in lines) >= 3
+
+
+def test_demo_config_and_cli_errors(tmp_path):
+    with pytest.raises(DrrkitError):
+        DemoConfig(train_phantoms=10, held_out_start=5)
+    (tmp_path / "file").write_text("x")
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "file")])
+    assert res.exit_code == 2 and "not a folder" in res.stderr
