@@ -304,3 +304,36 @@ def test_cli_prerender_pretrain_train_and_bad_input(tmp_path):
         r = runner.invoke(app, args)
         assert r.exit_code == 2, (args, r.output)
         assert "error:" in r.output and "Traceback" not in r.output
+
+
+# ---------------------------------------------------------------------- validation scores
+class _Oracle(torch.nn.Module):
+    """Returns the ground truth of one RenderedViews as its output (padded like the input)."""
+
+    def __init__(self, rv, shift_rows=0):
+        super().__init__()
+        self.heat = torch.from_numpy(np.roll(rv.heatmaps, shift_rows, axis=1))
+        ids = torch.from_numpy(rv.id_maps.astype(np.int64))
+        self.logits = 10.0 * torch.nn.functional.one_hot(ids, 27).permute(0, 3, 1, 2).float()
+
+    def forward(self, x):
+        from vertebra.models import UNetOutput
+
+        h, w = self.heat.shape[1:]
+        pad = (0, x.shape[-1] - w, 0, x.shape[-2] - h)
+        return UNetOutput(torch.nn.functional.pad(self.heat, pad)[:, None],
+                          torch.nn.functional.pad(self.logits, pad))
+
+
+def test_validation_scores_of_an_oracle(rendered):
+    from vertebra.training.validate import identification_scores, localization_scores
+
+    rv = rendered[0]
+    ident = identification_scores(_Oracle(rv), [rv], batch_size=len(rv))
+    assert ident["pixel_accuracy"] == ident["square_accuracy"] == 1.0
+    assert ident["sequence_accuracy"] == 1.0 and ident["squares"] == rv.visible.sum()
+    loc = localization_scores(_Oracle(rv), [rv], batch_size=len(rv))
+    assert loc["detection_rate"] == 1.0 and loc["false_positives_per_view"] == 0.0
+    assert loc["median_error_mm"] < 0.5  # peak extraction on exact Gaussians, 4 mm pixels
+    off = localization_scores(_Oracle(rv, shift_rows=1), [rv], batch_size=len(rv))
+    assert off["median_error_mm"] == pytest.approx(float(rv.pixel_mm[:, 1].mean()), rel=0.05)
