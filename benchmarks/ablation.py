@@ -35,14 +35,12 @@ stopped and continued. Writes ``OUT/ablation.json`` and
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, commit, cpu_model, set_threads, slug, utc_now
 
 ROWS = (
     # name, pretrained encoders, sequence loss, voting
@@ -72,8 +70,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from triangulation import cpu_model, git, set_threads, slug
-
     set_threads(args.threads)
     import torch
 
@@ -140,8 +136,8 @@ def main(argv=None) -> int:
         "rows": rows,
         "seconds": seconds,
         "cpu": cpu_model(),
-        "commit": git("rev-parse", "HEAD"),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": commit(),
+        "date": utc_now(),
     }
     from vertebra.demo import _json_safe
 

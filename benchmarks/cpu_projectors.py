@@ -20,14 +20,9 @@ Markdown table (``benchmarks/make_table.py`` prints the same table from the JSON
 from __future__ import annotations
 
 import argparse
-import datetime
-import hashlib
-import importlib.metadata
 import json
 import os
 import platform
-import re
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -35,9 +30,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from _common import (
+    RESULTS,
+    ROOT,
+    TimedRunner,
+    check_load,
+    cpu_model,
+    provenance,
+    set_threads,
+    slug,
+    summary,
+    time_runners,
+    versions,
+    write_json,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).resolve().parent / "results"
+#: Distributions whose versions the results record.
+PACKAGES = ("numpy", "numba", "llvmlite", "itk-rtk", "itk-core", "diffdrr", "torch", "torchio")
 
 #: Detector and orbit of issue 2.
 SAD_MM, SID_MM, DETECTOR_PX, PIXEL_MM = 850.0, 1020.0, 200, 2.0
@@ -74,58 +83,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="round-robin timed runs across libraries, or one library at a time")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default: named by machine)")
     return p.parse_args(argv)
-
-
-def set_threads(threads: int) -> None:
-    """Fix the thread count of every library before any of them starts its pool."""
-    os.environ["DRRKIT_NUM_THREADS"] = str(threads)
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def slug(text: str) -> str:
-    text = re.sub(r"\((r|tm)\)", "", text.lower())
-    text = re.sub(r"\bcpu\b|@.*$", "", text)
-    return re.sub(r"[^a-z0-9]+", "-", text).strip("-")
-
-
-def git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def versions() -> dict:
-    out = {"python": platform.python_version()}
-    for name in ("numpy", "numba", "llvmlite", "itk-rtk", "itk-core", "diffdrr", "torch",
-                 "torchio"):
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def provenance() -> dict:
-    kernel = ROOT / "drrkit" / "_cpu.py"
-    return {
-        "commit": git("rev-parse", "HEAD"),
-        "drrkit_dirty": bool(git("status", "--porcelain", "--", "drrkit")),
-        "drrkit_cpu_sha256": hashlib.sha256(kernel.read_bytes()).hexdigest()[:16],
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
 
 
 # ---------------------------------------------------------------------------- scene
@@ -189,7 +146,7 @@ def accuracy(image: np.ndarray, exact: np.ndarray, interior: np.ndarray) -> dict
 
 # ---------------------------------------------------------------------------- timing
 @dataclass
-class Runner:
+class Runner(TimedRunner):
     """One projector set up for one case: ``run()`` renders and returns a (K, H, W) image."""
 
     library: str
@@ -199,42 +156,6 @@ class Runner:
     to_array: Callable[[object], np.ndarray]
     threads: dict
     checks: dict = field(default_factory=dict)
-    wall: list = field(default_factory=list)
-    cpu: list = field(default_factory=list)
-    result: object = None
-
-    def timed(self) -> None:
-        w0, c0 = time.perf_counter(), time.process_time()
-        self.result = self.run()
-        self.cpu.append(time.process_time() - c0)
-        self.wall.append(time.perf_counter() - w0)
-
-
-def time_runners(runners: list[Runner], warmup: int, repeats: int, schedule: str) -> None:
-    """Warm every runner up, then time ``repeats`` calls of each.
-
-    ``interleaved``: round-robin, one call of each runner per round, so slow drifts in
-    background load hit every library alike. ``blocked``: all repeats of one runner, then
-    the next.
-    """
-    for r in runners:
-        for _ in range(warmup):
-            r.result = r.run()
-    if schedule == "interleaved":
-        for _ in range(repeats):
-            for r in runners:
-                r.timed()
-    else:
-        for r in runners:
-            for _ in range(repeats):
-                r.timed()
-
-
-def summary(wall: list[float], cpu: list[float]) -> dict:
-    q1, median, q3 = np.percentile(wall, [25, 50, 75])
-    return {"median_s": float(median), "q1_s": float(q1), "q3_s": float(q3),
-            "iqr_s": float(q3 - q1), "min_s": float(min(wall)),
-            "cpu_median_s": float(np.median(cpu)), "times_s": wall}
 
 
 # ---------------------------------------------------------------------------- drrkit
@@ -418,13 +339,10 @@ def diffdrr_runners(scene, case, threads) -> list[Runner]:
 # ---------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     args = parse_args(argv)
-    set_threads(args.threads)
+    set_threads(args.threads, wait_policy=None)
     sys.path.insert(0, str(ROOT))
     t_start = time.perf_counter()
-    load_before = os.getloadavg()
-    if load_before[0] > 0.5:
-        print(f"warning: load average {load_before[0]:.1f}: other work is running, "
-              "timings will be slower and noisier", file=sys.stderr)
+    load_before = check_load()
     print(f"building the {args.size}^3 phantom ...", flush=True)
     scene = make_scene(args.size, args.views, args.supersample)
     factories = {"drrkit": drrkit_runners, "rtk": rtk_runners, "diffdrr": diffdrr_runners}
@@ -464,8 +382,8 @@ def main(argv=None) -> int:
     result = {
         "machine": {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "threads": threads,
                     "platform": platform.platform()},
-        "versions": versions(),
-        **provenance(),
+        "versions": versions(PACKAGES),
+        **provenance(["drrkit/_cpu.py"], "drrkit_cpu_sha256"),
         "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
         "method": {"warmup": args.warmup, "repeats": args.repeats, "schedule": args.schedule,
                    "clock": "time.perf_counter (wall); cpu_median_s from time.process_time",
@@ -485,8 +403,7 @@ def main(argv=None) -> int:
         "wall_s": time.perf_counter() - t_start,
     }
     out = args.out or RESULTS / f"cpu-{slug(cpu_model())}-{threads}t.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(out, result)
     print(f"\nwrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out} "
           f"({result['wall_s']:.0f} s)\n")
 

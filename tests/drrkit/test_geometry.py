@@ -92,8 +92,8 @@ def test_from_vectors_centre_and_indexing():
     assert len(sub) == 2 and np.allclose(sub.angles_deg, [60, 120])
 
 
-@pytest.mark.parametrize("kwargs", [dict(views=0), dict(sad=1000, sid=500), dict(size=0),
-                                    dict(pixel_spacing=-1.0), dict(views=2.5)])
+@pytest.mark.parametrize("kwargs", [{"views": 0}, {"sad": 1000, "sid": 500}, {"size": 0},
+                                    {"pixel_spacing": -1.0}, {"views": 2.5}])
 def test_bad_orbits_raise(kwargs):
     with pytest.raises(DrrkitError):
         circular_orbit(**kwargs)

@@ -105,8 +105,8 @@ def test_ellipsoid_against_closed_form_chords():
     e = phantoms.Ellipsoid((3.0, -2.0, 1.0), (30.0, 22.0, 40.0), 0.02, phantoms.rotation_z(25))
     errors = []
     for voxel in (1.6, 0.8):
-        n = int(round(80 / voxel))
-        vol = phantoms.voxelize([e], (int(round(100 / voxel)), n, n), spacing=(voxel,) * 3,
+        n = round(80 / voxel)
+        vol = phantoms.voxelize([e], (round(100 / voxel), n, n), spacing=(voxel,) * 3,
                                 supersample=4)
         g = circular_orbit(vol, views=3, sad=300, sid=600, size=48, pixel_spacing=3.0,
                            isocenter=[0, 0, 0])

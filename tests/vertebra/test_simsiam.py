@@ -22,15 +22,7 @@ from vertebra.simsiam import (
 
 ENC = "resnet10t"
 SMALL = {"dim": 32, "pred_dim": 8}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose 10x on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def test_loss_values_and_stop_gradient():

@@ -24,15 +24,7 @@ from vertebra.training.sources import PhantomSource, open_data, parse_phantoms
 from vertebra.views import ViewConfig
 
 ENC = "resnet10t"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 def tiny_config(task="identification", **changes):
