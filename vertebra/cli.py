@@ -294,6 +294,9 @@ def label(
             config = PipelineConfig(correction=correction, voting=voting, **nets.settings)
             view_config = nets.views if views is None else dataclasses.replace(
                 nets.views, views=views)
+            id_views = nets.identifier_views
+            if id_views is not None and views is not None:
+                id_views = dataclasses.replace(id_views, views=views)
         for w in caught:
             typer.echo(f"warning: {w.message}", err=True)
     except (DrrkitError, OSError) as error:
@@ -333,13 +336,15 @@ def label(
                     volume = drrkit.load_volume(path)
                     bar.advance(task)
                     result = label_ct(volume, nets.localizer, nets.identifier,
-                                      views=view_config, config=config, backend=backend,
-                                      progress=step)
+                                      views=view_config, identifier_views=id_views,
+                                      config=config, backend=backend, progress=step)
                     bar.update(task, description=f"{stem}: writing")
                     dest = out / stem if batch else out
                     write_outputs(result, volume, dest, stem, pictures=pictures,
                                   input=str(path), device=nets.device,
                                   view_config=view_config.to_dict(),
+                                  identifier_view_config=(id_views.to_dict() if id_views
+                                                          else None),
                                   pipeline=dataclasses.asdict(config))
                     bar.advance(task)
                 for w in caught:

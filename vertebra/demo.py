@@ -3,8 +3,9 @@
 Steps (each reuses its output when the folder already holds it, so an interrupted demo
 continues where it stopped):
 
-1. ``data``: training phantoms (seeds ``0 .. train_phantoms - 1``) rendered once into a
-   prerender cache (:func:`vertebra.training.rendered.prerender`, ``orbits`` orbits each),
+1. ``data``: training phantoms (seeds ``0 .. train_phantoms - 1``) rendered once per
+   network's views into a prerender cache (:func:`vertebra.training.rendered.prerender`,
+   ``orbits`` orbits each),
    and held-out phantoms (seeds from ``held_out_start``, never used for training) written
    in the VerSe folder layout (CT, mask, centroid JSON).
 2. ``pretrain``: multi-view SimSiam pre-training of the encoder
@@ -21,7 +22,9 @@ continues where it stopped):
 
 Folder layout::
 
-    OUT/data/train/        prerender cache of the training phantoms
+    OUT/data/train_localization/, OUT/data/train_identification/
+                           prerender caches of the training phantoms, one per
+                           network's views
     OUT/data/held_out/     held-out phantoms, VerSe layout
     OUT/models/            simsiam.pt, localizer.pt, identifier.pt, networks.pt (+ loss logs)
     OUT/labels/STEM/       outputs per held-out CT
@@ -114,45 +117,55 @@ def _train_config(task: str, iterations: int | None, init: str, **changes):
 
 
 def prepare_data(data: Path, config: DemoConfig, log: Callable[[str], None] = print):
-    """Training cache ``data/train`` and held-out VerSe folder ``data/held_out`` (reused).
+    """Training caches ``data/train_<task>`` and held-out VerSe folder ``data/held_out``.
+
+    The two networks see the training phantoms through their own views (the cpu-demo
+    localizer on fine pixels, the identifier on coarse ones), so each task gets its own
+    prerender cache of the same phantoms and orbits. Existing folders are reused.
 
     Returns:
-        (the training ``RenderedCache``, the held-out folder).
+        ({task: its training ``RenderedCache``}, the held-out folder).
     """
     from vertebra.data.phantom import write_phantoms
     from vertebra.training.rendered import RenderedCache, prerender
     from vertebra.training.sources import PhantomSource
 
-    base = _train_config("localization", None, "none")
-    train_dir = data / "train"
-    if (train_dir / "cache.json").is_file():
-        cache = RenderedCache(train_dir)
-        if len(cache) != config.train_phantoms:
-            raise DrrkitError(f"{train_dir} holds {len(cache)} phantoms, not "
-                              f"{config.train_phantoms}; use another --out")
-        log(f"  reusing {train_dir}")
-    else:
-        cache = prerender(PhantomSource(range(config.train_phantoms)), train_dir, base.views,
-                          orbits=config.orbits, sigma_mm=base.sigma_mm,
-                          square_mm=base.square_mm)
+    caches = {}
+    for task in ("localization", "identification"):
+        base = _train_config(task, None, "none")
+        train_dir = data / f"train_{task}"
+        if (train_dir / "cache.json").is_file():
+            cache = RenderedCache(train_dir)
+            if len(cache) != config.train_phantoms:
+                raise DrrkitError(f"{train_dir} holds {len(cache)} phantoms, not "
+                                  f"{config.train_phantoms}; use another --out")
+            log(f"  reusing {train_dir}")
+        else:
+            cache = prerender(PhantomSource(range(config.train_phantoms)), train_dir,
+                              base.views, orbits=config.orbits, sigma_mm=base.sigma_mm,
+                              square_mm=base.square_mm)
+        caches[task] = cache
     held_dir = data / "held_out"
     if held_dir.is_dir():
         log(f"  reusing {held_dir}")
     else:
         write_phantoms(held_dir, range(config.held_out_start,
                                        config.held_out_start + config.held_out))
-    return cache, held_dir
+    return caches, held_dir
 
 
 def pretrain_encoder(cache, path: Path, config: DemoConfig, log: Callable[[str], None] = print
                      ) -> str:
-    """SimSiam pre-training into ``path`` (reused if present); returns the ``init`` string."""
+    """SimSiam pre-training into ``path`` (reused if present); returns the ``init`` string.
+
+    ``cache`` is the identifier's training cache (whole spines on coarse pixels).
+    """
     from vertebra.training.pretraining import pretrain_views
 
     if path.is_file():
         log(f"  reusing {path}")
     else:
-        base = _train_config("localization", None, "none")
+        base = _train_config("identification", None, "none")
         pretrain_views(cache, path, base, steps=config.pretrain_steps,
                        batch_size=config.pretrain_batch, dim=512, pred_dim=128)
     return f"simsiam:{path}"
@@ -200,7 +213,7 @@ def label_folder(networks: Path, held_dir: Path, labels: Path, *, pictures: bool
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = label_ct(volume, nets.localizer, nets.identifier, views=nets.views,
-                              config=pipe)
+                              identifier_views=nets.identifier_views, config=pipe)
         for w in caught:
             log(f"  warning: {case.name}: {w.message}")
         for k, v in result.timings.items():
@@ -243,7 +256,7 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *,
     t = time.perf_counter()
     log(f"[data] {config.train_phantoms} training phantoms x {config.orbits} orbit(s); "
         f"{config.held_out} held-out phantoms (seeds {config.held_out_start}..)")
-    cache, held_dir = prepare_data(out / "data", config, log)
+    caches, held_dir = prepare_data(out / "data", config, log)
     seconds["data"] = time.perf_counter() - t
 
     init = "none"
@@ -251,7 +264,7 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *,
         t = time.perf_counter()
         log(f"[pretrain] SimSiam, {config.pretrain_steps} steps of {config.pretrain_batch} "
             "view pairs")
-        init = pretrain_encoder(cache, models / "simsiam.pt", config, log)
+        init = pretrain_encoder(caches["identification"], models / "simsiam.pt", config, log)
         seconds["pretrain"] = time.perf_counter() - t
 
     paths = {}
@@ -261,7 +274,8 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *,
         t = time.perf_counter()
         log(f"[{name}]")
         paths[name] = models / f"{name}.pt"
-        train_network(cache, paths[name], task, iterations, init, progress=progress, log=log)
+        train_network(caches[task], paths[name], task, iterations, init, progress=progress,
+                      log=log)
         seconds[name] = time.perf_counter() - t
     bundle = models / "networks.pt"
     bundle_networks(paths["localizer"], paths["identifier"], bundle)

@@ -14,6 +14,11 @@ Heads (1x1 convolutions, raw outputs without activation):
   ``labels.NUM_CLASSES`` = 27);
 * both: the two heads on one shared decoder.
 
+The heatmap head's raw output is a value to regress (``heatmap_activation="identity"``,
+trained with a mean squared error) or a logit (``"sigmoid"``, trained with a focal loss);
+:func:`heatmap_values` turns either into heatmap values near 1 at a centroid, and is what
+inference uses.
+
 Weights are never downloaded: the timm encoder is always created with ``pretrained=False``
 and ``pretrained=`` names a local file, one of
 
@@ -50,6 +55,9 @@ from drrkit.errors import DrrkitError
 
 #: Decoder widths, deepest block first; one per encoder stage.
 DECODER_CHANNELS = (256, 128, 64, 32, 16)
+
+#: How the raw heatmap head becomes heatmap values (see :func:`heatmap_values`).
+HEATMAP_ACTIVATIONS = ("identity", "sigmoid")
 
 #: Encoders suggested when a name is unknown and nothing close exists.
 EXAMPLE_ENCODERS = ("resnet50", "resnet18", "resnet10t", "efficientnet_b0", "convnext_tiny")
@@ -150,6 +158,8 @@ class UNet(nn.Module):
         num_classes: identification channels, background included.
         in_chans: image channels (1 for DRRs).
         decoder_channels: one width per encoder stage, deepest first.
+        heatmap_activation: "identity" (the head regresses the heatmap) or "sigmoid" (the
+            head gives logits); applied by :func:`heatmap_values`, not by ``forward``.
 
     ``forward(x (B, in_chans, H, W)) -> UNetOutput`` at the input resolution ``H, W``.
     """
@@ -161,9 +171,13 @@ class UNet(nn.Module):
         num_classes: int | None = None,
         in_chans: int = 1,
         decoder_channels: tuple[int, ...] | list[int] | None = None,
+        heatmap_activation: str = "identity",
     ) -> None:
         super().__init__()
         task = _task(task)
+        if heatmap_activation not in HEATMAP_ACTIVATIONS:
+            raise DrrkitError(f"unknown heatmap_activation {heatmap_activation!r}; choose "
+                              f"{' or '.join(HEATMAP_ACTIVATIONS)}")
         if num_classes is None:
             from vertebra import labels
 
@@ -196,6 +210,7 @@ class UNet(nn.Module):
             "num_classes": int(num_classes),
             "in_chans": int(in_chans),
             "decoder_channels": dec,
+            "heatmap_activation": heatmap_activation,
         }
 
     @property
@@ -215,6 +230,18 @@ class UNet(nn.Module):
             heatmap=self.heatmap_head(y) if self.heatmap_head is not None else None,
             logits=self.logits_head(y) if self.logits_head is not None else None,
         )
+
+
+def heatmap_values(model: nn.Module, heatmap: torch.Tensor) -> torch.Tensor:
+    """The raw heatmap head of ``model`` -> heatmap values (peaks near 1), same shape.
+
+    Applies the model's ``heatmap_activation`` (a sigmoid for heads trained with the focal
+    loss; nothing for regressed heatmaps or models without that setting).
+    """
+    config = getattr(model, "config", None) or {}
+    if config.get("heatmap_activation", "identity") == "sigmoid":
+        return torch.sigmoid(heatmap.float())
+    return heatmap
 
 
 def _task(task: Task | str) -> Task:

@@ -163,9 +163,10 @@ class LabelResult:
         classes: (T,) network class per track (0 = unlabelled).
         confidence: (T,) label confidence per track.
         n_views: (T,) views per track.
-        view_probs: (K, T, 26) ``P_k``, mean class probabilities in each view's square.
-        covered: (K, T) bool, the square lies (at least partly) on view k's detector.
-        weights: (K,) view weights ``W_k``.
+        view_probs: (K', T, 26) ``P_k``, mean class probabilities in each identifier
+            view's square (K' = K unless ``identifier_views`` differ).
+        covered: (K', T) bool, the square lies (at least partly) on view k's detector.
+        weights: (K',) view weights ``W_k``.
         voted: (T, 26) the voted map ``V``.
         correction: the label correction of the (gap-filled) table.
         detections: K :class:`vertebra.peaks.Peaks`.
@@ -307,6 +308,7 @@ def label_ct(
     identifier: Identifier,
     *,
     views: ViewConfig | None = None,
+    identifier_views: ViewConfig | None = None,
     config: PipelineConfig | None = None,
     backend: str = "auto",
     progress: Callable[[str], None] | None = None,
@@ -320,6 +322,10 @@ def label_ct(
         identifier: (K, H, W) float32 inputs -> (K, C, H, W) probabilities, C = 27
             (channel 0 background, 1..26 the classes of :mod:`vertebra.labels`).
         views: how the CT becomes network inputs (must be the networks' training views).
+        identifier_views: the identifier's own views when it was trained on others (e.g.
+            coarser pixels: identification needs context, localization detail); the K'
+            views are rendered separately and the 3-D centroids re-projected into them.
+            None: the identifier runs on ``views``.
         config: settings of the later stages.
         backend: drrkit render backend ("auto", "cpu", "cuda").
         progress: called with each stage's name as it starts.
@@ -380,17 +386,22 @@ def label_ct(
     done("match")
 
     stage("identify")
-    probs = None
+    id_geometry, id_inputs = geometry, inputs
+    if identifier_views is not None and identifier_views != views:
+        id_geometry = identifier_views.geometry(volume)
+    k_id = len(id_geometry)
     if t:
-        probs = identifier(inputs)
-        probs = _check_output("identifier", probs, (k, vlabels.NUM_CLASSES) + geometry.shape[1:])
-        pixels = drrkit.project_points(points, geometry).pixels  # (K, T, 2)
-        half = config.square_mm / 2.0 / pixel_mm
-        means, covered = square_means(probs, pixels, half)
+        if id_geometry is not geometry:
+            id_inputs = identifier_views.render(volume, id_geometry, backend=backend)
+        probs = _check_output("identifier", identifier(id_inputs),
+                              (k_id, vlabels.NUM_CLASSES) + id_geometry.shape[1:])
+        pixels = drrkit.project_points(points, id_geometry).pixels  # (K', T, 2)
+        id_mm = pixel_size_at_isocenter(id_geometry, volume.center)
+        means, covered = square_means(probs, pixels, config.square_mm / 2.0 / id_mm)
         view_probs = means[:, :, 1:]  # background excluded
     else:
-        view_probs = np.zeros((k, 0, len(vlabels.VERTEBRAE)))
-        covered = np.zeros((k, 0), dtype=bool)
+        view_probs = np.zeros((k_id, 0, len(vlabels.VERTEBRAE)))
+        covered = np.zeros((k_id, 0), dtype=bool)
     done("identify")
 
     stage("vote")
@@ -398,7 +409,7 @@ def label_ct(
         rows, m = gap_rows(points)
     else:
         rows, m = np.arange(t), t
-    table = np.zeros((k, m, view_probs.shape[2]))
+    table = np.zeros((k_id, m, view_probs.shape[2]))
     table[:, rows] = view_probs
     if t and config.voting == "weighted":
         from vertebra.correction import sequence_losses
@@ -408,7 +419,7 @@ def label_ct(
                                  config.allow_t13)
         weights = np.asarray(view_weights(losses), dtype=np.float64)
     else:
-        weights = np.full(k, 1.0 / k)
+        weights = np.full(k_id, 1.0 / k_id)
     voted_table = np.einsum("k,kmc->mc", weights, table)
     done("vote")
 
@@ -455,10 +466,11 @@ def label_ct(
 class TorchNetwork:
     """A torch U-Net as a pipeline callable: (K, H, W) float32 -> NumPy maps.
 
-    Views are run in batches of ``batch_size`` without gradients, in eval mode, on
-    ``device``. ``output`` picks the head: "heatmap" gives (K, H, W) (the raw head), and
-    "probabilities" gives (K, C, H, W) ``softmax(logits)``. Two adapters that wrap the same
-    two-headed model (``task="both"``) share one forward pass per input array.
+    Views are run by :func:`run_unet` in batches of ``batch_size`` on ``device``.
+    ``output`` picks the head: "heatmap" gives (K, H, W) heatmap values (the head after the
+    model's activation), and "probabilities" gives (K, C, H, W) ``softmax(logits)``. Two
+    adapters that wrap the same two-headed model (``task="both"``) share one forward pass
+    per input array.
 
     Args:
         model: a :class:`vertebra.models.UNet` (or any module returning ``UNetOutput``).
@@ -478,28 +490,11 @@ class TorchNetwork:
         self.batch_size = int(batch_size)
 
     def _forward(self, inputs: np.ndarray):
-        import torch
-
         cached = getattr(self.model, "_vertebra_last", None)
         if cached is not None and cached[0] is inputs:
             return cached[1]
-        x = np.asarray(inputs, dtype=np.float32)
-        if x.ndim != 3:
-            raise DrrkitError(f"inputs must be (K, H, W), got {x.shape}")
-        k, h, w = x.shape
-        pad = ((0, 0), (0, -h % PAD_MULTIPLE), (0, -w % PAD_MULTIPLE))  # U-Net strides
-        heat, prob = [], []
-        with torch.inference_mode():
-            for start in range(0, k, self.batch_size):
-                batch = torch.from_numpy(np.pad(x[start:start + self.batch_size], pad))
-                out = self.model(batch[:, None].to(self.device))
-                if out.heatmap is not None:
-                    heat.append(out.heatmap[:, 0, :h, :w].float().cpu().numpy())
-                if out.logits is not None:
-                    prob.append(torch.softmax(out.logits[:, :, :h, :w].float(), dim=1)
-                                .cpu().numpy())
-        result = (np.concatenate(heat) if heat else None, np.concatenate(prob) if prob else None)
-        if heat and prob:  # a two-headed model: remember it so both adapters run it once
+        result = run_unet(self.model, inputs, batch_size=self.batch_size, device=self.device)
+        if all(r is not None for r in result):  # two heads: both adapters share one pass
             self.model._vertebra_last = (inputs, result)
         return result
 
@@ -510,6 +505,52 @@ class TorchNetwork:
             raise DrrkitError(f"the model has no {self.output} head "
                               f"(task {getattr(self.model, 'config', {}).get('task')!r})")
         return out
+
+
+def run_unet(model, inputs: np.ndarray, *, batch_size: int = 4, device="cpu"):
+    """Run a U-Net on whole views without gradients, in eval mode.
+
+    Views are zero-padded at the bottom and right to a multiple of :data:`PAD_MULTIPLE`
+    pixels (the U-Net strides) and the outputs cropped back. The heatmap head goes through
+    :func:`vertebra.models.heatmap_values` (the model's activation), the logits through a
+    softmax. The model's training mode is restored afterwards.
+
+    Args:
+        model: a :class:`vertebra.models.UNet` (or any module returning ``UNetOutput``).
+        inputs: (K, H, W) float32 network inputs.
+        batch_size: views per forward pass.
+        device: torch device.
+
+    Returns:
+        (heatmaps (K, H, W) float32 or None, probabilities (K, C, H, W) float32 or None),
+        None for a head the model does not have.
+    """
+    import torch
+
+    from vertebra.models import heatmap_values
+
+    x = np.asarray(inputs, dtype=np.float32)
+    if x.ndim != 3:
+        raise DrrkitError(f"inputs must be (K, H, W), got {x.shape}")
+    k, h, w = x.shape
+    pad = ((0, 0), (0, -h % PAD_MULTIPLE), (0, -w % PAD_MULTIPLE))
+    heat, prob = [], []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, k, batch_size):
+                batch = torch.from_numpy(np.pad(x[start:start + batch_size], pad))
+                out = model(batch[:, None].to(device))
+                if out.heatmap is not None:
+                    values = heatmap_values(model, out.heatmap[:, 0, :h, :w])
+                    heat.append(values.float().cpu().numpy())
+                if out.logits is not None:
+                    prob.append(torch.softmax(out.logits[:, :, :h, :w].float(), dim=1)
+                                .cpu().numpy())
+    finally:
+        model.train(was_training)
+    return (np.concatenate(heat) if heat else None, np.concatenate(prob) if prob else None)
 
 
 def resolve_device(device: str | None) -> str:
@@ -540,8 +581,10 @@ class Networks:
 
     Attributes:
         localizer: (K, H, W) -> (K, H, W) heatmaps.
-        identifier: (K, H, W) -> (K, C, H, W) probabilities.
-        views: the :class:`ViewConfig` stored with the networks (default if none was).
+        identifier: (K', H', W') -> (K', C, H', W') probabilities.
+        views: the localizer's :class:`ViewConfig` (default if none was stored).
+        identifier_views: the identifier's, when it differs from ``views`` (else None);
+            pass both to :func:`label_ct`.
         device: the torch device they run on.
         settings: :class:`PipelineConfig` fields taken from the identifier's training
             configuration (``square_mm``, ``alpha``, ``beta``), to be used at inference.
@@ -552,6 +595,7 @@ class Networks:
     views: ViewConfig
     device: str
     settings: dict = field(default_factory=dict)
+    identifier_views: ViewConfig | None = None
 
 
 def _model_from_state(ckpt: dict, where: str):
@@ -590,26 +634,27 @@ def _settings_of(ckpt: dict) -> dict:
     return {k: float(train[k]) for k in _TRAINED_SETTINGS if k in train}
 
 
-def _read_models(path) -> tuple[dict, ViewConfig | None, dict]:
-    """{"localization"|"identification"|"both": model}, the views and the identifier's
-    training settings of one file."""
+def _read_models(path) -> tuple[dict, dict, dict]:
+    """{"localization"|"identification"|"both": model}, {same key: its ViewConfig or None}
+    and the identifier's training settings of one file."""
     from vertebra.models import read_checkpoint
 
     ckpt = read_checkpoint(path)
-    views = _views_of(ckpt)
-    found, settings = {}, {}
+    top = _views_of(ckpt)
+    found, views, settings = {}, {}, {}
     parts = [(key, ckpt[key]) for key in ("localizer", "identifier")
              if isinstance(ckpt.get(key), dict)]
     if parts:  # a bundle holding both networks
         for key, sub in parts:
-            model = _model_from_state(sub, f"{path} [{key}]")
-            found["localization" if key == "localizer" else "identification"] = model
-            views = views or _views_of(sub)
+            task = "localization" if key == "localizer" else "identification"
+            found[task] = _model_from_state(sub, f"{path} [{key}]")
+            views[task] = _views_of(sub) or top
             if key == "identifier":
                 settings = _settings_of(sub)
     else:
         model = _model_from_state(ckpt, str(path))
         found[model.config["task"]] = model
+        views[model.config["task"]] = top
         settings = _settings_of(ckpt)
     return found, views, settings
 
@@ -618,7 +663,8 @@ def bundle_networks(localizer, identifier, out) -> None:
     """Write one file holding both networks (for ``vertebra label --model``).
 
     ``{"localizer": ckpt, "identifier": ckpt, "view_config": {...}}`` where each ``ckpt`` is
-    the model checkpoint as saved (optimizer state dropped); written atomically.
+    the model checkpoint as saved (optimizer state dropped) with its own views; the top
+    ``view_config`` is the localizer's. Written atomically.
 
     Args:
         localizer, identifier: model checkpoint paths (``save_model`` / training files).
@@ -635,8 +681,6 @@ def bundle_networks(localizer, identifier, out) -> None:
         _model_from_state(ckpt, str(path))  # check it loads
         parts[key] = {k: v for k, v in ckpt.items() if k != "optimizer"}
     views = [_views_of(c) for c in parts.values()]
-    if views[0] is not None and views[1] is not None and views[0] != views[1]:
-        raise DrrkitError(f"{localizer} and {identifier} were trained on different views")
     bundle = {"format": "vertebra.networks", **parts}
     if views[0] or views[1]:
         bundle["view_config"] = (views[0] or views[1]).to_dict()
@@ -650,8 +694,9 @@ def load_networks(model=None, localizer=None, identifier=None, *, device: str | 
     Either ``model`` (one file holding both: a two-headed U-Net, ``task="both"``, or a
     bundle ``{"localizer": ckpt, "identifier": ckpt, "view_config": {...}}``), or
     ``localizer`` and ``identifier`` (one model checkpoint each, as written by
-    :func:`vertebra.models.save_model`). The :class:`ViewConfig` comes from a
-    ``"view_config"`` entry of the checkpoint(s); both files must agree on it.
+    :func:`vertebra.models.save_model`). Each network's :class:`ViewConfig` comes from the
+    ``"view_config"`` entry of its checkpoint; they may differ (e.g. an identifier on
+    coarser pixels), see :attr:`Networks.identifier_views`.
 
     Args:
         model, localizer, identifier: checkpoint paths (see above).
@@ -667,32 +712,34 @@ def load_networks(model=None, localizer=None, identifier=None, *, device: str | 
     device = resolve_device(device)
     if model is not None:
         found, views, settings = _read_models(model)
-        loc = found.get("localization") or found.get("both")
-        ide = found.get("identification") or found.get("both")
-        if loc is None or ide is None:
+        loc_key = "localization" if "localization" in found else "both"
+        ide_key = "identification" if "identification" in found else "both"
+        if loc_key not in found or ide_key not in found:
             have = ", ".join(sorted(found))
             raise DrrkitError(f"{model} holds only a {have} network; pass --localizer and "
                               "--identifier checkpoints instead")
+        loc, ide = found[loc_key], found[ide_key]
+        views_l, views_i = views[loc_key], views[ide_key]
     else:
-        found_l, views_l, _ = _read_models(localizer)
-        found_i, views_i, settings = _read_models(identifier)
-        loc = found_l.get("localization") or found_l.get("both")
-        ide = found_i.get("identification") or found_i.get("both")
-        if loc is None:
+        found_l, all_l, _ = _read_models(localizer)
+        found_i, all_i, settings = _read_models(identifier)
+        loc_key = "localization" if "localization" in found_l else "both"
+        ide_key = "identification" if "identification" in found_i else "both"
+        if loc_key not in found_l:
             raise DrrkitError(f"{localizer} has no localization head")
-        if ide is None:
+        if ide_key not in found_i:
             raise DrrkitError(f"{identifier} has no identification head")
-        if views_l is not None and views_i is not None and views_l != views_i:
-            raise DrrkitError(f"{localizer} and {identifier} were trained on different views "
-                              f"({views_l} vs {views_i})")
-        views = views_l or views_i
+        loc, ide = found_l[loc_key], found_i[ide_key]
+        views_l, views_i = all_l[loc_key], all_i[ide_key]
     if ide.config["num_classes"] != vlabels.NUM_CLASSES:
         raise DrrkitError(f"the identification network has {ide.config['num_classes']} classes;"
                           f" the pipeline needs {vlabels.NUM_CLASSES} (background + 26)")
+    views = views_l or views_i
     if views is None:
         warnings.warn("the checkpoint carries no view_config; using the default ViewConfig()",
                       stacklevel=2)
         views = ViewConfig()
+    own = views_i if views_i is not None and views_i != views else None
     return Networks(TorchNetwork(loc, "heatmap", device, batch_size),
                     TorchNetwork(ide, "probabilities", device, batch_size), views, device,
-                    settings)
+                    settings, own)

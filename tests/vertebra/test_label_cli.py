@@ -190,7 +190,12 @@ def test_load_networks_bundle_pairs_and_settings(tiny_checkpoint, tmp_path):
                train_config={"square_mm": 30.0, "alpha": 0.2, "beta": 0.7, "lr": 1.0})
     nets = pipeline.load_networks(localizer=loc, identifier=trained, device="cpu")
     assert nets.settings == {"square_mm": 30.0, "alpha": 0.2, "beta": 0.7}
+    # an identifier trained on its own (coarser) views keeps them, also through a bundle
     other = tmp_path / "other_views.pt"
-    save_model(ide, other, view_config=ViewConfig(views=6).to_dict())
-    with pytest.raises(DrrkitError, match="different views"):
-        pipeline.load_networks(localizer=loc, identifier=other, device="cpu")
+    coarse = ViewConfig(views=6, mm_per_pixel=2 * VIEWS.mm_per_pixel)
+    save_model(ide, other, view_config=coarse.to_dict())
+    nets = pipeline.load_networks(localizer=loc, identifier=other, device="cpu")
+    assert nets.views == VIEWS and nets.identifier_views == coarse
+    pipeline.bundle_networks(loc, other, bundle)
+    nets = pipeline.load_networks(bundle, device="cpu")
+    assert nets.views == VIEWS and nets.identifier_views == coarse

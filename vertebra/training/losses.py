@@ -1,4 +1,9 @@
-"""Training losses: heatmap regression, and cross-entropy + gamma * Sequence Loss.
+"""Training losses: heatmaps (regression or focal), and cross-entropy + gamma * Sequence Loss.
+
+Heatmaps: :func:`heatmap_loss` regresses the Gaussian targets (the paper);
+:func:`focal_heatmap_loss` treats the head as per-pixel logits with the penalty-reduced
+focal loss of CornerNet / CenterNet (Law & Deng 2018; Zhou et al. 2019), which gives sharp
+peaks after far fewer steps on small CPU runs.
 
 Sequence Loss in training (Wu et al., Eq. 1-3). For each training image:
 
@@ -45,6 +50,38 @@ def heatmap_loss(pred: torch.Tensor, target: torch.Tensor, fg_weight: float = 0.
     if fg_weight:
         err = err * (1.0 + fg_weight * target.float())
     return err.mean()
+
+
+def focal_heatmap_loss(logits: torch.Tensor, target: torch.Tensor, *, positive: float = 0.9,
+                       alpha: float = 2.0, beta: float = 4.0) -> torch.Tensor:
+    """Penalty-reduced pixel focal loss on heatmap logits, per positive pixel.
+
+    With ``p = sigmoid(logits)`` and ``t`` the Gaussian target, pixels with
+    ``t >= positive`` (the few nearest each centroid; targets are sampled at sub-pixel
+    centroids, so the peak pixel is below 1) are positives with loss
+    ``-(1 - p)^alpha log p``; all others are negatives with loss
+    ``-(1 - t)^beta p^alpha log(1 - p)``, so pixels near a centroid are barely penalised.
+    The sum is divided by the number of positives (at least 1).
+
+    Args:
+        logits: (B, 1, H, W) raw heatmap head.
+        target: (B, 1, H, W) Gaussian heatmap in [0, 1].
+        positive: target value from which a pixel is a positive.
+        alpha, beta: focusing exponents (CenterNet: 2 and 4).
+
+    Returns:
+        scalar tensor (float32).
+    """
+    if logits.shape != target.shape:
+        raise DrrkitError(f"heatmap shapes differ: {tuple(logits.shape)} vs "
+                          f"{tuple(target.shape)}")
+    x, t = logits.float(), target.float()
+    p = torch.sigmoid(x)
+    pos = t >= positive
+    # log p = logsigmoid(x), log(1 - p) = logsigmoid(-x): stable for large |x|
+    loss_pos = -((1 - p) ** alpha * F.logsigmoid(x))[pos].sum()
+    loss_neg = -((1 - t) ** beta * p ** alpha * F.logsigmoid(-x))[~pos].sum()
+    return (loss_pos + loss_neg) / pos.sum().clamp(min=1)
 
 
 class SquareRows(NamedTuple):

@@ -4,7 +4,9 @@
 initialised per ``config.init``), reads an endless, resumable stream of cropped views
 (:mod:`vertebra.training.dataset`), and optimises
 
-* localization: :func:`~vertebra.training.losses.heatmap_loss` on ``heatmap``;
+* localization: :func:`~vertebra.training.losses.heatmap_loss` (or, with
+  ``heatmap_loss="focal"``, :func:`~vertebra.training.losses.focal_heatmap_loss`) on
+  ``heatmap``;
 * identification: cross-entropy + ``gamma`` * Sequence Loss on ``logits``
   (:func:`~vertebra.training.losses.identification_loss`),
 
@@ -107,7 +109,9 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
         raise DrrkitError(f"{path} is not an encoder checkpoint from vertebra pretrain")
     if kind == "imagenet" and _kind(read_checkpoint(path)) != "timm":
         raise DrrkitError(f"{path} is not a plain timm / torchvision state dict")
-    return create_model("unet", encoder=config.encoder, task=config.task, pretrained=path)
+    activation = "sigmoid" if config.heatmap_loss == "focal" else "identity"
+    return create_model("unet", encoder=config.encoder, task=config.task, pretrained=path,
+                        heatmap_activation=activation)
 
 
 # ---------------------------------------------------------------------- distributed
@@ -190,9 +194,15 @@ def _amp(device: torch.device, enabled: bool):
 
 
 def _losses(model_out, batch, config: TrainConfig, dp) -> dict[str, torch.Tensor]:
-    from vertebra.training.losses import heatmap_loss, identification_loss
+    from vertebra.training.losses import (
+        focal_heatmap_loss,
+        heatmap_loss,
+        identification_loss,
+    )
 
     if config.task == "localization":
+        if config.heatmap_loss == "focal":
+            return {"loss": focal_heatmap_loss(model_out.heatmap, batch["heatmap"])}
         loss = heatmap_loss(model_out.heatmap, batch["heatmap"], config.heatmap_fg_weight)
         return {"loss": loss}
     res = identification_loss(model_out.logits, batch["id_map"], batch["t13"],

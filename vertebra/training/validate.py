@@ -24,7 +24,7 @@ import torch
 
 def predict(model: torch.nn.Module, images: np.ndarray, *, batch_size: int = 4,
             device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
-    """Run a U-Net on whole views.
+    """Run a U-Net on whole views (:func:`vertebra.pipeline.run_unet`, as at inference).
 
     Args:
         model: a U-Net from :func:`vertebra.models.create_model`.
@@ -33,28 +33,17 @@ def predict(model: torch.nn.Module, images: np.ndarray, *, batch_size: int = 4,
         device: torch device.
 
     Returns:
-        {"heatmap": (V, H, W) float32} and/or {"probs": (V, C, H, W) float32 softmax}.
+        {"heatmap": (V, H, W) float32 heatmap values} and/or {"probs": (V, C, H, W) float32
+        softmax}.
     """
-    images = np.asarray(images, dtype=np.float32)
-    v, h, w = images.shape
-    ph, pw = -h % 32, -w % 32
-    was_training = model.training
-    model.eval()
-    heat, probs = [], []
-    with torch.no_grad():
-        for s in range(0, v, batch_size):
-            x = torch.from_numpy(np.pad(images[s:s + batch_size], ((0, 0), (0, ph), (0, pw))))
-            out = model(x[:, None].to(device))
-            if out.heatmap is not None:
-                heat.append(out.heatmap[:, 0, :h, :w].float().cpu().numpy())
-            if out.logits is not None:
-                probs.append(out.logits[:, :, :h, :w].float().softmax(1).cpu().numpy())
-    model.train(was_training)
+    from vertebra.pipeline import run_unet
+
+    heat, probs = run_unet(model, images, batch_size=batch_size, device=device)
     res = {}
-    if heat:
-        res["heatmap"] = np.concatenate(heat)
-    if probs:
-        res["probs"] = np.concatenate(probs)
+    if heat is not None:
+        res["heatmap"] = heat
+    if probs is not None:
+        res["probs"] = probs
     return res
 
 
