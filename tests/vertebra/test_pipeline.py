@@ -222,3 +222,25 @@ def test_square_means_exact():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         square_means(probs, pixels[:, :0], np.array([[1.0, 1.0]]))
+
+
+def test_identifier_on_its_own_coarser_views(thoracic, thoracic_maps):
+    """The identifier sees 6 views at 4 mm; the centroids are re-projected into them."""
+    vol, (heat, _, _) = thoracic_maps
+    coarse = ViewConfig(views=6, mm_per_pixel=4.0)
+    _, probs_c, _ = oracle(vol, thoracic.centroids, views=coarse)
+    seen = []
+
+    def identifier(x):
+        seen.append(x.shape)
+        return probs_c
+
+    r = label_ct(vol, lambda x: heat, identifier, views=VIEWS, identifier_views=coarse,
+                 backend="cpu")
+    check(r, thoracic.centroids, tol_mm=0.5)
+    assert seen == [coarse.geometry(vol).shape]
+    assert r.view_probs.shape[0] == r.weights.shape[0] == 6
+    # the fine views' maps given as coarse ones do not fit: a clear error
+    with pytest.raises(DrrkitError, match="identifier"):
+        label_ct(vol, lambda x: heat, lambda x: thoracic_maps[1][1], views=VIEWS,
+                 identifier_views=coarse, backend="cpu")

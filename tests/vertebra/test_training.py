@@ -203,6 +203,42 @@ def test_identification_loss_gradients_and_switch():
     assert w.item() == pytest.approx(4.0 / 2)
 
 
+def test_focal_heatmap_loss_closed_form_and_gradients():
+    from vertebra.training.losses import focal_heatmap_loss
+
+    target = torch.tensor([[[[1.0, 0.95, 0.5, 0.0]]]])  # two positives (>= 0.9)
+    x = torch.tensor([[[[0.0, 2.0, -1.0, -3.0]]]], requires_grad=True)
+    p = torch.sigmoid(x.detach())
+    pos = -((1 - p[..., :2]) ** 2 * torch.log(p[..., :2])).sum()
+    neg = -((1 - target[..., 2:]) ** 4 * p[..., 2:] ** 2 * torch.log(1 - p[..., 2:])).sum()
+    loss = focal_heatmap_loss(x, target)
+    assert loss.item() == pytest.approx(((pos + neg) / 2).item(), rel=1e-6)
+    (g,) = torch.autograd.grad(loss, x)
+    assert (g[..., :2] < 0).all() and (g[..., 2:] > 0).all()  # raise peaks, lower the rest
+    # stable for huge logits, and zero when the logits already say exactly the target
+    big = torch.tensor([[[[60.0, 60.0, -60.0, -60.0]]]])
+    assert torch.isfinite(focal_heatmap_loss(big, target)) and focal_heatmap_loss(
+        big, target).item() < 1e-6
+    assert focal_heatmap_loss(-big, target).item() > 10
+    with pytest.raises(DrrkitError, match="shapes"):
+        focal_heatmap_loss(x, target[..., :2])
+
+
+def test_focal_heads_are_read_through_a_sigmoid(rendered):
+    from vertebra.models import heatmap_values
+    from vertebra.training.trainer import build_model
+    from vertebra.training.validate import predict
+
+    net = build_model(tiny_config("localization", heatmap_loss="focal"))
+    assert net.config["heatmap_activation"] == "sigmoid"
+    raw = torch.linspace(-5, 5, 7)
+    torch.testing.assert_close(heatmap_values(net, raw), torch.sigmoid(raw))
+    plain = build_model(tiny_config("localization"))
+    assert heatmap_values(plain, raw) is raw
+    heat = predict(net, rendered[0].images[:2])["heatmap"]
+    assert heat.min() >= 0 and heat.max() <= 1
+
+
 # ---------------------------------------------------------------------- training
 def test_short_training_run_loss_falls(rendered):
     from vertebra.training.trainer import train
