@@ -23,9 +23,9 @@ baseline           random init        cross-entropy                   mean of vi
 (the paper's rows all use its correction step). Five trainings: the localizer and the
 CE-only identifier from scratch, the same two from the SimSiam encoder, and the
 identifier with the Sequence Loss from the SimSiam encoder; row 4 reuses row 3's networks.
-All trainings use :meth:`TrainConfig.cpu_demo` with ``--iterations`` steps and the same
-seed, on one prerender cache of ``--train-phantoms`` phantoms (seeds 0..N-1, ``--orbits``
-orbits); the held-out phantoms are seeds ``--held-out-start`` .. (never trained on).
+All trainings use :meth:`TrainConfig.cpu_demo` (its iterations, or ``--iterations`` for
+both networks) and the same seed, on the demo's prerender caches (one per network's views)
+of ``--train-phantoms`` phantoms (seeds 0..N-1, ``--orbits`` orbits); the held-out phantoms are seeds ``--held-out-start`` .. (never trained on).
 
 Every step reuses its output in ``--out`` (data, checkpoints), so a long run can be
 stopped and continued. Writes ``OUT/ablation.json`` and
@@ -94,10 +94,10 @@ def main(argv=None) -> int:
     models.mkdir(parents=True, exist_ok=True)
     seconds = {}
     t = time.perf_counter()
-    cache, held_dir = prepare_data(out / "data", config)
+    caches, held_dir = prepare_data(out / "data", config)
     seconds["data"] = time.perf_counter() - t
     t = time.perf_counter()
-    simsiam = pretrain_encoder(cache, models / "simsiam.pt", config)
+    simsiam = pretrain_encoder(caches["identification"], models / "simsiam.pt", config)
     seconds["pretrain"] = time.perf_counter() - t
 
     def net(task: str, pretrained: bool, sequence: bool) -> Path:
@@ -105,8 +105,8 @@ def main(argv=None) -> int:
             "-seq" if task == "identification" and sequence else "")
         path = models / f"{name}.pt"
         t0 = time.perf_counter()
-        train_network(cache, path, task, args.iterations, simsiam if pretrained else "none",
-                      sequence_loss=sequence, progress=False)
+        train_network(caches[task], path, task, args.iterations,
+                      simsiam if pretrained else "none", sequence_loss=sequence, progress=False)
         seconds[f"train {name}"] = time.perf_counter() - t0
         return path
 

@@ -77,6 +77,9 @@ class PipelineConfig:
         max_detections: keep at most this many detections (the highest) per view.
         max_peak_pixels: density-peak clustering uses at most this many of the highest
             heatmap pixels per view (bounds the cost of a poor heatmap).
+        peak_refine_mm: a detection averages only its cluster's pixels within this
+            distance of the peak (None: the whole cluster); see
+            :func:`vertebra.peaks.density_peaks`.
         tolerance_mm: largest reprojection error of a detection in a 3-D track.
         min_views: fewest views a track needs (None: ``ceil(K / 2)``, at least 3).
         square_mm: side of the identification square (paper: 22).
@@ -95,6 +98,7 @@ class PipelineConfig:
     min_distance_mm: float = 10.0
     max_detections: int = 40
     max_peak_pixels: int = 4000
+    peak_refine_mm: float | None = None
     tolerance_mm: float = 6.0
     min_views: int | None = None
     square_mm: float = SQUARE_MM
@@ -215,7 +219,8 @@ def detect_peaks(heatmaps: np.ndarray, pixel_mm: np.ndarray, config: PipelineCon
     for k, h in enumerate(heatmaps):
         p = density_peaks(h, float(np.mean(pixel_mm[k])), threshold=config.peak_threshold,
                           min_distance_mm=config.min_distance_mm,
-                          max_points=int(config.max_peak_pixels))
+                          max_points=int(config.max_peak_pixels),
+                          refine_mm=config.peak_refine_mm)
         n = int(config.max_detections)
         out.append(Peaks(p.pixels[:n], p.scores[:n]) if len(p) > n else p)
     return out

@@ -47,3 +47,19 @@ def test_scores_sorted_and_weak_blob_kept():
     peaks = density_peaks(image, mm_per_pixel=1.0, threshold=0.3)
     assert len(peaks) == 2 and peaks.scores[0] >= peaks.scores[1]
     np.testing.assert_allclose(peaks.scores, [1.0, 0.6], atol=0.02)
+
+
+def test_refinement_keeps_a_lopsided_cluster_on_its_peak():
+    # a Gaussian peak at (30.4, 40.6) with a flat shoulder hanging off one side: the whole
+    # cluster's mean is pulled into the shoulder, the refined mean stays on the peak
+    image = gaussian_image([[30.4, 40.6]], shape=(100, 60), sigma=2.0)
+    image[48:70, 26:36] = np.maximum(image[48:70, 26:36], 0.5)
+    whole = density_peaks(image, mm_per_pixel=1.0, threshold=0.3, min_distance_mm=30.0)
+    near = density_peaks(image, mm_per_pixel=1.0, threshold=0.3, min_distance_mm=30.0,
+                         refine_mm=4.0)
+    assert len(whole) == len(near) == 1
+    assert whole.pixels[0, 1] > 45  # dragged down the shoulder
+    np.testing.assert_allclose(near.pixels[0], [30.4, 40.6], atol=0.15)
+    np.testing.assert_allclose(near.scores, whole.scores)
+    with pytest.raises(ValueError, match="refine_mm"):
+        density_peaks(image, mm_per_pixel=1.0, refine_mm=0.0)

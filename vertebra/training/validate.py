@@ -93,7 +93,7 @@ def _rank(classes: np.ndarray, chain: np.ndarray) -> np.ndarray:
 
 def localization_scores(model, rendered, *, threshold: float = 0.3,
                         min_distance_mm: float = 10.0, radius_mm: float = 10.0,
-                        **kwargs) -> dict:
+                        refine_mm: float | None = None, **kwargs) -> dict:
     """2-D peak errors over every view of every :class:`RenderedViews`.
 
     Returns:
@@ -109,7 +109,8 @@ def localization_scores(model, rendered, *, threshold: float = 0.3,
         heat = predict(model, rv.images, **kwargs)["heatmap"]
         for v in range(len(heat)):
             mm = float(np.mean(rv.pixel_mm[v]))
-            peaks = density_peaks(heat[v], mm, threshold, min_distance_mm)
+            peaks = density_peaks(heat[v], mm, threshold, min_distance_mm,
+                                  refine_mm=refine_mm)
             gt = rv.pixels[v][rv.visible[v]]
             n_gt += len(gt)
             n_views += 1
