@@ -28,7 +28,9 @@ Method:
   (:attr:`TrainResult.seconds`), ``stage_wall_s`` each stage's wall time including the
   model set-up and checkpoint reads, ``eval_s`` the scoring. The thread count is fixed
   (``--threads``) and the machine's load average is recorded before and after: other
-  processes slow training down.
+  processes slow training down. Scoring a barely trained localizer is slow: its heatmap
+  is above threshold almost everywhere, and :func:`vertebra.peaks.density_peaks` is
+  quadratic in those pixels (up to 20 000 a view); choose the first stage accordingly.
 
 Run::
 

@@ -452,6 +452,9 @@ def prerender(
     out: Annotated[Path, typer.Argument(help="Cache folder to write (CASE.npz + cache.json).")],
     preset: Annotated[str, typer.Option(help="Views and target sizes of this training "
                                               "preset: paper or cpu-demo.")] = "paper",
+    task: Annotated[str, typer.Option(help="The network the cache is for (the cpu-demo "
+                                           "preset gives each its own views): localization "
+                                           "or identification.")] = "localization",
     mm_per_pixel: Annotated[float | None, typer.Option(
         help="Detector pixel size at the isocentre, mm (default: the preset's).")] = None,
     views: Annotated[int | None, typer.Option(help="Views per orbit (default: the preset's)."
@@ -467,6 +470,8 @@ def prerender(
     Example:
 
         $ vertebra prerender phantoms:40 cache/ --preset cpu-demo --orbits 2
+
+        $ vertebra prerender phantoms:40 cache-id/ --preset cpu-demo --task identification
     """
     from dataclasses import replace
 
@@ -477,7 +482,7 @@ def prerender(
 
     try:
         _check_data_spec(data)
-        config = _train_config(preset, "localization")
+        config = _train_config(preset, task)
         vc = config.views
         vc = replace(vc, **{k: v for k, v in (("mm_per_pixel", mm_per_pixel), ("views", views))
                             if v is not None})
@@ -557,6 +562,8 @@ def train(
     batch_size: Annotated[int | None, typer.Option(help="Views per step.")] = None,
     crop_size: Annotated[int | None, typer.Option(help="Crop side in pixels (x32).")] = None,
     lr: Annotated[float | None, typer.Option(help="Adam learning rate.")] = None,
+    heatmap_loss: Annotated[str | None, typer.Option(
+        help="Localization loss: mse (the paper) or focal (default: the preset's).")] = None,
     init: Annotated[str, typer.Option(help="Encoder initialisation: none, imagenet:PATH or "
                                            "simsiam:PATH.")] = "none",
     sequence_loss: Annotated[bool, typer.Option(
@@ -587,6 +594,7 @@ def train(
         _check_data_spec(data)
         config = _train_config(preset, task, iterations=iterations, batch_size=batch_size,
                                crop_size=crop_size, lr=lr, init=init,
+                               heatmap_loss=heatmap_loss,
                                sequence_loss=sequence_loss, encoder=encoder, device=device,
                                workers=workers, seed=seed)
         with _echo_warnings():

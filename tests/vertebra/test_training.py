@@ -291,7 +291,7 @@ def test_cli_prerender_pretrain_train_and_bad_input(tmp_path):
     runner = CliRunner()
     cache = tmp_path / "cache"
     r = runner.invoke(app, ["prerender", "phantoms:1", str(cache), "--preset", "cpu-demo",
-                            "--views", "4", "--mm-per-pixel", "4"])
+                            "--task", "identification", "--views", "4"])
     assert r.exit_code == 0, r.output
     assert (cache / "cache.json").is_file() and (cache / "phantom0000.npz").is_file()
 
@@ -311,6 +311,7 @@ def test_cli_prerender_pretrain_train_and_bad_input(tmp_path):
     saved = torch.load(ckpt, weights_only=True)
     assert saved["iteration"] == 2 and saved["train_config"]["sequence_loss"] is False
     assert saved["view_config"]["views"] == 4  # the cache's views were recorded
+    assert saved["view_config"]["mm_per_pixel"] == 4.0  # the cpu-demo identifier's pixels
     r = runner.invoke(app, ["train", str(cache), "--out", str(ckpt), "--iterations", "3",
                             "--resume", "--no-sequence-loss", *common])
     assert r.exit_code == 0, r.output
@@ -327,6 +328,8 @@ def test_cli_prerender_pretrain_train_and_bad_input(tmp_path):
         ["train", str(tmp_path), "--out", str(tmp_path / "x.pt")],  # no CTs in folder
         ["pretrain", "phantoms:x", "--out", str(tmp_path / "e.pt")],
         ["prerender", str(cache), str(tmp_path / "c2")],  # already a cache
+        ["prerender", "phantoms:1", str(tmp_path / "c3"), "--task", "segment"],
+        ["train", str(cache), "--out", str(tmp_path / "x.pt"), "--heatmap-loss", "l1"],
     ]
     for args in bad:
         r = runner.invoke(app, args)

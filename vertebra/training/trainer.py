@@ -292,10 +292,8 @@ def train(config: TrainConfig, data, out: str | Path | None = None, *, resume: b
         warnings.warn(f"{out} does not exist yet; starting a new run", stacklevel=2)
 
     torch.manual_seed(config.seed)
-    if ckpt is not None:
-        from vertebra.models import create_model
-
-        model = create_model("unet", encoder=config.encoder, task=config.task)
+    if ckpt is not None:  # the same network as a new run builds (heatmap activation too)
+        model = build_model(config.replace(init="none"))
         model.load_state_dict(ckpt["state_dict"])
     else:
         model = build_model(config)
