@@ -239,6 +239,18 @@ def test_focal_heads_are_read_through_a_sigmoid(rendered):
     assert heat.min() >= 0 and heat.max() <= 1
 
 
+def test_a_resumed_focal_run_keeps_its_sigmoid(rendered, tmp_path):
+    from vertebra.models import load_model
+    from vertebra.training.trainer import train
+
+    cfg = tiny_config("localization", heatmap_loss="focal", iterations=2)
+    out = tmp_path / "loc.pt"
+    train(cfg.replace(iterations=1), RenderedCache.from_views(rendered), out, progress=False)
+    res = train(cfg, RenderedCache.from_views(rendered), out, resume=True, progress=False)
+    assert res.model.config["heatmap_activation"] == "sigmoid"
+    assert load_model(out).config["heatmap_activation"] == "sigmoid"
+
+
 # ---------------------------------------------------------------------- training
 def test_short_training_run_loss_falls(rendered):
     from vertebra.training.trainer import train
