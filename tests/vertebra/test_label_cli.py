@@ -169,7 +169,6 @@ def test_torch_adapter_batches_and_shares_one_forward(tiny_checkpoint):
 
 
 def test_load_networks_bundle_pairs_and_settings(tiny_checkpoint, tmp_path):
-    from drrkit.errors import DrrkitError
     from vertebra.models import create_model, load_model, save_model
 
     both, loc = tiny_checkpoint
