@@ -3,7 +3,7 @@
 Run (CPU, about 3 to 6 minutes on 2 cores, most of it the ResNet-50 U-Nets)::
 
     uv run python benchmarks/label_timing.py                        # paper views + ResNet-50
-    uv run python benchmarks/label_timing.py --preset cpu-demo      # 3 mm views + ResNet-10t
+    uv run python benchmarks/label_timing.py --preset cpu-demo      # 2 mm / 4 mm views + ResNet-10t
     uv run python benchmarks/label_timing.py --device cuda --backend cuda   # on a GPU
 
 CT: a synthetic spine (:func:`vertebra.data.phantom.make_spine_phantom`, seed
@@ -13,7 +13,8 @@ voxels, float32 attenuation (420 MB).
 
 Pipeline: :func:`vertebra.pipeline.label_ct` with the views of the preset
 (``paper``: :class:`vertebra.views.ViewConfig` defaults, 10 views, 2 mm pixels at the
-isocentre; ``cpu-demo``: :meth:`TrainConfig.cpu_demo`'s 3 mm pixels) and two U-Nets of
+isocentre; ``cpu-demo``: :meth:`TrainConfig.cpu_demo`'s 2 mm pixels for the localizer and its
+own 4 mm views for the identifier, rendered in the identify stage) and two U-Nets of
 the preset's encoder (``paper``: ResNet-50; ``cpu-demo``: ResNet-10t), randomly
 initialised: the forward passes cost the same whatever the weights. So that the stages
 after the networks see a realistic input (the right number of detections, not the
@@ -112,7 +113,9 @@ def main(argv=None) -> int:
     from vertebra.training.config import TrainConfig
 
     train = TrainConfig.preset(args.preset)
+    train_id = TrainConfig.preset(args.preset, "identification")
     views = train.views
+    id_views = train_id.views if train_id.views != views else None
     encoder = args.encoder or train.encoder
     t = time.perf_counter()
     centroids, volume = make_ct(tuple(args.shape), tuple(args.spacing), args.seed)
@@ -120,7 +123,10 @@ def main(argv=None) -> int:
     geometry = views.geometry(volume)
     targets = make_targets(centroids, geometry, volume, sigma_mm=train.sigma_mm,
                            square_mm=train.square_mm)
-    probs = np.eye(vl.NUM_CLASSES, dtype=np.float32)[targets.id_maps].transpose(0, 3, 1, 2)
+    id_targets = targets if id_views is None else make_targets(
+        centroids, id_views.geometry(volume), volume, sigma_mm=train.sigma_mm,
+        square_mm=train.square_mm)
+    probs = np.eye(vl.NUM_CLASSES, dtype=np.float32)[id_targets.id_maps].transpose(0, 3, 1, 2)
     nets = [create_model("unet", encoder=encoder, task=task)
             for task in ("localization", "identification")]
     localizer = TimedOracle(TorchNetwork(nets[0], "heatmap", args.device, args.batch_size),
@@ -135,8 +141,8 @@ def main(argv=None) -> int:
 
     runs = []
     for i in range(args.warmup + args.repeats):
-        res = label_ct(volume, localizer, identifier, views=views, config=config,
-                       backend=args.backend)
+        res = label_ct(volume, localizer, identifier, views=views, identifier_views=id_views,
+                       config=config, backend=args.backend)
         got = res.centroids()
         ok = list(got) == list(centroids) and all(
             np.linalg.norm(got[k] - centroids[k]) < 1.0 for k in centroids)
