@@ -121,30 +121,33 @@ def prepare_data(data: Path, config: DemoConfig, log: Callable[[str], None] = pr
 
     The two networks see the training phantoms through their own views (the cpu-demo
     localizer on fine pixels, the identifier on coarse ones), so each task gets its own
-    prerender cache of the same phantoms and orbits. Existing folders are reused.
+    prerender cache of the same phantoms and orbits; each phantom is built once for both
+    (:func:`vertebra.training.rendered.prerender_many`). Existing folders are reused.
 
     Returns:
         ({task: its training ``RenderedCache``}, the held-out folder).
     """
     from vertebra.data.phantom import write_phantoms
-    from vertebra.training.rendered import RenderedCache, prerender
+    from vertebra.training.rendered import RenderedCache, prerender_many
     from vertebra.training.sources import PhantomSource
 
-    caches = {}
+    caches, todo = {}, {}
     for task in ("localization", "identification"):
         base = _train_config(task, None, "none")
         train_dir = data / f"train_{task}"
         if (train_dir / "cache.json").is_file():
-            cache = RenderedCache(train_dir)
-            if len(cache) != config.train_phantoms:
-                raise DrrkitError(f"{train_dir} holds {len(cache)} phantoms, not "
+            caches[task] = RenderedCache(train_dir)
+            if len(caches[task]) != config.train_phantoms:
+                raise DrrkitError(f"{train_dir} holds {len(caches[task])} phantoms, not "
                                   f"{config.train_phantoms}; use another --out")
             log(f"  reusing {train_dir}")
-        else:
-            cache = prerender(PhantomSource(range(config.train_phantoms)), train_dir,
-                              base.views, orbits=config.orbits, sigma_mm=base.sigma_mm,
-                              square_mm=base.square_mm)
-        caches[task] = cache
+        else:  # grouped by target sizes: each group builds every phantom once
+            todo.setdefault((base.sigma_mm, base.square_mm), {})[train_dir] = (task, base.views)
+    for (sigma_mm, square_mm), group in todo.items():
+        made = prerender_many(PhantomSource(range(config.train_phantoms)),
+                              {d: views for d, (_, views) in group.items()},
+                              orbits=config.orbits, sigma_mm=sigma_mm, square_mm=square_mm)
+        caches.update({group[d][0]: cache for d, cache in made.items()})
     held_dir = data / "held_out"
     if held_dir.is_dir():
         log(f"  reusing {held_dir}")

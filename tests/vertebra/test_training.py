@@ -134,6 +134,39 @@ def test_rendered_views_targets_and_npz_round_trip(rendered, tmp_path):
     assert back.view_config == rv.view_config and back.t13 == rv.t13
 
 
+def test_prerender_many_builds_each_ct_once(phantoms, tmp_path):
+    from vertebra.training.rendered import prerender, prerender_many
+
+    loads = []
+
+    class Counting:
+        def __len__(self):
+            return len(phantoms)
+
+        def name(self, i):
+            return phantoms.name(i)
+
+        def load(self, i):
+            loads.append(i)
+            return phantoms.load(i)
+
+    fine, coarse = ViewConfig(views=4, mm_per_pixel=4.0), ViewConfig(views=4, mm_per_pixel=8.0)
+    made = prerender_many(Counting(), {tmp_path / "a": fine, tmp_path / "b": coarse},
+                          orbits=2, sigma_mm=6.0)
+    assert loads == [0, 1]  # every CT built once for both folders
+    alone = prerender(phantoms, tmp_path / "c", coarse, orbits=2, sigma_mm=6.0)
+    assert [c.view_config for c in made.values()] == [fine, coarse]
+    for i in range(len(phantoms)):
+        np.testing.assert_array_equal(made[tmp_path / "b"].load(i).images, alone.load(i).images)
+        assert made[tmp_path / "a"].load(i).images.shape[-1] > alone.load(i).images.shape[-1]
+    loads.clear()
+    prerender_many(Counting(), {tmp_path / "a": fine, tmp_path / "b": coarse}, orbits=2,
+                   sigma_mm=6.0)
+    assert loads == []  # complete folders are reused
+    with pytest.raises(DrrkitError, match="other settings"):
+        prerender_many(Counting(), {tmp_path / "a": coarse}, orbits=2, sigma_mm=6.0)
+
+
 def test_stream_sampler_resumes_and_splits_ranks():
     it = iter(StreamSampler(2, start=0))
     first = [next(it) for _ in range(6)]

@@ -270,34 +270,70 @@ def prerender(source, out: str | Path, view_config: ViewConfig, *, orbits: int =
         seed, sigma_mm, square_mm, backend: see :func:`render_views`.
         progress: optional ``progress(done, total)`` callback.
     """
+    caches = prerender_many(source, {out: view_config}, orbits=orbits, seed=seed,
+                            sigma_mm=sigma_mm, square_mm=square_mm, backend=backend,
+                            progress=progress)
+    return next(iter(caches.values()))
+
+
+def prerender_many(source, outputs: dict, *, orbits: int = 1, seed: int = 0,
+                   sigma_mm: float = 3.0, square_mm: float = 22.0, backend: str = "auto",
+                   progress=None) -> dict[Path, RenderedCache]:
+    """:func:`prerender` into several folders, each with its own views, loading each CT once.
+
+    Used when networks see the same CTs through different views (e.g. the cpu-demo
+    localizer on 2 mm pixels and identifier on 4 mm ones): building or reading a CT is
+    often the costlier part.
+
+    Args:
+        source: a :class:`vertebra.training.sources.CTSource`.
+        outputs: {folder: :class:`ViewConfig`}.
+        orbits, seed, sigma_mm, square_mm, backend, progress: as :func:`prerender`; the
+            orbit angles of a CT are the same in every folder with the same view count.
+
+    Returns:
+        {folder as a Path: its :class:`RenderedCache`}, in the order given.
+    """
     from drrkit.io import write_json
 
     if int(orbits) < 1:
         raise DrrkitError(f"orbits must be >= 1, got {orbits}")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise DrrkitError(f"{out} exists and is not a folder")
-    manifest = {"format": CACHE_FORMAT, "version": CACHE_VERSION,
-                "view_config": view_config.to_dict(), "orbits": int(orbits), "seed": int(seed),
-                "sigma_mm": float(sigma_mm), "square_mm": float(square_mm)}
-    old = out / "cache.json"
-    if old.is_file():
-        previous = json.loads(old.read_text())
-        if any(previous.get(k) != v for k, v in manifest.items()):
-            raise DrrkitError(f"{out} holds a cache made with other settings; use a new folder")
-    out.mkdir(parents=True, exist_ok=True)
+    if not outputs:
+        raise DrrkitError("prerender needs at least one output folder")
+    folders = {}
+    for out, view_config in outputs.items():
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise DrrkitError(f"{out} exists and is not a folder")
+        manifest = {"format": CACHE_FORMAT, "version": CACHE_VERSION,
+                    "view_config": view_config.to_dict(), "orbits": int(orbits),
+                    "seed": int(seed), "sigma_mm": float(sigma_mm),
+                    "square_mm": float(square_mm)}
+        old = out / "cache.json"
+        if old.is_file():
+            previous = json.loads(old.read_text())
+            if any(previous.get(k) != v for k, v in manifest.items()):
+                raise DrrkitError(f"{out} holds a cache made with other settings; use a new "
+                                  "folder")
+        out.mkdir(parents=True, exist_ok=True)
+        folders[out] = (view_config, manifest)
     names = []
     for i in range(len(source)):
         name = source.name(i)
-        path = out / f"{name}.npz"
-        if not path.is_file():
+        ct = None
+        for out, (view_config, _) in folders.items():
+            path = out / f"{name}.npz"
+            if path.is_file():
+                continue
+            ct = source.load(i) if ct is None else ct
             angles = orbit_angles(orbits, view_config.views, np.random.default_rng([seed, i]))
-            render_views(source.load(i), view_config, angles, sigma_mm=sigma_mm,
-                         square_mm=square_mm, backend=backend).save(path)
+            render_views(ct, view_config, angles, sigma_mm=sigma_mm, square_mm=square_mm,
+                         backend=backend).save(path)
         names.append(name)
         if progress is not None:
             progress(i + 1, len(source))
     if len(set(names)) != len(names):
         raise DrrkitError("two CTs of the source share a name")
-    write_json(old, {**manifest, "cases": names})
-    return RenderedCache(out)
+    for out, (_, manifest) in folders.items():
+        write_json(out / "cache.json", {**manifest, "cases": names})
+    return {out: RenderedCache(out) for out in folders}
