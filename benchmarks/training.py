@@ -20,6 +20,10 @@ Run::
     uv run python benchmarks/training.py                 # CPU, all threads
     uv run python benchmarks/training.py --device cuda   # on a GPU (also mixed precision)
 
+Mixed precision (``amp``) is timed too where the device has it: autocast to bfloat16
+(float16 on GPUs without it); on a CPU with native bfloat16 (AMX / AVX-512 BF16) also
+channels-last tensors, as ``TrainConfig(cpu_bf16=True)`` trains.
+
 Writes ``benchmarks/results/training-<cpu or gpu>-<threads>t.json``.
 """
 
@@ -68,11 +72,16 @@ def time_steps(config, batch, device, warmup: int, repeats: int, amp: bool) -> d
     from vertebra.training.trainer import _amp, build_model, train_step
 
     torch.manual_seed(0)
+    config = config.replace(amp=amp, cpu_bf16=amp)
     model = build_model(config).to(device)
+    autocast, scaler, channels_last = _amp(device, config)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    autocast, scaler = _amp(device, amp)
     dp = SequenceDP(config.alpha, config.beta)
     batch = {k: v.to(device) for k, v in batch.items()}
+    if channels_last:
+        batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
 
     def sync():
         if device.type == "cuda":
@@ -113,6 +122,7 @@ def main(argv=None) -> int:
     from vertebra.training.dataset import ViewDataset
     from vertebra.training.rendered import RenderedCache, render_views
     from vertebra.training.sources import PhantomSource
+    from vertebra.training.trainer import cpu_has_bf16
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -130,7 +140,7 @@ def main(argv=None) -> int:
                                     square_mm=config.square_mm, backend="auto")
             cached = ViewDataset(RenderedCache.from_views([rendered]), config)
             batch = default_collate([cached[i] for i in range(config.batch_size)])
-            amp_modes = (False, True) if device.type == "cuda" else (False,)
+            amp_modes = (False, True) if device.type == "cuda" or cpu_has_bf16() else (False,)
             for amp in amp_modes:
                 step = time_steps(config, batch, device, args.warmup, args.repeats, amp)
                 row = {"config": name, "task": task, "encoder": config.encoder,

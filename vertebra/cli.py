@@ -257,6 +257,10 @@ def label(
         "--correction", help="Label correction: dp (optional T13) or paper.")] = "dp",
     voting: Annotated[str, typer.Option(
         "--voting", help="weighted (Sequence Loss weights, Eq. 6) or mean.")] = "weighted",
+    extend_ends: Annotated[bool, typer.Option(
+        "--extend-ends/--no-extend-ends",
+        help="Add weakly detected vertebrae that continue the spine at its ends (cut by "
+             "the scan's edge, C1).")] = True,
     pictures: Annotated[bool, typer.Option(
         "--pictures/--no-pictures", help="Write the PNGs.")] = True,
 ) -> None:
@@ -292,6 +296,8 @@ def label(
 
             nets = load_networks(model, localizer, identifier, device=device)
             config = PipelineConfig(correction=correction, voting=voting, **nets.settings)
+            if not extend_ends:
+                config = dataclasses.replace(config, extend_threshold=None)
             view_config = nets.views if views is None else dataclasses.replace(
                 nets.views, views=views)
             id_views = nets.identifier_views

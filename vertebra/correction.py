@@ -228,3 +228,113 @@ def gap_rows(points, ratio: float = GAP_RATIO) -> tuple[np.ndarray, int]:
             extra[i] = max(round(float(s[i] / local)) - 1, 1)
     rows = np.concatenate([[0], np.cumsum(1 + extra)]).astype(np.int64)
     return rows, rows[-1].item() + 1
+
+
+#: Consecutive tracks closer than this fraction of the median spacing are suspect: one of
+#: the two is likely a second detection of a vertebra or another bone.
+CROWDED_RATIO = 0.7
+
+
+@dataclass(frozen=True)
+class TrackLabels:
+    """Labels of T tracks after :func:`correct_tracks`.
+
+    Attributes:
+        classes: (T,) int64 network class per track, 0 where unlabelled or dropped.
+        confidence: (T,) float64 label confidence (0 where unlabelled or dropped).
+        dropped: (T,) bool, the track was judged not to be a vertebra.
+        correction: the :class:`Correction` of the chosen table.
+        rows: (T,) int64 row of each track in that table (-1 for dropped tracks).
+    """
+
+    classes: np.ndarray
+    confidence: np.ndarray
+    dropped: np.ndarray
+    correction: Correction
+    rows: np.ndarray
+
+
+def crowded(points, ratio: float = CROWDED_RATIO) -> np.ndarray:
+    """(n,) bool: the track lies closer to its neighbour in spine order than ``ratio``
+    times the local spacing, the median of the spacings within two steps (both tracks of
+    such a pair are marked).
+
+    Args:
+        points: (n, 3) world mm, superior first.
+    """
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    out = np.zeros(len(pts), dtype=bool)
+    if len(pts) < 3:
+        return out
+    s = np.linalg.norm(np.diff(pts, axis=0), axis=1)  # (n - 1,)
+    local = np.array([np.median(s[max(i - 2, 0):i + 3]) for i in range(len(s))])
+    close = s < ratio * local
+    out[:-1] |= close
+    out[1:] |= close
+    return out
+
+
+def correct_tracks(points, probs, *, suspects=None, max_drops: int = 2,
+                   min_confidence: float = 0.1, method: str = "dp",
+                   dp: SequenceDP | None = None, allow_t13: bool = True,
+                   fill_gaps: bool = True) -> TrackLabels:
+    """Consecutive labels for T tracks in spine order, leaving out false tracks.
+
+    The table of :func:`correct_labels` is built from the tracks' probabilities with
+    empty rows at gaps (:func:`gap_rows`, when ``fill_gaps``). A suspect track (one added
+    at an end of the chain, or a :func:`crowded` one) may be dropped: every way of dropping
+    at most ``max_drops`` of the suspects is tried. The table whose DP best-path score is
+    highest wins (ties: fewer drops), among those in which every kept suspect has a label
+    confidence of at least ``min_confidence`` (when there is such a table). A dropped
+    track gives up its own term of the score, so a track is left out only when the
+    others' labels fit better without it (e.g. a bone above C1 that would push every label
+    down one level, or a second detection of a vertebra that opens a false gap), or when
+    it is a suspect that the identifier does not see as the vertebra its place in the
+    sequence calls for. With ``method="paper"`` (no score) nothing is dropped.
+
+    Args:
+        points: (T, 3) world mm, superior first.
+        probs: (T, 26) voted class probabilities (background excluded).
+        suspects: (T,) bool tracks that may be dropped (None: the :func:`crowded` ones).
+        max_drops: most tracks dropped (0: none).
+        min_confidence: smallest label confidence of a kept suspect (see above).
+        method, dp, allow_t13: as :func:`correct_labels`.
+        fill_gaps: insert empty rows where the spacing shows a missed vertebra.
+
+    Returns:
+        :class:`TrackLabels`.
+    """
+    from itertools import combinations
+
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    p = _check_probs(probs)
+    t = len(pts)
+    if len(p) != t:
+        raise DrrkitError(f"{t} points but {len(p)} rows of probabilities")
+    cand = np.flatnonzero(crowded(pts) if suspects is None else np.asarray(suspects, bool))
+    if method != "dp":
+        max_drops = 0
+    suspect = np.zeros(t, dtype=bool)
+    suspect[cand] = True
+    best, best_key = None, None
+    for n_drop in range(0, min(int(max_drops), len(cand), max(t - 1, 0)) + 1):
+        for drop in combinations(cand.tolist(), n_drop):
+            keep = np.setdiff1d(np.arange(t), np.asarray(drop, dtype=np.int64))
+            rows, m = gap_rows(pts[keep]) if fill_gaps else (np.arange(len(keep)), len(keep))
+            table = np.zeros((m, p.shape[1]))
+            table[rows] = p[keep]
+            corr = correct_labels(table, method, dp=dp, allow_t13=allow_t13)
+            doubtful = corr.confidence[rows][suspect[keep]] < min_confidence
+            key = (not doubtful.any(), round(float(corr.score), 9), -n_drop)
+            if best_key is None or key > best_key:
+                best, best_key = (corr, keep, rows), key
+    corr, keep, rows = best
+    classes = np.zeros(t, dtype=np.int64)
+    confidence = np.zeros(t)
+    where = np.full(t, -1, dtype=np.int64)
+    classes[keep] = corr.classes[rows]
+    confidence[keep] = corr.confidence[rows]
+    where[keep] = rows
+    dropped = np.ones(t, dtype=bool)
+    dropped[keep] = False
+    return TrackLabels(classes, confidence, dropped, corr, where)

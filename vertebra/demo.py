@@ -3,9 +3,10 @@
 Steps (each reuses its output when the folder already holds it, so an interrupted demo
 continues where it stopped):
 
-1. ``data``: training phantoms (seeds ``0 .. train_phantoms - 1``) rendered once per
-   network's views into a prerender cache (:func:`vertebra.training.rendered.prerender`,
-   ``orbits`` orbits each),
+1. ``data``: training phantoms rendered once per network's views into a prerender cache
+   (:func:`vertebra.training.rendered.prerender_many`, ``orbits`` orbits each): seeds
+   ``0 .. train_phantoms - 1`` for the localizer, ``0 .. identifier_phantoms - 1`` for the
+   identifier (telling levels apart needs more spines than finding vertebrae does),
    and held-out phantoms (seeds from ``held_out_start``, never used for training) written
    in the VerSe folder layout (CT, mask, centroid JSON).
 2. ``pretrain``: multi-view SimSiam pre-training of the encoder
@@ -51,7 +52,11 @@ class DemoConfig:
     """Sizes of the demo.
 
     Attributes:
-        train_phantoms: training phantoms (seeds 0 .. N-1).
+        train_phantoms: the localizer's training phantoms (seeds 0 .. N-1).
+        identifier_phantoms: the identifier's training phantoms (seeds 0 .. M-1, the first
+            N shared with the localizer; None: ``train_phantoms``). Short scans with no
+            landmark in view are only labelled right when the identifier has seen many
+            spines.
         orbits: prerendered orbits per training phantom.
         held_out: held-out phantoms (seeds ``held_out_start`` ..).
         held_out_start: first held-out seed (far from the training seeds).
@@ -64,6 +69,7 @@ class DemoConfig:
     """
 
     train_phantoms: int = 40
+    identifier_phantoms: int | None = 120
     orbits: int = 2
     held_out: int = 12
     held_out_start: int = 1000
@@ -78,15 +84,23 @@ class DemoConfig:
         for name in ("train_phantoms", "orbits", "held_out"):
             if int(getattr(self, name)) < 1:
                 raise DrrkitError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.held_out_start < self.train_phantoms:
+        if self.identifier_phantoms is not None and int(self.identifier_phantoms) < 1:
+            raise DrrkitError(f"identifier_phantoms must be >= 1, got {self.identifier_phantoms}")
+        if self.held_out_start < max(self.train_phantoms, self.phantoms("identification")):
             raise DrrkitError("held-out seeds must not overlap the training seeds")
         if self.pretrain_steps < 0 or self.pretrain_batch < 2:
             raise DrrkitError("need pretrain_steps >= 0 and pretrain_batch >= 2")
 
+    def phantoms(self, task: str) -> int:
+        """Training phantoms of the network for ``task``."""
+        if task == "identification" and self.identifier_phantoms is not None:
+            return int(self.identifier_phantoms)
+        return int(self.train_phantoms)
+
     @classmethod
     def quick(cls) -> DemoConfig:
         """A smoke run of every step in a couple of minutes (far from the targets)."""
-        return cls(train_phantoms=4, orbits=1, held_out=2, pretrain_steps=3, pretrain_batch=4,
+        return cls(train_phantoms=4, identifier_phantoms=None, orbits=1, held_out=2, pretrain_steps=3, pretrain_batch=4,
                    localizer_iterations=10, identifier_iterations=10)
 
 
@@ -137,16 +151,18 @@ def prepare_data(data: Path, config: DemoConfig, log: Callable[[str], None] = pr
         train_dir = data / f"train_{task}"
         if (train_dir / "cache.json").is_file():
             caches[task] = RenderedCache(train_dir)
-            if len(caches[task]) != config.train_phantoms:
+            if len(caches[task]) != config.phantoms(task):
                 raise DrrkitError(f"{train_dir} holds {len(caches[task])} phantoms, not "
-                                  f"{config.train_phantoms}; use another --out")
+                                  f"{config.phantoms(task)}; use another --out")
             log(f"  reusing {train_dir}")
         else:  # grouped by target sizes: each group builds every phantom once
             todo.setdefault((base.sigma_mm, base.square_mm), {})[train_dir] = (task, base.views)
     for (sigma_mm, square_mm), group in todo.items():
-        made = prerender_many(PhantomSource(range(config.train_phantoms)),
+        counts = {d: config.phantoms(task) for d, (task, _) in group.items()}
+        made = prerender_many(PhantomSource(range(max(counts.values()))),
                               {d: views for d, (_, views) in group.items()},
-                              orbits=config.orbits, sigma_mm=sigma_mm, square_mm=square_mm)
+                              orbits=config.orbits, sigma_mm=sigma_mm, square_mm=square_mm,
+                              counts=counts)
         caches.update({group[d][0]: cache for d, cache in made.items()})
     held_dir = data / "held_out"
     if held_dir.is_dir():
@@ -257,7 +273,8 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *,
     seconds: dict[str, float] = {}
 
     t = time.perf_counter()
-    log(f"[data] {config.train_phantoms} training phantoms x {config.orbits} orbit(s); "
+    log(f"[data] training phantoms x {config.orbits} orbit(s): localizer "
+        f"{config.phantoms('localization')}, identifier {config.phantoms('identification')}; "
         f"{config.held_out} held-out phantoms (seeds {config.held_out_start}..)")
     caches, held_dir = prepare_data(out / "data", config, log)
     seconds["data"] = time.perf_counter() - t

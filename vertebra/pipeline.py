@@ -11,7 +11,11 @@ Stages (each timed, seconds in :attr:`LabelResult.timings`):
    (:func:`drrkit.correspondence.match_views`) -> T 3-D tracks, superior first; tracks
    further than ``box_margin_mm`` outside the CT's box are dropped, and of two tracks
    closer than ``min_separation_mm`` in height (two detections of one vertebra, or a
-   vertebra and another bone at its level) only the better supported is kept.
+   vertebra and another bone at its level) only the better supported is kept. Then the
+   chain is extended at both ends (:func:`extend_ends`): a second pass with a lower
+   heatmap threshold and fewer views may add, one at a time, a track that lies where the
+   next vertebra above the top or below the bottom one should be (the vertebrae cut by
+   the scan's edge, and C1, give weaker heatmaps than the rest).
 5. ``identify``: the identification network -> class probabilities (K, C, H, W); per view
    and track, the mean probability over the ``square_mm`` (22 mm at the isocentre) square
    around the *re-projected* 3-D centroid: ``P_k`` (T, 26), background excluded. A track
@@ -23,7 +27,9 @@ Stages (each timed, seconds in :attr:`LabelResult.timings`):
 7. ``correct``: consecutive anatomical labels from ``V``
    (:func:`vertebra.correction.correct_labels`: DP with optional T13, or the paper's rule).
    With ``fill_gaps``, empty rows are inserted where the 3-D spacing shows a missed vertebra
-   (:func:`vertebra.correction.gap_rows`).
+   (:func:`vertebra.correction.gap_rows`). Up to ``max_drops`` suspect tracks (added at an
+   end, or crowding a neighbour) are left out when the labels of the others fit better
+   without them (:func:`vertebra.correction.correct_tracks`).
 
 The networks are plain callables, so the geometry and fusion can be tested without
 learning: ``localizer(inputs (K, H, W) float32) -> (K, H, W)`` heatmaps (peak ~1 at a
@@ -41,7 +47,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -92,6 +98,14 @@ class PipelineConfig:
             both be vertebrae: the one seen in fewer views (then with the lower heatmap
             score) is dropped; 0 keeps all.
         alpha, beta: weights of the sequence DP (paper: 0.1, 0.8).
+        extend_threshold: heatmap threshold of the second pass that extends the chain at
+            its ends (:func:`extend_ends`); None turns the extension off.
+        extend_min_views: fewest views a track of that pass needs.
+        extend_tolerance: an added track lies within this fraction of the local
+            vertebra spacing of where the chain predicts the next vertebra.
+        max_drops: the label correction may leave out at most this many suspect tracks
+            (added at an end, or crowding a neighbour) that do not fit the label sequence
+            (:func:`vertebra.correction.correct_tracks`); 0 labels every track.
     """
 
     peak_threshold: float = 0.4
@@ -110,6 +124,10 @@ class PipelineConfig:
     min_separation_mm: float = 8.0
     alpha: float = 0.1
     beta: float = 0.8
+    extend_threshold: float | None = 0.2
+    extend_min_views: int = 3
+    extend_tolerance: float = 0.4
+    max_drops: int = 2
 
     def __post_init__(self) -> None:
         if self.voting not in VOTING:
@@ -129,6 +147,12 @@ class PipelineConfig:
             raise DrrkitError("max_detections and max_peak_pixels must be >= 1")
         if not self.box_margin_mm >= 0 or not self.min_separation_mm >= 0:
             raise DrrkitError("box_margin_mm and min_separation_mm must be >= 0")
+        if self.extend_threshold is not None and not np.isfinite(self.extend_threshold):
+            raise DrrkitError("extend_threshold must be finite (or None: no extension)")
+        if int(self.max_drops) < 0:
+            raise DrrkitError(f"max_drops must be >= 0, got {self.max_drops}")
+        if int(self.extend_min_views) < 2 or not 0 < self.extend_tolerance < 1:
+            raise DrrkitError("need extend_min_views >= 2 and 0 < extend_tolerance < 1")
 
 
 @dataclass(frozen=True)
@@ -176,7 +200,11 @@ class LabelResult:
         detections: K :class:`vertebra.peaks.Peaks`.
         correspondence: the :class:`drrkit.correspondence.Correspondence` (before the
             box test; ``kept`` indexes its tracks).
-        kept: (T,) indices of the correspondence's tracks that were kept.
+        kept: (T,) indices of the correspondence's tracks that were kept (-1 for the
+            tracks added at the ends by the weaker second pass).
+        extended: (T,) bool, the track was added at an end (:func:`extend_ends`).
+        dropped: (T,) bool, the label correction judged the track not to be a vertebra
+            (:func:`vertebra.correction.correct_tracks`); it has class 0.
         geometry: the K views.
         inputs: (K, H, W) float32 network inputs.
         heatmaps: (K, H, W) float32 localization output.
@@ -197,6 +225,8 @@ class LabelResult:
     detections: tuple[Peaks, ...]
     correspondence: object
     kept: np.ndarray
+    extended: np.ndarray
+    dropped: np.ndarray
     geometry: drrkit.Geometry
     inputs: np.ndarray
     heatmaps: np.ndarray
@@ -271,6 +301,55 @@ def _check_output(name: str, array, shape: tuple[int, ...]) -> np.ndarray:
     if not np.all(np.isfinite(a)):
         raise DrrkitError(f"the {name} returned non-finite values")
     return a
+
+
+def extend_ends(chain: np.ndarray, candidates: np.ndarray, tolerance: float = 0.4
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates that continue a chain of vertebrae beyond its top and bottom.
+
+    At each end the next vertebra is predicted one spacing further along the last step
+    (``p_end + (p_end - p_neighbour)``); the candidate closest to the prediction is added
+    when it lies within ``tolerance`` times that spacing of it, and the step repeats from
+    the new end until no candidate fits. Needs at least two chain points.
+
+    Args:
+        chain: (T, 3) world mm, superior first.
+        candidates: (C, 3) world mm, any order.
+        tolerance: fraction of the local spacing (0 < tolerance < 1).
+
+    Returns:
+        above, below: indices into ``candidates`` of the added tracks, each in the order
+        they were added (``above`` from the top upwards, ``below`` from the bottom down).
+
+    Example:
+        >>> chain = np.array([[0, 0, 60.], [0, 0, 30], [0, 0, 0]])
+        >>> cands = np.array([[0, 0, -32.], [0, 2, 88], [0, 0, 45], [0, 0, -61]])
+        >>> extend_ends(chain, cands)
+        (array([1]), array([0, 3]))
+    """
+    chain = np.asarray(chain, dtype=np.float64).reshape(-1, 3)
+    cands = np.asarray(candidates, dtype=np.float64).reshape(-1, 3)
+    free = np.ones(len(cands), dtype=bool)
+    ends = []
+    for end, neighbour in ((0, 1), (-1, -2)):
+        added: list[int] = []
+        if len(chain) >= 2:
+            last, prev = chain[end], chain[neighbour]
+            while free.any():
+                step = last - prev
+                spacing = float(np.linalg.norm(step))
+                if spacing == 0:
+                    break
+                d = np.linalg.norm(cands - (last + step), axis=1)
+                d[~free] = np.inf
+                best = int(np.argmin(d))
+                if not d[best] <= tolerance * spacing:
+                    break
+                added.append(best)
+                free[best] = False
+                last, prev = cands[best], last
+        ends.append(np.array(added, dtype=np.int64))
+    return ends[0], ends[1]
 
 
 def _inside_box(volume: drrkit.Volume, points: np.ndarray, margin_mm: float) -> np.ndarray:
@@ -387,6 +466,31 @@ def label_ct(
     points = match.points[kept]
     assign = match.assignments[kept]
     scores = scores[kept]
+    rms = match.rms[kept]
+    extended = np.zeros(len(points), dtype=bool)
+    if config.extend_threshold is not None and len(points) >= 2:
+        weak = detect_peaks(heatmaps, pixel_mm, replace(config,
+                                                        peak_threshold=config.extend_threshold))
+        more = match_views([d.pixels for d in weak], geometry,
+                           tolerance_px=config.tolerance_mm / float(np.mean(pixel_mm)),
+                           min_views=int(min(config.extend_min_views, k)))
+        inside = np.flatnonzero(_inside_box(volume, more.points, config.box_margin_mm))
+        above, below = extend_ends(points, more.points[inside], config.extend_tolerance)
+        top, bottom = inside[above[::-1]], inside[below]
+        new = np.concatenate([top, bottom])
+        if len(new):
+            order = np.r_[np.arange(len(top)), len(new) + np.arange(len(points)),
+                          len(top) + np.arange(len(bottom))]
+
+            def stack(added, original):
+                return np.concatenate([added, original])[order]
+
+            points = stack(more.points[new], points)
+            assign = stack(more.assignments[new], assign)
+            scores = stack(_track_scores(more.assignments[new], weak), scores)
+            rms = stack(more.rms[new], rms)
+            kept = stack(np.full(len(new), -1), kept)
+            extended = stack(np.ones(len(new), dtype=bool), extended)
     t = len(points)
     done("match")
 
@@ -425,23 +529,25 @@ def label_ct(
         weights = np.asarray(view_weights(losses), dtype=np.float64)
     else:
         weights = np.full(k_id, 1.0 / k_id)
-    voted_table = np.einsum("k,kmc->mc", weights, table)
+    voted = np.einsum("k,ktc->tc", weights, view_probs)  # (T, 26)
     done("vote")
 
     stage("correct")
+    from vertebra.correction import correct_tracks, crowded
     from vertebra.sequence import SequenceDP
 
     correction = None
     classes = np.zeros(t, dtype=np.int64)
     confidence = np.zeros(t)
+    dropped = np.zeros(t, dtype=bool)
     if t:
-        correction = correct_labels(voted_table, config.correction,
-                                    dp=SequenceDP(config.alpha, config.beta),
-                                    allow_t13=config.allow_t13)
-        classes = correction.classes[rows]
-        confidence = correction.confidence[rows]
+        labels = correct_tracks(points, voted, suspects=extended | crowded(points),
+                                max_drops=config.max_drops, method=config.correction,
+                                dp=SequenceDP(config.alpha, config.beta),
+                                allow_t13=config.allow_t13, fill_gaps=config.fill_gaps)
+        correction, classes = labels.correction, labels.classes
+        confidence, dropped = labels.confidence, labels.dropped
     n_views = (assign >= 0).sum(axis=1)
-    rms = match.rms[kept]
     vertebrae = []
     for i in range(t):
         if classes[i] == 0:
@@ -450,7 +556,7 @@ def label_ct(
         vertebrae.append(LabelledVertebra(row.verse_id, row.name, row.region, points[i].copy(),
                                           float(confidence[i]), float(scores[i]),
                                           int(n_views[i]), float(rms[i])))
-    unlabelled = int(np.sum(classes == 0))
+    unlabelled = int(np.sum((classes == 0) & ~dropped))
     if unlabelled:
         warnings.warn(f"{unlabelled} detected vertebrae could not be given a label "
                       "(more detections than vertebra classes)", stacklevel=2)
@@ -462,9 +568,9 @@ def label_ct(
     return LabelResult(
         vertebrae=tuple(vertebrae), status=status, points=points, classes=classes,
         confidence=confidence, n_views=n_views, view_probs=view_probs, covered=covered,
-        weights=weights, voted=voted_table[rows] if t else np.zeros((0, table.shape[2])),
+        weights=weights, voted=voted, dropped=dropped,
         correction=correction, detections=tuple(detections), correspondence=match,
-        kept=kept, geometry=geometry, inputs=inputs, heatmaps=heatmaps, timings=timings)
+        kept=kept, extended=extended, geometry=geometry, inputs=inputs, heatmaps=heatmaps, timings=timings)
 
 
 # ---------------------------------------------------------------------- torch networks

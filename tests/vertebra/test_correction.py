@@ -11,6 +11,8 @@ from vertebra.correction import (
     CHAIN_WITH_T13,
     CHAIN_WITHOUT_T13,
     correct_labels,
+    correct_tracks,
+    crowded,
     gap_rows,
 )
 from vertebra.sequence import ALPHA, BETA
@@ -207,3 +209,75 @@ def test_sequence_losses_use_the_better_chain():
     # the full 26-class chain alone would penalise the normal spine at T12 -> L1
     assert float(sequence_loss(normal)) > perfect + 0.1
     assert sequence_losses(t13, allow_t13=False) > perfect + 0.1
+
+
+def _line(z):
+    z = np.asarray(z, dtype=float)
+    return np.stack([np.zeros_like(z), np.zeros_like(z), z], -1)
+
+
+def test_crowded_marks_both_tracks_of_a_close_pair():
+    z = -np.cumsum([0, 20, 22, 24, 8, 18, 26, 27])  # a second detection 8 mm below #3
+    assert np.flatnonzero(crowded(_line(z))).tolist() == [3, 4]
+    assert not crowded(_line(-np.cumsum([0, 18, 18, 19, 25, 27, 30]))).any()  # C -> T -> L
+    assert not crowded(_line([0.0, -5.0])).any()  # too few to tell
+
+
+def test_correct_tracks_drops_a_false_track_above_the_spine():
+    """A bone above C1 that the identifier calls T3 would push every label down one."""
+    names = ["C1", "C2", "C3", "C4", "C5", "C6"]
+    probs = np.concatenate([0.3 * one_hot(["T3"]), 0.7 * one_hot(names)])
+    pts = _line(-np.cumsum([0, 14, 18, 18, 18, 18, 19]))
+    plain = correct_tracks(pts, probs, suspects=np.zeros(7, bool))
+    assert plain.classes[0] > 0 and not plain.dropped.any()
+    assert plain.correction.names[1:] == names[1:] + ["C7"]  # shifted: the bone took C1
+    r = correct_tracks(pts, probs, suspects=np.eye(7, dtype=bool)[0])
+    assert r.dropped.tolist() == [True] + [False] * 6 and r.classes[0] == 0
+    assert [vl.name_of(vl.label_of_class(c)) for c in r.classes[1:]] == names
+    assert r.rows.tolist() == [-1, 0, 1, 2, 3, 4, 5] and r.confidence[0] == 0
+    assert correct_tracks(pts, probs, suspects=np.eye(7, dtype=bool)[0],
+                          max_drops=0).classes.tolist() == plain.classes.tolist()
+
+
+def test_correct_tracks_drops_a_second_detection_that_opens_a_false_gap():
+    names = ["T3", "T4", "T5", "T6", "T7", "T8", "T9"]
+    z = -np.cumsum([0, 22, 23, 24, 11, 14, 25, 26])  # a duplicate of T6 11 mm below it
+    probs = one_hot(names[:4] + ["T6"] + names[4:], 0.6)
+    probs[4] = 0.3 * one_hot(["T6"])[0] + 0.3 * one_hot(["T7"])[0]
+    r = correct_tracks(_line(z), probs)  # suspects: the crowded pair
+    kept = [vl.name_of(vl.label_of_class(c)) for c in r.classes[~r.dropped]]
+    assert r.dropped.sum() == 1 and kept == names
+
+
+def test_correct_tracks_keeps_consistent_suspects_and_matches_correct_labels():
+    names = ["T10", "T11", "T12", "L1", "L2"]
+    pts = _line(-np.cumsum([0, 24, 25, 26, 27]))
+    probs = 0.8 * one_hot(names)
+    r = correct_tracks(pts, probs, suspects=np.ones(5, bool))
+    assert not r.dropped.any()
+    assert r.classes.tolist() == correct_labels(probs).classes.tolist()
+    paper = correct_tracks(pts, probs, suspects=np.ones(5, bool), method="paper")
+    assert not paper.dropped.any() and paper.correction.method == "paper"
+    with pytest.raises(DrrkitError, match="points"):
+        correct_tracks(pts[:4], probs)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 12), seed=st.integers(0, 2**16), gap=st.booleans())
+def test_correct_tracks_without_drops_is_correct_labels_on_the_gap_table(n, seed, gap):
+    rng = np.random.default_rng(seed)
+    pts = _line(-np.cumsum(rng.uniform(20, 26, n)))
+    if gap and n > 4:
+        pts = np.delete(pts, n // 2, axis=0)
+    probs = rng.dirichlet(np.full(C, 0.3), size=len(pts))
+    r = correct_tracks(pts, probs, max_drops=0)
+    rows, m = gap_rows(pts)
+    table = np.zeros((m, C))
+    table[rows] = probs
+    ref = correct_labels(table)
+    assert r.classes.tolist() == ref.classes[rows].tolist()
+    assert r.rows.tolist() == rows.tolist() and not r.dropped.any()
+    best = correct_tracks(pts, probs, suspects=np.ones(len(pts), bool))
+    # dropping is chosen only to gain score, or to lose a doubtful suspect
+    doubtful = (ref.confidence[rows] < 0.1).any()
+    assert best.correction.score >= ref.score - 1e-12 or doubtful

@@ -12,7 +12,8 @@ from vertebra.demo import DemoConfig, run_demo
 
 @pytest.mark.slow
 def test_tiny_demo_runs_every_step_and_reuses_outputs(tmp_path, monkeypatch):
-    config = DemoConfig(train_phantoms=2, orbits=1, held_out=1, pretrain_steps=1,
+    config = DemoConfig(train_phantoms=2, identifier_phantoms=3, orbits=1, held_out=1,
+                        pretrain_steps=1,
                         pretrain_batch=2, localizer_iterations=1, identifier_iterations=1,
                         pictures=False)
     lines = []
@@ -22,6 +23,9 @@ def test_tiny_demo_runs_every_step_and_reuses_outputs(tmp_path, monkeypatch):
     assert set(report["seconds"]) == {"data", "pretrain", "localizer", "identifier", "label"}
     assert report["targets"]["met"] is False or result.meets_targets
     assert (tmp_path / "models" / "networks.pt").is_file()
+    data = tmp_path / "data"
+    assert [len(list((data / f"train_{t}").glob("*.npz"))) for t in
+            ("localization", "identification")] == [2, 3]
     assert list((tmp_path / "labels").glob("*/*_ctd.json"))
     # a second run reuses data and models
     lines.clear()
@@ -32,6 +36,9 @@ def test_tiny_demo_runs_every_step_and_reuses_outputs(tmp_path, monkeypatch):
 def test_demo_config_and_cli_errors(tmp_path):
     with pytest.raises(DrrkitError):
         DemoConfig(train_phantoms=10, held_out_start=5)
+    with pytest.raises(DrrkitError, match="overlap"):
+        DemoConfig(identifier_phantoms=2000)
+    assert DemoConfig(identifier_phantoms=None).phantoms("identification") == 40
     (tmp_path / "file").write_text("x")
     res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "file")])
     assert res.exit_code == 2 and "not a folder" in res.stderr

@@ -12,7 +12,10 @@ import drrkit
 from drrkit.errors import DrrkitError
 from vertebra import labels as vl
 from vertebra.data.phantom import make_spine_phantom
-from vertebra.pipeline import NO_SPINE, PipelineConfig, label_ct, square_means
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vertebra.pipeline import NO_SPINE, PipelineConfig, extend_ends, label_ct, square_means
 from vertebra.targets import make_targets
 from vertebra.views import ViewConfig
 
@@ -167,6 +170,83 @@ def test_a_missed_vertebra_leaves_the_others_right(thoracic):
     check(r, seen)
     no_fill = run(vol, heat, probs, PipelineConfig(fill_gaps=False))
     assert missing in no_fill.centroids()  # without the gap rows the labels shift
+
+
+@pytest.mark.parametrize("end", [0, -1])
+def test_a_weak_vertebra_at_either_end_is_added(thoracic, end):
+    """The vertebra at one end gives a heatmap peak of 0.3, below the 0.4 threshold (as
+    vertebrae cut by the scan's edge do); a weak blob beside the spine is not added."""
+    vol = mu(thoracic)
+    keys = list(thoracic.centroids)
+    weak = keys[end]
+    strong = {k: v for k, v in thoracic.centroids.items() if k != weak}
+    geometry = VIEWS.geometry(vol)
+    heat, probs, _ = oracle(vol, thoracic.centroids, heat_centroids=strong)
+    beside = {keys[2]: thoracic.centroids[keys[2]] + np.array([30.0, 0.0, 0.0])}
+    for extra in ({weak: thoracic.centroids[weak]}, beside):
+        heat = np.maximum(heat, 0.3 * make_targets(extra, geometry, vol).heatmaps)
+    r = run(vol, heat, probs)
+    check(r, thoracic.centroids)
+    assert r.extended.tolist() == [k == weak for k in keys]
+    assert r.kept[r.extended].tolist() == [-1]
+    check(run(vol, heat, probs, PipelineConfig(extend_threshold=None)), strong)
+
+
+def test_a_weak_track_the_identifier_disowns_is_dropped(thoracic):
+    """The bottom vertebra gives a weak peak, so the end extension adds it, but the
+    identifier calls it L3 (not the T6 its place calls for): it is dropped."""
+    vol = mu(thoracic)
+    keys = list(thoracic.centroids)
+    bottom = thoracic.centroids[keys[-1]]
+    rest = {k: v for k, v in thoracic.centroids.items() if k != keys[-1]}
+    geometry = VIEWS.geometry(vol)
+    heat, _, _ = oracle(vol, thoracic.centroids, heat_centroids=rest)
+    heat = np.maximum(heat, 0.3 * make_targets({22: bottom}, geometry, vol).heatmaps)
+    probs = one_hot(make_targets({**rest, 22: bottom}, geometry, vol).id_maps)
+    r = run(vol, heat, probs)
+    check(r, rest)
+    assert r.extended.tolist() == r.dropped.tolist() == [False] * len(rest) + [True]
+    kept = run(vol, heat, probs, PipelineConfig(max_drops=0))
+    assert 22 not in kept.centroids() and len(kept.vertebrae) == len(keys)
+
+
+def _chain(n, spacing, bend):
+    """(n, 3) points spaced ``spacing`` mm on a curve bending ``bend`` rad per step."""
+    angles = bend * np.arange(n)
+    steps = spacing * np.stack([np.sin(angles), 0.3 * np.sin(angles), -np.cos(angles)], 1)
+    steps *= spacing / np.linalg.norm(steps, axis=1, keepdims=True)
+    return np.cumsum(steps, axis=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(6, 12), spacing=st.floats(12, 40), bend=st.floats(-0.1, 0.1),
+       cut=st.integers(2, 4), seed=st.integers(0, 2**16))
+def test_extend_ends_recovers_the_continuation(n, spacing, bend, cut, seed):
+    """A chain with its ``cut`` first and last points removed gets them back, in order,
+    from candidates jittered by up to 0.1 spacing; clutter half a spacing or more off the
+    continuation is never added."""
+    rng = np.random.default_rng(seed)
+    full = _chain(n + 2 * cut, spacing, bend)
+    jitter = rng.uniform(-1, 1, (2 * cut, 3)) * 0.1 * spacing / np.sqrt(3)
+    ends = np.concatenate([full[:cut], full[-cut:]]) + jitter
+    clutter = full[rng.integers(0, len(full), 5)] + 0.6 * spacing * np.array([1.0, 0, 0])
+    cands = np.concatenate([clutter, ends])
+    order = rng.permutation(len(cands))
+    above, below = extend_ends(full[cut:-cut], cands[order])
+    np.testing.assert_array_equal(order[above], 5 + np.arange(cut)[::-1])
+    np.testing.assert_array_equal(order[below], 5 + cut + np.arange(cut))
+
+
+def test_extend_ends_edge_cases():
+    chain = np.array([[0, 0, 30.0], [0, 0, 0]])
+    empty = np.zeros((0, 3))
+    for c in (chain[:1], empty):
+        a, b = extend_ends(c, np.array([[0, 0, 60.0]]))
+        assert len(a) == len(b) == 0
+    a, b = extend_ends(chain, empty)
+    assert len(a) == len(b) == 0
+    a, b = extend_ends(chain, np.array([[0, 0, 60 + 12.1], [0, 0, -30 - 11.9]]))
+    assert a.tolist() == [] and b.tolist() == [1]  # 0.4 x 30 mm = 12 mm
 
 
 def test_one_vertebra_visible(thoracic):

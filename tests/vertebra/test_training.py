@@ -165,6 +165,16 @@ def test_prerender_many_builds_each_ct_once(phantoms, tmp_path):
     assert loads == []  # complete folders are reused
     with pytest.raises(DrrkitError, match="other settings"):
         prerender_many(Counting(), {tmp_path / "a": coarse}, orbits=2, sigma_mm=6.0)
+    loads.clear()
+    fewer = prerender_many(Counting(), {tmp_path / "d": fine, tmp_path / "b": coarse},
+                           orbits=2, sigma_mm=6.0, counts={tmp_path / "d": 1})
+    assert loads == [0]  # b is complete; d needs only the first CT
+    assert len(fewer[tmp_path / "d"]) == 1 and len(fewer[tmp_path / "b"]) == 2
+    np.testing.assert_array_equal(fewer[tmp_path / "d"].load(0).images,
+                                  made[tmp_path / "a"].load(0).images)
+    with pytest.raises(DrrkitError, match="counts"):
+        prerender_many(Counting(), {tmp_path / "d": fine}, counts={tmp_path / "d": 3},
+                       orbits=2, sigma_mm=6.0)
 
 
 def test_stream_sampler_resumes_and_splits_ranks():
@@ -295,6 +305,30 @@ def test_short_training_run_loss_falls(rendered):
     assert last < 0.7 * first, (first, last)
     assert [h["iteration"] for h in res.history] == [10, 20, 30]
     assert {"ce", "seq", "lr", "it_per_s"} <= set(res.history[-1])
+
+
+def test_cpu_bfloat16_training(rendered, tmp_path, monkeypatch):
+    """``cpu_bf16``: bfloat16 forward passes and channels-last weights where the CPU has
+    them, float32 weights and a float32 checkpoint; elsewhere a warning and float32."""
+    from vertebra.models import load_model
+    from vertebra.training import trainer
+
+    cfg = tiny_config("localization", heatmap_loss="focal", iterations=12, lr=3e-3,
+                      cpu_bf16=True)
+    data = RenderedCache.from_views(rendered)
+    if trainer.cpu_has_bf16():
+        res = trainer.train(cfg, data, tmp_path / "loc.pt", progress=False)
+        weight = next(res.model.parameters())
+        assert weight.dtype == torch.float32
+        assert any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last)
+                   and not p.is_contiguous() for p in res.model.parameters())
+        assert np.isfinite(res.losses).all()
+        loaded = load_model(tmp_path / "loc.pt")
+        assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    monkeypatch.setattr(trainer, "cpu_has_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="no native bfloat16"):
+        res = trainer.train(cfg.replace(iterations=2), data, None, progress=False)
+    assert all(p.is_contiguous() for p in res.model.parameters())
 
 
 def test_checkpoint_resume_continues_the_same_run(rendered, tmp_path):

@@ -278,7 +278,7 @@ def prerender(source, out: str | Path, view_config: ViewConfig, *, orbits: int =
 
 def prerender_many(source, outputs: dict, *, orbits: int = 1, seed: int = 0,
                    sigma_mm: float = 3.0, square_mm: float = 22.0, backend: str = "auto",
-                   progress=None) -> dict[Path, RenderedCache]:
+                   progress=None, counts: dict | None = None) -> dict[Path, RenderedCache]:
     """:func:`prerender` into several folders, each with its own views, loading each CT once.
 
     Used when networks see the same CTs through different views (e.g. the cpu-demo
@@ -290,6 +290,8 @@ def prerender_many(source, outputs: dict, *, orbits: int = 1, seed: int = 0,
         outputs: {folder: :class:`ViewConfig`}.
         orbits, seed, sigma_mm, square_mm, backend, progress: as :func:`prerender`; the
             orbit angles of a CT are the same in every folder with the same view count.
+        counts: {folder: n} for folders that get only the source's first n CTs (e.g. a
+            network that trains on fewer CTs than the other); the others get all.
 
     Returns:
         {folder as a Path: its :class:`RenderedCache`}, in the order given.
@@ -317,13 +319,16 @@ def prerender_many(source, outputs: dict, *, orbits: int = 1, seed: int = 0,
                                   "folder")
         out.mkdir(parents=True, exist_ok=True)
         folders[out] = (view_config, manifest)
+    limit = {Path(k): int(v) for k, v in (counts or {}).items()}
+    if any(out not in folders or not 1 <= n <= len(source) for out, n in limit.items()):
+        raise DrrkitError(f"counts must name output folders, each with 1..{len(source)} CTs")
     names = []
     for i in range(len(source)):
         name = source.name(i)
         ct = None
         for out, (view_config, _) in folders.items():
             path = out / f"{name}.npz"
-            if path.is_file():
+            if i >= limit.get(out, len(source)) or path.is_file():
                 continue
             ct = source.load(i) if ct is None else ct
             angles = orbit_angles(orbits, view_config.views, np.random.default_rng([seed, i]))
@@ -335,5 +340,6 @@ def prerender_many(source, outputs: dict, *, orbits: int = 1, seed: int = 0,
     if len(set(names)) != len(names):
         raise DrrkitError("two CTs of the source share a name")
     for out, (_, manifest) in folders.items():
-        write_json(out / "cache.json", {**manifest, "cases": names})
+        write_json(out / "cache.json",
+                   {**manifest, "cases": names[:limit.get(out, len(source))]})
     return {out: RenderedCache(out) for out in folders}

@@ -184,13 +184,27 @@ def _adopt_cache_settings(config: TrainConfig, data, targets: bool = True) -> Tr
 _MODEL_FIELDS = ("task", "encoder")
 
 
-def _amp(device: torch.device, enabled: bool):
-    """(autocast context factory, GradScaler or None)."""
-    if not enabled or device.type != "cuda":
-        return contextlib.nullcontext, None
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (oneDNN: AMX or AVX-512 BF16)."""
+    try:
+        return bool(torch.backends.mkldnn.is_available()
+                    and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _amp(device: torch.device, config: TrainConfig):
+    """(autocast context factory, GradScaler or None, channels-last) for ``config``."""
+    if device.type == "cpu" and config.cpu_bf16:
+        if cpu_has_bf16():
+            return (lambda: torch.autocast("cpu", dtype=torch.bfloat16)), None, True
+        warnings.warn("cpu_bf16: this CPU has no native bfloat16; training in float32",
+                      stacklevel=3)
+    if not config.amp or device.type != "cuda":
+        return contextlib.nullcontext, None, False
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
+    return (lambda: torch.autocast("cuda", dtype=dtype)), scaler, False
 
 
 def _losses(model_out, batch, config: TrainConfig, dp) -> dict[str, torch.Tensor]:
@@ -201,11 +215,11 @@ def _losses(model_out, batch, config: TrainConfig, dp) -> dict[str, torch.Tensor
     )
 
     if config.task == "localization":
+        heat = model_out.heatmap.float()
         if config.heatmap_loss == "focal":
-            return {"loss": focal_heatmap_loss(model_out.heatmap, batch["heatmap"])}
-        loss = heatmap_loss(model_out.heatmap, batch["heatmap"], config.heatmap_fg_weight)
-        return {"loss": loss}
-    res = identification_loss(model_out.logits, batch["id_map"], batch["t13"],
+            return {"loss": focal_heatmap_loss(heat, batch["heatmap"])}
+        return {"loss": heatmap_loss(heat, batch["heatmap"], config.heatmap_fg_weight)}
+    res = identification_loss(model_out.logits.float(), batch["id_map"], batch["t13"],
                               gamma=config.gamma, dp=dp, sequence=config.sequence_loss,
                               background_weight=config.background_weight)
     return {"loss": res.total, "ce": res.ce, "seq": res.seq}
@@ -298,6 +312,9 @@ def train(config: TrainConfig, data, out: str | Path | None = None, *, resume: b
     else:
         model = build_model(config)
     model = model.to(d.device)
+    autocast, scaler, channels_last = _amp(d.device, config)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     net = _wrap(model, d)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
                                  weight_decay=config.weight_decay)
@@ -309,7 +326,6 @@ def train(config: TrainConfig, data, out: str | Path | None = None, *, resume: b
     if log is not None and ckpt is None:
         log.unlink(missing_ok=True)
 
-    autocast, scaler = _amp(d.device, config.amp)
     dp = SequenceDP(config.alpha, config.beta)
     loader = iter(make_loader(dataset, config.batch_size, start, d.rank, d.world,
                               config.workers))
@@ -325,6 +341,8 @@ def train(config: TrainConfig, data, out: str | Path | None = None, *, resume: b
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = {k: v.to(d.device, non_blocking=True) for k, v in next(loader).items()}
+            if channels_last:
+                batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
             values = train_step(net, optimizer, batch, config, dp, autocast, scaler)
             if not np.isfinite(values["loss"]):
                 raise DrrkitError(f"the loss became {values['loss']} at iteration {it}; "
