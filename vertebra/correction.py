@@ -317,7 +317,7 @@ def correct_tracks(points, probs, *, suspects=None, max_drops: int = 2,
     suspect = np.zeros(t, dtype=bool)
     suspect[cand] = True
     best, best_key = None, None
-    for n_drop in range(0, min(int(max_drops), len(cand), max(t - 1, 0)) + 1):
+    for n_drop in range(min(int(max_drops), len(cand), max(t - 1, 0)) + 1):
         for drop in combinations(cand.tolist(), n_drop):
             keep = np.setdiff1d(np.arange(t), np.asarray(drop, dtype=np.int64))
             rows, m = gap_rows(pts[keep]) if fill_gaps else (np.arange(len(keep)), len(keep))

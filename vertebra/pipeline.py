@@ -54,7 +54,7 @@ import numpy as np
 import drrkit
 from drrkit.errors import DrrkitError
 from vertebra import labels as vlabels
-from vertebra.correction import Correction, correct_labels, gap_rows
+from vertebra.correction import Correction, correct_tracks, crowded, gap_rows
 from vertebra.peaks import Peaks, density_peaks
 from vertebra.targets import SQUARE_MM, pixel_size_at_isocenter
 from vertebra.views import ViewConfig
@@ -533,7 +533,6 @@ def label_ct(
     done("vote")
 
     stage("correct")
-    from vertebra.correction import correct_tracks, crowded
     from vertebra.sequence import SequenceDP
 
     correction = None

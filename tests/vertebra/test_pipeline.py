@@ -7,14 +7,13 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import drrkit
 from drrkit.errors import DrrkitError
 from vertebra import labels as vl
 from vertebra.data.phantom import make_spine_phantom
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from vertebra.pipeline import NO_SPINE, PipelineConfig, extend_ends, label_ct, square_means
 from vertebra.targets import make_targets
 from vertebra.views import ViewConfig
