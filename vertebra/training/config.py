@@ -192,8 +192,8 @@ class TrainConfig:
 
         Both networks: a small encoder (ResNet-10t), 64-pixel crops, batch 8, Adam at 2e-3
         with one decay (x0.1), 6 mm heatmap Gaussians, bfloat16 forward passes where the
-        CPU has them (``cpu_bf16``; 1.4x the steps per second on a 2-core Sapphire Rapids,
-        ``benchmarks/training.py``). Each task sees the CT at the
+        CPU has them (``cpu_bf16``; 1.25-1.3x the steps per second on this project's
+        2-vCPU Xeon with AMX, ``benchmarks/training.py``). Each task sees the CT at the
         resolution it needs:
 
         * localization: 2 mm pixels at the isocentre (discs are 1-6 pixels tall; at 4 mm
