@@ -413,6 +413,11 @@ def print_pooled(pooled: dict, title: str = "") -> None:
     console.print(pooled_table(pooled, title))
     console.print(f"predictions: {pooled['n_pred']}, ground-truth vertebrae without a "
                   f"same-label prediction: {pooled['n_without_prediction']}")
+    e = pooled.get("identified_error")
+    if e and e["n"]:
+        console.print(f"identified vertebrae: error median {e['median']:.2f} mm (quartiles "
+                      f"{e['q25']:.2f}, {e['q75']:.2f}), {100 * e['within_2mm']:.1f} % within "
+                      "2 mm")
 
 
 # ====================================================================== prerender, pretrain, train

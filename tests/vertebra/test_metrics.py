@@ -113,6 +113,17 @@ def test_pool_counts_vertebrae_not_scans():
         pool([])
 
 
+def test_identified_error_leaves_out_mislabelled_vertebrae():
+    gt = {20: [0, 0, 0], 21: [0, 0, -30], 22: [0, 0, -60], 23: [0, 0, -90]}
+    pred = {20: [0, 0, 1], 21: [0, 3, -30], 22: [0, 0, -90], 23: [0, 0, -60]}  # 22/23 swapped
+    e = pool([evaluate(pred, gt)])
+    assert e["l_error"] == pytest.approx((1 + 3 + 30 + 30) / 4)
+    assert e["identified_error"] == {"n": 2, "median": 2.0, "q25": 1.5, "q75": 2.5,
+                                     "within_2mm": 0.5}
+    empty = pool([evaluate({}, gt)])["identified_error"]
+    assert empty["n"] == 0 and np.isnan(empty["median"])
+
+
 @pytest.mark.parametrize(
     "pred, gt, match",
     [([1, 2], SPINE, "mapping"), ({20: [np.nan, 0, 0]}, SPINE, "finite"),
