@@ -69,31 +69,28 @@ def time_steps(config, batch, device, warmup: int, repeats: int, amp: bool) -> d
     import torch
 
     from vertebra.sequence import SequenceDP
-    from vertebra.training.trainer import _amp, build_model, train_step
+    from vertebra.training.trainer import build_model, precision, train_step
 
     torch.manual_seed(0)
     config = config.replace(amp=amp, cpu_bf16=amp)
     model = build_model(config).to(device)
-    autocast, scaler, channels_last = _amp(device, config)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    prec = precision(device, config)
+    model = prec.model(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     dp = SequenceDP(config.alpha, config.beta)
-    batch = {k: v.to(device) for k, v in batch.items()}
-    if channels_last:
-        batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+    batch = prec.batch({k: v.to(device) for k, v in batch.items()})
 
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
     for _ in range(warmup):
-        train_step(model, optimizer, batch, config, dp, autocast, scaler)
+        train_step(model, optimizer, batch, config, dp, prec.autocast, prec.scaler)
     sync()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        train_step(model, optimizer, batch, config, dp, autocast, scaler)
+        train_step(model, optimizer, batch, config, dp, prec.autocast, prec.scaler)
         sync()
         times.append(time.perf_counter() - t0)
     return step_stats(times)

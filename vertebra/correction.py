@@ -230,8 +230,9 @@ def gap_rows(points, ratio: float = GAP_RATIO) -> tuple[np.ndarray, int]:
     return rows, rows[-1].item() + 1
 
 
-#: Consecutive tracks closer than this fraction of the median spacing are suspect: one of
-#: the two is likely a second detection of a vertebra or another bone.
+#: Consecutive tracks closer than this fraction of the local spacing are suspect (see
+#: :func:`crowded`): one of the two is likely a second detection of a vertebra or another
+#: bone.
 CROWDED_RATIO = 0.7
 
 

@@ -15,8 +15,9 @@ a checkpoint (:mod:`vertebra.training.checkpoint`) every ``checkpoint_every`` it
 and at the end, and appends JSON lines to ``<checkpoint stem>.log.jsonl`` next to it
 every ``log_every`` iterations (window-mean losses, learning rate, speed). ``resume=True``
 continues from the checkpoint's iteration with its optimizer state and the same sample
-stream. Mixed precision (``torch.autocast``, bfloat16 where supported, else float16 with
-a gradient scaler) is used only on CUDA.
+stream. Mixed precision (``torch.autocast``, :func:`precision`): on CUDA with ``amp``,
+bfloat16 where supported, else float16 with a gradient scaler; on a CPU with
+``cpu_bf16``, bfloat16 with channels-last tensors where the CPU computes it natively.
 
 Data parallel: started under ``torchrun`` (``WORLD_SIZE > 1``) each process joins the
 process group (NCCL on GPUs, Gloo on CPUs), takes its own slice of the sample stream
@@ -36,8 +37,10 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -193,18 +196,40 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def _amp(device: torch.device, config: TrainConfig):
-    """(autocast context factory, GradScaler or None, channels-last) for ``config``."""
+@dataclass(frozen=True)
+class Precision:
+    """How a run computes: an autocast context factory, a GradScaler or None, and whether
+    images and weights are channels-last (CPU bfloat16)."""
+
+    autocast: Callable[[], Any]
+    scaler: torch.amp.GradScaler | None
+    channels_last: bool
+
+    def model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` in this run's memory format."""
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def batch(self, batch: dict) -> dict:
+        """``batch`` (already on the device) with its images in this run's memory format."""
+        if self.channels_last:
+            batch = {**batch,
+                     "image": batch["image"].contiguous(memory_format=torch.channels_last)}
+        return batch
+
+
+def precision(device: torch.device, config: TrainConfig) -> Precision:
+    """The :class:`Precision` of ``config`` on ``device`` (``amp`` on CUDA, ``cpu_bf16``
+    on a CPU that computes bfloat16 natively)."""
     if device.type == "cpu" and config.cpu_bf16:
         if cpu_has_bf16():
-            return (lambda: torch.autocast("cpu", dtype=torch.bfloat16)), None, True
+            return Precision(lambda: torch.autocast("cpu", dtype=torch.bfloat16), None, True)
         warnings.warn("cpu_bf16: this CPU has no native bfloat16; training in float32",
                       stacklevel=3)
     if not config.amp or device.type != "cuda":
-        return contextlib.nullcontext, None, False
+        return Precision(contextlib.nullcontext, None, False)
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    return (lambda: torch.autocast("cuda", dtype=dtype)), scaler, False
+    return Precision(lambda: torch.autocast("cuda", dtype=dtype), scaler, False)
 
 
 def _losses(model_out, batch, config: TrainConfig, dp) -> dict[str, torch.Tensor]:
@@ -312,9 +337,8 @@ def train(config: TrainConfig, data, out: str | Path | None = None, *, resume: b
     else:
         model = build_model(config)
     model = model.to(d.device)
-    autocast, scaler, channels_last = _amp(d.device, config)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    prec = precision(d.device, config)
+    model = prec.model(model)
     net = _wrap(model, d)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
                                  weight_decay=config.weight_decay)
@@ -340,10 +364,9 @@ def train(config: TrainConfig, data, out: str | Path | None = None, *, resume: b
             lr = lr_at(config, it)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = {k: v.to(d.device, non_blocking=True) for k, v in next(loader).items()}
-            if channels_last:
-                batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
-            values = train_step(net, optimizer, batch, config, dp, autocast, scaler)
+            batch = prec.batch({k: v.to(d.device, non_blocking=True)
+                                for k, v in next(loader).items()})
+            values = train_step(net, optimizer, batch, config, dp, prec.autocast, prec.scaler)
             if not np.isfinite(values["loss"]):
                 raise DrrkitError(f"the loss became {values['loss']} at iteration {it}; "
                                   "lower the learning rate")
