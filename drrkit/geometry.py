@@ -27,6 +27,10 @@ import numpy as np
 
 from drrkit.errors import DrrkitError
 
+#: Shortest pixel vector (mm) a geometry accepts: shorter is no detector, and its
+#: products underflow (the detector normal, the frame's determinant).
+MIN_PIXEL_MM = 1e-6
+
 
 @dataclass(frozen=True, eq=False)
 class Geometry:
@@ -80,6 +84,10 @@ class Geometry:
         if angles.shape != (k,):
             raise DrrkitError(f"angles_deg must have K={k} values")
         object.__setattr__(self, "angles_deg", angles)
+        pitch = np.linalg.norm(np.concatenate([self.u, self.v]), axis=1)
+        if np.any(pitch < MIN_PIXEL_MM):
+            raise DrrkitError(f"pixel vectors u and v must be at least {MIN_PIXEL_MM:g} mm "
+                              f"long, got {pitch.min():g} mm")
         frame = self.frame
         det = np.linalg.det(frame)
         scale = np.linalg.norm(frame, axis=1).prod(axis=1)

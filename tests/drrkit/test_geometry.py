@@ -102,3 +102,11 @@ def test_bad_orbits_raise(kwargs):
 def test_degenerate_view_raises():
     with pytest.raises(DrrkitError, match="degenerate"):
         Geometry.from_vectors([[0, 0, 100]], [[0, 0, 100]], [[1, 0, 0]], [[0, 1, 0]], 3, 3)
+
+
+def test_vanishing_pixel_vectors_raise():
+    """A 1e-230 mm pixel passes the determinant test (it scales with the vectors) but its
+    detector normal underflows to NaN; it is refused with one clear line."""
+    with pytest.raises(DrrkitError, match="at least 1e-06 mm"):
+        Geometry.from_vectors([[0, 0, 0]], [[0, 0, 1]], [[0, 1, 0]], [[9.79e-231, 0, 0]],
+                              1, 1)
