@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import drrkit
@@ -220,15 +220,21 @@ def _chain(n, spacing, bend):
 @settings(max_examples=60, deadline=None)
 @given(n=st.integers(6, 12), spacing=st.floats(12, 40), bend=st.floats(-0.1, 0.1),
        cut=st.integers(2, 4), seed=st.integers(0, 2**16))
+@example(n=8, spacing=12.0, bend=0.09375, cut=3, seed=1714)  # the old clutter lay on the path
 def test_extend_ends_recovers_the_continuation(n, spacing, bend, cut, seed):
     """A chain with its ``cut`` first and last points removed gets them back, in order,
-    from candidates jittered by up to 0.1 spacing; clutter half a spacing or more off the
-    continuation is never added."""
+    from candidates jittered by up to 0.1 spacing; clutter half a spacing or more to the
+    side of the chain is never added."""
     rng = np.random.default_rng(seed)
     full = _chain(n + 2 * cut, spacing, bend)
     jitter = rng.uniform(-1, 1, (2 * cut, 3)) * 0.1 * spacing / np.sqrt(3)
     ends = np.concatenate([full[:cut], full[-cut:]]) + jitter
-    clutter = full[rng.integers(0, len(full), 5)] + 0.6 * spacing * np.array([1.0, 0, 0])
+    # clutter 0.6 spacing sideways of chain points (across the chain's direction there,
+    # so never on the continuation of a bending chain)
+    at = rng.integers(0, len(full) - 1, 5)
+    across = np.cross(full[at + 1] - full[at], [0.0, 1.0, 0.0])
+    across /= np.linalg.norm(across, axis=1, keepdims=True)
+    clutter = full[at] + 0.6 * spacing * across * rng.choice([-1, 1], (5, 1))
     cands = np.concatenate([clutter, ends])
     order = rng.permutation(len(cands))
     above, below = extend_ends(full[cut:-cut], cands[order])

@@ -134,6 +134,45 @@ def test_rendered_views_targets_and_npz_round_trip(rendered, tmp_path):
     assert back.view_config == rv.view_config and back.t13 == rv.t13
 
 
+def test_lazy_collection_keeps_what_fits_its_budget():
+    from vertebra.training.sources import LazyCollection
+
+    class Weighed(LazyCollection):
+        def __init__(self, cache):
+            super().__init__(cache)
+            self.loads = []
+
+        def __len__(self):
+            return 4
+
+        def _load(self, index):
+            self.loads.append(index)
+            return index
+
+        def _weight(self, item):
+            return 2.0 if item == 3 else 1.0
+
+    c = Weighed(cache=3)
+    for i in (0, 1, 2, 0, 1, 2):  # weights 1 + 1 + 1 fit: three loads
+        c.load(i)
+    assert c.loads == [0, 1, 2]
+    c.load(3)  # weight 2 pushes out the two least recently used (0, then 1)
+    c.load(2)
+    c.load(0)
+    assert c.loads == [0, 1, 2, 3, 0]
+    big = Weighed(cache=1)
+    big.load(3)  # heavier than the whole budget: still kept until the next load
+    big.load(3)
+    assert big.loads == [3]
+
+
+def test_rendered_cache_budget_is_in_mib(rendered):
+    rv = rendered[0]
+    mib = sum(a.nbytes for a in (rv.images, rv.heatmaps, rv.id_maps)) / 2**20
+    cache = RenderedCache.from_views(rendered)
+    assert cache._weight(rv) == pytest.approx(mib)
+
+
 def test_prerender_many_builds_each_ct_once(phantoms, tmp_path):
     from vertebra.training.rendered import prerender, prerender_many
 

@@ -47,13 +47,20 @@ class TrainingCT:
 class LazyCollection:
     """Base class: ``len(c)`` items, ``c.name(i)``, ``c.load(i)`` loaded on demand.
 
-    Loaded items are kept in a small least-recently-used cache of ``cache`` items (emptied
-    when the collection is sent to a DataLoader worker).
+    Loaded items are kept in a least-recently-used cache (emptied when the collection is
+    sent to a DataLoader worker) of ``cache`` units of :meth:`_weight`: one per item unless
+    a subclass weighs its items (e.g. by their bytes). The last item loaded always stays.
     """
 
-    def __init__(self, cache: int = 8) -> None:
+    def __init__(self, cache: float = 8) -> None:
         self._cache: OrderedDict[int, object] = OrderedDict()
-        self._cache_size = max(1, int(cache))
+        self._weights: dict[int, float] = {}
+        self._held = 0.0
+        self._cache_size = max(1.0, float(cache))
+
+    def _weight(self, item) -> float:
+        """How much of the cache ``item`` takes (1: the cache counts items)."""
+        return 1.0
 
     def __len__(self) -> int:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -73,15 +80,18 @@ class LazyCollection:
         if item is None:
             item = self._load(index)
             self._cache[index] = item
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+            self._weights[index] = self._weight(item)
+            self._held += self._weights[index]
+            while len(self._cache) > 1 and self._held > self._cache_size:
+                old, _ = self._cache.popitem(last=False)
+                self._held -= self._weights.pop(old)
         else:
             self._cache.move_to_end(index)
         return item
 
     def __getstate__(self):  # DataLoader workers start with an empty cache
         state = dict(self.__dict__)
-        state["_cache"] = OrderedDict()
+        state["_cache"], state["_weights"], state["_held"] = OrderedDict(), {}, 0.0
         return state
 
 

@@ -10,7 +10,7 @@ initialised per ``config.init``), reads an endless, resumable stream of cropped 
 * identification: cross-entropy + ``gamma`` * Sequence Loss on ``logits``
   (:func:`~vertebra.training.losses.identification_loss`),
 
-with Adam and a step schedule (``lr * lr_gamma ** (iteration // lr_step)``). It writes
+with Adam (fused kernels on CPU and CUDA) and a step schedule (``lr * lr_gamma ** (iteration // lr_step)``). It writes
 a checkpoint (:mod:`vertebra.training.checkpoint`) every ``checkpoint_every`` iterations
 and at the end, and appends JSON lines to ``<checkpoint stem>.log.jsonl`` next to it
 every ``log_every`` iterations (window-mean losses, learning rate, speed). ``resume=True``
@@ -341,7 +341,8 @@ def train(config: TrainConfig, data, out: str | Path | None = None, *, resume: b
     model = prec.model(model)
     net = _wrap(model, d)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
-                                 weight_decay=config.weight_decay)
+                                 weight_decay=config.weight_decay,
+                                 fused=d.device.type in ("cpu", "cuda"))
     start = 0
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
