@@ -117,7 +117,7 @@ def main(argv=None) -> int:
         loc = net("localization", pretrained, False)
         ide = net("identification", pretrained, sequence)
         bundle = models / f"bundle-{loc.stem}-{ide.stem}.pt"
-        bundle_networks(loc, ide, bundle)
+        bundle_networks(loc, ide, bundle, pipeline=config.pipeline_settings())
         t0 = time.perf_counter()
         slug_name = name.strip("+ ").replace(" ", "-").lower()
         pooled, _, per_ct = label_folder(bundle, held_dir, out / "labels" / slug_name,

@@ -252,7 +252,8 @@ def label(
     backend: Annotated[str, typer.Option(
         "--backend", help="DRR backend: auto, cpu or cuda.")] = "auto",
     views: Annotated[int | None, typer.Option(
-        "--views", help="Number of views K (default: the checkpoint's).")] = None,
+        "--views", help="Views K of the localizer's orbit (default: the bundle's setting, "
+                        "else its training K); the identifier keeps its own.")] = None,
     correction: Annotated[str, typer.Option(
         "--correction", help="Label correction: dp (optional T13) or paper.")] = "dp",
     voting: Annotated[str, typer.Option(
@@ -298,11 +299,8 @@ def label(
             config = PipelineConfig(correction=correction, voting=voting, **nets.settings)
             if not extend_ends:
                 config = dataclasses.replace(config, extend_threshold=None)
-            view_config = nets.views if views is None else dataclasses.replace(
-                nets.views, views=views)
-            id_views = nets.identifier_views
-            if id_views is not None and views is not None:
-                id_views = dataclasses.replace(id_views, views=views)
+            if views is not None:
+                config = dataclasses.replace(config, localizer_views=views)
         for w in caught:
             typer.echo(f"warning: {w.message}", err=True)
     except (DrrkitError, OSError) as error:
@@ -342,15 +340,17 @@ def label(
                     volume = drrkit.load_volume(path)
                     bar.advance(task)
                     result = label_ct(volume, nets.localizer, nets.identifier,
-                                      views=view_config, identifier_views=id_views,
+                                      views=nets.views,
+                                      identifier_views=nets.identifier_views,
                                       config=config, backend=backend, progress=step)
                     bar.update(task, description=f"{stem}: writing")
                     dest = out / stem if batch else out
                     write_outputs(result, volume, dest, stem, pictures=pictures,
                                   input=str(path), device=nets.device,
-                                  view_config=view_config.to_dict(),
-                                  identifier_view_config=(id_views.to_dict() if id_views
-                                                          else None),
+                                  view_config=nets.views.to_dict(),
+                                  identifier_view_config=(
+                                      nets.identifier_views.to_dict()
+                                      if nets.identifier_views else None),
                                   pipeline=dataclasses.asdict(config))
                     bar.advance(task)
                 for w in caught:

@@ -58,12 +58,16 @@ class DemoConfig:
             landmark in view are only labelled right when the identifier has seen many
             spines.
         orbits: prerendered orbits per training phantom.
+        crops: shorter scans cut from each training phantom, each prerendered too
+            (:class:`vertebra.training.sources.CroppedSource`; 0: none).
         held_out: held-out phantoms (seeds ``held_out_start`` ..).
         held_out_start: first held-out seed (far from the training seeds).
         pretrain_steps: SimSiam steps (0 skips pre-training).
         pretrain_batch: SimSiam pairs per step.
         localizer_iterations, identifier_iterations: optimiser steps (None: the
             ``TrainConfig.cpu_demo`` preset's).
+        localizer_views: K of the localizer's orbit when labelling (stored in the networks
+            bundle, ``PipelineConfig.localizer_views``; None: the training K of 10).
         threads: torch CPU threads (None: torch's default).
         pictures: write the PNGs of every held-out case.
     """
@@ -71,12 +75,14 @@ class DemoConfig:
     train_phantoms: int = 40
     identifier_phantoms: int | None = 120
     orbits: int = 2
+    crops: int = 0
     held_out: int = 12
     held_out_start: int = 1000
     pretrain_steps: int = 40
     pretrain_batch: int = 32
     localizer_iterations: int | None = None
     identifier_iterations: int | None = None
+    localizer_views: int | None = 20
     threads: int | None = None
     pictures: bool = True
 
@@ -88,6 +94,10 @@ class DemoConfig:
             raise DrrkitError(f"identifier_phantoms must be >= 1, got {self.identifier_phantoms}")
         if self.held_out_start < max(self.train_phantoms, self.phantoms("identification")):
             raise DrrkitError("held-out seeds must not overlap the training seeds")
+        if self.localizer_views is not None and int(self.localizer_views) < 2:
+            raise DrrkitError(f"localizer_views must be >= 2, got {self.localizer_views}")
+        if int(self.crops) < 0:
+            raise DrrkitError(f"crops must be >= 0, got {self.crops}")
         if self.pretrain_steps < 0 or self.pretrain_batch < 2:
             raise DrrkitError("need pretrain_steps >= 0 and pretrain_batch >= 2")
 
@@ -96,6 +106,10 @@ class DemoConfig:
         if task == "identification" and self.identifier_phantoms is not None:
             return int(self.identifier_phantoms)
         return int(self.train_phantoms)
+
+    def pipeline_settings(self) -> dict:
+        """:class:`vertebra.pipeline.PipelineConfig` fields stored in the networks bundle."""
+        return {} if self.localizer_views is None else {"localizer_views": self.localizer_views}
 
     @classmethod
     def quick(cls) -> DemoConfig:
@@ -143,23 +157,25 @@ def prepare_data(data: Path, config: DemoConfig, log: Callable[[str], None] = pr
     """
     from vertebra.data.phantom import write_phantoms
     from vertebra.training.rendered import RenderedCache, prerender_many
-    from vertebra.training.sources import PhantomSource
+    from vertebra.training.sources import CroppedSource, PhantomSource
 
+    copies = int(config.crops) + 1
     caches, todo = {}, {}
     for task in ("localization", "identification"):
         base = _train_config(task, None, "none")
         train_dir = data / f"train_{task}"
         if (train_dir / "cache.json").is_file():
             caches[task] = RenderedCache(train_dir)
-            if len(caches[task]) != config.phantoms(task):
-                raise DrrkitError(f"{train_dir} holds {len(caches[task])} phantoms, not "
-                                  f"{config.phantoms(task)}; use another --out")
+            if len(caches[task]) != config.phantoms(task) * copies:
+                raise DrrkitError(f"{train_dir} holds {len(caches[task])} CTs, not "
+                                  f"{config.phantoms(task) * copies}; use another --out")
             log(f"  reusing {train_dir}")
         else:  # grouped by target sizes: each group builds every phantom once
             todo.setdefault((base.sigma_mm, base.square_mm), {})[train_dir] = (task, base.views)
     for (sigma_mm, square_mm), group in todo.items():
-        counts = {d: config.phantoms(task) for d, (task, _) in group.items()}
-        made = prerender_many(PhantomSource(range(max(counts.values()))),
+        counts = {d: config.phantoms(task) * copies for d, (task, _) in group.items()}
+        source = PhantomSource(range(max(counts.values()) // copies))
+        made = prerender_many(CroppedSource(source, crops=config.crops),
                               {d: views for d, (_, views) in group.items()},
                               orbits=config.orbits, sigma_mm=sigma_mm, square_mm=square_mm,
                               counts=counts)
@@ -298,7 +314,8 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *,
                       log=log)
         seconds[name] = time.perf_counter() - t
     bundle = models / "networks.pt"
-    bundle_networks(paths["localizer"], paths["identifier"], bundle)
+    bundle_networks(paths["localizer"], paths["identifier"], bundle,
+                    pipeline=config.pipeline_settings())
 
     t = time.perf_counter()
     log(f"[label] {config.held_out} held-out CTs -> {out / 'labels'}")

@@ -87,6 +87,9 @@ class PipelineConfig:
             distance of the peak (None: the whole cluster); see
             :func:`vertebra.peaks.density_peaks`.
         tolerance_mm: largest reprojection error of a detection in a 3-D track.
+        localizer_views: K of the localizer's orbit at inference (None: the networks'
+            training K). More views find more vertebrae at the scan's edges and average
+            the 2-D errors; the identifier keeps its own K.
         min_views: fewest views a track needs (None: ``ceil(K / 2)``, at least 3).
         square_mm: side of the identification square (paper: 22).
         voting: "weighted" (Eq. 6) or "mean" (every view weighs 1 / K).
@@ -114,6 +117,7 @@ class PipelineConfig:
     max_peak_pixels: int = 4000
     peak_refine_mm: float | None = None
     tolerance_mm: float = 6.0
+    localizer_views: int | None = None
     min_views: int | None = None
     square_mm: float = SQUARE_MM
     voting: str = "weighted"
@@ -149,6 +153,9 @@ class PipelineConfig:
             raise DrrkitError("box_margin_mm and min_separation_mm must be >= 0")
         if self.extend_threshold is not None and not np.isfinite(self.extend_threshold):
             raise DrrkitError("extend_threshold must be finite (or None: no extension)")
+        if self.localizer_views is not None and not (
+                int(self.localizer_views) == self.localizer_views and self.localizer_views >= 2):
+            raise DrrkitError(f"localizer_views must be an integer >= 2, got {self.localizer_views}")
         if int(self.max_drops) < 0:
             raise DrrkitError(f"max_drops must be >= 0, got {self.max_drops}")
         if int(self.extend_min_views) < 2 or not 0 < self.extend_tolerance < 1:
@@ -421,6 +428,9 @@ def label_ct(
         raise DrrkitError("volume must be a drrkit.Volume (see drrkit.load_volume)")
     views = ViewConfig() if views is None else views
     config = PipelineConfig() if config is None else config
+    if config.localizer_views is not None and config.localizer_views != views.views:
+        identifier_views = views if identifier_views is None else identifier_views
+        views = replace(views, views=int(config.localizer_views))
     if views.views < 2:
         raise DrrkitError("labelling needs at least two views")
     timings: dict[str, float] = {}
@@ -697,7 +707,8 @@ class Networks:
             pass both to :func:`label_ct`.
         device: the torch device they run on.
         settings: :class:`PipelineConfig` fields taken from the identifier's training
-            configuration (``square_mm``, ``alpha``, ``beta``), to be used at inference.
+            configuration (``square_mm``, ``alpha``, ``beta``), then a bundle's own
+            ``pipeline`` settings (:func:`bundle_networks`), to be used at inference.
     """
 
     localizer: TorchNetwork
@@ -761,6 +772,7 @@ def _read_models(path) -> tuple[dict, dict, dict]:
             views[task] = _views_of(sub) or top
             if key == "identifier":
                 settings = _settings_of(sub)
+        settings.update(ckpt.get("pipeline") or {})
     else:
         model = _model_from_state(ckpt, str(path))
         found[model.config["task"]] = model
@@ -769,29 +781,37 @@ def _read_models(path) -> tuple[dict, dict, dict]:
     return found, views, settings
 
 
-def bundle_networks(localizer, identifier, out) -> None:
+def bundle_networks(localizer, identifier, out, pipeline: dict | None = None) -> None:
     """Write one file holding both networks (for ``vertebra label --model``).
 
-    ``{"localizer": ckpt, "identifier": ckpt, "view_config": {...}}`` where each ``ckpt`` is
-    the model checkpoint as saved (optimizer state dropped) with its own views; the top
-    ``view_config`` is the localizer's. Written atomically.
+    ``{"localizer": ckpt, "identifier": ckpt, "view_config": {...}, "pipeline": {...}}``
+    where each ``ckpt`` is the model checkpoint as saved (optimizer state dropped) with its
+    own views; the top ``view_config`` is the localizer's. Written atomically.
 
     Args:
         localizer, identifier: model checkpoint paths (``save_model`` / training files).
         out: the bundle path.
+        pipeline: :class:`PipelineConfig` fields these networks are best labelled with
+            (e.g. ``{"localizer_views": 20}``); :func:`load_networks` returns them in
+            ``Networks.settings``.
     """
     import torch
 
     from drrkit.io import atomic_write
     from vertebra.models import read_checkpoint
 
+    pipeline = dict(pipeline or {})
+    unknown = sorted(set(pipeline) - set(PipelineConfig.__dataclass_fields__))
+    if unknown:
+        raise DrrkitError(f"unknown pipeline settings: {', '.join(unknown)}")
+    PipelineConfig(**pipeline)  # bad values fail here, not when labelling
     parts = {}
     for key, path in (("localizer", localizer), ("identifier", identifier)):
         ckpt = read_checkpoint(path)
         _model_from_state(ckpt, str(path))  # check it loads
         parts[key] = {k: v for k, v in ckpt.items() if k != "optimizer"}
     views = [_views_of(c) for c in parts.values()]
-    bundle = {"format": "vertebra.networks", **parts}
+    bundle = {"format": "vertebra.networks", **parts, "pipeline": pipeline}
     if views[0] or views[1]:
         bundle["view_config"] = (views[0] or views[1]).to_dict()
     atomic_write(out, lambda tmp: torch.save(bundle, tmp))

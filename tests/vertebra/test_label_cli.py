@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from drrkit.errors import DrrkitError
 from vertebra import labels as vl
 from vertebra import pipeline
 from vertebra.cli import app
@@ -198,3 +199,12 @@ def test_load_networks_bundle_pairs_and_settings(tiny_checkpoint, tmp_path):
     pipeline.bundle_networks(loc, other, bundle)
     nets = pipeline.load_networks(bundle, device="cpu")
     assert nets.views == VIEWS and nets.identifier_views == coarse
+    # a bundle carries the pipeline settings it was made with, checked when it is written
+    pipeline.bundle_networks(loc, trained, bundle, pipeline={"localizer_views": 20})
+    nets = pipeline.load_networks(bundle, device="cpu")
+    assert nets.settings == {"square_mm": 30.0, "alpha": 0.2, "beta": 0.7,
+                             "localizer_views": 20}
+    for bad in ({"localizer_views": 1}, {"no_such_setting": 1}):
+        with pytest.raises(DrrkitError, match="localizer_views|unknown pipeline"):
+            pipeline.bundle_networks(loc, trained, tmp_path / "bad.pt", pipeline=bad)
+        assert not (tmp_path / "bad.pt").exists()

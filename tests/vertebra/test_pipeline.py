@@ -73,6 +73,18 @@ def thoracic_maps(thoracic):
     return vol, oracle(vol, thoracic.centroids)
 
 
+def test_localizer_views_change_only_the_localizers_orbit(thoracic, thoracic_maps):
+    """``localizer_views=20``: the localizer gets 20 views, the identifier its own 10."""
+    vol, (_, probs, _) = thoracic_maps
+    heat, _, _ = oracle(vol, thoracic.centroids, ViewConfig(views=20, mm_per_pixel=2.0))
+    r = run(vol, heat, probs, PipelineConfig(localizer_views=20))
+    check(r, thoracic.centroids, tol_mm=0.5)
+    assert r.n_views.max() == 20
+    for bad in (1, 2.5):
+        with pytest.raises(DrrkitError, match="localizer_views"):
+            PipelineConfig(localizer_views=bad)
+
+
 def test_exact_maps_give_exact_centroids_and_labels(thoracic, thoracic_maps):
     vol, (heat, probs, _) = thoracic_maps
     r = run(vol, heat, probs)

@@ -5,6 +5,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from drrkit.errors import DrrkitError
@@ -132,6 +134,78 @@ def test_rendered_views_targets_and_npz_round_trip(rendered, tmp_path):
         assert np.array_equal(getattr(back, name), getattr(rv, name))
     assert np.allclose(back.geometry.projection_matrices, rv.geometry.projection_matrices)
     assert back.view_config == rv.view_config and back.t13 == rv.t13
+
+
+def test_crop_z_keeps_the_chosen_vertebrae_with_exact_geometry(phantoms):
+    from vertebra.training.sources import crop_z
+
+    ct = phantoms.load(1)  # random orientation: the spine need not run along array axis 0
+    keys = sorted(ct.centroids)
+    cut = crop_z(ct, 1, 3, reach=(0.4, 0.6))
+    assert sorted(cut.centroids) == keys[1:4]
+    vol, small = ct.volume, cut.volume
+    axis = int(np.argmax(np.abs(vol.direction[2])))
+    assert small.shape_xyz[axis] < vol.shape_xyz[axis]
+    assert [small.shape_xyz[a] for a in range(3) if a != axis] == \
+        [vol.shape_xyz[a] for a in range(3) if a != axis]
+    # a voxel of the crop holds the value of the original voxel at the same world point
+    ijk = np.array([1, 2, 3])
+    src = np.round(vol.world_to_voxel(small.voxel_to_world(ijk))).astype(int)
+    assert small.data[3, 2, 1] == vol.data[src[2], src[1], src[0]]
+    # the cuts lie 0.4 and 0.6 of the way to the outside neighbours
+    z = {k: ct.centroids[k][2] for k in keys}
+    top, bottom = small.corners[:, 2].max(), small.corners[:, 2].min()
+    dz = abs(small.spacing[axis])
+    assert abs(top - (z[keys[1]] + 0.4 * (z[keys[0]] - z[keys[1]]))) <= dz
+    assert abs(bottom - (z[keys[3]] + 0.6 * (z[keys[4]] - z[keys[3]]))) <= dz
+    whole = crop_z(ct, 0, len(keys) - 1)  # no neighbour outside: nothing is cut
+    assert whole.volume.shape_xyz == vol.shape_xyz and sorted(whole.centroids) == keys
+    for bad in ((2, 1), (0, len(keys))):
+        with pytest.raises(DrrkitError, match="first <= last"):
+            crop_z(ct, *bad)
+    with pytest.raises(DrrkitError, match="reach"):
+        crop_z(ct, 1, 2, reach=(0.0, 0.5))
+
+
+@settings(max_examples=40, deadline=None)
+@given(first=st.integers(0, 7), length=st.integers(1, 8), reach=st.tuples(
+    st.floats(0.05, 0.95), st.floats(0.05, 0.95)), perm=st.permutations([0, 1, 2]),
+    flip=st.tuples(st.booleans(), st.booleans(), st.booleans()), spacing=st.floats(0.5, 3))
+def test_crop_z_keeps_exactly_the_run(first, length, reach, perm, flip, spacing):
+    """Eight vertebrae 30 mm apart along world z, any axis order and sign, any slice
+    spacing: the crop keeps exactly vertebrae first .. first + length - 1."""
+    import drrkit
+    from vertebra.training.sources import TrainingCT, crop_z
+
+    last = min(first + length - 1, 7)
+    direction = np.eye(3)[:, list(perm)] * np.where(flip, -1.0, 1.0)
+    n = np.full(3, 8)
+    n[list(perm).index(2)] = int(np.ceil(260 / spacing))
+    vol = drrkit.Volume(np.zeros(n[::-1], np.float32), spacing=np.full(3, spacing),
+                        direction=direction)
+    vol = drrkit.Volume(vol.data, vol.spacing, -vol.voxel_to_world((n - 1) / 2), direction)
+    cents = {k: np.array([0.0, 0.0, 105.0 - 30.0 * k]) for k in range(8)}  # id 0 on top
+    cut = crop_z(TrainingCT("c", vol, cents, False), first, last, reach)
+    assert sorted(cut.centroids) == list(range(first, last + 1))
+
+
+def test_cropped_source_adds_named_deterministic_crops(phantoms):
+    from vertebra.training.sources import CroppedSource
+
+    src = CroppedSource(phantoms, crops=2, min_vertebrae=3, seed=5)
+    assert len(src) == 6 and [src.name(i) for i in range(3)] == [
+        "phantom0000", "phantom0000-z1", "phantom0000-z2"]
+    whole, crop = src.load(3), src.load(4)
+    assert whole.centroids.keys() == phantoms.load(1).centroids.keys()
+    assert 3 <= len(crop.centroids) < len(whole.centroids) and crop.name == "phantom0001-z1"
+    keys = sorted(whole.centroids)
+    run = sorted(crop.centroids)
+    assert run == keys[keys.index(run[0]):keys.index(run[0]) + len(run)]  # consecutive
+    again = CroppedSource(phantoms, crops=2, min_vertebrae=3, seed=5).load(4)
+    assert again.volume.shape_xyz == crop.volume.shape_xyz
+    assert len(CroppedSource(phantoms, crops=0)) == len(phantoms)
+    with pytest.raises(DrrkitError, match="crops"):
+        CroppedSource(phantoms, crops=-1)
 
 
 def test_lazy_collection_keeps_what_fits_its_budget():

@@ -161,6 +161,113 @@ class VerseSource(CTSource):
         return TrainingCT(case.name, volume, centroids, t13)
 
 
+def crop_z(ct: TrainingCT, first: int, last: int, reach: tuple[float, float] = (0.5, 0.5)
+           ) -> TrainingCT:
+    """A CT cut along the spine to keep vertebrae ``first`` .. ``last`` (a shorter scan).
+
+    Vertebrae are taken in spine order (VerSe ids ascending). The cut above vertebra
+    ``first`` lies ``reach[0]`` of the way from its centroid to the centroid of the
+    vertebra above it, and likewise below ``last``; a side with no neighbour is not cut.
+    The slab is cut along the index axis closest to world z (the voxel slices whose centres
+    lie between the cuts, geometry kept exact), and the centroids inside the new box are
+    kept -- with reaches under 1,
+    exactly ``first`` .. ``last`` when the spine runs along that axis.
+
+    Args:
+        ct: the CT, at least two vertebrae.
+        first, last: positions in spine order, ``0 <= first <= last < n``.
+        reach: fractions in (0, 1) towards the outside neighbours.
+
+    Returns:
+        a :class:`TrainingCT` with the cropped volume and the centroids inside it.
+
+    Example:
+        >>> import drrkit
+        >>> vol = drrkit.Volume(np.zeros((100, 4, 4), np.float32))  # z 0 .. 99 mm
+        >>> z = {1: 70.0, 2: 50.0, 3: 30.0, 4: 10.0}  # VerSe id -> z mm, C1 on top
+        >>> ct = TrainingCT("a", vol, {k: np.array([0, 0, v]) for k, v in z.items()}, False)
+        >>> cut = crop_z(ct, 1, 2)  # C2 and C3: slices 20 .. 60 mm, halfway to C1 and C4
+        >>> cut.volume.shape_xyz[2], sorted(cut.centroids), float(cut.volume.origin[2])
+        (41, [2, 3], 20.0)
+    """
+    keys = sorted(ct.centroids)
+    if not 0 <= first <= last < len(keys):
+        raise DrrkitError(f"need 0 <= first <= last < {len(keys)}, got {first}, {last}")
+    if not all(0 < r < 1 for r in reach):
+        raise DrrkitError(f"reach must lie in (0, 1), got {reach}")
+    vol = ct.volume
+    axis = int(np.argmax(np.abs(vol.direction[2])))  # index axis closest to world z
+    n = vol.shape_xyz[axis]
+    along = {k: vol.world_to_voxel(ct.centroids[k])[axis] for k in keys}
+    lo, hi = -0.5, n - 0.5  # the box in continuous index along the axis
+    for inside, outside, r in ((first, first - 1, reach[0]), (last, last + 1, reach[1])):
+        if 0 <= outside < len(keys):
+            a, b = along[keys[inside]], along[keys[outside]]
+            cut = a + r * (b - a)
+            if b < a:
+                lo = max(lo, cut)
+            else:
+                hi = min(hi, cut)
+    start, stop = max(int(np.ceil(lo)), 0), min(int(np.floor(hi)) + 1, n)
+    if stop <= start:
+        raise DrrkitError(f"the crop of {ct.name} keeps no voxel slice")
+    index = [slice(None)] * 3
+    index[2 - axis] = slice(start, stop)  # data is (Z, Y, X): index axis a is array axis 2 - a
+    corner = np.zeros(3)
+    corner[axis] = start
+    cropped = type(vol)(np.ascontiguousarray(vol.data[tuple(index)]), vol.spacing,
+                        vol.voxel_to_world(corner), vol.direction)
+    keep = {k: v for k, v in ct.centroids.items()
+            if start - 0.5 <= along.get(k, -np.inf) <= stop - 0.5}
+    return TrainingCT(ct.name, cropped, keep, ct.t13)
+
+
+class CroppedSource(CTSource):
+    """Each CT of a source, then ``crops`` shorter scans cut from it (:func:`crop_z`).
+
+    Real scans often show four or five vertebrae with no landmark (skull, sacrum) in view;
+    cutting long training scans short teaches the networks to label those. Item
+    ``i * (crops + 1)`` is CT ``i`` whole, the next ``crops`` items its crops, named
+    ``<name>-z1`` ...; each crop keeps ``min_vertebrae`` or more consecutive vertebrae
+    (fewer than the whole), chosen by a generator seeded with ``(seed, i, copy)``.
+
+    Args:
+        source: the CT source.
+        crops: shorter scans per CT (0: the source unchanged).
+        min_vertebrae: fewest vertebrae a crop keeps (a CT with no more than this is
+            repeated whole).
+        seed: seed of the crops.
+    """
+
+    def __init__(self, source: CTSource, crops: int = 1, min_vertebrae: int = 4,
+                 seed: int = 0) -> None:
+        super().__init__(cache=1)  # the inner source caches the CTs
+        if int(crops) < 0 or int(min_vertebrae) < 1:
+            raise DrrkitError("need crops >= 0 and min_vertebrae >= 1")
+        self.source, self.crops = source, int(crops)
+        self.min_vertebrae, self.seed = int(min_vertebrae), int(seed)
+
+    def __len__(self) -> int:
+        return len(self.source) * (self.crops + 1)
+
+    def name(self, index: int) -> str:
+        i, copy = divmod(int(index), self.crops + 1)
+        return self.source.name(i) + (f"-z{copy}" if copy else "")
+
+    def _load(self, index: int) -> TrainingCT:
+        i, copy = divmod(int(index), self.crops + 1)
+        ct = self.source.load(i)
+        n = len(ct.centroids)
+        if copy == 0 or n <= self.min_vertebrae:
+            return ct if copy == 0 else TrainingCT(self.name(index), ct.volume,
+                                                   ct.centroids, ct.t13)
+        rng = np.random.default_rng([self.seed, i, copy])
+        length = int(rng.integers(self.min_vertebrae, n))
+        first = int(rng.integers(0, n - length + 1))
+        cut = crop_z(ct, first, first + length - 1, tuple(rng.uniform(0.3, 0.7, 2)))
+        return TrainingCT(self.name(index), cut.volume, cut.centroids, cut.t13)
+
+
 def parse_phantoms(spec: str) -> list[int] | None:
     """Seeds of a ``phantoms:N`` / ``phantoms:A:B`` spec, or None if ``spec`` is not one."""
     m = _PHANTOMS.match(str(spec).strip())
