@@ -58,6 +58,8 @@ class DemoConfig:
             landmark in view are only labelled right when the identifier has seen many
             spines.
         orbits: prerendered orbits per training phantom.
+        c1_share: share of the training phantoms whose scan starts at C1 (see
+            :class:`vertebra.training.sources.PhantomSource`).
         crops: shorter scans cut from each training phantom, each prerendered too
             (:class:`vertebra.training.sources.CroppedSource`; 0: none).
         held_out: held-out phantoms (seeds ``held_out_start`` ..).
@@ -75,9 +77,10 @@ class DemoConfig:
     train_phantoms: int = 40
     identifier_phantoms: int | None = 120
     orbits: int = 2
+    c1_share: float = 0.2
     crops: int = 0
-    held_out: int = 12
-    held_out_start: int = 1000
+    held_out: int = 24
+    held_out_start: int = 3000
     pretrain_steps: int = 40
     pretrain_batch: int = 32
     localizer_iterations: int | None = None
@@ -174,7 +177,8 @@ def prepare_data(data: Path, config: DemoConfig, log: Callable[[str], None] = pr
             todo.setdefault((base.sigma_mm, base.square_mm), {})[train_dir] = (task, base.views)
     for (sigma_mm, square_mm), group in todo.items():
         counts = {d: config.phantoms(task) * copies for d, (task, _) in group.items()}
-        source = PhantomSource(range(max(counts.values()) // copies))
+        source = PhantomSource(range(max(counts.values()) // copies),
+                               c1_share=config.c1_share)
         made = prerender_many(CroppedSource(source, crops=config.crops),
                               {d: views for d, (_, views) in group.items()},
                               orbits=config.orbits, sigma_mm=sigma_mm, square_mm=square_mm,

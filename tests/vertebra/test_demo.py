@@ -37,7 +37,7 @@ def test_demo_config_and_cli_errors(tmp_path):
     with pytest.raises(DrrkitError):
         DemoConfig(train_phantoms=10, held_out_start=5)
     with pytest.raises(DrrkitError, match="overlap"):
-        DemoConfig(identifier_phantoms=2000)
+        DemoConfig(identifier_phantoms=4000)
     assert DemoConfig(identifier_phantoms=None).phantoms("identification") == 40
     (tmp_path / "file").write_text("x")
     res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "file")])

@@ -189,6 +189,21 @@ def test_crop_z_keeps_exactly_the_run(first, length, reach, perm, flip, spacing)
     assert sorted(cut.centroids) == list(range(first, last + 1))
 
 
+def test_phantom_source_c1_share():
+    src = PhantomSource(range(40), size="small", c1_share=0.5)
+    starts = [src.levels(i) for i in range(40)]
+    at_c1 = [lv for lv in starts if lv is not None]
+    assert 10 <= len(at_c1) <= 30 and all(lv[0] == "C1" for lv in at_c1)
+    assert starts == [PhantomSource(range(40), c1_share=0.5).levels(i) for i in range(40)]
+    first = starts.index(at_c1[0])
+    ct = src.load(first)
+    assert min(ct.centroids) == 1  # C1
+    assert PhantomSource(range(3)).levels(0) is None
+    for bad in ({"c1_share": 1.5}, {"c1_share": 0.5, "levels": ("T1", "T4")}):
+        with pytest.raises(DrrkitError, match="c1_share"):
+            PhantomSource(range(3), **bad)
+
+
 def test_cropped_source_adds_named_deterministic_crops(phantoms):
     from vertebra.training.sources import CroppedSource
 

@@ -105,15 +105,35 @@ class PhantomSource(CTSource):
     Args:
         seeds: one phantom per seed.
         cache: phantoms kept in memory.
+        c1_share: share of the phantoms (drawn from each seed) whose scan starts at C1
+            and ends between C4 and T4; a random run covers C1 in fewer than one scan in
+            ten, too few to learn the top of the cervical spine from.
         **options: passed to ``make_spine_phantom`` (e.g. ``size="small"``).
     """
 
-    def __init__(self, seeds, cache: int = 8, **options) -> None:
+    #: Last vertebrae of the scans that ``c1_share`` starts at C1.
+    C1_ENDS = ("C4", "C5", "C6", "C7", "T1", "T2", "T3", "T4")
+
+    def __init__(self, seeds, cache: int = 8, c1_share: float = 0.0, **options) -> None:
         super().__init__(cache)
         self.seeds = [int(s) for s in seeds]
         if not self.seeds:
             raise DrrkitError("no phantom seeds given")
+        if not 0 <= c1_share <= 1:
+            raise DrrkitError(f"c1_share must lie in [0, 1], got {c1_share}")
+        if c1_share and "levels" in options:
+            raise DrrkitError("give either c1_share or levels, not both")
+        self.c1_share = float(c1_share)
         self.options = options
+
+    def levels(self, index: int):
+        """The ``levels`` argument of phantom ``index`` (None: drawn by the phantom)."""
+        if not self.c1_share:
+            return self.options.get("levels")
+        rng = np.random.default_rng([self.seeds[index], 0xC1])
+        if rng.random() >= self.c1_share:
+            return None
+        return ("C1", self.C1_ENDS[int(rng.integers(len(self.C1_ENDS)))])
 
     def __len__(self) -> int:
         return len(self.seeds)
@@ -125,7 +145,8 @@ class PhantomSource(CTSource):
         import drrkit
         from vertebra.data.phantom import make_spine_phantom
 
-        ph = make_spine_phantom(self.seeds[index], **self.options)
+        options = {**self.options, "levels": self.levels(index)}
+        ph = make_spine_phantom(self.seeds[index], **options)
         mu = ph.ct.with_data(drrkit.hu_to_mu(ph.ct.data))
         return TrainingCT(self.name(index), mu, dict(ph.centroids), ph.transitional == "t13")
 
