@@ -57,8 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-phantoms", type=int, default=40, help="the localizer's")
     p.add_argument("--identifier-phantoms", type=int, default=120)
     p.add_argument("--orbits", type=int, default=2)
-    p.add_argument("--held-out", type=int, default=12)
-    p.add_argument("--held-out-start", type=int, default=1000)
+    p.add_argument("--held-out", type=int, default=24)
+    p.add_argument("--held-out-start", type=int, default=3000)
     p.add_argument("--iterations", type=int, default=None,
                    help="steps per training (default: the cpu-demo preset's)")
     p.add_argument("--pretrain-steps", type=int, default=40)
@@ -71,7 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    set_threads(args.threads)
+    set_threads(args.threads, wait_policy=None)  # training: see _common.set_threads
     import torch
 
     torch.set_num_threads(args.threads)

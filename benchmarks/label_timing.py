@@ -4,6 +4,7 @@ Run (CPU, about 3 to 6 minutes on 2 cores, most of it the ResNet-50 U-Nets)::
 
     uv run python benchmarks/label_timing.py                        # paper views + ResNet-50
     uv run python benchmarks/label_timing.py --preset cpu-demo      # 2 mm / 4 mm views + ResNet-10t
+    uv run python benchmarks/label_timing.py --preset cpu-demo --localizer-views 20  # as the demo labels
     uv run python benchmarks/label_timing.py --device cuda --backend cuda   # on a GPU
 
 CT: a synthetic spine (:func:`vertebra.data.phantom.make_spine_phantom`, seed
@@ -40,6 +41,7 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", default="cpu", help="drrkit render backend")
     p.add_argument("--batch-size", type=int, default=5, help="views per forward pass")
+    p.add_argument("--localizer-views", type=int, default=None,
+                   help="K of the localizer's orbit (PipelineConfig.localizer_views; the "
+                        "demo's bundle uses 20)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
@@ -116,15 +121,17 @@ def main(argv=None) -> int:
     train_id = TrainConfig.preset(args.preset, "identification")
     views = train.views
     id_views = train_id.views if train_id.views != views else None
+    loc_views = views if args.localizer_views is None else replace(
+        views, views=args.localizer_views)
     encoder = args.encoder or train.encoder
     t = time.perf_counter()
     centroids, volume = make_ct(tuple(args.shape), tuple(args.spacing), args.seed)
     build_s = time.perf_counter() - t
-    geometry = views.geometry(volume)
+    geometry = loc_views.geometry(volume)
     targets = make_targets(centroids, geometry, volume, sigma_mm=train.sigma_mm,
                            square_mm=train.square_mm)
-    id_targets = targets if id_views is None else make_targets(
-        centroids, id_views.geometry(volume), volume, sigma_mm=train.sigma_mm,
+    id_targets = targets if (id_views or views) == loc_views else make_targets(
+        centroids, (id_views or views).geometry(volume), volume, sigma_mm=train.sigma_mm,
         square_mm=train.square_mm)
     probs = np.eye(vl.NUM_CLASSES, dtype=np.float32)[id_targets.id_maps].transpose(0, 3, 1, 2)
     nets = [create_model("unet", encoder=encoder, task=task)
@@ -133,7 +140,7 @@ def main(argv=None) -> int:
                             targets.heatmaps)
     identifier = TimedOracle(TorchNetwork(nets[1], "probabilities", args.device,
                                           args.batch_size), np.ascontiguousarray(probs))
-    config = PipelineConfig(square_mm=train.square_mm)
+    config = PipelineConfig(square_mm=train.square_mm, localizer_views=args.localizer_views)
     load = [os.getloadavg()[0]]
     print(f"CT {volume.data.shape} {np.round(volume.spacing, 2).tolist()} mm built in "
           f"{build_s:.0f} s; {len(centroids)} vertebrae; views {geometry.shape}; "
@@ -172,6 +179,7 @@ def main(argv=None) -> int:
         "spacing_mm": list(args.spacing),
         "views": list(geometry.shape),
         "view_config": views.to_dict(),
+        "localizer_views": loc_views.views,
         "vertebrae": len(centroids),
         "device": args.device,
         "backend": args.backend,
@@ -189,7 +197,9 @@ def main(argv=None) -> int:
         "date": utc_now(),
         "platform": platform.platform(),
     }
-    out = args.out or RESULTS / f"label-timing-{hardware}-{args.threads}t-{args.preset}.json"
+    suffix = "" if args.localizer_views is None else f"-{args.localizer_views}loc"
+    out = args.out or RESULTS / (f"label-timing-{hardware}-{args.threads}t-{args.preset}"
+                                 f"{suffix}.json")
     write_json(out, record)
     print("\n| stage | median s | min s |\n|---|---:|---:|")
     for s in stages:

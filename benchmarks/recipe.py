@@ -227,7 +227,7 @@ def json_safe(value):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    set_threads(args.threads)
+    set_threads(args.threads, wait_policy=None)  # training: see _common.set_threads
     import numpy as np
     import torch
 

@@ -69,14 +69,14 @@ def time_steps(config, batch, device, warmup: int, repeats: int, amp: bool) -> d
     import torch
 
     from vertebra.sequence import SequenceDP
-    from vertebra.training.trainer import build_model, precision, train_step
+    from vertebra.training.trainer import build_model, make_optimizer, precision, train_step
 
     torch.manual_seed(0)
     config = config.replace(amp=amp, cpu_bf16=amp)
     model = build_model(config).to(device)
     prec = precision(device, config)
     model = prec.model(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = make_optimizer(model, config, device)
     dp = SequenceDP(config.alpha, config.beta)
     batch = prec.batch({k: v.to(device) for k, v in batch.items()})
 
@@ -110,7 +110,6 @@ def time_data(dataset, batch_size: int, batches: int) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     torch.set_num_threads(args.threads)
