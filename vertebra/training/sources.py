@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -279,14 +279,14 @@ class CroppedSource(CTSource):
         i, copy = divmod(int(index), self.crops + 1)
         ct = self.source.load(i)
         n = len(ct.centroids)
-        if copy == 0 or n <= self.min_vertebrae:
-            return ct if copy == 0 else TrainingCT(self.name(index), ct.volume,
-                                                   ct.centroids, ct.t13)
-        rng = np.random.default_rng([self.seed, i, copy])
-        length = int(rng.integers(self.min_vertebrae, n))
-        first = int(rng.integers(0, n - length + 1))
-        cut = crop_z(ct, first, first + length - 1, tuple(rng.uniform(0.3, 0.7, 2)))
-        return TrainingCT(self.name(index), cut.volume, cut.centroids, cut.t13)
+        if copy == 0:
+            return ct
+        if n > self.min_vertebrae:
+            rng = np.random.default_rng([self.seed, i, copy])
+            length = int(rng.integers(self.min_vertebrae, n))
+            first = int(rng.integers(0, n - length + 1))
+            ct = crop_z(ct, first, first + length - 1, tuple(rng.uniform(0.3, 0.7, 2)))
+        return replace(ct, name=self.name(index))
 
 
 def parse_phantoms(spec: str) -> list[int] | None:
