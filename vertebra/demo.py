@@ -70,6 +70,10 @@ class DemoConfig:
             ``TrainConfig.cpu_demo`` preset's).
         localizer_views: K of the localizer's orbit when labelling (stored in the networks
             bundle, ``PipelineConfig.localizer_views``; None: the training K of 10).
+        peak_threshold, extend_threshold: the detection thresholds stored in the networks
+            bundle (``PipelineConfig``'s fields of those names; None: its defaults). The
+            cpu-demo localizer's 4 mm Gaussians give lower peaks than the defaults
+            (0.4, 0.2) were chosen for.
         threads: torch CPU threads (None: torch's default).
         pictures: write the PNGs of every held-out case.
     """
@@ -86,6 +90,8 @@ class DemoConfig:
     localizer_iterations: int | None = None
     identifier_iterations: int | None = None
     localizer_views: int | None = 20
+    peak_threshold: float | None = 0.3
+    extend_threshold: float | None = 0.15
     threads: int | None = None
     pictures: bool = True
 
@@ -112,7 +118,8 @@ class DemoConfig:
 
     def pipeline_settings(self) -> dict:
         """:class:`vertebra.pipeline.PipelineConfig` fields stored in the networks bundle."""
-        return {} if self.localizer_views is None else {"localizer_views": self.localizer_views}
+        names = ("localizer_views", "peak_threshold", "extend_threshold")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     @classmethod
     def quick(cls) -> DemoConfig:

@@ -23,6 +23,12 @@ def test_tiny_demo_runs_every_step_and_reuses_outputs(tmp_path, monkeypatch):
     assert set(report["seconds"]) == {"data", "pretrain", "localizer", "identifier", "label"}
     assert report["targets"]["met"] is False or result.meets_targets
     assert (tmp_path / "models" / "networks.pt").is_file()
+    from vertebra.pipeline import load_networks
+
+    settings = load_networks(tmp_path / "models" / "networks.pt", device="cpu").settings
+    assert config.pipeline_settings() == {
+        "localizer_views": 20, "peak_threshold": 0.3, "extend_threshold": 0.15}
+    assert config.pipeline_settings().items() <= settings.items()
     data = tmp_path / "data"
     assert [len(list((data / f"train_{t}").glob("*.npz"))) for t in
             ("localization", "identification")] == [2, 3]
@@ -39,6 +45,8 @@ def test_demo_config_and_cli_errors(tmp_path):
     with pytest.raises(DrrkitError, match="overlap"):
         DemoConfig(identifier_phantoms=4000)
     assert DemoConfig(identifier_phantoms=None).phantoms("identification") == 40
+    assert DemoConfig(localizer_views=None, peak_threshold=None,
+                      extend_threshold=None).pipeline_settings() == {}
     (tmp_path / "file").write_text("x")
     res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "file")])
     assert res.exit_code == 2 and "not a folder" in res.stderr
