@@ -69,16 +69,26 @@ def evaluate(
         "--radius", help="Identification radius in mm.")] = 20.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")
                        ] = False,
+    against: Annotated[Path | None, typer.Option(
+        "--against", help="Folders only: a second folder of predictions for the same scans; "
+        "prints PRED minus it, with a paired bootstrap interval over the scans.")] = None,
 ) -> None:
     """Score predicted vertebra centroids against ground truth (VerSe id rate and error).
+
+    Folders are pooled over all cases, with 95 % bootstrap intervals that resample scans.
 
     Example:
 
         $ vertebra evaluate pred_ctd.json sub-verse004_seg-subreg_ctd.json --image sub-verse004_ct.nii.gz
         $ vertebra evaluate labels/ verse19/test/      (folders: pooled over all cases)
+        $ vertebra evaluate labels_new/ verse19/test/ --against labels_old/
     """
     if pred.is_dir() or gt.is_dir():
-        _evaluate_folders(pred, gt, format=format, radius=radius, as_json=as_json)
+        _evaluate_folders(pred, gt, format=format, radius=radius, as_json=as_json,
+                          against=against)
+        return
+    if against is not None:
+        fail("--against compares two folders of predictions; give folders")
         return
     import warnings
 
@@ -256,6 +266,9 @@ def label(
                         "else its training K); the identifier keeps its own.")] = None,
     correction: Annotated[str, typer.Option(
         "--correction", help="Label correction: dp (optional T13) or paper.")] = "dp",
+    t13: Annotated[bool | None, typer.Option(
+        "--t13/--no-t13", help="Let the dp correction label a thirteenth thoracic vertebra "
+        "(default: the bundle's setting, else yes).")] = None,
     voting: Annotated[str, typer.Option(
         "--voting", help="weighted (Sequence Loss weights, Eq. 6) or mean.")] = "weighted",
     extend_ends: Annotated[bool, typer.Option(
@@ -301,6 +314,8 @@ def label(
                 config = dataclasses.replace(config, extend_threshold=None)
             if views is not None:
                 config = dataclasses.replace(config, localizer_views=views)
+            if t13 is not None:
+                config = dataclasses.replace(config, allow_t13=t13)
         for w in caught:
             typer.echo(f"warning: {w.message}", err=True)
     except (DrrkitError, OSError) as error:
@@ -374,21 +389,28 @@ def label(
 
 
 def _evaluate_folders(pred: Path, gt: Path, *, format: str, radius: float,
-                      as_json: bool) -> None:
+                      as_json: bool, against: Path | None = None) -> None:
     """``vertebra evaluate PRED_DIR GT_DIR``: score every ground-truth case, pooled."""
     import warnings
 
     from drrkit.errors import DrrkitError
+    from vertebra.metrics import compare
     from vertebra.report import score_folder
 
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            pooled, results, missing = score_folder(pred, gt, format=format, radius_mm=radius)
-            if missing:
-                warnings.warn(f"{len(missing)} case(s) have no prediction in {pred} (scored "
-                              f"as nothing found): {', '.join(missing[:5])}"
-                              + (" ..." if len(missing) > 5 else ""), stacklevel=2)
+            scored = {}
+            for folder in (pred, against) if against is not None else (pred,):
+                pooled, results, missing = scored[folder] = score_folder(
+                    folder, gt, format=format, radius_mm=radius)
+                if missing:
+                    warnings.warn(f"{len(missing)} case(s) have no prediction in {folder} "
+                                  f"(scored as nothing found): {', '.join(missing[:5])}"
+                                  + (" ..." if len(missing) > 5 else ""), stacklevel=2)
+            pooled, results, _ = scored[pred]
+            difference = None if against is None else compare(
+                list(results.values()), list(scored[against][1].values()))
         for w in caught:
             typer.echo(f"warning: {w.message}", err=True)
     except (DrrkitError, OSError) as error:
@@ -398,9 +420,16 @@ def _evaluate_folders(pred: Path, gt: Path, *, format: str, radius: float,
         typer.echo(json.dumps(_json_safe({"pooled": pooled, "cases": {
             name: {k: r[k] for k in ("n_gt", "n_pred", "identified", "id_rate", "l_error",
                                      "misses", "false_positives")}
-            for name, r in results.items()}}), indent=1))
+            for name, r in results.items()}, "against": difference}), indent=1))
         return
     print_pooled(pooled, title=f"{pooled['n_scans']} scans, VerSe {radius:g} mm")
+    if difference is not None:
+        lo, hi = (100 * x for x in difference["id_rate_interval"])
+        elo, ehi = difference["l_error_interval"]
+        typer.echo(f"{pred} minus {against} (paired over the {difference['n_scans']} scans, "
+                   f"95 % bootstrap interval): id rate {100 * difference['id_rate']:+.2f} "
+                   f"points ({lo:+.2f}, {hi:+.2f}), l_error {difference['l_error']:+.2f} mm "
+                   f"({elo:+.2f}, {ehi:+.2f})")
 
 
 def print_pooled(pooled: dict, title: str = "") -> None:
@@ -418,6 +447,12 @@ def print_pooled(pooled: dict, title: str = "") -> None:
         console.print(f"identified vertebrae: error median {e['median']:.2f} mm (quartiles "
                       f"{e['q25']:.2f}, {e['q75']:.2f}), {100 * e['within_2mm']:.1f} % within "
                       "2 mm")
+    ci = pooled.get("interval")
+    if ci and pooled["n_scans"] > 1:
+        lo, hi = (100 * x for x in ci["id_rate"])
+        console.print(f"95 % bootstrap interval over the {pooled['n_scans']} scans: id rate "
+                      f"{lo:.1f}-{hi:.1f} %, l_error {ci['l_error'][0]:.2f}-"
+                      f"{ci['l_error'][1]:.2f} mm")
 
 
 # ====================================================================== prerender, pretrain, train

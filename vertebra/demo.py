@@ -74,6 +74,11 @@ class DemoConfig:
             bundle (``PipelineConfig``'s fields of those names; None: its defaults). The
             cpu-demo localizer's 4 mm Gaussians give lower peaks than the defaults
             (0.4, 0.2) were chosen for.
+        allow_t13: stored in the networks bundle (``PipelineConfig.allow_t13``; None: the
+            pipeline's default, allowed). The demo's identifier sees a handful of T13
+            spines (5 % of the phantoms) and cannot tell them: on 72 validation phantoms
+            its DP chose the T13 chain in 6 scans, wrongly every time, shifting their
+            lumbar labels, and missed both real T13s. So the demo labels without it.
         threads: torch CPU threads (None: torch's default).
         pictures: write the PNGs of every held-out case.
     """
@@ -92,6 +97,7 @@ class DemoConfig:
     localizer_views: int | None = 20
     peak_threshold: float | None = 0.3
     extend_threshold: float | None = 0.15
+    allow_t13: bool | None = False
     threads: int | None = None
     pictures: bool = True
 
@@ -118,7 +124,7 @@ class DemoConfig:
 
     def pipeline_settings(self) -> dict:
         """:class:`vertebra.pipeline.PipelineConfig` fields stored in the networks bundle."""
-        names = ("localizer_views", "peak_threshold", "extend_threshold")
+        names = ("localizer_views", "peak_threshold", "extend_threshold", "allow_t13")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     @classmethod

@@ -17,6 +17,12 @@ divides by the number of predictions. That is reported separately as
 under 20 mm divided by the number of predictions, as that code computes it), never
 under the VerSe names. Missing vertebrae do not lower it.
 
+Pooled over scans (:func:`pool`), the rates come with bootstrap intervals that resample
+whole *scans* (:func:`bootstrap`): a network's errors come in runs (a scan labelled one
+level off loses all its vertebrae at once), so vertebrae are not independent and an
+interval over vertebrae would be far too narrow. :func:`compare` does the same for the
+difference between two sets of predictions on the same scans (paired).
+
 Only vertebra targets (VerSe ids 1-25 and 28) are scored; other labels (26 sacrum,
 27 coccyx) in either input are ignored and listed under ``ignored_labels``.
 """
@@ -199,13 +205,101 @@ def error_summary(distances) -> dict:
             "within_2mm": float(np.mean(d <= 2.0))}
 
 
+def _scan_sums(results: list[dict]) -> np.ndarray:
+    """(S, 4) float64 per scan: identified, n_gt, sum of same-label distances (mm), count."""
+    rows = []
+    for r in results:
+        d = [v["distance"] for v in r["vertebrae"].values() if not math.isnan(v["distance"])]
+        rows.append((r["identified"], r["n_gt"], sum(d), len(d)))
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 4)
+
+
+def _resampled_rates(sums: np.ndarray, picks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled (id rate, l_error) of each resample; ``picks`` (B, S) scan indices."""
+    total = sums[picks].sum(axis=1)  # (B, 4)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return total[:, 0] / total[:, 1], total[:, 2] / total[:, 3]
+
+
+def _interval(values: np.ndarray, level: float) -> list[float]:
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return [math.nan, math.nan]
+    tail = 50.0 * (1.0 - level)
+    return [float(x) for x in np.percentile(finite, [tail, 100.0 - tail])]
+
+
+def _check_bootstrap(samples: int, level: float) -> None:
+    if int(samples) < 1 or not 0 < level < 1:
+        raise DrrkitError(f"need samples >= 1 and 0 < level < 1, got {samples}, {level}")
+
+
+def bootstrap(results: list[dict], *, samples: int = 2000, level: float = 0.95,
+              seed: int = 0) -> dict:
+    """Percentile bootstrap intervals of the pooled id rate and l_error, resampling scans.
+
+    Args:
+        results: per-scan :func:`evaluate` results (S of them).
+        samples: bootstrap resamples B.
+        level: coverage of the interval (0.95: the 2.5th to 97.5th percentile).
+        seed: seed of the resampling (the same inputs give the same interval).
+
+    Returns:
+        {"id_rate": [lo, hi], "l_error": [lo, hi] (mm), "samples", "level"}.
+
+    Example:
+        >>> same = [evaluate({20: (0, 0, 1)}, {20: (0, 0, 0)})] * 5
+        >>> bootstrap(same)["id_rate"], bootstrap(same)["l_error"]
+        ([1.0, 1.0], [1.0, 1.0])
+    """
+    _check_bootstrap(samples, level)
+    sums = _scan_sums(results)
+    if not len(sums):
+        raise DrrkitError("nothing to resample: no results")
+    picks = np.random.default_rng(seed).integers(0, len(sums), (int(samples), len(sums)))
+    id_rate, l_error = _resampled_rates(sums, picks)
+    return {"id_rate": _interval(id_rate, level), "l_error": _interval(l_error, level),
+            "samples": int(samples), "level": float(level)}
+
+
+def compare(results: list[dict], baseline: list[dict], *, samples: int = 2000,
+            level: float = 0.95, seed: int = 0) -> dict:
+    """Paired bootstrap of ``results - baseline``: two predictions of the same S scans.
+
+    Both lists hold :func:`evaluate` results in the same scan order. Each resample draws
+    the same scans for both, so what the scans have in common (an easy or a hard scan)
+    cancels and only the difference between the predictions is left.
+
+    Returns:
+        {"id_rate": difference (rate units, +0.01 is one point better), "id_rate_interval":
+        [lo, hi], "l_error": difference in mm (negative is better), "l_error_interval",
+        "samples", "level", "n_scans"}.
+    """
+    _check_bootstrap(samples, level)
+    a, b = _scan_sums(results), _scan_sums(baseline)
+    if len(a) != len(b) or not len(a):
+        raise DrrkitError(f"compare needs results for the same scans, got {len(a)} and "
+                          f"{len(b)}")
+    if not np.array_equal(a[:, 1], b[:, 1]):
+        raise DrrkitError("compare needs results for the same scans: their ground-truth "
+                          "counts differ")
+    everything = np.arange(len(a))[None]
+    picks = np.random.default_rng(seed).integers(0, len(a), (int(samples), len(a)))
+    (ida, lea), (idb, leb) = _resampled_rates(a, picks), _resampled_rates(b, picks)
+    (pa, qa), (pb, qb) = _resampled_rates(a, everything), _resampled_rates(b, everything)
+    return {"id_rate": float(pa[0] - pb[0]), "id_rate_interval": _interval(ida - idb, level),
+            "l_error": float(qa[0] - qb[0]), "l_error_interval": _interval(lea - leb, level),
+            "samples": int(samples), "level": float(level), "n_scans": len(a)}
+
+
 def pool(results: list[dict]) -> dict:
     """Pool per-scan :func:`evaluate` results over all vertebrae (not a mean of scan rates).
 
     Returns:
         {n_scans, n_gt, n_pred, identified, id_rate, l_error, n_without_prediction,
         id_rate_per_prediction, identified_error (:func:`error_summary` of the identified
-        vertebrae), regions: {region: {n_gt, identified, id_rate, l_error}}}.
+        vertebrae), interval (:func:`bootstrap` over the scans, 95 %), regions: {region:
+        {n_gt, identified, id_rate, l_error}}}.
     """
     if not results:
         raise DrrkitError("nothing to pool: no results")
@@ -236,5 +330,6 @@ def pool(results: list[dict]) -> dict:
         "id_rate_per_prediction": _rate(correct, n_pred),
         "identified_error": error_summary(
             v["distance"] for r in results for v in r["vertebrae"].values() if v["identified"]),
+        "interval": bootstrap(results),
         "regions": regions,
     }

@@ -27,7 +27,8 @@ def test_tiny_demo_runs_every_step_and_reuses_outputs(tmp_path, monkeypatch):
 
     settings = load_networks(tmp_path / "models" / "networks.pt", device="cpu").settings
     assert config.pipeline_settings() == {
-        "localizer_views": 20, "peak_threshold": 0.3, "extend_threshold": 0.15}
+        "localizer_views": 20, "peak_threshold": 0.3, "extend_threshold": 0.15,
+        "allow_t13": False}
     assert config.pipeline_settings().items() <= settings.items()
     data = tmp_path / "data"
     assert [len(list((data / f"train_{t}").glob("*.npz"))) for t in
@@ -45,8 +46,8 @@ def test_demo_config_and_cli_errors(tmp_path):
     with pytest.raises(DrrkitError, match="overlap"):
         DemoConfig(identifier_phantoms=4000)
     assert DemoConfig(identifier_phantoms=None).phantoms("identification") == 40
-    assert DemoConfig(localizer_views=None, peak_threshold=None,
-                      extend_threshold=None).pipeline_settings() == {}
+    assert DemoConfig(localizer_views=None, peak_threshold=None, extend_threshold=None,
+                      allow_t13=None).pipeline_settings() == {}
     (tmp_path / "file").write_text("x")
     res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "file")])
     assert res.exit_code == 2 and "not a folder" in res.stderr

@@ -62,12 +62,18 @@ def test_label_one_ct_with_a_random_checkpoint(data, tiny_checkpoint):
     assert header == {"direction": ["P", "I", "R"]}
     summary = json.loads((out / f"{stem}_label.json").read_text())
     assert summary["views"] == 4 and summary["status"] in ("ok", "no spine found")
+    assert summary["pipeline"]["allow_t13"] is True  # the default
     assert set(summary["timings_s"]) == set(pipeline.STAGES)
     assert Image.open(out / f"{stem}_views.png").mode == "RGB"
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging left
+    res = runner.invoke(app, ["label", str(ct_of(data)), "--model", str(tiny_checkpoint[0]),
+                              "--out", str(data / "out_no_t13"), "--no-t13", "--no-pictures"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((data / "out_no_t13" / f"{stem}_label.json").read_text())
+    assert summary["pipeline"]["allow_t13"] is False
 
 
-def test_label_folder_with_oracle_networks_writes_the_truth(data, monkeypatch):
+def test_label_folder_with_oracle_networks_writes_the_truth(data, monkeypatch, tmp_path):
     """The files written (VerSe JSON in voxels, CSV in mm) hold the oracle's centroids."""
     from vertebra.data.dataset import VerseDataset
 
@@ -111,7 +117,18 @@ def test_label_folder_with_oracle_networks_writes_the_truth(data, monkeypatch):
     pooled = json.loads(res.output)["pooled"]
     assert pooled["n_scans"] == 2 and pooled["id_rate"] == 1.0 and pooled["l_error"] < 1.0
     res = runner.invoke(app, ["evaluate", str(out), str(data / "phantoms")])
-    assert res.exit_code == 0 and "all" in res.output
+    assert res.exit_code == 0 and "all" in res.output and "bootstrap interval" in res.output
+    # paired against an empty folder (nothing found): +100 points whichever scans are drawn
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    res = runner.invoke(app, ["evaluate", str(out), str(data / "phantoms"), "--against",
+                              str(empty), "--json"])
+    assert res.exit_code == 0, res.output
+    diff = json.loads(res.stdout)["against"]
+    assert diff["id_rate"] == 1.0 and diff["id_rate_interval"] == [1.0, 1.0]
+    res = runner.invoke(app, ["evaluate", str(out), str(data / "phantoms"), "--against",
+                              str(empty)])
+    assert res.exit_code == 0 and "id rate +100.00 points (+100.00, +100.00)" in res.stdout
 
 
 def test_evaluate_folder_counts_missing_predictions(data, tmp_path):
@@ -133,6 +150,7 @@ def test_evaluate_folder_counts_missing_predictions(data, tmp_path):
     (["label", "CT", "--model", "BOTH", "--out", "o", "--views", "1"], "--views"),
     (["label", "TEXT", "--model", "BOTH", "--out", "o"], "TEXT"),
     (["evaluate", "EMPTY", "CT"], "folder"),
+    (["evaluate", "TEXT", "TEXT", "--against", "EMPTY"], "give folders"),
 ])
 def test_bad_input_is_one_line_and_exit_2(data, tiny_checkpoint, tmp_path, args, message):
     text = tmp_path / "notes.txt"

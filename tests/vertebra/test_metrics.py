@@ -11,7 +11,10 @@ import drrkit
 from drrkit.errors import DrrkitError
 from vertebra.cli import app
 from vertebra.data import write_centroids
-from vertebra.metrics import evaluate, pool
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vertebra.metrics import bootstrap, compare, evaluate, pool
 
 SPINE = {lab: np.array([0.0, 0.0, -25.0 * n]) for n, lab in enumerate(range(14, 26))}  # T7..L6
 
@@ -122,6 +125,59 @@ def test_identified_error_leaves_out_mislabelled_vertebrae():
                                      "within_2mm": 0.5}
     empty = pool([evaluate({}, gt)])["identified_error"]
     assert empty["n"] == 0 and np.isnan(empty["median"])
+
+
+def _scan(found: int, total: int, offset_mm: float = 1.0) -> dict:
+    """One scan's result: ``total`` vertebrae, the first ``found`` predicted ``offset_mm`` off."""
+    gt = {lab: SPINE[lab] for lab in list(SPINE)[:total]}
+    return evaluate({lab: gt[lab] + [offset_mm, 0, 0] for lab in list(gt)[:found]}, gt)
+
+
+def test_bootstrap_of_one_vertebra_scans_is_the_binomial():
+    """S scans of one vertebra each: a resample's id rate is Binomial(S, p) / S exactly."""
+    from scipy import stats
+
+    scans = [_scan(1, 1)] * 90 + [_scan(0, 1)] * 10
+    ci = bootstrap(scans, samples=20000)
+    expected = stats.binom.ppf([0.025, 0.975], 100, 0.9) / 100
+    np.testing.assert_allclose(ci["id_rate"], expected, atol=0.0101)
+    assert ci["l_error"] == [1.0, 1.0]  # every same-label prediction is 1 mm off
+    assert pool(scans)["interval"]["id_rate"] == bootstrap(scans)["id_rate"]  # seeded
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(1, 6), st.floats(0.0, 15.0)),
+                min_size=1, max_size=12))
+def test_bootstrap_interval_lies_between_the_scans_own_rates(rows):
+    """A resample's pooled rate is a weighted mean of scan rates: within their range."""
+    scans = [_scan(min(f, t), t, d) for f, t, d in rows]
+    ci = bootstrap(scans, samples=200)
+    rates = [r["id_rate"] for r in scans]
+    lo, hi = ci["id_rate"]
+    assert min(rates) - 1e-12 <= lo <= hi <= max(rates) + 1e-12
+    errors = [r["l_error"] for r in scans if not math.isnan(r["l_error"])]
+    if errors:
+        assert min(errors) - 1e-9 <= ci["l_error"][0] <= ci["l_error"][1] <= max(errors) + 1e-9
+    else:
+        assert all(math.isnan(x) for x in ci["l_error"])
+
+
+def test_compare_is_paired():
+    base = [_scan(10, 12), _scan(3, 5), _scan(7, 7), _scan(0, 4)] * 3
+    same = compare(base, base)
+    assert same["id_rate"] == 0.0 and same["id_rate_interval"] == [0.0, 0.0]
+    # one more vertebra found in every scan but the complete ones: +9 of 84
+    better = [_scan(f, t) for f, t in [(11, 12), (4, 5), (7, 7), (1, 4)] * 3]
+    diff = compare(better, base)
+    total = sum(r["n_gt"] for r in base)
+    assert diff["id_rate"] == pytest.approx(9 / total)
+    assert 0 < diff["id_rate_interval"][0] <= diff["id_rate"] <= diff["id_rate_interval"][1]
+    with pytest.raises(DrrkitError, match="same scans"):
+        compare(base, base[:-1])
+    with pytest.raises(DrrkitError, match="same scans"):
+        compare(base, [_scan(1, 3)] * len(base))
+    with pytest.raises(DrrkitError, match="samples"):
+        bootstrap(base, samples=0)
 
 
 @pytest.mark.parametrize(
