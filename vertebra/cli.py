@@ -400,10 +400,9 @@ def _evaluate_folders(pred: Path, gt: Path, *, format: str, radius: float,
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            scored = {}
-            for folder in (pred, against) if against is not None else (pred,):
-                pooled, results, missing = scored[folder] = score_folder(
-                    folder, gt, format=format, radius_mm=radius)
+            folders = (pred,) if against is None else (pred, against)
+            scored = {f: score_folder(f, gt, format=format, radius_mm=radius) for f in folders}
+            for folder, (_, _, missing) in scored.items():
                 if missing:
                     warnings.warn(f"{len(missing)} case(s) have no prediction in {folder} "
                                   f"(scored as nothing found): {', '.join(missing[:5])}"

@@ -77,7 +77,7 @@ class DemoConfig:
         allow_t13: stored in the networks bundle (``PipelineConfig.allow_t13``; None: the
             pipeline's default, allowed). The demo's identifier sees a handful of T13
             spines (5 % of the phantoms) and cannot tell them: on 72 validation phantoms
-            its DP chose the T13 chain in 6 scans, wrongly every time, shifting their
+            its DP chose the T13 chain in 6-8 scans, wrongly every time, shifting their
             lumbar labels, and missed both real T13s. So the demo labels without it.
         threads: torch CPU threads (None: torch's default).
         pictures: write the PNGs of every held-out case.

@@ -5,15 +5,14 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import drrkit
 from drrkit.errors import DrrkitError
 from vertebra.cli import app
 from vertebra.data import write_centroids
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from vertebra.metrics import bootstrap, compare, evaluate, pool
 
 SPINE = {lab: np.array([0.0, 0.0, -25.0 * n]) for n, lab in enumerate(range(14, 26))}  # T7..L6
