@@ -214,11 +214,15 @@ def _scan_sums(results: list[dict]) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64).reshape(-1, 4)
 
 
-def _resampled_rates(sums: np.ndarray, picks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled (id rate, l_error) of each resample; ``picks`` (B, S) scan indices."""
-    total = sums[picks].sum(axis=1)  # (B, 4)
+def _rates(total: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled (id rate, l_error in mm) of (..., 4) summed :func:`_scan_sums` rows."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        return total[:, 0] / total[:, 1], total[:, 2] / total[:, 3]
+        return total[..., 0] / total[..., 1], total[..., 2] / total[..., 3]
+
+
+def _picks(seed: int, samples: int, scans: int) -> np.ndarray:
+    """(B, S) scan indices of the bootstrap resamples."""
+    return np.random.default_rng(seed).integers(0, scans, (int(samples), scans))
 
 
 def _interval(values: np.ndarray, level: float) -> list[float]:
@@ -256,8 +260,7 @@ def bootstrap(results: list[dict], *, samples: int = 2000, level: float = 0.95,
     sums = _scan_sums(results)
     if not len(sums):
         raise DrrkitError("nothing to resample: no results")
-    picks = np.random.default_rng(seed).integers(0, len(sums), (int(samples), len(sums)))
-    id_rate, l_error = _resampled_rates(sums, picks)
+    id_rate, l_error = _rates(sums[_picks(seed, samples, len(sums))].sum(axis=1))
     return {"id_rate": _interval(id_rate, level), "l_error": _interval(l_error, level),
             "samples": int(samples), "level": float(level)}
 
@@ -283,12 +286,11 @@ def compare(results: list[dict], baseline: list[dict], *, samples: int = 2000,
     if not np.array_equal(a[:, 1], b[:, 1]):
         raise DrrkitError("compare needs results for the same scans: their ground-truth "
                           "counts differ")
-    everything = np.arange(len(a))[None]
-    picks = np.random.default_rng(seed).integers(0, len(a), (int(samples), len(a)))
-    (ida, lea), (idb, leb) = _resampled_rates(a, picks), _resampled_rates(b, picks)
-    (pa, qa), (pb, qb) = _resampled_rates(a, everything), _resampled_rates(b, everything)
-    return {"id_rate": float(pa[0] - pb[0]), "id_rate_interval": _interval(ida - idb, level),
-            "l_error": float(qa[0] - qb[0]), "l_error_interval": _interval(lea - leb, level),
+    picks = _picks(seed, samples, len(a))
+    (ida, lea), (idb, leb) = _rates(a[picks].sum(axis=1)), _rates(b[picks].sum(axis=1))
+    (pa, qa), (pb, qb) = _rates(a.sum(axis=0)), _rates(b.sum(axis=0))
+    return {"id_rate": float(pa - pb), "id_rate_interval": _interval(ida - idb, level),
+            "l_error": float(qa - qb), "l_error_interval": _interval(lea - leb, level),
             "samples": int(samples), "level": float(level), "n_scans": len(a)}
 
 
