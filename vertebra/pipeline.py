@@ -8,7 +8,10 @@ Stages (each timed, seconds in :attr:`LabelResult.timings`):
 3. ``peaks``: 2-D detections per view by density-peak clustering
    (:func:`vertebra.peaks.density_peaks`); distances in mm at the isocentre.
 4. ``match``: cross-view correspondence and least-squares triangulation
-   (:func:`drrkit.correspondence.match_views`) -> T 3-D tracks, superior first; tracks
+   (:func:`drrkit.correspondence.match_views`) -> T 3-D tracks, superior first; each
+   point then moves to the nearby maximum of the mean heatmap over all K views
+   (``refine_mm``, :func:`drrkit.refinement.refine_points`: the whole heatmaps, not one
+   detection per view, so a lopsided or split 2-D peak does not pull the point); tracks
    further than ``box_margin_mm`` outside the CT's box are dropped, and of two tracks
    closer than ``min_separation_mm`` in height (two detections of one vertebra, or a
    vertebra and another bone at its level) only the better supported is kept. Then the
@@ -65,6 +68,9 @@ _EPS_PX = 1e-6
 #: Network inputs are zero-padded (bottom, right) to a multiple of this many pixels.
 PAD_MULTIPLE = 32
 
+#: Grid spacing (mm) of the heatmap refinement of the 3-D points (``refine_mm``).
+REFINE_STEP_MM = 1.0
+
 STAGES = ("render", "localize", "peaks", "match", "identify", "vote", "correct")
 VOTING = ("weighted", "mean")
 NO_SPINE = "no spine found"
@@ -86,6 +92,9 @@ class PipelineConfig:
         peak_refine_mm: a detection averages only its cluster's pixels within this
             distance of the peak (None: the whole cluster); see
             :func:`vertebra.peaks.density_peaks`.
+        refine_mm: each triangulated track moves to the maximum of the mean heatmap over
+            all K views within this distance along each axis (1 mm grid, two searches,
+            :func:`drrkit.refinement.refine_points`); None keeps the least-squares point.
         tolerance_mm: largest reprojection error of a detection in a 3-D track.
         localizer_views: K of the localizer's orbit at inference (None: the networks'
             training K). More views find more vertebrae at the scan's edges and average
@@ -116,6 +125,7 @@ class PipelineConfig:
     max_detections: int = 40
     max_peak_pixels: int = 4000
     peak_refine_mm: float | None = None
+    refine_mm: float | None = 3.0
     tolerance_mm: float = 6.0
     localizer_views: int | None = None
     min_views: int | None = None
@@ -149,6 +159,10 @@ class PipelineConfig:
             raise DrrkitError("peak_threshold must be finite")
         if int(self.max_detections) < 1 or int(self.max_peak_pixels) < 1:
             raise DrrkitError("max_detections and max_peak_pixels must be >= 1")
+        if self.refine_mm is not None and not (np.isfinite(self.refine_mm)
+                                               and self.refine_mm >= REFINE_STEP_MM):
+            raise DrrkitError(f"refine_mm must be >= {REFINE_STEP_MM} mm (or None), "
+                              f"got {self.refine_mm}")
         if not self.box_margin_mm >= 0 or not self.min_separation_mm >= 0:
             raise DrrkitError("box_margin_mm and min_separation_mm must be >= 0")
         if self.extend_threshold is not None and not np.isfinite(self.extend_threshold):
@@ -174,7 +188,8 @@ class LabelledVertebra:
         confidence: probability of the label in the voted map (row normalised), [0, 1].
         detection: mean heatmap value of the track's 2-D detections, ~[0, 1].
         n_views: views in which the vertebra was detected.
-        rms_mm: RMS distance of the 3-D point from its detection rays, mm.
+        rms_mm: RMS distance of the least-squares point (before the heatmap refinement)
+            from its detection rays, mm.
     """
 
     verse_id: int
@@ -377,6 +392,17 @@ def _track_scores(assign: np.ndarray, detections) -> np.ndarray:
     return out
 
 
+def _refined(points: np.ndarray, heatmaps: np.ndarray, geometry: drrkit.Geometry,
+             config: PipelineConfig) -> np.ndarray:
+    """(T, 3) track points moved to the heatmaps' joint maximum (``config.refine_mm``)."""
+    if config.refine_mm is None or len(points) == 0:
+        return points
+    from drrkit.refinement import refine_points
+
+    return refine_points(points, heatmaps, geometry, radius_mm=config.refine_mm,
+                         step_mm=REFINE_STEP_MM, iterations=2).points
+
+
 def _separated(points: np.ndarray, views: np.ndarray, scores: np.ndarray,
                min_dz: float) -> np.ndarray:
     """Indices (ascending) of tracks kept so that no two lie closer than ``min_dz`` in z.
@@ -469,11 +495,12 @@ def label_ct(
     match = match_views([d.pixels for d in detections], geometry,
                         tolerance_px=config.tolerance_mm / float(np.mean(pixel_mm)),
                         min_views=min_views)
+    found = _refined(match.points, heatmaps, geometry, config)
     scores = _track_scores(match.assignments, detections)
-    kept = np.flatnonzero(_inside_box(volume, match.points, config.box_margin_mm))
-    kept = kept[_separated(match.points[kept], match.views[kept], scores[kept],
+    kept = np.flatnonzero(_inside_box(volume, found, config.box_margin_mm))
+    kept = kept[_separated(found[kept], match.views[kept], scores[kept],
                            config.min_separation_mm)]
-    points = match.points[kept]
+    points = found[kept]
     assign = match.assignments[kept]
     scores = scores[kept]
     rms = match.rms[kept]
@@ -484,8 +511,9 @@ def label_ct(
         more = match_views([d.pixels for d in weak], geometry,
                            tolerance_px=config.tolerance_mm / float(np.mean(pixel_mm)),
                            min_views=int(min(config.extend_min_views, k)))
-        inside = np.flatnonzero(_inside_box(volume, more.points, config.box_margin_mm))
-        above, below = extend_ends(points, more.points[inside], config.extend_tolerance)
+        more_points = _refined(more.points, heatmaps, geometry, config)
+        inside = np.flatnonzero(_inside_box(volume, more_points, config.box_margin_mm))
+        above, below = extend_ends(points, more_points[inside], config.extend_tolerance)
         top, bottom = inside[above[::-1]], inside[below]
         new = np.concatenate([top, bottom])
         if len(new):
@@ -495,7 +523,7 @@ def label_ct(
             def stack(added, original):
                 return np.concatenate([added, original])[order]
 
-            points = stack(more.points[new], points)
+            points = stack(more_points[new], points)
             assign = stack(more.assignments[new], assign)
             scores = stack(_track_scores(more.assignments[new], weak), scores)
             rms = stack(more.rms[new], rms)

@@ -118,6 +118,21 @@ def test_a_view_without_detections_and_a_spurious_peak(thoracic, thoracic_maps):
     assert all(v.n_views == 9 for v in r.vertebrae)
 
 
+def test_heatmap_refinement_undoes_lopsided_peaks(thoracic, thoracic_maps):
+    """Every blob gets a weaker shoulder 8 mm below it: the 2-D cluster means (and the
+    least-squares points) are pulled down, the heatmaps' maxima stay on the vertebrae."""
+    vol, (heat, probs, _) = thoracic_maps
+    below = {k: c - np.array([0.0, 0.0, 8.0]) for k, c in thoracic.centroids.items()}
+    shoulder = make_targets(below, VIEWS.geometry(vol), vol).heatmaps * 0.6
+    heat = np.maximum(heat, shoulder)
+    plain = run(vol, heat, probs, PipelineConfig(refine_mm=None))
+    refined = run(vol, heat, probs)
+    check(plain, thoracic.centroids, tol_mm=5.0)
+    errors = [np.linalg.norm(plain.centroids()[k] - c) for k, c in thoracic.centroids.items()]
+    assert min(errors) > 1.0  # the shoulder does pull the plain points
+    check(refined, thoracic.centroids, tol_mm=0.5)
+
+
 def test_a_second_track_at_a_vertebra_level_is_dropped(thoracic, thoracic_maps):
     """A consistent 3-D structure 25 mm beside a vertebra, seen in 6 of the 10 views."""
     vol, (heat, probs, _) = thoracic_maps
