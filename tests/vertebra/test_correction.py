@@ -11,6 +11,7 @@ from vertebra.correction import (
     CHAIN_WITH_T13,
     CHAIN_WITHOUT_T13,
     correct_labels,
+    MIN_SUSPECT_CONFIDENCE,
     correct_tracks,
     crowded,
     gap_rows,
@@ -249,6 +250,20 @@ def test_correct_tracks_drops_a_second_detection_that_opens_a_false_gap():
     assert r.dropped.sum() == 1 and kept == names
 
 
+def test_a_weakly_identified_end_track_is_kept_unless_its_confidence_is_tiny():
+    """The caudal track the extension added: the identifier leans (weakly) to L4, its place
+    in the sequence calls for L5. Kept at 5 % confidence; dropped under the threshold."""
+    names = ["T11", "T12", "L1", "L2", "L3", "L4"]
+    pts = _line(-np.cumsum([0, 25, 26, 27, 28, 29, 30]))
+    probs = np.concatenate([0.8 * one_hot(names), 0.25 * one_hot(["L4"]) + 0.05 * one_hot(["L5"])])
+    end = np.eye(7, dtype=bool)[6]
+    kept = correct_tracks(pts, probs, suspects=end)
+    assert not kept.dropped.any() and kept.correction.names == names + ["L5"]
+    assert MIN_SUSPECT_CONFIDENCE < kept.confidence[6] < 0.2
+    strict = correct_tracks(pts, probs, suspects=end, min_confidence=0.2)
+    assert strict.dropped.tolist() == [False] * 6 + [True]
+
+
 def test_correct_tracks_keeps_consistent_suspects_and_matches_correct_labels():
     names = ["T10", "T11", "T12", "L1", "L2"]
     pts = _line(-np.cumsum([0, 24, 25, 26, 27]))
@@ -279,5 +294,5 @@ def test_correct_tracks_without_drops_is_correct_labels_on_the_gap_table(n, seed
     assert r.rows.tolist() == rows.tolist() and not r.dropped.any()
     best = correct_tracks(pts, probs, suspects=np.ones(len(pts), bool))
     # dropping is chosen only to gain score, or to lose a doubtful suspect
-    doubtful = (ref.confidence[rows] < 0.1).any()
+    doubtful = (ref.confidence[rows] < MIN_SUSPECT_CONFIDENCE).any()
     assert best.correction.score >= ref.score - 1e-12 or doubtful
