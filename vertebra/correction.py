@@ -197,35 +197,54 @@ def sequence_losses(probs, dp: SequenceDP | None = None, allow_t13: bool = True)
     return np.minimum.reduce(losses)
 
 
-def gap_rows(points, ratio: float = GAP_RATIO) -> tuple[np.ndarray, int]:
-    """Table rows of n detections in spine order, leaving empty rows for missed vertebrae.
+def spacing_ratios(points) -> np.ndarray:
+    """(n - 1,) each spacing ``s_i = |p_{i+1} - p_i|`` over its local spacing ``r_i``.
 
-    The spacing ``s_i = |p_{i+1} - p_i|`` between consecutive detections is compared with
-    the local spacing ``r_i``, the median of the neighbouring spacings ``s_{i-1}, s_{i+1}``
-    (those that exist). Where ``s_i > ratio * r_i``, ``round(s_i / r_i) - 1`` rows are left
-    empty between the two detections. With fewer than three detections nothing is
-    inserted (there is no local spacing to compare with).
+    ``r_i`` is the median of the neighbouring spacings ``s_{i-1}, s_{i+1}`` (those that
+    exist); the ratio is 0 where there is no neighbour (fewer than three points) or
+    ``r_i`` is 0. A ratio near 2 means one vertebra was missed between the two points.
+
+    Args:
+        points: (n, 3) world mm, superior first.
+    """
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    n = len(pts)
+    out = np.zeros(max(n - 1, 0))
+    if n < 3:
+        return out
+    s = np.linalg.norm(np.diff(pts, axis=0), axis=1)
+    for i in range(n - 1):
+        local = float(np.median([s[j] for j in (i - 1, i + 1) if 0 <= j < n - 1]))
+        if local > 0:
+            out[i] = s[i] / local
+    return out
+
+
+def gap_rows(points, ratio: float = GAP_RATIO, *, also=()) -> tuple[np.ndarray, int]:
+    """Table rows of n detections in spine order, leaving empty rows for missed vertebra.
+
+    Where a spacing's :func:`spacing_ratios` value ``q_i`` exceeds ``ratio``,
+    ``round(q_i) - 1`` rows are left empty between the two detections (at least one).
+    With fewer than three detections nothing is inserted (there is no local spacing to
+    compare with).
 
     Args:
         points: (n, 3) world mm, superior first.
         ratio: threshold on ``s_i / r_i`` (default :data:`GAP_RATIO`).
+        also: indices ``i`` of further spacings that get one empty row each (the optional
+            gaps that :func:`correct_tracks` tries).
 
     Returns:
         rows (n,) int64, the table row of each detection, and the table length m >= n.
     """
-    pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-    n = len(pts)
     if not ratio > 1:
         raise DrrkitError(f"the gap ratio must be > 1, got {ratio}")
-    if n < 3:
+    q = spacing_ratios(points)
+    if len(q) == 0:
+        n = len(np.asarray(points).reshape(-1, 3))
         return np.arange(n, dtype=np.int64), n
-    s = np.linalg.norm(np.diff(pts, axis=0), axis=1)  # (n - 1,)
-    extra = np.zeros(n - 1, dtype=np.int64)
-    for i in range(n - 1):
-        neighbours = [s[j] for j in (i - 1, i + 1) if 0 <= j < n - 1]
-        local = float(np.median(neighbours))
-        if local > 0 and s[i] > ratio * local:
-            extra[i] = max(round(float(s[i] / local)) - 1, 1)
+    extra = np.where(q > ratio, np.maximum(np.round(q) - 1, 1), 0).astype(np.int64)
+    extra[np.asarray(also, dtype=np.int64)] += 1
     rows = np.concatenate([[0], np.cumsum(1 + extra)]).astype(np.int64)
     return rows, rows[-1].item() + 1
 
@@ -241,6 +260,12 @@ CROWDED_RATIO = 0.7
 #: real vertebrae (mostly L3-L5 at a scan's caudal end) dropped in 72 validation phantoms;
 #: 0.02 keeps them (+1.2 points, paired interval +0.5 to +1.9) and behaved as 0 there.
 MIN_SUSPECT_CONFIDENCE = 0.02
+
+
+#: Spacings from this many times the local one up to :data:`GAP_RATIO` may hide a missed
+#: vertebra; :func:`correct_tracks` tries both readings of up to :data:`MAX_MAYBE_GAPS`.
+MAYBE_GAP_RATIO = 1.35
+MAX_MAYBE_GAPS = 2
 
 
 @dataclass(frozen=True)
@@ -282,14 +307,37 @@ def crowded(points, ratio: float = CROWDED_RATIO) -> np.ndarray:
     return out
 
 
+def _tables(points: np.ndarray, fill_gaps: bool, maybe_gap_ratio: float | None):
+    """(rows, m, optional gaps used) of every table layout :func:`correct_tracks` tries."""
+    from itertools import combinations
+
+    n = len(points)
+    if not fill_gaps:
+        yield np.arange(n), n, 0
+        return
+    maybe = np.zeros(0, dtype=np.int64)
+    if maybe_gap_ratio is not None:
+        q = spacing_ratios(points)
+        maybe = np.flatnonzero((q > maybe_gap_ratio) & (q <= GAP_RATIO))
+    for k in range(min(MAX_MAYBE_GAPS, len(maybe)) + 1):
+        for also in combinations(maybe.tolist(), k):
+            yield *gap_rows(points, also=also), k
+
+
 def correct_tracks(points, probs, *, suspects=None, max_drops: int = 2,
                    min_confidence: float = MIN_SUSPECT_CONFIDENCE, method: str = "dp",
                    dp: SequenceDP | None = None, allow_t13: bool = True,
-                   fill_gaps: bool = True) -> TrackLabels:
+                   fill_gaps: bool = True,
+                   maybe_gap_ratio: float | None = MAYBE_GAP_RATIO) -> TrackLabels:
     """Consecutive labels for T tracks in spine order, leaving out false tracks.
 
     The table of :func:`correct_labels` is built from the tracks' probabilities with
-    empty rows at gaps (:func:`gap_rows`, when ``fill_gaps``). A suspect track (one added
+    empty rows at gaps (:func:`gap_rows`, when ``fill_gaps``). A spacing between
+    ``maybe_gap_ratio`` and :data:`GAP_RATIO` times the local one may or may not hide a
+    missed vertebra (the spacing changes along the spine, fastest at the cervico-thoracic
+    junction): with and without an empty row there are tried, for up to
+    :data:`MAX_MAYBE_GAPS` such spacings, and the identifier's probabilities decide as for
+    the drops (ties: fewer inserted rows). A suspect track (one added
     at an end of the chain, or a :func:`crowded` one) may be dropped: every way of dropping
     at most ``max_drops`` of the suspects is tried. The table whose DP best-path score is
     highest wins (ties: fewer drops), among those in which every kept suspect has a label
@@ -309,6 +357,8 @@ def correct_tracks(points, probs, *, suspects=None, max_drops: int = 2,
             :data:`MIN_SUSPECT_CONFIDENCE`).
         method, dp, allow_t13: as :func:`correct_labels`.
         fill_gaps: insert empty rows where the spacing shows a missed vertebra.
+        maybe_gap_ratio: lower end of the spacings that may hide a missed vertebra
+            (None: only :data:`GAP_RATIO`; used with ``fill_gaps``).
 
     Returns:
         :class:`TrackLabels`.
@@ -329,14 +379,14 @@ def correct_tracks(points, probs, *, suspects=None, max_drops: int = 2,
     for n_drop in range(min(int(max_drops), len(cand), max(t - 1, 0)) + 1):
         for drop in combinations(cand.tolist(), n_drop):
             keep = np.setdiff1d(np.arange(t), np.asarray(drop, dtype=np.int64))
-            rows, m = gap_rows(pts[keep]) if fill_gaps else (np.arange(len(keep)), len(keep))
-            table = np.zeros((m, p.shape[1]))
-            table[rows] = p[keep]
-            corr = correct_labels(table, method, dp=dp, allow_t13=allow_t13)
-            doubtful = corr.confidence[rows][suspect[keep]] < min_confidence
-            key = (not doubtful.any(), round(float(corr.score), 9), -n_drop)
-            if best_key is None or key > best_key:
-                best, best_key = (corr, keep, rows), key
+            for rows, m, n_gaps in _tables(pts[keep], fill_gaps, maybe_gap_ratio):
+                table = np.zeros((m, p.shape[1]))
+                table[rows] = p[keep]
+                corr = correct_labels(table, method, dp=dp, allow_t13=allow_t13)
+                doubtful = corr.confidence[rows][suspect[keep]] < min_confidence
+                key = (not doubtful.any(), round(float(corr.score), 9), -n_drop, -n_gaps)
+                if best_key is None or key > best_key:
+                    best, best_key = (corr, keep, rows), key
     corr, keep, rows = best
     classes = np.zeros(t, dtype=np.int64)
     confidence = np.zeros(t)

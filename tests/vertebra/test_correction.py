@@ -15,6 +15,7 @@ from vertebra.correction import (
     correct_tracks,
     crowded,
     gap_rows,
+    spacing_ratios,
 )
 from vertebra.sequence import ALPHA, BETA
 
@@ -248,6 +249,34 @@ def test_correct_tracks_drops_a_second_detection_that_opens_a_false_gap():
     r = correct_tracks(_line(z), probs)  # suspects: the crowded pair
     kept = [vl.name_of(vl.label_of_class(c)) for c in r.classes[~r.dropped]]
     assert r.dropped.sum() == 1 and kept == names
+
+
+def test_a_missed_vertebra_at_a_moderate_gap_is_read_from_the_identifier():
+    """C7 missed at the cervico-thoracic junction: the spacing C6 -> T1 (30 mm) is only
+    1.5x the local one (cervical spacings are short), under GAP_RATIO. The identifier's
+    labels decide that a vertebra is missing there; a spine with the same spacings whose
+    labels run on without a gap keeps them."""
+    pts = _line(-np.cumsum([0, 15.5, 15.5, 15.5, 30, 24, 24]))
+    missed = ["C3", "C4", "C5", "C6", "T1", "T2", "T3"]
+    plain = correct_tracks(pts, 0.6 * one_hot(missed), maybe_gap_ratio=None)
+    assert plain.correction.names != missed  # no gap row: the labels cannot skip C7
+    r = correct_tracks(pts, 0.6 * one_hot(missed))
+    assert [vl.name_of(vl.label_of_class(c)) for c in r.classes] == missed
+    assert r.rows.tolist() == [0, 1, 2, 3, 5, 6, 7]
+    running = ["C4", "C5", "C6", "C7", "T1", "T2", "T3"]
+    r = correct_tracks(pts, 0.6 * one_hot(running))
+    assert [vl.name_of(vl.label_of_class(c)) for c in r.classes] == running
+    assert r.rows.tolist() == list(range(7))
+
+
+def test_spacing_ratios_and_gap_rows():
+    pts = _line(-np.cumsum([0, 20, 20, 40, 20, 30]))
+    np.testing.assert_allclose(spacing_ratios(pts), [1, 20 / 30, 2, 20 / 35, 1.5])
+    assert gap_rows(pts)[0].tolist() == [0, 1, 2, 4, 5, 6]
+    assert gap_rows(pts, also=[4])[0].tolist() == [0, 1, 2, 4, 5, 7]
+    assert spacing_ratios(pts[:2]).tolist() == [0.0]
+    rows, m = gap_rows(pts[:0])
+    assert rows.tolist() == [] and m == 0
 
 
 def test_a_weakly_identified_end_track_is_kept_unless_its_confidence_is_tiny():
