@@ -10,8 +10,8 @@ from vertebra import labels as vl
 from vertebra.correction import (
     CHAIN_WITH_T13,
     CHAIN_WITHOUT_T13,
-    correct_labels,
     MIN_SUSPECT_CONFIDENCE,
+    correct_labels,
     correct_tracks,
     crowded,
     gap_rows,
