@@ -273,7 +273,8 @@ def test_spacing_ratios_and_gap_rows():
     pts = _line(-np.cumsum([0, 20, 20, 40, 20, 30]))
     np.testing.assert_allclose(spacing_ratios(pts), [1, 20 / 30, 2, 20 / 35, 1.5])
     assert gap_rows(pts)[0].tolist() == [0, 1, 2, 4, 5, 6]
-    assert gap_rows(pts, also=[4])[0].tolist() == [0, 1, 2, 4, 5, 7]
+    assert gap_rows(pts, flip=[4])[0].tolist() == [0, 1, 2, 4, 5, 7]  # one row added
+    assert gap_rows(pts, flip=[2])[0].tolist() == [0, 1, 2, 3, 4, 5]  # the gap read away
     assert spacing_ratios(pts[:2]).tolist() == [0.0]
     rows, m = gap_rows(pts[:0])
     assert rows.tolist() == [] and m == 0
@@ -314,13 +315,15 @@ def test_correct_tracks_without_drops_is_correct_labels_on_the_gap_table(n, seed
     if gap and n > 4:
         pts = np.delete(pts, n // 2, axis=0)
     probs = rng.dirichlet(np.full(C, 0.3), size=len(pts))
-    r = correct_tracks(pts, probs, max_drops=0)
+    r = correct_tracks(pts, probs, max_drops=0, maybe_gap_ratio=None)
     rows, m = gap_rows(pts)
     table = np.zeros((m, C))
     table[rows] = probs
     ref = correct_labels(table)
     assert r.classes.tolist() == ref.classes[rows].tolist()
     assert r.rows.tolist() == rows.tolist() and not r.dropped.any()
+    either = correct_tracks(pts, probs, max_drops=0)  # doubtful gaps read both ways
+    assert either.correction.score >= ref.score - 1e-12
     best = correct_tracks(pts, probs, suspects=np.ones(len(pts), bool))
     # dropping is chosen only to gain score, or to lose a doubtful suspect
     doubtful = (ref.confidence[rows] < MIN_SUSPECT_CONFIDENCE).any()
