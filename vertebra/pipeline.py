@@ -30,7 +30,8 @@ Stages (each timed, seconds in :attr:`LabelResult.timings`):
 7. ``correct``: consecutive anatomical labels from ``V``
    (:func:`vertebra.correction.correct_labels`: DP with optional T13, or the paper's rule).
    With ``fill_gaps``, empty rows are inserted where the 3-D spacing shows a missed vertebra
-   (:func:`vertebra.correction.gap_rows`). Up to ``max_drops`` suspect tracks (added at an
+   (:func:`vertebra.correction.gap_rows`); where the spacing is doubtful, both readings
+   are tried and the identifier decides. Up to ``max_drops`` suspect tracks (added at an
    end, or crowding a neighbour) are left out when the labels of the others fit better
    without them (:func:`vertebra.correction.correct_tracks`).
 
