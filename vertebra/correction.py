@@ -221,7 +221,7 @@ def spacing_ratios(points) -> np.ndarray:
 
 
 def gap_rows(points, ratio: float = GAP_RATIO, *, flip=()) -> tuple[np.ndarray, int]:
-    """Table rows of n detections in spine order, leaving empty rows for missed vertebra.
+    """Table rows of n detections in spine order, leaving empty rows for missed vertebrae.
 
     Where a spacing's :func:`spacing_ratios` value ``q_i`` exceeds ``ratio``,
     ``round(q_i) - 1`` rows are left empty between the two detections (at least one).
