@@ -87,12 +87,12 @@ def _subgrid(values: np.ndarray, best: np.ndarray, n: int, step: float) -> np.nd
     """
     out = np.zeros(best.shape)
     rows = np.arange(len(best))
+    s0 = values[rows, best[:, 0], best[:, 1], best[:, 2]]
     for a in range(3):
         inner = (best[:, a] > 0) & (best[:, a] < n - 1)
         lo, hi = best.copy(), best.copy()
         lo[:, a] = np.clip(lo[:, a] - 1, 0, n - 1)
         hi[:, a] = np.clip(hi[:, a] + 1, 0, n - 1)
-        s0 = values[rows, best[:, 0], best[:, 1], best[:, 2]]
         sm = values[rows, lo[:, 0], lo[:, 1], lo[:, 2]]
         sp = values[rows, hi[:, 0], hi[:, 1], hi[:, 2]]
         curve = sm - 2.0 * s0 + sp
