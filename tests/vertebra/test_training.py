@@ -563,6 +563,21 @@ class _Oracle(torch.nn.Module):
                           torch.nn.functional.pad(self.logits, pad))
 
 
+def test_confusion_of_a_network_one_level_low(rendered):
+    from vertebra.training.validate import identification_scores
+
+    rv = rendered[0]
+    oracle = _Oracle(rv)
+    ids = torch.from_numpy(rv.id_maps.astype(np.int64))
+    low = torch.where(ids > 0, (ids + 1).clamp(max=26), ids)  # every square called the next level
+    oracle.logits = 10.0 * torch.nn.functional.one_hot(low, 27).permute(0, 3, 1, 2).float()
+    conf = identification_scores(oracle, [rv], batch_size=len(rv))["confusion"]
+    classes = np.unique(rv.id_maps[rv.id_maps > 0])
+    assert np.trace(conf) == 0 and conf.sum() == rv.visible.sum()
+    for c in classes:  # row = true class, column = predicted
+        assert conf[c].sum() == conf[c, min(c + 1, 26)] > 0
+
+
 def test_validation_scores_of_an_oracle(rendered):
     from vertebra.training.validate import identification_scores, localization_scores
 
@@ -570,6 +585,10 @@ def test_validation_scores_of_an_oracle(rendered):
     ident = identification_scores(_Oracle(rv), [rv], batch_size=len(rv))
     assert ident["pixel_accuracy"] == ident["square_accuracy"] == 1.0
     assert ident["sequence_accuracy"] == 1.0 and ident["squares"] == rv.visible.sum()
+    conf = ident["confusion"]
+    assert conf.shape == (27, 27) and conf.sum() == ident["squares"]
+    assert np.count_nonzero(conf - np.diag(np.diag(conf))) == 0
+    assert set(np.flatnonzero(np.diag(conf))) == set(np.unique(rv.id_maps[rv.id_maps > 0]))
     loc = localization_scores(_Oracle(rv), [rv], batch_size=len(rv))
     assert loc["detection_rate"] == 1.0 and loc["false_positives_per_view"] == 0.0
     assert loc["median_error_mm"] < 0.5  # peak extraction on exact Gaussians, 4 mm pixels

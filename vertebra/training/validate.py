@@ -2,7 +2,8 @@
 
 * identification: pixel accuracy inside the ground-truth squares (argmax class equals
   the square's class); square accuracy (the argmax of the square's mean softmax equals
-  its class), also within one level; and sequence accuracy: the squares of a view, in
+  its class), also within one level, and its confusion matrix (true class x argmax
+  class, which shows levels a network never learned); and sequence accuracy: the squares of a view, in
   spine order, relabelled by the best path of the Sequence DP
   (:class:`vertebra.sequence.SequenceDP`) over their mean softmax, on the spine's own
   chain of classes -- what per-view label correction would give;
@@ -52,7 +53,9 @@ def identification_scores(model, rendered, **kwargs) -> dict:
 
     Returns:
         {"pixel_accuracy", "square_accuracy", "square_accuracy_pm1", "sequence_accuracy",
-        "pixels", "squares"}.
+        "pixels", "squares", "confusion"}; ``confusion`` is a (C, C) int64 array
+        (C = 27 classes, 0 background, never counted): ``confusion[t, p]`` squares of class
+        ``t`` whose mean softmax has its argmax (over the vertebra classes) at ``p``.
     """
     from vertebra import labels as vlabels
     from vertebra.sequence import SequenceDP
@@ -60,8 +63,11 @@ def identification_scores(model, rendered, **kwargs) -> dict:
     dp = SequenceDP()
     correct = total = 0
     sq_ok = sq_pm1 = seq_ok = sq_total = 0
+    confusion = None
     for rv in rendered:
         probs = predict(model, rv.images, **kwargs)["probs"]
+        if confusion is None:
+            confusion = np.zeros((probs.shape[1], probs.shape[1]), dtype=np.int64)
         pred = probs.argmax(1)
         gt = rv.id_maps.astype(np.int64)
         inside = gt > 0
@@ -75,6 +81,7 @@ def identification_scores(model, rendered, **kwargs) -> dict:
             rows = np.stack([probs[v][:, gt[v] == c].mean(axis=1) for c in classes])  # (n, C)
             best = rows[:, 1:].argmax(axis=1) + 1
             sq_ok += int((best == classes).sum())
+            np.add.at(confusion, (classes, best), 1)
             sq_pm1 += int((np.abs(_rank(best, chain) - _rank(classes, chain)) <= 1).sum())
             path = dp.scores(rows[:, chain]).labels
             fixed = np.where(path >= 0, chain[np.clip(path, 0, None)], -1)
@@ -83,7 +90,8 @@ def identification_scores(model, rendered, **kwargs) -> dict:
     n = max(sq_total, 1)
     return {"pixel_accuracy": correct / max(total, 1), "square_accuracy": sq_ok / n,
             "square_accuracy_pm1": sq_pm1 / n, "sequence_accuracy": seq_ok / n,
-            "pixels": total, "squares": sq_total}
+            "pixels": total, "squares": sq_total,
+            "confusion": confusion if confusion is not None else np.zeros((0, 0), np.int64)}
 
 
 def _rank(classes: np.ndarray, chain: np.ndarray) -> np.ndarray:
