@@ -141,9 +141,9 @@ def main(argv=None) -> int:
         "commit": commit(),
         "date": utc_now(),
     }
-    from vertebra.demo import _json_safe
+    from drrkit.io import json_safe
 
-    text = json.dumps(_json_safe(record), indent=1) + "\n"
+    text = json.dumps(json_safe(record), indent=1) + "\n"
     (out / "ablation.json").write_text(text)
     size = "quick" if args.quick else f"n{args.train_phantoms}-it{args.iterations or 'preset'}"
     result = RESULTS / f"ablation-{slug(cpu_model())}-{size}.json"

@@ -52,7 +52,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import platform
 import shutil
@@ -214,17 +213,6 @@ def stage_line(row: dict) -> str:
     return head + " | " + " | ".join(parts)
 
 
-def json_safe(value):
-    """NaN / inf -> None (strict JSON), recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     set_threads(args.threads, wait_policy=None)  # training: see _common.set_threads
@@ -232,6 +220,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    from drrkit.io import json_safe
     from vertebra.training.trainer import resolve_device, train
 
     config = make_config(args)

@@ -237,6 +237,23 @@ def _umask() -> int:
     return mask
 
 
+def json_safe(value):
+    """``value`` with plain JSON types only, recursively, for ``json.dumps``.
+
+    Dict keys become str, tuples lists, NumPy (or torch) arrays and scalars lists and
+    Python numbers (anything with ``tolist``), NaN and infinities None.
+    """
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "tolist"):
+        return json_safe(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def dumps(data, indent: int = 1) -> str:
     """Standard JSON (NaN refused), indented, with lists of numbers kept on one line."""
 

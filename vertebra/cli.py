@@ -36,19 +36,6 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _json_safe(value):
-    """NaN -> None, numpy scalars -> Python, dict keys -> str, recursively."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float):
-        return None if math.isnan(value) else value
-    if hasattr(value, "item"):
-        return _json_safe(value.item())
-    return value
-
-
 # ====================================================================== evaluate
 @app.command()
 def evaluate(
@@ -136,7 +123,9 @@ def evaluate(
         return
 
     if as_json:
-        typer.echo(json.dumps(_json_safe(result), indent=1))
+        from drrkit.io import json_safe
+
+        typer.echo(json.dumps(json_safe(result), indent=1))
         return
     _print_evaluation(result)
 
@@ -416,7 +405,9 @@ def _evaluate_folders(pred: Path, gt: Path, *, format: str, radius: float,
         fail(str(error))
         return
     if as_json:
-        typer.echo(json.dumps(_json_safe({"pooled": pooled, "cases": {
+        from drrkit.io import json_safe
+
+        typer.echo(json.dumps(json_safe({"pooled": pooled, "cases": {
             name: {k: r[k] for k in ("n_gt", "n_pred", "identified", "id_rate", "l_error",
                                      "misses", "false_positives")}
             for name, r in results.items()}, "against": difference}), indent=1))

@@ -34,7 +34,6 @@ Folder layout::
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -351,20 +350,7 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *,
         "targets": {"id_rate": TARGET_ID_RATE, "l_error_mm": TARGET_ERROR_MM,
                     "met": result.meets_targets},
     }
-    from drrkit.io import write_json
+    from drrkit.io import json_safe, write_json
 
-    write_json(out / "report.json", _json_safe(report))
+    write_json(out / "report.json", json_safe(report))
     return result
-
-
-def _json_safe(value):
-    """NaN -> None, NumPy scalars -> Python, keys -> str, recursively."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value

@@ -218,3 +218,23 @@ def test_staged_directory_refuses_a_file_as_output(tmp_path):
     target.write_text("a file")
     with pytest.raises(DrrkitError, match="not a folder"), dio.staged_directory(target):
         pass
+
+
+# ---------------------------------------------------------------------- json_safe
+def test_json_safe_gives_plain_json():
+    value = {1: np.arange(4, dtype=np.int64).reshape(2, 2), "f": np.float32(1.5),
+             "bad": [float("nan"), np.inf, -np.inf], "t": (np.bool_(True), "s", None)}
+    safe = dio.json_safe(value)
+    assert safe == {"1": [[0, 1], [2, 3]], "f": 1.5, "bad": [None, None, None],
+                    "t": [True, "s", None]}
+    assert json.loads(json.dumps(safe, allow_nan=False)) == safe
+
+
+@given(st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), max_size=8))
+def test_json_safe_keeps_finite_numbers_and_drops_the_rest(values):
+    array = np.asarray(values, dtype=np.float32)
+    safe = dio.json_safe({"a": array})["a"]
+    assert len(safe) == len(values)
+    for got, x in zip(safe, array):
+        assert got is None if not np.isfinite(x) else got == float(x)
+    json.dumps(safe, allow_nan=False)
