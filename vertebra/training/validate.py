@@ -54,7 +54,7 @@ def identification_scores(model, rendered, **kwargs) -> dict:
     Returns:
         {"pixel_accuracy", "square_accuracy", "square_accuracy_pm1", "sequence_accuracy",
         "pixels", "squares", "confusion"}; ``confusion`` is a (C, C) int64 array
-        (C = 27 classes, 0 background, never counted): ``confusion[t, p]`` squares of class
+        (C = :data:`vertebra.labels.NUM_CLASSES`, 0 background, never counted): ``confusion[t, p]`` squares of class
         ``t`` whose mean softmax has its argmax (over the vertebra classes) at ``p``.
     """
     from vertebra import labels as vlabels
@@ -62,12 +62,10 @@ def identification_scores(model, rendered, **kwargs) -> dict:
 
     dp = SequenceDP()
     correct = total = 0
-    sq_ok = sq_pm1 = seq_ok = sq_total = 0
-    confusion = None
+    sq_pm1 = seq_ok = 0
+    confusion = np.zeros((vlabels.NUM_CLASSES, vlabels.NUM_CLASSES), dtype=np.int64)
     for rv in rendered:
         probs = predict(model, rv.images, **kwargs)["probs"]
-        if confusion is None:
-            confusion = np.zeros((probs.shape[1], probs.shape[1]), dtype=np.int64)
         pred = probs.argmax(1)
         gt = rv.id_maps.astype(np.int64)
         inside = gt > 0
@@ -80,18 +78,17 @@ def identification_scores(model, rendered, **kwargs) -> dict:
                 continue
             rows = np.stack([probs[v][:, gt[v] == c].mean(axis=1) for c in classes])  # (n, C)
             best = rows[:, 1:].argmax(axis=1) + 1
-            sq_ok += int((best == classes).sum())
             np.add.at(confusion, (classes, best), 1)
             sq_pm1 += int((np.abs(_rank(best, chain) - _rank(classes, chain)) <= 1).sum())
             path = dp.scores(rows[:, chain]).labels
             fixed = np.where(path >= 0, chain[np.clip(path, 0, None)], -1)
             seq_ok += int((fixed == classes).sum())
-            sq_total += len(classes)
+    sq_total = int(confusion.sum())
     n = max(sq_total, 1)
-    return {"pixel_accuracy": correct / max(total, 1), "square_accuracy": sq_ok / n,
+    return {"pixel_accuracy": correct / max(total, 1),
+            "square_accuracy": int(np.trace(confusion)) / n,
             "square_accuracy_pm1": sq_pm1 / n, "sequence_accuracy": seq_ok / n,
-            "pixels": total, "squares": sq_total,
-            "confusion": confusion if confusion is not None else np.zeros((0, 0), np.int64)}
+            "pixels": total, "squares": sq_total, "confusion": confusion}
 
 
 def _rank(classes: np.ndarray, chain: np.ndarray) -> np.ndarray:
