@@ -59,6 +59,8 @@ class DemoConfig:
         orbits: prerendered orbits per training phantom.
         c1_share: share of the training phantoms whose scan starts at C1 (see
             :class:`vertebra.training.sources.PhantomSource`).
+        sacrum_share: share of the training phantoms whose scan ends at L5 with the
+            sacrum in view (same class).
         crops: shorter scans cut from each training phantom, each prerendered too
             (:class:`vertebra.training.sources.CroppedSource`; 0: none).
         held_out: held-out phantoms (seeds ``held_out_start`` ..).
@@ -86,6 +88,7 @@ class DemoConfig:
     identifier_phantoms: int | None = 120
     orbits: int = 2
     c1_share: float = 0.2
+    sacrum_share: float = 0.0
     crops: int = 0
     held_out: int = 24
     held_out_start: int = 3000
@@ -190,7 +193,7 @@ def prepare_data(data: Path, config: DemoConfig, log: Callable[[str], None] = pr
     for (sigma_mm, square_mm), group in todo.items():
         counts = {d: config.phantoms(task) * copies for d, (task, _) in group.items()}
         source = PhantomSource(range(max(counts.values()) // copies),
-                               c1_share=config.c1_share)
+                               c1_share=config.c1_share, sacrum_share=config.sacrum_share)
         made = prerender_many(CroppedSource(source, crops=config.crops),
                               {d: views for d, (_, views) in group.items()},
                               orbits=config.orbits, sigma_mm=sigma_mm, square_mm=square_mm,

@@ -72,6 +72,20 @@ def test_config_round_trip_and_validation():
         AugmentConfig(noise=(0.1, 0.0))
 
 
+def test_config_decoder_channels_build_that_decoder():
+    from vertebra.training.trainer import build_model
+
+    cfg = TrainConfig.cpu_demo("localization", decoder_channels=[32, 16, 16, 8, 8])
+    assert cfg.decoder_channels == (32, 16, 16, 8, 8)
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    model = build_model(cfg.replace(init="none"))
+    assert model.config["decoder_channels"] == [32, 16, 16, 8, 8]
+    assert build_model(TrainConfig.cpu_demo("localization")).config["decoder_channels"] == [
+        256, 128, 64, 32, 16]
+    with pytest.raises(DrrkitError, match="decoder_channels"):
+        TrainConfig(decoder_channels=(64, 0))
+
+
 def test_phantom_specs():
     assert parse_phantoms("phantoms:3") == [0, 1, 2]
     assert parse_phantoms("phantoms:5:7") == [5, 6]
@@ -201,6 +215,24 @@ def test_phantom_source_c1_share():
     assert PhantomSource(range(3)).levels(0) is None
     for bad in ({"c1_share": 1.5}, {"c1_share": 0.5, "levels": ("T1", "T4")}):
         with pytest.raises(DrrkitError, match="c1_share"):
+            PhantomSource(range(3), **bad)
+
+
+def test_phantom_source_sacrum_share_keeps_the_c1_draws():
+    both = PhantomSource(range(60), size="small", c1_share=0.3, sacrum_share=0.4)
+    runs = [both.levels(i) for i in range(60)]
+    c1_only = [PhantomSource(range(60), c1_share=0.3).levels(i) for i in range(60)]
+    # adding the sacrum share leaves every C1 scan where it was
+    assert [lv for lv in runs if lv and lv[0] == "C1"] == [lv for lv in c1_only if lv]
+    to_l5 = [lv for lv in runs if lv and lv[1] == "L5"]
+    assert 12 <= len(to_l5) <= 36
+    assert {lv[0] for lv in to_l5} <= set(PhantomSource.SACRUM_STARTS)
+    ct = both.load(runs.index(to_l5[0]))
+    assert max(ct.centroids) in (24, 25)  # L5 is the last vertebra (or L6 follows it)
+    for bad, word in (({"sacrum_share": -0.1}, "sacrum_share"),
+                      ({"sacrum_share": 0.2, "levels": ("T1", "T4")}, "sacrum_share"),
+                      ({"c1_share": 0.6, "sacrum_share": 0.6}, "at most 1")):
+        with pytest.raises(DrrkitError, match=word):
             PhantomSource(range(3), **bad)
 
 

@@ -77,6 +77,8 @@ class TrainConfig:
     Attributes:
         task: "localization" (heatmap regression) or "identification" (22 mm squares).
         encoder: timm encoder of the U-Net (paper: "resnet50").
+        decoder_channels: widths of the U-Net's decoder blocks, deepest first, one per
+            encoder stage (None: :data:`vertebra.models.DECODER_CHANNELS`).
         init: encoder initialisation: "none", "imagenet:PATH" (a local timm / torchvision
             state dict) or "simsiam:PATH" (a ``vertebra pretrain`` encoder checkpoint).
         iterations: optimiser steps (paper 15 000).
@@ -120,6 +122,7 @@ class TrainConfig:
 
     task: str = "localization"
     encoder: str = "resnet50"
+    decoder_channels: tuple[int, ...] | None = None
     init: str = "none"
     iterations: int = 15000
     batch_size: int = 8
@@ -150,6 +153,12 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
+        if self.decoder_channels is not None:
+            widths = tuple(int(c) for c in self.decoder_channels)
+            if not widths or min(widths) < 1:
+                raise DrrkitError(f"decoder_channels must be positive widths, got "
+                                  f"{self.decoder_channels!r}")
+            object.__setattr__(self, "decoder_channels", widths)
         if isinstance(self.views, dict):
             object.__setattr__(self, "views", ViewConfig.from_dict(self.views))
         if isinstance(self.augment, dict):
@@ -252,6 +261,8 @@ class TrainConfig:
     def to_dict(self) -> dict:
         """Plain nested dict (lists for tuples) for checkpoints and JSON."""
         out = asdict(self)
+        if self.decoder_channels is not None:
+            out["decoder_channels"] = list(self.decoder_channels)
         out["views"] = self.views.to_dict()
         out["augment"] = {k: list(v) if isinstance(v, tuple) else v
                           for k, v in asdict(self.augment).items()}

@@ -114,7 +114,7 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
         raise DrrkitError(f"{path} is not a plain timm / torchvision state dict")
     activation = "sigmoid" if config.heatmap_loss == "focal" else "identity"
     return create_model("unet", encoder=config.encoder, task=config.task, pretrained=path,
-                        heatmap_activation=activation)
+                        heatmap_activation=activation, decoder_channels=config.decoder_channels)
 
 
 # ---------------------------------------------------------------------- distributed
