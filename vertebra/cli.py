@@ -446,8 +446,8 @@ def print_pooled(pooled: dict, title: str = "") -> None:
 
 
 # ====================================================================== prerender, pretrain, train
-_DATA_HELP = ("Training CTs: phantoms:N (synthetic spines, seeds 0..N-1; phantoms:A:B for "
-              "seeds A..B-1), a VerSe-layout folder, or a vertebra prerender cache folder.")
+_DATA_HELP = ("Training CTs: phantoms:N (synthetic spines, seeds 0..N-1; phantoms:FIRST:STOP for "
+              "seeds FIRST..STOP-1), a VerSe-layout folder, or a vertebra prerender cache folder.")
 
 
 def _train_config(preset: str, task: str, **changes):
