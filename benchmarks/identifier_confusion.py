@@ -4,12 +4,17 @@ Runs the identifier of a networks bundle (or an identifier checkpoint) on whole 
 a prerender cache (as at inference) and counts, for every ground-truth square, the class
 with the largest mean softmax inside it
 (:func:`vertebra.training.validate.identification_scores`, ``confusion``). On the
-network's own training cache this separates "never learned" from "does not generalise".
+network's own training cache this separates "never learned" from "does not generalise";
+on views of phantoms it never saw it is a quick score of an identifier (a minute, against
+several for labelling them), though not of the labels the pipeline would give.
 
 Run::
 
     uv run python benchmarks/identifier_confusion.py runs/demo/models/networks.pt \\
         runs/demo/data/train_identification --every 4
+    # the validation phantoms' views (seeds 2024-2095):
+    uv run vertebra prerender phantoms:2024:2096 runs/val-id --preset cpu-demo --task identification
+    uv run python benchmarks/identifier_confusion.py runs/demo/models/networks.pt runs/val-id
 
 Prints one line per level (squares, share right, the three most frequent answers) and
 writes ``benchmarks/results/identifier-confusion-<cache>.json`` (or ``--out``).
