@@ -60,7 +60,8 @@ class DemoConfig:
         c1_share: share of the training phantoms whose scan starts at C1 (see
             :class:`vertebra.training.sources.PhantomSource`).
         sacrum_share: share of the training phantoms whose scan ends at L5 with the
-            sacrum in view (same class).
+            sacrum in view (see the same class; 0.25 did not change the validation
+            labels, ``benchmarks/README.md``).
         crops: shorter scans cut from each training phantom, each prerendered too
             (:class:`vertebra.training.sources.CroppedSource`; 0: none).
         held_out: held-out phantoms (seeds ``held_out_start`` ..).
