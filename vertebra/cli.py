@@ -434,7 +434,8 @@ def print_pooled(pooled: dict, title: str = "") -> None:
                   f"same-label prediction: {pooled['n_without_prediction']}")
     e = pooled.get("identified_error")
     if e and e["n"]:
-        console.print(f"identified vertebrae: error median {e['median']:.2f} mm (quartiles "
+        console.print(f"identified vertebrae: error mean {e['mean']:.2f} mm, median "
+                      f"{e['median']:.2f} mm (quartiles "
                       f"{e['q25']:.2f}, {e['q75']:.2f}), {100 * e['within_2mm']:.1f} % within "
                       "2 mm")
     ci = pooled.get("interval")

@@ -120,10 +120,13 @@ def test_identified_error_leaves_out_mislabelled_vertebrae():
     pred = {20: [0, 0, 1], 21: [0, 3, -30], 22: [0, 0, -90], 23: [0, 0, -60]}  # 22/23 swapped
     e = pool([evaluate(pred, gt)])
     assert e["l_error"] == pytest.approx((1 + 3 + 30 + 30) / 4)
-    assert e["identified_error"] == {"n": 2, "median": 2.0, "q25": 1.5, "q75": 2.5,
-                                     "within_2mm": 0.5}
+    assert e["identified_error"] == {"n": 2, "mean": 2.0, "median": 2.0, "q25": 1.5,
+                                     "q75": 2.5, "within_2mm": 0.5}
     empty = pool([evaluate({}, gt)])["identified_error"]
-    assert empty["n"] == 0 and np.isnan(empty["median"])
+    assert empty["n"] == 0 and np.isnan(empty["median"]) and np.isnan(empty["mean"])
+    # with every label right, the identified mean is l_error itself
+    right = pool([evaluate({20: [0, 0, 1], 21: [0, 3, -30]}, {20: [0, 0, 0], 21: [0, 0, -30]})])
+    assert right["identified_error"]["mean"] == pytest.approx(right["l_error"]) == 2.0
 
 
 def _scan(found: int, total: int, offset_mm: float = 1.0) -> dict:
