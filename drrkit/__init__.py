@@ -7,7 +7,14 @@ used.
 from drrkit.errors import DrrkitError
 from drrkit.geometry import Geometry, Projected, circular_orbit, pixel_rays, project_points
 from drrkit.render import cuda_available, render, render_labels
-from drrkit.volume import MU_WATER, Volume, hu_to_mu, load_volume, resample_isotropic
+from drrkit.volume import (
+    MU_WATER,
+    Volume,
+    enhance_bone,
+    hu_to_mu,
+    load_volume,
+    resample_isotropic,
+)
 
 __version__ = "0.1.0"
 
@@ -19,6 +26,7 @@ __all__ = [
     "Volume",
     "circular_orbit",
     "cuda_available",
+    "enhance_bone",
     "hu_to_mu",
     "load_volume",
     "pixel_rays",

@@ -319,3 +319,38 @@ def resample_isotropic(volume: Volume, spacing: float = 1.0) -> Volume:
     image = volume.with_data(volume.data.astype(np.float32, copy=False)).to_sitk()
     out = Volume.from_sitk(resampler.Execute(image))
     return out.with_data(np.ascontiguousarray(out.data, dtype=np.float32))
+
+
+def enhance_bone(volume: Volume, threshold_hu: float = 200.0, gain: float = 8.0,
+                 mu_water: float = MU_WATER) -> Volume:
+    """Steepen attenuation above a CT number, so bone stands out of soft tissue in DRRs.
+
+    A voxel's attenuation ``mu`` above ``mu_t = mu_water (1 + threshold_hu / 1000)`` becomes
+    ``mu_t + gain (mu - mu_t)``; below it is unchanged. This is the same as multiplying
+    the CT numbers above ``threshold_hu`` by ``gain`` around it, and is continuous and
+    increasing for ``gain >= 1``. A DRR of the result is the plain DRR plus ``gain - 1``
+    times the DRR of the bone's excess attenuation ``max(mu - mu_t, 0)`` (both linear in
+    the volume), so ribs, pelvis and vertebrae are ``gain`` times more visible against the
+    ~6 line-integral units of a torso's soft tissue, where bone adds a few per cent.
+    (The paper's code renders "enhanced" CTs; how it enhanced them is not published.)
+
+    Args:
+        volume: attenuation in 1/mm (as :func:`load_volume` returns).
+        threshold_hu: CT number above which attenuation is steepened (200 HU leaves soft
+            tissue, blood and noise alone; cancellous bone is ~200-400 HU).
+        gain: slope above the threshold (1: unchanged), >= 1.
+        mu_water: the water attenuation the volume was converted with (1/mm).
+
+    Returns:
+        A new :class:`Volume` (float32, same geometry).
+    """
+    if not (math.isfinite(threshold_hu) and math.isfinite(gain) and gain >= 1.0):
+        raise DrrkitError(f"bone enhancement needs a finite threshold and gain >= 1, got "
+                          f"{threshold_hu} HU and {gain}")
+    data = np.asarray(volume.data, dtype=np.float32)
+    mu_t = np.float32(mu_water * (1.0 + threshold_hu / 1000.0))
+    out = data - mu_t  # one temporary the size of the volume
+    np.maximum(out, np.float32(0.0), out=out)
+    out *= np.float32(gain - 1.0)
+    out += data
+    return volume.with_data(out)

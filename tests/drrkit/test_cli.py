@@ -124,6 +124,25 @@ def test_render_phantom_writes_images_and_geometry(tmp_path):
         "contact_sheet.png", "drr.npy", "geometry.json", "view_000.png", "view_001.png"]
 
 
+def test_render_bone_gain_renders_the_enhanced_volume(tmp_path):
+    out = tmp_path / "bone"
+    result = invoke("render", "--phantom", "--out", out, "--bone-gain", "8",
+                    "--bone-threshold", "150", "--no-png", *SMALL)
+    assert result.exit_code == 0, result.output
+    from drrkit import enhance_bone
+
+    phantom = default_phantom()
+    expected = render(enhance_bone(phantom, 150.0, 8.0),
+                      circular_orbit(phantom, views=2, size=32, pixel_spacing=16.0),
+                      backend="cpu")
+    np.testing.assert_allclose(np.load(out / "drr.npy"), expected, rtol=1e-5, atol=1e-6)
+    meta = json.loads((out / "geometry.json").read_text())["render"]
+    assert (meta["bone_gain"], meta["bone_threshold_hu"]) == (8.0, 150.0)
+    bad = invoke("render", "--phantom", "--out", tmp_path / "x", "--bone-gain", "0.5", *SMALL)
+    assert bad.exit_code == 2 and "--bone-gain" in bad.output
+    assert not (tmp_path / "x").exists()
+
+
 def test_projection_matrices_put_the_bead_on_the_image_peak(oblique_ct, tmp_path):
     folder, volume = oblique_ct
     out = tmp_path / "out"

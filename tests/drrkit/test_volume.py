@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from hypothesis import given
+from hypothesis import strategies as st
 
 import drrkit
 from drrkit import DrrkitError, Volume, load_volume
@@ -67,6 +69,50 @@ def test_hu_to_mu():
     np.testing.assert_allclose(mu, [0, 0, drrkit.MU_WATER, 2 * drrkit.MU_WATER], rtol=1e-6)
     assert mu.dtype == np.float32
     np.testing.assert_allclose(drrkit.hu_to_mu(np.array([0.0]), mu_water=0.02), [0.02])
+
+
+def test_enhance_bone_steepens_ct_numbers_above_the_threshold(rng):
+    hu = rng.uniform(-1000, 3000, size=(5, 6, 7)).astype(np.float32)
+    vol = oblique_volume(rng).with_data(drrkit.hu_to_mu(hu))
+    out = drrkit.enhance_bone(vol, threshold_hu=200.0, gain=8.0)
+    expected_hu = np.where(hu > 200.0, 200.0 + 8.0 * (hu - 200.0), hu)
+    np.testing.assert_allclose(out.data, drrkit.hu_to_mu(expected_hu), rtol=1e-5, atol=1e-7)
+    assert out.data.dtype == np.float32 and out.data.shape == vol.data.shape
+    np.testing.assert_array_equal(out.index_to_world, vol.index_to_world)
+    np.testing.assert_array_equal(vol.data, drrkit.hu_to_mu(hu))  # input untouched
+    np.testing.assert_array_equal(drrkit.enhance_bone(vol, gain=1.0).data, vol.data)
+    for bad in ({"gain": 0.5}, {"gain": np.nan}, {"threshold_hu": np.inf}):
+        with pytest.raises(DrrkitError, match="bone enhancement"):
+            drrkit.enhance_bone(vol, **bad)
+
+
+@given(st.floats(-500, 1500), st.floats(1.0, 20.0),
+       st.lists(st.floats(0.0, 0.2), min_size=2, max_size=2))
+def test_enhance_bone_is_continuous_and_increasing(threshold, gain, pair):
+    mu = np.sort(np.array(pair, dtype=np.float32))
+    vol = Volume(mu.reshape(1, 1, 2), spacing=[1.0, 1.0, 1.0])
+    out = drrkit.enhance_bone(vol, threshold, gain).data.ravel()
+    assert out[0] <= out[1]
+    assert np.all(out >= mu * (1 - 1e-6))  # never darker
+    # the slope is 1 below the threshold and gain above it, nothing jumps
+    assert out[1] - out[0] <= gain * (mu[1] - mu[0]) * (1 + 1e-5) + 1e-7
+
+
+def test_drr_of_an_enhanced_bone_cube_is_closed_form():
+    """A uniform 1000 HU cube: every ray sees mu'/mu times the plain line integral."""
+    mu = float(drrkit.hu_to_mu(np.array([1000.0]))[0])
+    vol = Volume(np.full((20, 20, 20), mu, np.float32), spacing=[2.0, 2.0, 2.0],
+                 origin=[-19.0, -19.0, -19.0])
+    g = drrkit.circular_orbit(vol, views=3, sad=400, sid=800, size=16, pixel_spacing=2.0)
+    plain = drrkit.render(vol, g, backend="cpu")
+    enhanced = drrkit.render(drrkit.enhance_bone(vol, threshold_hu=200.0, gain=8.0), g,
+                             backend="cpu")
+    ratio = (200.0 + 8.0 * 800.0 + 1000.0) / 2000.0  # mu'/mu with mu = mu_w (1 + HU/1000)
+    hit = plain > 1e-3
+    assert hit.sum() > 100
+    np.testing.assert_allclose(enhanced[hit], ratio * plain[hit], rtol=1e-4)
+    # the centre ray crosses the 40 mm cube: 40 mm x the enhanced attenuation
+    np.testing.assert_allclose(enhanced[0, 7:9, 7:9], 40.0 * ratio * mu, rtol=2e-2)
 
 
 def test_nan_voxels_warn_and_become_air(tmp_path):

@@ -219,10 +219,13 @@ def _line(z):
 
 
 def test_crowded_marks_both_tracks_of_a_close_pair():
-    z = -np.cumsum([0, 20, 22, 24, 8, 18, 26, 27])  # a second detection 8 mm below #3
+    z = -np.cumsum([0, 20, 22, 24, 8, 20, 26, 27])  # a second detection 8 mm below #3
     assert np.flatnonzero(crowded(_line(z))).tolist() == [3, 4]
     assert not crowded(_line(-np.cumsum([0, 18, 18, 19, 25, 27, 30]))).any()  # C -> T -> L
     assert not crowded(_line([0.0, -5.0])).any()  # too few to tell
+    # C2 seen as two blobs (dens and body) on bone-enhanced views, validation phantom 2085
+    split = -np.cumsum([0, 10.5, 9.4, 14.6, 15.1, 15.3, 14.9])
+    assert np.flatnonzero(crowded(_line(split))).tolist() == [1, 2]
 
 
 def test_correct_tracks_drops_a_false_track_above_the_spine():

@@ -39,3 +39,23 @@ def test_render_is_normalised_drr():
     g = config.geometry(vol)
     np.testing.assert_allclose(config.render(vol, g, backend="cpu"),
                                drrkit.render(vol, g, backend="cpu") / 8.0, rtol=1e-6)
+
+
+def test_bone_enhanced_views():
+    hu = np.full((12, 12, 12), 40.0, np.float32)
+    hu[3:9, 4:8, 4:8] = 900.0
+    vol = drrkit.Volume(drrkit.hu_to_mu(hu), spacing=[2.0] * 3)
+    config = ViewConfig(views=3, mm_per_pixel=4.0, multiple=8, bone_gain=6.0,
+                        bone_threshold_hu=150.0)
+    g = config.geometry(vol)
+    expected = drrkit.render(drrkit.enhance_bone(vol, 150.0, 6.0), g, backend="cpu") / 8.0
+    np.testing.assert_allclose(config.render(vol, g, backend="cpu"), expected, rtol=1e-6)
+    assert config.render(vol, g, backend="cpu").max() > 1.5 * ViewConfig(
+        views=3, mm_per_pixel=4.0, multiple=8).render(vol, g, backend="cpu").max()
+    # a stored config from before bone enhancement renders the plain CT
+    old = {k: v for k, v in config.to_dict().items() if not k.startswith("bone")}
+    assert ViewConfig.from_dict(old).bone_gain == 1.0
+    assert ViewConfig.from_dict(config.to_dict()) == config
+    for bad in ({"bone_gain": 0.9}, {"bone_threshold_hu": float("nan")}):
+        with pytest.raises(DrrkitError, match="bone"):
+            ViewConfig(**bad)

@@ -28,6 +28,9 @@ from vertebra.views import ViewConfig
 TASKS = ("localization", "identification")
 HEATMAP_LOSSES = ("mse", "focal")
 
+#: Bone enhancement of the cpu-demo views (``ViewConfig.bone_gain``, above 200 HU).
+BONE_GAIN = 8.0
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -226,11 +229,11 @@ class TrainConfig:
         """
         if task == "localization":
             own = {"iterations": 4800, "lr_step": 4000, "heatmap_loss": "focal",
-                   "views": ViewConfig(mm_per_pixel=2.0)}
+                   "views": ViewConfig(mm_per_pixel=2.0, bone_gain=BONE_GAIN)}
         else:
             own = {"iterations": 1600, "lr_step": 1300, "background_weight": 0.2,
                    "decoder_channels": (128, 64, 32, 16, 16),
-                   "views": ViewConfig(mm_per_pixel=4.0)}
+                   "views": ViewConfig(mm_per_pixel=4.0, bone_gain=BONE_GAIN)}
         base = {
             "task": task,
             "encoder": "resnet10t",
