@@ -474,7 +474,8 @@ def label_ct(
 
     stage("render")
     geometry = views.geometry(volume)
-    inputs = views.render(volume, geometry, backend=backend)
+    attenuation = views.attenuation(volume)  # bone-enhanced once for both networks' views
+    inputs = views.render(attenuation, geometry, backend=backend, enhanced=True)
     done("render")
 
     stage("localize")
@@ -540,7 +541,10 @@ def label_ct(
     k_id = len(id_geometry)
     if t:
         if id_geometry is not geometry:
-            id_inputs = identifier_views.render(volume, id_geometry, backend=backend)
+            if not identifier_views.same_attenuation(views):
+                attenuation = identifier_views.attenuation(volume)
+            id_inputs = identifier_views.render(attenuation, id_geometry, backend=backend,
+                                                enhanced=True)
         probs = _check_output("identifier", identifier(id_inputs),
                               (k_id, vlabels.NUM_CLASSES) + id_geometry.shape[1:])
         pixels = drrkit.project_points(points, id_geometry).pixels  # (K', T, 2)

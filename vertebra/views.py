@@ -110,12 +110,29 @@ class ViewConfig:
             size=size or self.detector_size(volume),
             pixel_spacing=self.mm_per_pixel * self.magnification, start_angle=start_angle)
 
+    def attenuation(self, volume: drrkit.Volume) -> drrkit.Volume:
+        """The volume these views integrate (1/mm): ``volume`` bone-enhanced when
+        ``bone_gain > 1`` (a new volume), else ``volume`` itself."""
+        if self.bone_gain == 1.0:
+            return volume
+        return drrkit.enhance_bone(volume, self.bone_threshold_hu, self.bone_gain)
+
+    def same_attenuation(self, other: ViewConfig) -> bool:
+        """Whether ``other`` integrates the same volume (its :meth:`attenuation` can be reused)."""
+        if self.bone_gain == other.bone_gain == 1.0:
+            return True
+        return (self.bone_gain, self.bone_threshold_hu) == (other.bone_gain,
+                                                             other.bone_threshold_hu)
+
     def render(self, volume: drrkit.Volume, geometry: drrkit.Geometry,
-               backend: str = "auto") -> np.ndarray:
-        """(K, H, W) float32 network inputs for an attenuation volume (1/mm), bone
-        enhanced first when ``bone_gain > 1``."""
-        if self.bone_gain != 1.0:
-            volume = drrkit.enhance_bone(volume, self.bone_threshold_hu, self.bone_gain)
+               backend: str = "auto", *, enhanced: bool = False) -> np.ndarray:
+        """(K, H, W) float32 network inputs for an attenuation volume (1/mm).
+
+        ``enhanced``: ``volume`` is already :meth:`attenuation` of the CT (skips the bone
+        enhancement, e.g. when two networks' views share it).
+        """
+        if not enhanced:
+            volume = self.attenuation(volume)
         drr = drrkit.render(volume, geometry, backend=backend, step=self.step)
         return normalize(drr, self.intensity_scale)
 

@@ -3,6 +3,7 @@ phantom's ground truth with vertebra.targets (plus noise and deliberate faults),
 tests check the geometry and the fusion (peaks, correspondence, triangulation, squares,
 voting, correction) independently of any learning."""
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -334,6 +335,32 @@ def test_square_means_exact():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         square_means(probs, pixels[:, :0], np.array([[1.0, 1.0]]))
+
+
+@pytest.mark.parametrize("loc_gain, id_gain", [(6.0, 6.0), (1.0, 6.0), (6.0, 1.0)])
+def test_each_network_sees_its_own_bone_enhancement(thoracic, thoracic_maps, loc_gain,
+                                                    id_gain):
+    """The CT is enhanced once when both views share the setting, never mixed up."""
+    vol, (heat, _, _) = thoracic_maps
+    fine = dataclasses.replace(VIEWS, bone_gain=loc_gain)
+    coarse = ViewConfig(views=6, mm_per_pixel=4.0, bone_gain=id_gain)
+    _, probs_c, _ = oracle(vol, thoracic.centroids, views=coarse)
+    seen = {}
+
+    def localizer(x):
+        seen["loc"] = x
+        return heat
+
+    def identifier(x):
+        seen["id"] = x
+        return probs_c
+
+    r = label_ct(vol, localizer, identifier, views=fine, identifier_views=coarse,
+                 backend="cpu")
+    check(r, thoracic.centroids, tol_mm=0.5)
+    for key, config in (("loc", fine), ("id", coarse)):
+        np.testing.assert_allclose(seen[key], config.render(vol, config.geometry(vol),
+                                                             backend="cpu"), rtol=1e-6)
 
 
 def test_identifier_on_its_own_coarser_views(thoracic, thoracic_maps):
