@@ -496,6 +496,10 @@ def prerender(
         help="Detector pixel size at the isocentre, mm (default: the preset's).")] = None,
     views: Annotated[int | None, typer.Option(help="Views per orbit (default: the preset's)."
                                               )] = None,
+    bone_gain: Annotated[float | None, typer.Option(
+        help="Bone enhancement: attenuation above 200 HU this many times steeper "
+             "(drrkit.enhance_bone; 1: plain DRRs; default: the preset's, paper 1, "
+             "cpu-demo 8).")] = None,
     orbits: Annotated[int, typer.Option(help="Orbits per CT: angle 0, then random start "
                                              "angles within half a view step.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the extra orbits' angles.")] = 0,
@@ -509,6 +513,8 @@ def prerender(
         $ vertebra prerender phantoms:40 cache/ --preset cpu-demo --orbits 2
 
         $ vertebra prerender phantoms:40 cache-id/ --preset cpu-demo --task identification
+
+        $ vertebra prerender verse19/train cache/ --preset paper --bone-gain 8
     """
     from dataclasses import replace
 
@@ -521,8 +527,8 @@ def prerender(
         _check_data_spec(data)
         config = _train_config(preset, task)
         vc = config.views
-        vc = replace(vc, **{k: v for k, v in (("mm_per_pixel", mm_per_pixel), ("views", views))
-                            if v is not None})
+        vc = replace(vc, **{k: v for k, v in (("mm_per_pixel", mm_per_pixel), ("views", views),
+                                              ("bone_gain", bone_gain)) if v is not None})
         source = open_data(data)
         if isinstance(source, RenderedCache):
             raise DrrkitError(f"{data} is already a prerender cache")

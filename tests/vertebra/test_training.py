@@ -551,6 +551,7 @@ def test_cli_prerender_pretrain_train_and_bad_input(tmp_path):
     assert saved["iteration"] == 2 and saved["train_config"]["sequence_loss"] is False
     assert saved["view_config"]["views"] == 4  # the cache's views were recorded
     assert saved["view_config"]["mm_per_pixel"] == 4.0  # the cpu-demo identifier's pixels
+    assert saved["view_config"]["bone_gain"] == 8.0  # and its bone-enhanced views
     r = runner.invoke(app, ["train", str(cache), "--out", str(ckpt), "--iterations", "3",
                             "--resume", "--no-sequence-loss", *common])
     assert r.exit_code == 0, r.output
@@ -568,6 +569,7 @@ def test_cli_prerender_pretrain_train_and_bad_input(tmp_path):
         ["pretrain", "phantoms:x", "--out", str(tmp_path / "e.pt")],
         ["prerender", str(cache), str(tmp_path / "c2")],  # already a cache
         ["prerender", "phantoms:1", str(tmp_path / "c3"), "--task", "segment"],
+        ["prerender", "phantoms:1", str(tmp_path / "c4"), "--bone-gain", "0.5"],
         ["train", str(cache), "--out", str(tmp_path / "x.pt"), "--heatmap-loss", "l1"],
     ]
     for args in bad:
