@@ -299,6 +299,7 @@ def _render(ct, out, phantom, views, sad, sid, size, pixel_spacing, step, input_
     from drrkit.geometry import circular_orbit
     from drrkit.io import save_geometry, save_npy, staged_directory
     from drrkit.render import default_step, resolve_backend
+    from drrkit.volume import check_bone_enhancement, enhance_bone
 
     # --- check everything cheap before reading the CT
     _choose_input(ct, phantom)
@@ -310,9 +311,7 @@ def _render(ct, out, phantom, views, sad, sid, size, pixel_spacing, step, input_
     if step is not None and not (math.isfinite(step) and step > 0):
         raise DrrkitError(f"the sampling step must be a positive number of mm, got {step}")
     bone_gain, bone_threshold = bone
-    if not (math.isfinite(bone_gain) and bone_gain >= 1 and math.isfinite(bone_threshold)):
-        raise DrrkitError(f"--bone-gain must be >= 1 and --bone-threshold finite, got "
-                          f"{bone_gain} and {bone_threshold}")
+    check_bone_enhancement(bone_threshold, bone_gain)
     if out.exists() and not out.is_dir():
         raise DrrkitError(f"output path exists and is not a folder: {out}")
     _check_memory((views, size, size))
@@ -320,8 +319,6 @@ def _render(ct, out, phantom, views, sad, sid, size, pixel_spacing, step, input_
 
     volume, source = _load(ct, units, nan)
     if bone_gain != 1.0:
-        from drrkit.volume import enhance_bone
-
         volume = enhance_bone(volume, bone_threshold, bone_gain)
     geometry = circular_orbit(volume, views, sad, sid, size, pixel_spacing,
                               start_angle=start_angle, arc=arc)

@@ -321,6 +321,13 @@ def resample_isotropic(volume: Volume, spacing: float = 1.0) -> Volume:
     return out.with_data(np.ascontiguousarray(out.data, dtype=np.float32))
 
 
+def check_bone_enhancement(threshold_hu: float, gain: float) -> None:
+    """Raise :class:`DrrkitError` unless :func:`enhance_bone` accepts these settings."""
+    if not (math.isfinite(threshold_hu) and math.isfinite(gain) and gain >= 1.0):
+        raise DrrkitError(f"bone enhancement needs a finite threshold and a gain >= 1, got "
+                          f"{threshold_hu} HU and gain {gain}")
+
+
 def enhance_bone(volume: Volume, threshold_hu: float = 200.0, gain: float = 8.0,
                  mu_water: float = MU_WATER) -> Volume:
     """Steepen attenuation above a CT number, so bone stands out of soft tissue in DRRs.
@@ -344,9 +351,7 @@ def enhance_bone(volume: Volume, threshold_hu: float = 200.0, gain: float = 8.0,
     Returns:
         A new :class:`Volume` (float32, same geometry).
     """
-    if not (math.isfinite(threshold_hu) and math.isfinite(gain) and gain >= 1.0):
-        raise DrrkitError(f"bone enhancement needs a finite threshold and gain >= 1, got "
-                          f"{threshold_hu} HU and {gain}")
+    check_bone_enhancement(threshold_hu, gain)
     data = np.asarray(volume.data, dtype=np.float32)
     mu_t = np.float32(mu_water * (1.0 + threshold_hu / 1000.0))
     out = data - mu_t  # one temporary the size of the volume

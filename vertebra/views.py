@@ -20,6 +20,7 @@ import numpy as np
 
 import drrkit
 from drrkit.errors import DrrkitError
+from drrkit.volume import check_bone_enhancement
 
 
 @dataclass(frozen=True)
@@ -64,10 +65,7 @@ class ViewConfig:
             raise DrrkitError("mm_per_pixel and intensity_scale must be positive")
         if self.multiple < 1 or self.max_size < self.multiple:
             raise DrrkitError("need 1 <= multiple <= max_size")
-        if not (self.bone_gain >= 1 and np.isfinite(self.bone_gain)
-                and np.isfinite(self.bone_threshold_hu)):
-            raise DrrkitError(f"need bone_gain >= 1 and a finite bone_threshold_hu, got "
-                              f"{self.bone_gain} and {self.bone_threshold_hu}")
+        check_bone_enhancement(self.bone_threshold_hu, self.bone_gain)
 
     @property
     def magnification(self) -> float:
