@@ -255,6 +255,25 @@ def test_cropped_source_adds_named_deterministic_crops(phantoms):
         CroppedSource(phantoms, crops=-1)
 
 
+def test_verse_source_reads_ct_numbers_as_attenuation(phantoms, tmp_path):
+    """A VerSe folder (CT in HU on disk) gives the phantoms' own attenuation and views."""
+    from vertebra.data.phantom import write_phantoms
+    from vertebra.training.rendered import render_views
+    from vertebra.training.sources import VerseSource
+
+    write_phantoms(tmp_path / "verse", [0], **phantoms.options)
+    from_disk, built = VerseSource(tmp_path / "verse").load(0), phantoms.load(0)
+    assert from_disk.name == "sub-phantom0000" and from_disk.t13 == built.t13
+    assert from_disk.centroids.keys() == built.centroids.keys()
+    for k in built.centroids:
+        np.testing.assert_allclose(from_disk.centroids[k], built.centroids[k], atol=0.05)
+    # int16 HU on disk: 1 HU rounding is 1e-3 of water's attenuation
+    np.testing.assert_allclose(from_disk.volume.data, built.volume.data, atol=3e-5)
+    view = ViewConfig(views=2, mm_per_pixel=4.0, bone_gain=4.0)
+    np.testing.assert_allclose(render_views(from_disk, view).images,
+                               render_views(built, view).images, rtol=2e-3, atol=1e-4)
+
+
 def test_lazy_collection_keeps_what_fits_its_budget():
     from vertebra.training.sources import LazyCollection
 

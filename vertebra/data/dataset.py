@@ -59,7 +59,11 @@ class VerseCase:
     centroid_file: Path | None = None
 
     def load_ct(self, units: str = "hu", **kwargs):
-        """The CT as a ``drrkit.Volume`` (see ``drrkit.load_volume``; mu in 1/mm by default)."""
+        """The CT as a ``drrkit.Volume`` of attenuation in 1/mm (``drrkit.load_volume``).
+
+        ``units`` names what the *file* holds: "hu" (CT numbers, as in VerSe; converted
+        with ``drrkit.hu_to_mu``) or "mu" (already 1/mm, taken unchanged).
+        """
         import drrkit
 
         return drrkit.load_volume(self.ct, units=units, **kwargs)

@@ -191,7 +191,7 @@ class VerseSource(CTSource):
         from vertebra import labels as vlabels
 
         case = self.dataset[index]
-        volume = case.load_ct(units="mu")
+        volume = case.load_ct()  # the files hold CT numbers: attenuation in 1/mm
         centroids = {k: np.asarray(v, dtype=np.float64)
                      for k, v in case.centroids().items() if vlabels.is_vertebra(k)}
         t13 = vlabels.by_name("T13").verse_id in centroids
