@@ -1,9 +1,12 @@
 """Vertebra localisation and identification metrics (VerSe definitions), plus the paper's variant.
 
-VerSe (Sekuboyina et al., 2021), per ground-truth vertebra ``v`` at ``g_v``:
+VerSe (Sekuboyina et al., 2021, and ``get_hits`` of the challenge's evaluation code), per
+ground-truth vertebra ``v`` at ``g_v``:
 
-* **identified** when the prediction closest to ``g_v`` (among all predictions, whatever
-  their labels) is less than ``radius_mm`` (20 mm) away *and* carries label ``v``;
+* **identified** when there is a prediction labelled ``v``, at ``p_v``, whose closest
+  ground truth (among the labels present in both files) is ``v`` itself, and
+  ``|p_v - g_v| <= radius_mm`` (20 mm). Predicted labels the ground truth lacks play no
+  part in it (they are listed as ``false_positives``);
 * ``id_rate = identified / number of ground-truth vertebrae``;
 * ``l_error`` = mean over ground-truth vertebrae of the distance from ``g_v`` to the
   prediction labelled ``v``; vertebrae with no such prediction are left out of the mean
@@ -93,7 +96,9 @@ def evaluate(pred: dict, gt: dict, *, radius_mm: float = RADIUS_MM) -> dict:
         * ``regions``: {"cervical"|"thoracic"|"lumbar": {n_gt, identified, id_rate,
           l_error, n_without_prediction}} by ground-truth label.
         * ``vertebrae``: {label: {name, region, identified, distance (to the same-label
-          prediction or NaN), closest_label, closest_distance}} per ground truth.
+          prediction or NaN), nearest_gt_label (the ground truth nearest to that
+          prediction, among the labels of both files; None without one)}} per ground
+          truth.
         * ``id_rate_per_prediction`` (= ``correct_per_prediction / n_pred``),
           ``l_error_per_prediction``, ``n_far_predictions`` - the paper code's variant (see the module docstring).
         * ``ignored_labels``: non-vertebra labels left out, ``radius_mm``.
@@ -114,28 +119,21 @@ def evaluate(pred: dict, gt: dict, *, radius_mm: float = RADIUS_MM) -> dict:
     p_index = {int(lab): i for i, lab in enumerate(p_lab)}
 
     vertebrae: dict[int, dict] = {}
-    hits, misses, used = [], [], set()
+    hits, misses = [], []
+    both = np.flatnonzero(np.isin(g_lab, p_lab))  # ground truths whose label was predicted
     for g, lab in enumerate(g_lab.tolist()):
-        if n_pred:
-            c = int(np.argmin(dist[g]))
-            closest_label, closest_distance = int(p_lab[c]), float(dist[g, c])
-        else:
-            c, closest_label, closest_distance = -1, None, math.nan
-        identified = bool(n_pred and closest_distance < radius and closest_label == lab)
         same = p_index.get(lab)
+        nearest = None if same is None else int(g_lab[both[np.argmin(dist[both, same])]])
+        distance = math.nan if same is None else float(dist[g, same])
+        identified = bool(nearest == lab and distance <= radius)
         vertebrae[lab] = {
             "name": vlabels.name_of(lab),
             "region": vlabels.region_of(lab),
             "identified": identified,
-            "distance": float(dist[g, same]) if same is not None else math.nan,
-            "closest_label": closest_label,
-            "closest_distance": closest_distance,
+            "distance": distance,
+            "nearest_gt_label": nearest,
         }
-        if identified:
-            hits.append(lab)
-            used.add(c)
-        else:
-            misses.append(lab)
+        (hits if identified else misses).append(lab)
 
     gt_set = set(g_lab.tolist())
     localized = [v["distance"] for v in vertebrae.values() if not math.isnan(v["distance"])]
@@ -173,7 +171,7 @@ def evaluate(pred: dict, gt: dict, *, radius_mm: float = RADIUS_MM) -> dict:
         "hits": hits,
         "misses": misses,
         "false_positives": [lab for lab in p_lab.tolist() if lab not in gt_set],
-        "unmatched_predictions": [lab for i, lab in enumerate(p_lab.tolist()) if i not in used],
+        "unmatched_predictions": [lab for lab in p_lab.tolist() if lab not in hits],
         "regions": regions,
         "vertebrae": vertebrae,
         "correct_per_prediction": correct,

@@ -61,28 +61,36 @@ def test_off_by_one_labels():
     # each ground truth is 25 mm from its same-label prediction (the neighbour's position)
     assert r["l_error"] == pytest.approx(25.0)
     assert r["n_without_prediction"] == 1  # T7 (14): no prediction carries it
-    assert r["vertebrae"][15]["closest_label"] == 16 and r["vertebrae"][15]["closest_distance"] == 0
+    # the label-15 prediction sits on T7 (14), which no prediction carries, so VerSe's
+    # search (labels in both files) finds 15 itself, 25 mm away: outside the radius
+    assert r["vertebrae"][15]["nearest_gt_label"] == 15
+    assert r["vertebrae"][16]["nearest_gt_label"] == 15 and not r["vertebrae"][16]["identified"]
     assert r["id_rate_per_prediction"] == 0.0
 
 
-def test_closest_prediction_rule():
+def test_verse_rule_the_predictions_nearest_ground_truth():
+    """VerSe's get_hits: the label-v prediction's nearest ground truth must be v."""
+    # C4 predicted 9 mm below its truth, nearer C5's truth (7 mm): C4 missed, C5 right
+    gt = {4: np.zeros(3), 5: np.array([0, 0, -16.0])}
+    r = evaluate({4: np.array([0, 0, -9.0]), 5: np.array([0, 0, -16.0])}, gt)
+    assert r["hits"] == [5] and r["misses"] == [4]
+    assert r["vertebrae"][4]["nearest_gt_label"] == 5
+    assert r["vertebrae"][4]["distance"] == pytest.approx(9.0)
+    assert r["l_error"] == pytest.approx(4.5)  # (9 + 0) / 2: distance to the same label
+    # a predicted label the ground truth lacks plays no part, however near it lies
     gt = {20: np.zeros(3), 21: np.array([0, 0, -30.0])}
-    # the right L1 is 8 mm away, but a wrongly labelled prediction sits 3 mm away: a miss
     pred = {20: np.array([8.0, 0, 0]), 22: np.array([0, 3.0, 0]), 21: np.array([0, 0, -30.0])}
     r = evaluate(pred, gt)
-    assert r["hits"] == [21] and r["misses"] == [20]
-    assert r["vertebrae"][20]["distance"] == pytest.approx(8.0)
-    assert r["vertebrae"][20]["closest_label"] == 22
-    assert r["l_error"] == pytest.approx(4.0)  # (8 + 0) / 2: distance to the same label
-    assert r["false_positives"] == [22]
+    assert r["hits"] == [20, 21] and r["false_positives"] == [22]
+    assert r["unmatched_predictions"] == [22]
 
 
-def test_radius_is_strict():
+def test_radius_is_inclusive_as_in_verse():
     gt = {20: np.zeros(3)}
-    assert evaluate({20: [20.0, 0, 0]}, gt)["id_rate"] == 0.0
-    assert evaluate({20: [19.999, 0, 0]}, gt)["id_rate"] == 1.0
-    assert evaluate({20: [20.0, 0, 0]}, gt)["l_error"] == pytest.approx(20.0)
-    assert evaluate({20: [20.0, 0, 0]}, gt, radius_mm=25)["id_rate"] == 1.0
+    assert evaluate({20: [20.0, 0, 0]}, gt)["id_rate"] == 1.0
+    assert evaluate({20: [20.001, 0, 0]}, gt)["id_rate"] == 0.0
+    assert evaluate({20: [20.001, 0, 0]}, gt)["l_error"] == pytest.approx(20.001)
+    assert evaluate({20: [20.001, 0, 0]}, gt, radius_mm=25)["id_rate"] == 1.0
 
 
 def test_t13_l6_regions_and_ignored_labels():
