@@ -431,7 +431,7 @@ def _info(ct: Path | None, phantom: bool) -> None:
     import numpy as np
 
     from drrkit.errors import DrrkitError
-    from drrkit.volume import Volume, _read_sitk
+    from drrkit.volume import Volume, _non_finite, _read_sitk
 
     _choose_input(ct, phantom)
     if ct is None:
@@ -452,7 +452,7 @@ def _info(ct: Path | None, phantom: bool) -> None:
         pixel = image.GetPixelIDTypeAsString()
     code, oblique = orientation_code(volume.direction)
     extent = np.asarray(volume.shape_xyz) * volume.spacing
-    finite = np.isfinite(values)
+    finite = np.isfinite(values) if ct is None else ~_non_finite(ct, values)
     lines = [
         ("file", name),
         ("size", " x ".join(str(n) for n in volume.shape_xyz) + " voxels (i, j, k)"),

@@ -223,6 +223,62 @@ def _read_sitk(path: Path):
         raise DrrkitError(f"cannot read {path} as an image: {_first_line(error)}") from None
 
 
+#: NIfTI datatype codes of the float voxels that can hold NaN: float32, float64.
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}
+
+
+def _nifti_non_finite(path: Path, count: int) -> np.ndarray | None:
+    """(M,) flat (Z, Y, X) indices of the NaN and inf voxels stored in a float NIfTI file.
+
+    SimpleITK's NIfTI reader (niftilib) replaces non-finite float voxels by 0 without a
+    word, and 0 HU is water; so the first ``count`` voxels are read again from the file
+    itself, in chunks (NIfTI stores x fastest, the order of ``Volume.data.ravel()``).
+
+    Returns:
+        the indices, or None when ``path`` is not a single-file float32/float64 NIfTI-1
+        (.nii, .nii.gz) that can be read this way.
+    """
+    import gzip
+
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz")) or not path.is_file():
+        return None
+    try:
+        with (gzip.open if name.endswith(".gz") else open)(path, "rb") as f:
+            head = f.read(348)  # a NIfTI-1 header (this SimpleITK reads no NIfTI-2)
+            if len(head) < 348 or head[344:347] != b"n+1":  # "ni1": data in an .img file
+                return None
+            order = "<" if int.from_bytes(head[:4], "little") == 348 else ">"  # sizeof_hdr
+            code = np.frombuffer(head[70:72], order + "i2")[0]  # datatype
+            offset = np.frombuffer(head[108:112], order + "f4")[0]  # vox_offset
+            if int(code) not in _NIFTI_FLOATS:
+                return None
+            dtype = np.dtype(order + _NIFTI_FLOATS[int(code)])
+            f.seek(int(offset))
+            found, done = [], 0
+            while done < count:
+                raw = f.read(min(1 << 22, count - done) * dtype.itemsize)
+                values = np.frombuffer(raw, dtype, count=len(raw) // dtype.itemsize)
+                if not len(values):
+                    break
+                found.append(np.flatnonzero(~np.isfinite(values)) + done)
+                done += len(values)
+    except (OSError, EOFError, ValueError):
+        return None
+    return np.concatenate(found) if found else np.zeros(0, np.int64)
+
+
+def _non_finite(path: Path, data: np.ndarray) -> np.ndarray:
+    """(Z, Y, X) bool: voxels of ``data`` (read from ``path``) that are, or in the file
+    were, NaN or inf (:func:`_nifti_non_finite` finds those SimpleITK set to 0)."""
+    bad = ~np.isfinite(data)
+    if data.dtype.kind == "f":
+        hidden = _nifti_non_finite(Path(path), data.size)
+        if hidden is not None and len(hidden):
+            bad.reshape(-1)[hidden] = True
+    return bad
+
+
 def _first_line(error: Exception) -> str:
     import re
 
@@ -248,12 +304,18 @@ def load_volume(
     SimpleITK. Oblique and flipped storage is kept as direction cosines, so the same
     physical object renders to the same DRR however it is stored.
 
+    Non-finite (NaN, inf) voxels: NRRD and MHA/MHD keep them, but SimpleITK's NIfTI reader
+    silently turns them into 0 (water, in HU); for float32/float64 NIfTI files they are
+    found by reading the voxels again from the file (a second pass over it), so ``nan``
+    applies to every format. (A NIfTI .hdr/.img pair is not re-read.)
+
     Args:
         path: image file or DICOM folder.
         units: "hu" converts CT numbers with :func:`hu_to_mu`; "mu" takes voxel values
             as 1/mm unchanged.
         mu_water: attenuation of water in 1/mm (only for units="hu").
-        nan: "zero" replaces non-finite voxels by 0 with a warning; "raise" refuses them.
+        nan: "zero" replaces non-finite voxels by 0 attenuation (air) with a warning
+            naming the file and their count; "raise" refuses them with a DrrkitError.
         isotropic: if given, resample to this spacing in mm (linear interpolation).
 
     Returns:
@@ -272,8 +334,8 @@ def load_volume(
         volume = Volume.from_sitk(image)
     except DrrkitError as error:
         raise DrrkitError(f"{path}: {error}") from None
+    bad = _non_finite(Path(path), volume.data)
     values = volume.data.astype(np.float32, copy=False)
-    bad = ~np.isfinite(values)
     if bad.any():
         if nan == "raise":
             raise DrrkitError(f"{path} has {int(bad.sum())} non-finite voxels")

@@ -47,8 +47,11 @@ def evaluate(
         "--image", help="The CT both files refer to; needed to turn voxel coordinates "
         "into mm.")] = None,
     format: Annotated[str, typer.Option(
-        "--format", help="Centroid format of both files: verse20 (voxels) or verse19 "
+        "--format", help="Centroid format of the ground truth: verse20 (voxels) or verse19 "
         "(mm on a 1 mm grid).")] = "verse20",
+    pred_format: Annotated[str, typer.Option(
+        "--pred-format", help="Centroid format of the predictions: verse20 (voxels, what "
+        "vertebra label writes) or verse19.")] = "verse20",
     direction: Annotated[str | None, typer.Option(
         "--direction", help="Orientation code (e.g. PIR) for files without a 'direction' "
         "header.")] = None,
@@ -63,6 +66,8 @@ def evaluate(
     """Score predicted vertebra centroids against ground truth (VerSe id rate and error).
 
     Folders are pooled over all cases, with 95 % bootstrap intervals that resample scans.
+    --format is the ground truth's format; predictions are read as --pred-format
+    (verse20 voxels, as vertebra label writes them, unless told otherwise).
 
     Example:
 
@@ -71,8 +76,8 @@ def evaluate(
         $ vertebra evaluate labels_new/ verse19/test/ --against labels_old/
     """
     if pred.is_dir() or gt.is_dir():
-        _evaluate_folders(pred, gt, format=format, radius=radius, as_json=as_json,
-                          against=against)
+        _evaluate_folders(pred, gt, format=format, pred_format=pred_format, radius=radius,
+                          as_json=as_json, against=against)
         return
     if against is not None:
         fail("--against compares two folders of predictions; give folders")
@@ -88,9 +93,11 @@ def evaluate(
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            if format not in verse.FORMATS:
-                raise DrrkitError(f"unknown format {format!r}; choose one of "
-                                  f"{', '.join(verse.FORMATS)}")
+            formats = (pred_format, format)  # of the files (pred, gt)
+            for name, value in zip(("--pred-format", "--format"), formats):
+                if value not in verse.FORMATS:
+                    raise DrrkitError(f"unknown format {value!r} ({name}); choose one of "
+                                      f"{', '.join(verse.FORMATS)}")
             files = [verse.load_centroid_file(p) for p in (pred, gt)]
             fallback = verse.check_direction(direction) if direction else None
             if fallback is not None:
@@ -102,12 +109,14 @@ def evaluate(
                     raise DrrkitError("a centroid file has no 'direction' header; "
                                       "pass --direction (e.g. PIR)")
                 maps = [{int(lab): xyz for lab, xyz in zip(
-                    f.labels, verse.verse_to_world(f.coords, grid, f.direction, format))}
-                    for f in files]
+                    f.labels, verse.verse_to_world(f.coords, grid, f.direction, fmt))}
+                    for f, fmt in zip(files, formats)]
             else:
-                if format != "verse19":
-                    raise DrrkitError("voxel coordinates (format verse20) need --image to be "
-                                      "turned into mm; pass --image CT or --format verse19")
+                if formats != ("verse19", "verse19"):
+                    raise DrrkitError(
+                        f"voxel coordinates (verse20) need --image to be turned into mm "
+                        f"(--pred-format {pred_format}, --format {format}); pass --image CT, "
+                        "or --pred-format verse19 --format verse19 if both files hold mm")
                 if files[0].direction != files[1].direction:
                     raise DrrkitError(f"the files use different orientations "
                                       f"({files[0].direction} and {files[1].direction}); "
@@ -250,6 +259,9 @@ def label(
         "--device", help="Torch device for the networks: auto, cpu, cuda, cuda:N.")] = "auto",
     backend: Annotated[str, typer.Option(
         "--backend", help="DRR backend: auto, cpu or cuda.")] = "auto",
+    nan: Annotated[str, typer.Option(
+        "--nan", help="Non-finite CT voxels: zero (0 attenuation, with a warning) or "
+        "raise (the CT fails).")] = "zero",
     views: Annotated[int | None, typer.Option(
         "--views", help="Views K of the localizer's orbit (default: the bundle's setting, "
                         "else its training K); the identifier keeps its own.")] = None,
@@ -295,6 +307,8 @@ def label(
                 raise DrrkitError(f"{ct} holds no CT files")
             if views is not None and views < 2:
                 raise DrrkitError(f"--views must be at least 2, got {views}")
+            if nan not in ("zero", "raise"):
+                raise DrrkitError(f"unknown --nan {nan!r}; choose zero or raise")
             from vertebra.pipeline import PipelineConfig, load_networks
 
             nets = load_networks(model, localizer, identifier, device=device)
@@ -341,7 +355,7 @@ def label(
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
                     bar.update(task, description=f"{stem}: reading")
-                    volume = drrkit.load_volume(path)
+                    volume = drrkit.load_volume(path, nan=nan)
                     bar.advance(task)
                     result = label_ct(volume, nets.localizer, nets.identifier,
                                       views=nets.views,
@@ -377,7 +391,7 @@ def label(
         raise typer.Exit(2)
 
 
-def _evaluate_folders(pred: Path, gt: Path, *, format: str, radius: float,
+def _evaluate_folders(pred: Path, gt: Path, *, format: str, pred_format: str, radius: float,
                       as_json: bool, against: Path | None = None) -> None:
     """``vertebra evaluate PRED_DIR GT_DIR``: score every ground-truth case, pooled."""
     import warnings
@@ -390,7 +404,8 @@ def _evaluate_folders(pred: Path, gt: Path, *, format: str, radius: float,
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             folders = (pred,) if against is None else (pred, against)
-            scored = {f: score_folder(f, gt, format=format, radius_mm=radius) for f in folders}
+            scored = {f: score_folder(f, gt, format=format, pred_format=pred_format,
+                                      radius_mm=radius) for f in folders}
             for folder, (_, _, missing) in scored.items():
                 if missing:
                     warnings.warn(f"{len(missing)} case(s) have no prediction in {folder} "
@@ -612,6 +627,11 @@ def train(
     sequence_loss: Annotated[bool, typer.Option(
         "--sequence-loss/--no-sequence-loss",
         help="Add the Sequence Loss (identification).")] = True,
+    sacrum_class: Annotated[bool | None, typer.Option(
+        "--sacrum-class/--no-sacrum-class",
+        help="Identification: a class for the first sacral body, which labelling uses to "
+             "tell the lowest lumbar vertebra (drawn where the data know S1: phantoms; "
+             "default: the preset's).")] = None,
     encoder: Annotated[str | None, typer.Option(help="timm encoder (paper resnet50).")
                        ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
@@ -638,8 +658,8 @@ def train(
         config = _train_config(preset, task, iterations=iterations, batch_size=batch_size,
                                crop_size=crop_size, lr=lr, init=init,
                                heatmap_loss=heatmap_loss,
-                               sequence_loss=sequence_loss, encoder=encoder, device=device,
-                               workers=workers, seed=seed)
+                               sequence_loss=sequence_loss, sacrum_class=sacrum_class,
+                               encoder=encoder, device=device, workers=workers, seed=seed)
         with _echo_warnings():
             res = run_train(config, data, out, resume=resume, progress=progress)
     except (DrrkitError, OSError) as error:

@@ -23,6 +23,11 @@ instead of wrapping round to the end of the class list (Python index -1), and C1
 class of its own, not the background index. The rule has no notion of an optional
 vertebra, so it counts on the chain without T13 (T13's column is ignored).
 
+An anchor: ``last_classes`` (e.g. L5 and L6, when the identifier sees the sacrum just below
+the last row) fixes the class of the last row to the one of them the row's probabilities
+favour, for both rules; the rows above follow consecutively. Without the anchor a short lumbar scan is labelled
+from its top vertebrae, which look alike.
+
 Empty rows (all zeros) are allowed: the pipeline inserts them where the 3-D spacing of
 the detections shows a missed vertebra (:func:`gap_rows`), so the labels above and below
 the gap stay right.
@@ -57,6 +62,9 @@ T13_CLASS = vlabels.class_of(28)
 #: the Sequence Loss in training (:func:`vertebra.labels.chain_classes`).
 CHAIN_WITHOUT_T13 = vlabels.chain_classes(False)
 CHAIN_WITH_T13 = vlabels.chain_classes(True)
+
+#: Classes the last row may take when the sacrum lies just below it (L5, L6).
+ABOVE_SACRUM = np.array([vlabels.by_name("L5").class_index, vlabels.by_name("L6").class_index])
 
 #: A spacing between consecutive detections this many times the local spacing means a
 #: vertebra was missed (adjacent vertebrae differ in spacing by less than ~1.35x).
@@ -120,8 +128,13 @@ def _finish(p: np.ndarray, chain_pos: np.ndarray, chain: np.ndarray, method: str
                       method, t13, float(score), scores)
 
 
-def _dp_chain(p: np.ndarray, chain: np.ndarray, dp: SequenceDP) -> tuple[float, np.ndarray]:
-    """Best path on one chain: (score, chain position per row, -1 above the chain)."""
+def _dp_chain(p: np.ndarray, chain: np.ndarray, dp: SequenceDP, last_classes=None
+              ) -> tuple[float, np.ndarray]:
+    """Best path on one chain: (score, chain position per row, -1 above the chain).
+
+    ``last_classes``: the classes the last row may take (None: any); ignored when no
+    such end keeps the path on the table.
+    """
     n = len(p)
     sub = p[:, chain - 1]
     result = dp.scores(sub)
@@ -129,6 +142,8 @@ def _dp_chain(p: np.ndarray, chain: np.ndarray, dp: SequenceDP) -> tuple[float, 
     c = len(chain)
     # the path's first row must lie on the table: end >= n - 1 (0-based)
     allowed = np.arange(c) >= min(n - 1, c - 1)
+    if last_classes is not None and np.any(allowed & np.isin(chain, last_classes)):
+        allowed &= np.isin(chain, last_classes)
     scores = np.where(allowed, last, -np.inf)
     end = int(np.argmax(scores))  # first on ties, like SequenceDP
     positions = end - (n - 1 - np.arange(n))
@@ -136,7 +151,7 @@ def _dp_chain(p: np.ndarray, chain: np.ndarray, dp: SequenceDP) -> tuple[float, 
 
 
 def correct_labels(probs, method: str = "dp", *, dp: SequenceDP | None = None,
-                   allow_t13: bool = True) -> Correction:
+                   allow_t13: bool = True, last_classes=None) -> Correction:
     """Consecutive anatomical labels for n vertebrae in spine order.
 
     Args:
@@ -145,6 +160,10 @@ def correct_labels(probs, method: str = "dp", *, dp: SequenceDP | None = None,
         method: "dp" (sequence DP, optional T13) or "paper" (last row's reference).
         dp: the sequence DP (default ``SequenceDP()``, the paper's alpha 0.1, beta 0.8).
         allow_t13: let the DP choose the chain with T13 (method "dp" only).
+        last_classes: classes (1..26) the last row may take, e.g. :data:`ABOVE_SACRUM`
+            (None: any). The one the last row's own probabilities favour is used (ties:
+            the first): with the sacrum below, the last vertebra is L6 only when the
+            identifier calls it L6 rather than L5, whatever the rows above prefer.
 
     Returns:
         :class:`Correction`.
@@ -156,18 +175,24 @@ def correct_labels(probs, method: str = "dp", *, dp: SequenceDP | None = None,
     if n == 0:
         empty = np.zeros(0, dtype=np.int64)
         return Correction(empty, empty.copy(), np.zeros(0), method, False, float("nan"), {})
+    if last_classes is not None:
+        options = np.asarray(last_classes, dtype=np.int64).reshape(-1)
+        last_classes = options[[int(np.argmax(p[-1, options - 1]))]]
     if method == "paper":
         chain = CHAIN_WITHOUT_T13
-        reference = int(np.argmax(p[-1, chain - 1]))
+        ref_p = p[-1, chain - 1]
+        if last_classes is not None:
+            ref_p = np.where(np.isin(chain, last_classes), 1.0, 0.0)
+        reference = int(np.argmax(ref_p))
         positions = reference - (n - 1 - np.arange(n))
         return _finish(p, np.where(positions >= 0, positions, -1), chain, "paper", False,
                        float("nan"), {})
     dp = SequenceDP() if dp is None else dp
-    s0, pos0 = _dp_chain(p, CHAIN_WITHOUT_T13, dp)
+    s0, pos0 = _dp_chain(p, CHAIN_WITHOUT_T13, dp, last_classes)
     scores = {"without_t13": s0}
     chosen = (s0, pos0, CHAIN_WITHOUT_T13, False)
     if allow_t13:
-        s1, pos1 = _dp_chain(p, CHAIN_WITH_T13, dp)
+        s1, pos1 = _dp_chain(p, CHAIN_WITH_T13, dp, last_classes)
         scores["with_t13"] = s1
         if s1 > s0:
             chosen = (s1, pos1, CHAIN_WITH_T13, True)
@@ -337,7 +362,8 @@ def correct_tracks(points, probs, *, suspects=None, max_drops: int = 2,
                    min_confidence: float = MIN_SUSPECT_CONFIDENCE, method: str = "dp",
                    dp: SequenceDP | None = None, allow_t13: bool = True,
                    fill_gaps: bool = True,
-                   maybe_gap_ratio: float | None = MAYBE_GAP_RATIO) -> TrackLabels:
+                   maybe_gap_ratio: float | None = MAYBE_GAP_RATIO,
+                   above_sacrum: bool = False) -> TrackLabels:
     """Consecutive labels for T tracks in spine order, leaving out false tracks.
 
     The table of :func:`correct_labels` is built from the tracks' probabilities with
@@ -369,6 +395,8 @@ def correct_tracks(points, probs, *, suspects=None, max_drops: int = 2,
         fill_gaps: insert empty rows where the spacing shows a missed vertebra.
         maybe_gap_ratio: lower end of the doubtful spacings (None: the :data:`GAP_RATIO`
             rule alone; used with ``fill_gaps``).
+        above_sacrum: the sacrum lies just below the last track: that track is kept and
+            labelled L5 or L6 (:data:`ABOVE_SACRUM`).
 
     Returns:
         :class:`TrackLabels`.
@@ -381,6 +409,10 @@ def correct_tracks(points, probs, *, suspects=None, max_drops: int = 2,
     if len(p) != t:
         raise DrrkitError(f"{t} points but {len(p)} rows of probabilities")
     cand = np.flatnonzero(crowded(pts) if suspects is None else np.asarray(suspects, bool))
+    last_classes = None
+    if above_sacrum and t:
+        cand = cand[cand != t - 1]
+        last_classes = ABOVE_SACRUM
     if method != "dp":
         max_drops = 0
     suspect = np.zeros(t, dtype=bool)
@@ -392,7 +424,8 @@ def correct_tracks(points, probs, *, suspects=None, max_drops: int = 2,
             for rows, m, n_gaps in _tables(pts[keep], fill_gaps, maybe_gap_ratio):
                 table = np.zeros((m, p.shape[1]))
                 table[rows] = p[keep]
-                corr = correct_labels(table, method, dp=dp, allow_t13=allow_t13)
+                corr = correct_labels(table, method, dp=dp, allow_t13=allow_t13,
+                                      last_classes=last_classes)
                 doubtful = corr.confidence[rows][suspect[keep]] < min_confidence
                 key = (not doubtful.any(), round(float(corr.score), 9), -n_drop, -n_gaps)
                 if best_key is None or key > best_key:

@@ -175,7 +175,12 @@ def prepare_data(data: Path, config: DemoConfig, log: Callable[[str], None] = pr
         ({task: its training ``RenderedCache``}, the held-out folder).
     """
     from vertebra.data.phantom import write_phantoms
-    from vertebra.training.rendered import RenderedCache, prerender_many
+    from vertebra.training.rendered import (
+        CACHE_VERSION,
+        RenderedCache,
+        prerender_many,
+        read_manifest,
+    )
     from vertebra.training.sources import CroppedSource, PhantomSource
 
     copies = int(config.crops) + 1
@@ -183,7 +188,11 @@ def prepare_data(data: Path, config: DemoConfig, log: Callable[[str], None] = pr
     for task in ("localization", "identification"):
         base = _train_config(task, None, "none")
         train_dir = data / f"train_{task}"
-        if (train_dir / "cache.json").is_file():
+        reuse = (train_dir / "cache.json").is_file()
+        if reuse and read_manifest(train_dir).get("version") != CACHE_VERSION:
+            log(f"  {train_dir} was made by another vertebra version: rendering it again")
+            reuse = False
+        if reuse:
             caches[task] = RenderedCache(train_dir)
             if len(caches[task]) != config.phantoms(task) * copies:
                 raise DrrkitError(f"{train_dir} holds {len(caches[task])} CTs, not "

@@ -17,7 +17,9 @@ VerSe id   vertebra    region
 Network classes: class 0 is background and nothing else; the 26 vertebrae follow in
 anatomical order C1..C7, T1..T12, T13, L1..L6 as classes 1..26 (so T13 is class 20 and
 L1 class 21). The paper's released code gave C1 and background the same index; this table
-deliberately does not.
+deliberately does not. An identification network may have one class more,
+:data:`SACRUM_CLASS` (27): a square on the first sacral body, the landmark that tells the
+lowest lumbar vertebra (see :mod:`vertebra.correction`). It is not a vertebra target.
 
 Example:
     >>> from vertebra import labels
@@ -76,6 +78,13 @@ VERTEBRAE: tuple[Vertebra, ...] = _build()
 
 #: Number of network classes, background included (27).
 NUM_CLASSES: int = len(VERTEBRAE) + 1
+
+#: Network class of the sacrum (its first segment, S1) in an identification network that
+#: has one: the class after the vertebrae.
+SACRUM_CLASS: int = NUM_CLASSES
+
+#: Number of classes of an identification network with the sacrum class (28).
+NUM_CLASSES_WITH_SACRUM: int = NUM_CLASSES + 1
 
 #: VerSe ids of all vertebra targets in anatomical order, (26,).
 VERSE_IDS: tuple[int, ...] = tuple(v.verse_id for v in VERTEBRAE)

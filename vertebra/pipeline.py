@@ -33,12 +33,16 @@ Stages (each timed, seconds in :attr:`LabelResult.timings`):
    (:func:`vertebra.correction.gap_rows`); where the spacing is doubtful, both readings
    are tried and the identifier decides. Up to ``max_drops`` suspect tracks (added at an
    end, or crowding a neighbour) are left out when the labels of the others fit better
-   without them (:func:`vertebra.correction.correct_tracks`).
+   without them (:func:`vertebra.correction.correct_tracks`). An identifier with the
+   sacrum class (C = 28) also anchors the chain's lower end: where the voted sacrum
+   probability just below the last track (:func:`sacrum_below`) reaches
+   ``sacrum_threshold``, that track is labelled L5 or L6; where the last track's own
+   square is the sacrum, it is dropped and the one above is.
 
 The networks are plain callables, so the geometry and fusion can be tested without
 learning: ``localizer(inputs (K, H, W) float32) -> (K, H, W)`` heatmaps (peak ~1 at a
 centroid) and ``identifier(inputs) -> (K, C, H, W)`` class probabilities (C = 27,
-channel 0 background). :class:`TorchNetwork` wraps the torch U-Nets of
+channel 0 background; or 28 with the sacrum class last). :class:`TorchNetwork` wraps the torch U-Nets of
 :mod:`vertebra.models`.
 
 Fails soft: views without detections, a partial field of view or a single vertebra still
@@ -71,6 +75,10 @@ PAD_MULTIPLE = 32
 
 #: Grid spacing (mm) of the heatmap refinement of the 3-D points (``refine_mm``).
 REFINE_STEP_MM = 1.0
+
+#: Where :func:`sacrum_below` looks: the last track plus these multiples of the last
+#: spacing along the chain (the first sacral body lies about one spacing below L5).
+SACRUM_STEPS = (0.7, 0.85, 1.0, 1.15, 1.3)
 
 STAGES = ("render", "localize", "peaks", "match", "identify", "vote", "correct")
 VOTING = ("weighted", "mean")
@@ -119,6 +127,10 @@ class PipelineConfig:
         max_drops: the label correction may leave out at most this many suspect tracks
             (added at an end, or crowding a neighbour) that do not fit the label sequence
             (:func:`vertebra.correction.correct_tracks`); 0 labels every track.
+        sacrum_threshold: with an identifier that has the sacrum class, a voted sacrum
+            probability of at least this just below the last track labels it L5 or L6
+            (and a last track whose own square reaches it is dropped as the sacrum);
+            None ignores the class.
     """
 
     peak_threshold: float = 0.4
@@ -143,6 +155,7 @@ class PipelineConfig:
     extend_min_views: int = 3
     extend_tolerance: float = 0.4
     max_drops: int = 2
+    sacrum_threshold: float | None = 0.5
 
     def __post_init__(self) -> None:
         if self.voting not in VOTING:
@@ -173,6 +186,9 @@ class PipelineConfig:
             raise DrrkitError(f"localizer_views must be an integer >= 2, got {self.localizer_views}")
         if int(self.max_drops) < 0:
             raise DrrkitError(f"max_drops must be >= 0, got {self.max_drops}")
+        if self.sacrum_threshold is not None and not 0 < self.sacrum_threshold <= 1:
+            raise DrrkitError(f"sacrum_threshold must lie in (0, 1] (or None), "
+                              f"got {self.sacrum_threshold}")
         if int(self.extend_min_views) < 2 or not 0 < self.extend_tolerance < 1:
             raise DrrkitError("need extend_min_views >= 2 and 0 < extend_tolerance < 1")
 
@@ -227,7 +243,12 @@ class LabelResult:
             tracks added at the ends by the weaker second pass).
         extended: (T,) bool, the track was added at an end (:func:`extend_ends`).
         dropped: (T,) bool, the label correction judged the track not to be a vertebra
-            (:func:`vertebra.correction.correct_tracks`); it has class 0.
+            (:func:`vertebra.correction.correct_tracks`), or the identifier saw the
+            sacrum there; it has class 0.
+        sacrum: (T,) voted sacrum probability of each track's square (zeros when the
+            identifier has no sacrum class).
+        sacrum_below: voted sacrum probability just below the last track
+            (:func:`sacrum_below`; NaN without the class or with fewer than two tracks).
         geometry: the K views.
         inputs: (K, H, W) float32 network inputs.
         heatmaps: (K, H, W) float32 localization output.
@@ -254,6 +275,8 @@ class LabelResult:
     inputs: np.ndarray
     heatmaps: np.ndarray
     timings: dict = field(default_factory=dict)
+    sacrum: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    sacrum_below: float = float("nan")
 
     def centroids(self) -> dict[int, np.ndarray]:
         """{VerSe id: (3,) world mm} of the labelled vertebrae, superior first."""
@@ -315,6 +338,30 @@ def square_means(probs: np.ndarray, pixels: np.ndarray, half_px: np.ndarray
             out[view, i] = probs[view, :, r0:r1, c0:c1].mean(axis=(1, 2), dtype=np.float64)
             covered[view, i] = True
     return out, covered
+
+
+def sacrum_below(points: np.ndarray, probs: np.ndarray, geometry: drrkit.Geometry,
+                 half_px: np.ndarray, weights: np.ndarray) -> float:
+    """Voted sacrum probability just below the last of T points along the chain.
+
+    The squares around ``last + s * (last - previous)`` for ``s`` in :data:`SACRUM_STEPS`
+    are averaged per view as the vertebrae's are, voted with the view weights, and the
+    largest of the voted sacrum probabilities is returned.
+
+    Args:
+        points: (T, 3) world mm, superior first, T >= 2.
+        probs: (K, 28, H, W) class probabilities, the sacrum last.
+        geometry: the K views of ``probs``.
+        half_px: (K, 2) half the square's side in pixels.
+        weights: (K,) view weights.
+
+    Returns:
+        the probability in [0, 1].
+    """
+    last, step = points[-1], points[-1] - points[-2]
+    probes = last + np.outer(SACRUM_STEPS, step)  # (S, 3)
+    means, _ = square_means(probs, drrkit.project_points(probes, geometry).pixels, half_px)
+    return float(np.max(weights @ means[:, :, vlabels.SACRUM_CLASS]))
 
 
 def _check_output(name: str, array, shape: tuple[int, ...]) -> np.ndarray:
@@ -545,15 +592,22 @@ def label_ct(
                 attenuation = identifier_views.attenuation(volume)
             id_inputs = identifier_views.render(attenuation, id_geometry, backend=backend,
                                                 enhanced=True)
-        probs = _check_output("identifier", identifier(id_inputs),
-                              (k_id, vlabels.NUM_CLASSES) + id_geometry.shape[1:])
+        probs = np.asarray(identifier(id_inputs), dtype=np.float32)
+        channels = vlabels.NUM_CLASSES
+        if probs.ndim == 4 and probs.shape[1] == vlabels.NUM_CLASSES_WITH_SACRUM:
+            channels = vlabels.NUM_CLASSES_WITH_SACRUM
+        probs = _check_output("identifier", probs, (k_id, channels) + id_geometry.shape[1:])
         pixels = drrkit.project_points(points, id_geometry).pixels  # (K', T, 2)
         id_mm = pixel_size_at_isocenter(id_geometry, volume.center)
-        means, covered = square_means(probs, pixels, config.square_mm / 2.0 / id_mm)
-        view_probs = means[:, :, 1:]  # background excluded
+        id_half = config.square_mm / 2.0 / id_mm
+        means, covered = square_means(probs, pixels, id_half)
+        view_probs = means[:, :, 1:vlabels.NUM_CLASSES]  # background (and sacrum) excluded
+        sacrum_views = means[:, :, vlabels.SACRUM_CLASS] if channels > vlabels.NUM_CLASSES \
+            else None
     else:
         view_probs = np.zeros((k_id, 0, len(vlabels.VERTEBRAE)))
         covered = np.zeros((k_id, 0), dtype=bool)
+        sacrum_views = None
     done("identify")
 
     stage("vote")
@@ -573,6 +627,11 @@ def label_ct(
     else:
         weights = np.full(k_id, 1.0 / k_id)
     voted = np.einsum("k,ktc->tc", weights, view_probs)  # (T, 26)
+    sacrum, below = np.zeros(t), float("nan")
+    if sacrum_views is not None and config.sacrum_threshold is not None:
+        sacrum = weights @ sacrum_views  # (T,)
+        if t >= 2:
+            below = sacrum_below(points, probs, id_geometry, id_half, weights)
     done("vote")
 
     stage("correct")
@@ -582,13 +641,25 @@ def label_ct(
     classes = np.zeros(t, dtype=np.int64)
     confidence = np.zeros(t)
     dropped = np.zeros(t, dtype=bool)
-    if t:
-        labels = correct_tracks(points, voted, suspects=extended | crowded(points),
+    # the sacrum anchor: a last track that is the sacrum leaves; the one above it is L5/L6
+    threshold = config.sacrum_threshold
+    vertebra_tracks = np.arange(t)
+    above_sacrum = False
+    if threshold is not None and t >= 2 and sacrum[-1] >= threshold:
+        vertebra_tracks, above_sacrum = vertebra_tracks[:-1], True
+    elif threshold is not None and below >= threshold:
+        above_sacrum = True
+    if len(vertebra_tracks):
+        v = vertebra_tracks
+        labels = correct_tracks(points[v], voted[v], suspects=extended[v] | crowded(points[v]),
                                 max_drops=config.max_drops, method=config.correction,
                                 dp=SequenceDP(config.alpha, config.beta),
-                                allow_t13=config.allow_t13, fill_gaps=config.fill_gaps)
-        correction, classes = labels.correction, labels.classes
-        confidence, dropped = labels.confidence, labels.dropped
+                                allow_t13=config.allow_t13, fill_gaps=config.fill_gaps,
+                                above_sacrum=above_sacrum)
+        correction = labels.correction
+        classes[v], confidence[v] = labels.classes, labels.confidence
+        dropped[:] = True
+        dropped[v] = labels.dropped
     n_views = (assign >= 0).sum(axis=1)
     vertebrae = []
     for i in range(t):
@@ -612,7 +683,8 @@ def label_ct(
         confidence=confidence, n_views=n_views, view_probs=view_probs, covered=covered,
         weights=weights, voted=voted, dropped=dropped,
         correction=correction, detections=tuple(detections), correspondence=match,
-        kept=kept, extended=extended, geometry=geometry, inputs=inputs, heatmaps=heatmaps, timings=timings)
+        kept=kept, extended=extended, geometry=geometry, inputs=inputs, heatmaps=heatmaps,
+        timings=timings, sacrum=sacrum, sacrum_below=below)
 
 
 # ---------------------------------------------------------------------- torch networks
@@ -894,9 +966,10 @@ def load_networks(model=None, localizer=None, identifier=None, *, device: str | 
             raise DrrkitError(f"{identifier} has no identification head")
         loc, ide = found_l[loc_key], found_i[ide_key]
         views_l, views_i = all_l[loc_key], all_i[ide_key]
-    if ide.config["num_classes"] != vlabels.NUM_CLASSES:
+    if ide.config["num_classes"] not in (vlabels.NUM_CLASSES, vlabels.NUM_CLASSES_WITH_SACRUM):
         raise DrrkitError(f"the identification network has {ide.config['num_classes']} classes;"
-                          f" the pipeline needs {vlabels.NUM_CLASSES} (background + 26)")
+                          f" the pipeline needs {vlabels.NUM_CLASSES} (background + 26) or "
+                          f"{vlabels.NUM_CLASSES_WITH_SACRUM} (and the sacrum)")
     views = views_l or views_i
     if views is None:
         warnings.warn("the checkpoint carries no view_config; using the default ViewConfig()",

@@ -384,19 +384,22 @@ def write_outputs(result, volume: drrkit.Volume, out_dir: str | Path, stem: str,
 
 # ---------------------------------------------------------------------- scoring folders
 def score_folder(pred: str | Path, gt: str | Path, *, format: str = "verse20",
-                 radius_mm: float = 20.0) -> tuple[dict, dict, list[str]]:
+                 pred_format: str = "verse20", radius_mm: float = 20.0
+                 ) -> tuple[dict, dict, list[str]]:
     """Score a folder of predictions against a VerSe-layout ground-truth folder.
 
     Every case of ``gt`` with centroids (a JSON or a mask) is scored
     (:func:`vertebra.metrics.evaluate`) against the prediction file found anywhere under
     ``pred`` named ``STEM_ctd.json`` (as ``vertebra label`` writes) or
-    ``STEM_seg-X_ctd.json`` (VerSe's own naming), read as voxel coordinates (verse20) of
-    the case's CT. A case without a prediction counts as nothing found.
+    ``STEM_seg-X_ctd.json`` (VerSe's own naming), read on the case's CT in
+    ``pred_format`` (voxel coordinates, verse20, by default). A case without a prediction
+    counts as nothing found.
 
     Args:
         pred: folder of predictions.
         gt: VerSe-layout folder with the CTs and ground truth.
         format: format of the *ground-truth* centroid files ("verse20" or "verse19").
+        pred_format: format of the prediction files (``vertebra label`` writes "verse20").
         radius_mm: identification radius.
 
     Returns:
@@ -413,8 +416,10 @@ def score_folder(pred: str | Path, gt: str | Path, *, format: str = "verse20",
     if not (pred.is_dir() and gt.is_dir()):
         raise DrrkitError("to score folders, give a folder of predictions and a "
                           "VerSe-layout ground-truth folder")
-    if format not in verse.FORMATS:
-        raise DrrkitError(f"unknown format {format!r}; choose one of {', '.join(verse.FORMATS)}")
+    for value in (format, pred_format):
+        if value not in verse.FORMATS:
+            raise DrrkitError(f"unknown format {value!r}; choose one of "
+                              f"{', '.join(verse.FORMATS)}")
     cases = VerseDataset(gt, require="centroids").cases
     if not cases:
         raise DrrkitError(f"{gt} holds no CT with ground-truth centroids")
@@ -429,7 +434,7 @@ def score_folder(pred: str | Path, gt: str | Path, *, format: str = "verse20",
             missing.append(case.name)
             predicted = {}
         else:
-            predicted = verse.read_centroids(path, case.ct, format="verse20")
+            predicted = verse.read_centroids(path, case.ct, format=pred_format)
         results[case.name] = evaluate(predicted, truth, radius_mm=radius_mm)
     return pool(list(results.values())), results, missing
 

@@ -27,6 +27,10 @@ centred on a projected centroid gets that vertebra's network class
 * ``"order"``: the later vertebra in anatomical order overwrites (the paper's code, which
   fills squares in list order).
 
+Anchors: ``make_targets(anchors={26: s1})`` also draws a square of
+:data:`vertebra.labels.SACRUM_CLASS` on the first sacral body in the identification maps
+(not in the heatmaps: the localizer finds vertebrae only), under the same overlap rule.
+
 Vertebrae drawn: those in front of the source and, when a volume is given, with their
 centroid inside the CT's box. A centroid that projects just off the detector still
 draws the part of its Gaussian / square that falls on it. ``visible`` (projects onto the
@@ -71,7 +75,7 @@ class ProjectedCentroids:
 
     Attributes:
         labels: (N,) int64 VerSe ids.
-        classes: (N,) int64 network classes (1..26).
+        classes: (N,) int64 network classes (1..26; 27 for a sacrum anchor).
         points: (N, 3) world LPS mm.
         pixels: (K, N, 2) float64 (col, row).
         depth: (K, N) mm from the source along the detector normal.
@@ -93,6 +97,16 @@ class ProjectedCentroids:
     def drawn(self) -> np.ndarray:
         """(K, N) bool: the vertebrae drawn in each view (in front of the source and in the CT)."""
         return (self.depth > 0) & self.in_volume[None, :]
+
+    def join(self, other: ProjectedCentroids) -> ProjectedCentroids:
+        """These N points followed by ``other``'s M (same K views): N + M points."""
+        def cat(name: str, axis: int) -> np.ndarray:
+            return np.concatenate([getattr(self, name), getattr(other, name)], axis=axis)
+
+        return ProjectedCentroids(
+            labels=cat("labels", 0), classes=cat("classes", 0), points=cat("points", 0),
+            pixels=cat("pixels", 1), depth=cat("depth", 1), on_detector=cat("on_detector", 1),
+            in_volume=cat("in_volume", 0), visible=cat("visible", 1))
 
 
 @dataclass(frozen=True)
@@ -148,10 +162,16 @@ def project_centroids(centroids: dict, geometry: Geometry, volume=None) -> Proje
         :class:`ProjectedCentroids`, vertebrae sorted cranio-caudally.
     """
     labels, points = _centroid_arrays(centroids)
+    return _project(labels, vlabels.classes_of(labels), points, geometry, volume)
+
+
+def _project(labels: np.ndarray, classes: np.ndarray, points: np.ndarray, geometry: Geometry,
+             volume) -> ProjectedCentroids:
+    """(N,) labels and classes, (N, 3) world points -> :class:`ProjectedCentroids`."""
     k = len(geometry)
     if len(labels) == 0:
         z = np.zeros((k, 0))
-        return ProjectedCentroids(labels, labels.copy(), points, np.zeros((k, 0, 2)), z,
+        return ProjectedCentroids(labels, classes, points, np.zeros((k, 0, 2)), z,
                                   z.astype(bool), np.zeros(0, bool), z.astype(bool))
     proj = project_points(points, geometry)
     if volume is None:
@@ -162,7 +182,7 @@ def project_centroids(centroids: dict, geometry: Geometry, volume=None) -> Proje
         in_volume = np.all((index >= -0.5) & (index <= n - 0.5), axis=-1)
     return ProjectedCentroids(
         labels=labels,
-        classes=vlabels.classes_of(labels),
+        classes=classes,
         points=points,
         pixels=proj.pixels,
         depth=proj.depth,
@@ -170,6 +190,25 @@ def project_centroids(centroids: dict, geometry: Geometry, volume=None) -> Proje
         in_volume=in_volume,
         visible=proj.inside & in_volume[None, :],
     )
+
+
+def _anchor_arrays(anchors) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """{26: (3,) world mm} -> (labels (A,), classes (A,), points (A, 3))."""
+    if not isinstance(anchors, dict):
+        raise DrrkitError("anchors must be a mapping {26: (x, y, z) world mm}")
+    bad = [k for k in anchors if k != vlabels.SACRUM]
+    if bad:
+        raise DrrkitError(f"anchor labels {bad} are not supported (only {vlabels.SACRUM}, "
+                          "the sacrum)")
+    labels = np.array(sorted(anchors), dtype=np.int64)
+    try:
+        points = np.array([np.asarray(anchors[k], dtype=np.float64).reshape(3) for k in labels],
+                          dtype=np.float64).reshape(-1, 3)
+    except (TypeError, ValueError):
+        raise DrrkitError("every anchor must be 3 numbers (x, y, z) in mm") from None
+    if not np.all(np.isfinite(points)):
+        raise DrrkitError("anchor coordinates must be finite")
+    return labels, np.full(len(labels), vlabels.SACRUM_CLASS, dtype=np.int64), points
 
 
 def default_isocenter(geometry: Geometry, volume=None) -> np.ndarray:
@@ -329,6 +368,7 @@ def make_targets(
     isocenter=None,
     overlap: str = "nearest",
     per_vertebra: bool = False,
+    anchors: dict | None = None,
 ) -> ViewTargets:
     """Projected centroids, heatmaps and identification maps for K views of one CT.
 
@@ -341,9 +381,11 @@ def make_targets(
         isocenter: (3,) world mm; default :func:`default_isocenter`.
         overlap: rule for overlapping squares: "nearest", "front" or "order".
         per_vertebra: heatmaps (K, N, H, W), one channel per vertebra, instead of (K, H, W).
+        anchors: {26: (3,) world mm of the first sacral body} drawn as
+            :data:`vertebra.labels.SACRUM_CLASS` squares in ``id_maps`` only (None: none).
 
     Returns:
-        :class:`ViewTargets`.
+        :class:`ViewTargets` (``projected`` holds the vertebrae only).
 
     Example:
         >>> import drrkit, numpy as np
@@ -360,5 +402,8 @@ def make_targets(
     sigma_px = _mm_to_px(sigma_mm, pixel_mm, "sigma_mm")
     half_px = _mm_to_px(square_mm, pixel_mm, "square_mm") / 2.0
     heatmaps = gaussian_heatmaps(projected, geometry, sigma_px, per_vertebra=per_vertebra)
-    id_maps = identification_maps(projected, geometry, half_px, pixel_mm, overlap=overlap)
+    squares = projected
+    if anchors:
+        squares = projected.join(_project(*_anchor_arrays(anchors), geometry, volume))
+    id_maps = identification_maps(squares, geometry, half_px, pixel_mm, overlap=overlap)
     return ViewTargets(projected, heatmaps, id_maps, pixel_mm, sigma_px, half_px)

@@ -351,11 +351,12 @@ def test_bad_combinations(tmp_path, oblique_ct):
     assert result.exit_code == 2 and "Traceback" not in result.output
 
 
-def test_nan_voxels_warn_and_render_finite_or_are_refused(tmp_path):
+@pytest.mark.parametrize("name", ["nan.mha", "nan.nii.gz"])
+def test_nan_voxels_warn_and_render_finite_or_are_refused(tmp_path, name):
     values = np.full((10, 12, 14), 0.0, np.float32)  # HU 0 = water
     values[4:6, 5:7, 6:8] = np.nan
     values[0, 0, 0] = np.inf
-    path = tmp_path / "nan.mha"  # MetaImage keeps NaN (NIfTI I/O turns it into 0)
+    path = tmp_path / name  # MetaImage keeps NaN; SimpleITK's NIfTI reader makes it 0
     _write_image(path, values)
     out = tmp_path / "out"
     result = invoke("render", path, "--out", out, "--views", "2", "--size", "16",

@@ -1,5 +1,7 @@
 """Volumes: exact geometry through file formats, HU conversion, resampling."""
 
+import re
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -124,6 +126,47 @@ def test_nan_voxels_warn_and_become_air(tmp_path):
     assert np.isfinite(vol.data).all() and vol.data[1, 1, 1] == 0
     with pytest.raises(DrrkitError, match="non-finite"):
         load_volume(tmp_path / "nan.nrrd", nan="raise")
+
+
+def _big_endian_nifti(path, data):
+    """A minimal big-endian float32 NIfTI-1 file (SimpleITK writes little-endian only)."""
+    import struct
+
+    head = bytearray(352)
+    struct.pack_into(">i", head, 0, 348)  # sizeof_hdr
+    struct.pack_into(">8h", head, 40, 3, *data.shape[::-1], 1, 1, 1, 1)  # dim
+    struct.pack_into(">2h", head, 70, 16, 32)  # datatype float32, bitpix
+    struct.pack_into(">8f", head, 76, *[1.0] * 8)  # pixdim
+    struct.pack_into(">2f", head, 108, 352.0, 1.0)  # vox_offset, scl_slope
+    head[344:348] = b"n+1\0"
+    path.write_bytes(bytes(head) + data.astype(">f4").tobytes())
+
+
+@pytest.mark.parametrize("name", ["ct.nii.gz", "ct.nii", "big-endian.nii", "ct.mha"])
+def test_nan_voxels_are_found_in_every_format(tmp_path, name):
+    """SimpleITK's NIfTI reader turns NaN and inf into 0 -- water, in HU -- without a word;
+    load_volume finds them in the file all the same and applies its ``nan`` policy."""
+    data = np.full((4, 5, 6), 100.0, np.float32)  # HU
+    data[1, 2, 3], data[2, 0, 1], data[3, 4, 5] = np.nan, np.inf, -np.inf
+    path = tmp_path / name
+    if name.startswith("big"):
+        _big_endian_nifti(path, data)
+    else:
+        Volume(data).save(path)
+    read = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    assert np.isfinite(read).all() == (".nii" in name)  # what SimpleITK shows
+    with pytest.warns(UserWarning, match=re.escape(f"{path} has 3 non-finite voxels")):
+        vol = load_volume(path)
+    assert vol.data[1, 2, 3] == vol.data[2, 0, 1] == vol.data[3, 4, 5] == 0  # air, not water
+    assert vol.data[0, 0, 0] == pytest.approx(drrkit.hu_to_mu(np.float32(100.0)))
+    with pytest.raises(DrrkitError, match=f"^{re.escape(str(path))} has 3 non-finite voxels$"):
+        load_volume(path, nan="raise")
+    finite = tmp_path / ("finite-" + name)
+    if name.startswith("big"):
+        _big_endian_nifti(finite, np.nan_to_num(data))
+    else:
+        Volume(np.nan_to_num(data)).save(finite)
+    load_volume(finite, nan="raise")  # nothing to find
 
 
 def test_bad_inputs(tmp_path):

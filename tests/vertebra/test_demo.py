@@ -51,3 +51,28 @@ def test_demo_config_and_cli_errors(tmp_path):
     (tmp_path / "file").write_text("x")
     res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "file")])
     assert res.exit_code == 2 and "not a folder" in res.stderr
+
+
+def test_prepare_data_renders_an_older_cache_version_again(tmp_path, monkeypatch):
+    """Training caches from before the cache version bump are rendered again, not reused."""
+    from vertebra import demo
+    from vertebra.training import rendered
+
+    folders = [tmp_path / f"train_{t}" for t in ("localization", "identification")]
+    for folder in folders:
+        folder.mkdir()
+        (folder / "cache.json").write_text(json.dumps(
+            {"format": rendered.CACHE_FORMAT, "version": 1, "cases": ["phantom0000"]}))
+    (tmp_path / "held_out").mkdir()
+    asked = []
+
+    def prerender_many(source, outputs, **options):
+        asked.extend(outputs)
+        return {out: f"cache {out.name}" for out in outputs}
+
+    monkeypatch.setattr(rendered, "prerender_many", prerender_many)
+    lines = []
+    caches, _ = demo.prepare_data(tmp_path, DemoConfig(), log=lines.append)
+    assert sorted(asked) == sorted(folders)
+    assert caches == {t: f"cache train_{t}" for t in ("localization", "identification")}
+    assert sum("another vertebra version" in line for line in lines) == 2

@@ -138,6 +138,34 @@ def test_evaluate_folder_counts_missing_predictions(data, tmp_path):
     assert pooled["id_rate"] == 0.0 and pooled["n_pred"] == 0
 
 
+def test_label_nan_voxels_warn_or_are_refused(data, tiny_checkpoint, tmp_path):
+    """NaN in a float NIfTI (which SimpleITK reads as 0, water): a one-line warning with
+    their count and air in their place, or with --nan raise one error line and exit 2."""
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(ct_of(data)))
+    values = sitk.GetArrayFromImage(image).astype(np.float32)
+    values[:2] = np.nan  # two slices of padding
+    padded = sitk.GetImageFromArray(values)
+    padded.CopyInformation(image)
+    path = tmp_path / "padded_ct.nii.gz"
+    sitk.WriteImage(padded, str(path))
+    count = f"{int(np.isnan(values).sum())} non-finite voxels"
+    args = ["label", str(path), "--model", str(tiny_checkpoint[0]), "--device", "cpu",
+            "--no-pictures"]
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    said = [line for line in res.stderr.splitlines() if "non-finite" in line]
+    assert len(said) == 1 and said[0].startswith("warning: ") and count in said[0], said
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "o2"), "--nan", "raise"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and count in errors[0], res.stderr
+    assert not (tmp_path / "o2" / "padded_ctd.json").exists()
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "o3"), "--nan", "ignore"])
+    assert res.exit_code == 2 and "unknown --nan" in res.stderr
+
+
 @pytest.mark.parametrize("args, message", [
     (["label", "missing.nii.gz", "--model", "x.pt", "--out", "o"], "no such file"),
     (["label", "CT", "--out", "o"], "need a checkpoint"),

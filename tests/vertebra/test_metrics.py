@@ -235,9 +235,49 @@ def test_cli_evaluate_json_matches_the_api(files):
     assert out["n_without_prediction"] == 1
     # the 2019 format needs no image: distances are in mm already
     res19 = run("evaluate", files / "pred19.json", files / "gt19.json", "--format", "verse19",
-                "--json")
+                "--pred-format", "verse19", "--json")
     assert res19.exit_code == 0, res19.output
     assert json.loads(res19.stdout)["l_error"] == pytest.approx(out["l_error"], abs=1e-2)
+
+
+def test_cli_evaluate_format_is_the_ground_truths(files):
+    """--format verse19 reads only the ground truth so; the prediction stays verse20 (what
+    vertebra label writes) unless --pred-format says otherwise."""
+    image = ("--image", files / "ct.nii.gz", "--json")
+    both20 = json.loads(run("evaluate", files / "pred.json", files / "gt.json", *image).stdout)
+    res = run("evaluate", files / "pred.json", files / "gt19.json", "--format", "verse19",
+              *image)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["hits"] == both20["hits"] == [19, 20]
+    assert out["l_error"] == pytest.approx(both20["l_error"], abs=1e-2)
+    res = run("evaluate", files / "pred19.json", files / "gt.json", "--pred-format", "verse19",
+              *image)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["l_error"] == pytest.approx(both20["l_error"], abs=1e-2)
+    # without --image, a verse20 prediction cannot be put in mm
+    res = run("evaluate", files / "pred.json", files / "gt19.json", "--format", "verse19")
+    assert res.exit_code == 2 and "--pred-format verse20" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_cli_evaluate_folders_take_the_prediction_format(files):
+    """Folder mode reads --format for the ground truth and --pred-format for predictions."""
+    gt, pred = files / "gt_dir", files / "pred_dir"
+    gt.mkdir()
+    pred.mkdir()
+    (files / "ct.nii.gz").rename(gt / "sub-a_ct.nii.gz")
+    (files / "gt19.json").rename(gt / "sub-a_seg-subreg_ctd.json")
+    (files / "pred19.json").rename(pred / "sub-a_ctd.json")
+    single = run("evaluate", files / "pred.json", files / "gt.json", "--image",
+                 gt / "sub-a_ct.nii.gz", "--json")
+    res = run("evaluate", pred, gt, "--format", "verse19", "--pred-format", "verse19",
+              "--json")
+    assert res.exit_code == 0, res.output
+    pooled = json.loads(res.stdout)["pooled"]
+    assert pooled["l_error"] == pytest.approx(json.loads(single.stdout)["l_error"], abs=1e-2)
+    res = run("evaluate", pred, gt, "--pred-format", "v3")
+    assert res.exit_code == 2 and "unknown format 'v3'" in res.stderr
 
 
 def test_cli_evaluate_table(files):
@@ -267,8 +307,10 @@ def test_cli_help_lists_evaluate():
                  "--radius", "-1"], "radius"),
      (lambda d: ["evaluate", d / "nohead.json", d / "gt.json", "--image", d / "ct.nii.gz"],
       "pass --direction"),
-     (lambda d: ["evaluate", d / "pred19.json", d / "lps19.json", "--format", "verse19"],
-      "different orientations")],
+     (lambda d: ["evaluate", d / "pred19.json", d / "lps19.json", "--format", "verse19",
+                 "--pred-format", "verse19"], "different orientations"),
+     (lambda d: ["evaluate", d / "pred.json", d / "gt.json", "--pred-format", "v3"],
+      "unknown format 'v3' (--pred-format)")],
 )
 def test_cli_bad_input_is_one_line_exit_2(files, make_args, match):
     (files / "bad.json").write_text("{oops")

@@ -306,6 +306,35 @@ def test_lazy_collection_keeps_what_fits_its_budget():
     assert big.loads == [3]
 
 
+def test_verse_source_cache_is_weighed_in_mib(tmp_path):
+    """VerSe CTs differ a hundredfold in size: the cache holds MiB of voxels, not CTs."""
+    import drrkit
+    from vertebra.data import write_centroids
+    from vertebra.training.sources import VerseSource
+
+    for name, n in (("sub-big", 64), ("sub-small", 32)):  # 1 MiB and 1/8 MiB of float32
+        ct = drrkit.Volume(np.zeros((n, n, n), np.float32), spacing=(2.0, 2.0, 2.0))
+        ct.save(tmp_path / f"{name}_ct.nii.gz")
+        write_centroids(tmp_path / f"{name}_seg-subreg_ctd.json", {20: ct.center}, ct)
+
+    def counted(source):
+        inner, loads = source._load, []
+        source._load = lambda i: loads.append(i) or inner(i)
+        return source, loads
+
+    src, loads = counted(VerseSource(tmp_path, cache_mib=1.1))
+    big = [src.name(i) for i in range(2)].index("sub-big")
+    assert src._weight(src.load(big)) == pytest.approx(1.0)
+    src.load(1 - big)  # 1 + 1/8 MiB > 1.1 MiB: the big CT leaves
+    src.load(1 - big)
+    src.load(big)
+    assert loads == [big, 1 - big, big]
+    roomy, loads = counted(open_data(tmp_path))  # default 2048 MiB: both stay
+    for i in (big, 1 - big, big, 1 - big):
+        roomy.load(i)
+    assert isinstance(roomy, VerseSource) and loads == [big, 1 - big]
+
+
 def test_rendered_cache_budget_is_in_mib(rendered):
     rv = rendered[0]
     mib = sum(a.nbytes for a in (rv.images, rv.heatmaps, rv.id_maps)) / 2**20
@@ -354,6 +383,87 @@ def test_prerender_many_builds_each_ct_once(phantoms, tmp_path):
     with pytest.raises(DrrkitError, match="counts"):
         prerender_many(Counting(), {tmp_path / "d": fine}, counts={tmp_path / "d": 3},
                        orbits=2, sigma_mm=6.0)
+
+
+def _set_npz_meta(path, **changes):
+    """Rewrite the ``meta`` of a prerender file (as an older or other run left it)."""
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["meta"] = np.array(json.dumps({**json.loads(str(arrays["meta"])), **changes}))
+    with open(path, "wb") as handle:
+        np.savez_compressed(handle, **arrays)
+
+
+def test_prerender_renders_again_what_other_settings_or_versions_made(phantoms, tmp_path):
+    """An interrupted run leaves CASE.npz files but no cache.json: a rerun keeps a file only
+    when its meta says this run would write the same (settings, orbit angles, version)."""
+    import warnings
+
+    from vertebra.cli import app
+    from vertebra.training.rendered import CACHE_VERSION, prerender
+
+    loads = []
+
+    class Counting:
+        def __len__(self):
+            return len(phantoms)
+
+        def name(self, i):
+            return phantoms.name(i)
+
+        def load(self, i):
+            loads.append(i)
+            return phantoms.load(i)
+
+    out = tmp_path / "cache"
+    state = {"view_config": ViewConfig(views=4, mm_per_pixel=8.0), "orbits": 2,
+             "sigma_mm": 6.0}
+
+    def rerun(interrupted=True):
+        if interrupted:
+            (out / "cache.json").unlink()
+        loads.clear()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cache = prerender(Counting(), out, **state)
+        return cache, [str(w.message) for w in caught]
+
+    prerender(Counting(), out, **state)
+    cache, said = rerun()
+    assert loads == [] and said == []  # same settings: every file kept
+    for change in ({"sigma_mm": 4.0}, {"square_mm": 30.0}, {"seed": 1}, {"orbits": 3},
+                   {"view_config": ViewConfig(views=4, mm_per_pixel=6.0)},
+                   {"view_config": ViewConfig(views=4, mm_per_pixel=6.0, bone_gain=8.0)}):
+        state.update(change)  # one setting differs from the files on disk
+        cache, said = rerun()
+        assert loads == [0, 1], change
+        assert len(said) == 1 and "rendered 2 cached file(s) again" in said[0], said
+        views = cache.load(0)
+        assert (views.sigma_mm, views.view_config) == (state["sigma_mm"], state["view_config"])
+        assert len(views.start_angles) == len(views) // 4 == state.get("orbits")
+    angles = cache.load(1).start_angles  # 0 (the inference views), then random
+    assert len(angles) == 3 and angles[0] == 0.0 and 0 < abs(angles[1]) <= 45.0
+    # a file of an older cache version (e.g. before the session-10 CT-number fix)
+    _set_npz_meta(out / "phantom0001.npz", version=1)
+    rerun()
+    assert loads == [1]
+    # an older folder: refused with a one-line error, then rendered again by prerender
+    _set_npz_meta(out / "phantom0000.npz", version=1)
+    manifest = json.loads((out / "cache.json").read_text())
+    (out / "cache.json").write_text(json.dumps({**manifest, "version": 1}))
+    with pytest.raises(DrrkitError, match="version 1, this one reads 2.*prerender again"):
+        RenderedCache(out)
+    with pytest.raises(DrrkitError, match="version 1.*prerender again"):
+        RenderedViews.load(out / "phantom0000.npz")
+    r = CliRunner().invoke(app, ["train", str(out), "--out", str(tmp_path / "x.pt")])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
+    assert "run vertebra prerender again" in r.stderr
+    cache, said = rerun(interrupted=False)
+    assert loads == [0]  # the manifest is not trusted; phantom0001 was current already
+    assert any("version 1" in s and "rendering it again" in s for s in said), said
+    assert json.loads((out / "cache.json").read_text())["version"] == CACHE_VERSION == 2
+    assert len(RenderedCache(out)) == 2
 
 
 def test_stream_sampler_resumes_and_splits_ranks():

@@ -98,6 +98,11 @@ class TrainConfig:
             0.8).
         sigma_mm: heatmap Gaussian sigma in mm at the isocentre.
         square_mm: identification square side in mm at the isocentre (paper 22).
+        sacrum_class: the identification network gets one class more, the sacrum
+            (:data:`vertebra.labels.SACRUM_CLASS`, a square on the first sacral body,
+            drawn where the training CTs know it: phantoms), which the pipeline uses to
+            tell the lowest lumbar vertebra (``PipelineConfig.sacrum_threshold``).
+            False: the sacrum squares of the training data count as background.
         background_weight: cross-entropy weight of the background class (1 = plain
             cross-entropy as in the paper; < 1 makes the few square pixels count more).
         heatmap_loss: "mse" (mean squared error over all pixels, the paper) or "focal"
@@ -116,7 +121,8 @@ class TrainConfig:
         workers: DataLoader worker processes (0 = render in the main process, needed when
             rendering on the GPU).
         render_backend: drrkit backend for on-the-fly rendering ("auto", "cpu", "cuda").
-        ct_cache: CTs kept in memory when rendering on the fly.
+        ct_cache: phantoms kept in memory when rendering on the fly (VerSe CTs are kept
+            up to 2048 MiB, :class:`vertebra.training.sources.VerseSource`).
         log_every: iterations between loss-log lines.
         checkpoint_every: iterations between checkpoints (the last one is always saved).
         views: the C-arm and detector (:class:`vertebra.views.ViewConfig`).
@@ -140,6 +146,7 @@ class TrainConfig:
     beta: float = 0.8
     sigma_mm: float = 3.0
     square_mm: float = 22.0
+    sacrum_class: bool = False
     background_weight: float = 1.0
     heatmap_loss: str = "mse"
     heatmap_fg_weight: float = 0.0

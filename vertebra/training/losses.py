@@ -134,7 +134,8 @@ def sequence_term(probs: torch.Tensor, id_maps: torch.Tensor, t13: torch.Tensor,
     """Mean Sequence Loss over the images that show a vertebra (0 if none does).
 
     Args:
-        probs: (B, 27, H, W) softmax.
+        probs: (B, C, H, W) softmax, C = 27 or 28 (with the sacrum class, which has no
+            row: the Sequence Loss runs over the vertebrae).
         id_maps: (B, H, W) target classes.
         t13: (B,) bool, whether each image's spine has a T13 (chooses its chain).
         dp: the Sequence DP (alpha, beta).
@@ -142,7 +143,9 @@ def sequence_term(probs: torch.Tensor, id_maps: torch.Tensor, t13: torch.Tensor,
     Returns:
         scalar tensor.
     """
-    rows = square_rows(probs.float(), id_maps)
+    vertebrae = vlabels.NUM_CLASSES  # background + the 26 vertebrae; no sacrum row
+    ids = torch.where(id_maps < vertebrae, id_maps, torch.zeros_like(id_maps))
+    rows = square_rows(probs[:, :vertebrae].float(), ids)
     t13 = t13.to(torch.bool).reshape(-1)
     losses = []
     for flag in (False, True):
@@ -172,8 +175,9 @@ def identification_loss(logits: torch.Tensor, id_maps: torch.Tensor, t13: torch.
     """Pixel cross-entropy + ``gamma`` * Sequence Loss.
 
     Args:
-        logits: (B, 27, H, W).
-        id_maps: (B, H, W) int64 targets (0 background).
+        logits: (B, C, H, W), C = 27, or 28 with the sacrum class.
+        id_maps: (B, H, W) int64 targets (0 background); classes the network does not
+            have (the sacrum's 27 for C = 27) count as background.
         t13: (B,) bool.
         gamma: Sequence Loss weight (paper 1).
         dp: Sequence DP (default the paper's alpha 0.1, beta 0.8).
@@ -182,6 +186,7 @@ def identification_loss(logits: torch.Tensor, id_maps: torch.Tensor, t13: torch.
         background_weight: cross-entropy class weight of the background (others 1); the
             weighted mean divides by the summed weights of the pixels.
     """
+    id_maps = torch.where(id_maps < logits.shape[1], id_maps, torch.zeros_like(id_maps))
     weight = None
     if background_weight != 1.0:
         weight = torch.ones(logits.shape[1], device=logits.device)

@@ -14,19 +14,30 @@ File layout of ``CASE.npz`` (written atomically)::
 
     images    (V, H, W) float32   network inputs (line integrals / intensity_scale)
     heatmaps  (V, H, W) float32   Gaussian heatmaps, max over vertebrae
-    id_maps   (V, H, W) uint8     network class per pixel (0 background)
+    id_maps   (V, H, W) uint8     network class per pixel (0 background; 27 the sacrum,
+                                  when the CT's S1 is known and in view)
     pixel_mm  (V, 2)    float64   pixel size at the isocentre (column, row), mm
     labels    (N,)      int64     VerSe ids of the centroids, cranio-caudal
     pixels    (V, N, 2) float64   projected centroids (col, row)
     visible   (V, N)    bool      centroid projects onto the detector and lies in the CT
-    meta      ()        str       JSON: name, t13, view_config, geometry (drrkit.io
-                                  geometry JSON), sigma_mm, square_mm, start_angles
+    meta      ()        str       JSON: format, version, name, t13, view_config,
+                                  geometry (drrkit.io geometry JSON), sigma_mm,
+                                  square_mm, sacrum, start_angles ((R,) orbit start
+                                  angles, degrees; null when not recorded)
+
+A rerun of :func:`prerender` into the same folder keeps a ``CASE.npz`` only when its
+``meta``, less the fields that describe the CT itself (:data:`CT_FIELDS`), equals what
+this run would write: same cache version, views, target sizes and orbit angles. Version
+2 (session 10) reads VerSe CT numbers as attenuation correctly; older folders are
+refused by :class:`RenderedCache` and rendered again by ``vertebra prerender``.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import warnings
+import zipfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +47,28 @@ from vertebra.training.sources import LazyCollection, TrainingCT
 from vertebra.views import ViewConfig
 
 CACHE_FORMAT = "vertebra.prerender"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: VerSe CT numbers read as attenuation (session 10), start angles
+
+#: ``meta`` fields that follow from the CT (its name, and the version that read it), not
+#: from the render settings; every other field must match for a cached file to be reused.
+CT_FIELDS = ("name", "t13", "geometry", "sacrum")
+
+
+def render_settings(view_config: ViewConfig, start_angles, sigma_mm: float,
+                    square_mm: float) -> dict:
+    """The ``meta`` fields of a ``CASE.npz`` other than :data:`CT_FIELDS`, as JSON reads
+    them back (lists for tuples).
+
+    Args:
+        view_config: the C-arm.
+        start_angles: (R,) orbit start angles in degrees, or None when not recorded.
+        sigma_mm, square_mm: target sizes at the isocentre, mm.
+    """
+    angles = None if start_angles is None else [float(a) for a in start_angles]
+    return json.loads(json.dumps({
+        "format": CACHE_FORMAT, "version": CACHE_VERSION,
+        "view_config": view_config.to_dict(), "sigma_mm": float(sigma_mm),
+        "square_mm": float(square_mm), "start_angles": angles}))
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,6 +89,10 @@ class RenderedViews:
         view_config: the :class:`ViewConfig` used.
         sigma_mm: heatmap sigma at the isocentre, mm.
         square_mm: identification square side at the isocentre, mm.
+        sacrum: the CT's first sacral body was known, so ``id_maps`` hold the sacrum class
+            where it is in view (:data:`vertebra.labels.SACRUM_CLASS`).
+        start_angles: (R,) start angle of each orbit in degrees, when recorded
+            (:func:`prerender` does; a cached file is reused only for the same angles).
     """
 
     name: str
@@ -72,6 +108,8 @@ class RenderedViews:
     view_config: ViewConfig
     sigma_mm: float
     square_mm: float
+    sacrum: bool = False
+    start_angles: tuple[float, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -82,10 +120,10 @@ class RenderedViews:
         from drrkit.io import atomic_write, geometry_to_json
 
         meta = {
-            "format": CACHE_FORMAT, "version": CACHE_VERSION, "name": self.name,
-            "t13": bool(self.t13), "view_config": self.view_config.to_dict(),
-            "geometry": geometry_to_json(self.geometry), "sigma_mm": float(self.sigma_mm),
-            "square_mm": float(self.square_mm),
+            **render_settings(self.view_config, self.start_angles, self.sigma_mm,
+                              self.square_mm),
+            "name": self.name, "t13": bool(self.t13),
+            "geometry": geometry_to_json(self.geometry), "sacrum": bool(self.sacrum),
         }
         arrays = {"images": self.images.astype(np.float32),
                   "heatmaps": self.heatmaps.astype(np.float32),
@@ -115,13 +153,20 @@ class RenderedViews:
             raise DrrkitError(f"cannot read rendered views {path}: {exc}") from None
         if meta.get("format") != CACHE_FORMAT:
             raise DrrkitError(f"{path} is not a vertebra prerender file")
+        if meta.get("version") != CACHE_VERSION:
+            raise DrrkitError(f"{path} was written by prerender cache version "
+                              f"{meta.get('version')}, not {CACHE_VERSION}; run vertebra "
+                              "prerender again")
         return cls(
             name=meta["name"], images=arrays["images"], heatmaps=arrays["heatmaps"],
             id_maps=arrays["id_maps"], pixel_mm=arrays["pixel_mm"], labels=arrays["labels"],
             pixels=arrays["pixels"], visible=arrays["visible"], t13=bool(meta["t13"]),
             geometry=geometry_from_json(meta["geometry"]),
             view_config=ViewConfig.from_dict(meta["view_config"]),
-            sigma_mm=float(meta["sigma_mm"]), square_mm=float(meta["square_mm"]))
+            sigma_mm=float(meta["sigma_mm"]), square_mm=float(meta["square_mm"]),
+            sacrum=bool(meta.get("sacrum", False)),
+            start_angles=None if meta.get("start_angles") is None
+            else tuple(float(a) for a in meta["start_angles"]))
 
 
 def concat_geometries(parts):
@@ -165,14 +210,26 @@ def render_views(ct: TrainingCT, view_config: ViewConfig, start_angles=(0.0,), *
     geometry = concat_geometries(parts) if len(parts) > 1 else parts[0]
     images = view_config.render(ct.volume, geometry, backend=backend)
     targets = make_targets(ct.centroids, geometry, ct.volume, sigma_mm=sigma_mm,
-                           square_mm=square_mm)
+                           square_mm=square_mm, anchors=ct.anchors)
     p = targets.projected
     return RenderedViews(
         name=ct.name, images=np.asarray(images, dtype=np.float32),
         heatmaps=targets.heatmaps, id_maps=targets.id_maps.astype(np.uint8),
         pixel_mm=targets.pixel_mm, labels=p.labels, pixels=p.pixels, visible=p.visible,
         t13=bool(ct.t13), geometry=geometry, view_config=view_config,
-        sigma_mm=float(sigma_mm), square_mm=float(square_mm))
+        sigma_mm=float(sigma_mm), square_mm=float(square_mm), sacrum=bool(ct.anchors))
+
+
+def read_manifest(root: str | Path) -> dict:
+    """The ``cache.json`` of a prerender folder, any version (DrrkitError if not one)."""
+    manifest = Path(root) / "cache.json"
+    try:
+        data = json.loads(manifest.read_text())
+    except (OSError, ValueError) as exc:
+        raise DrrkitError(f"cannot read {manifest}: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
+        raise DrrkitError(f"{manifest} is not a vertebra prerender manifest")
+    return data
 
 
 class RenderedCache(LazyCollection):
@@ -199,13 +256,11 @@ class RenderedCache(LazyCollection):
             self.view_config = first.view_config
             self.sigma_mm, self.square_mm = first.sigma_mm, first.square_mm
             return
-        manifest = self.root / "cache.json"
-        try:
-            data = json.loads(manifest.read_text())
-        except (OSError, ValueError) as exc:
-            raise DrrkitError(f"cannot read {manifest}: {exc}") from None
-        if data.get("format") != CACHE_FORMAT:
-            raise DrrkitError(f"{manifest} is not a vertebra prerender manifest")
+        data = read_manifest(self.root)
+        if data.get("version") != CACHE_VERSION:
+            raise DrrkitError(f"{self.root} was made by another vertebra version (prerender "
+                              f"cache version {data.get('version')}, this one reads "
+                              f"{CACHE_VERSION}); run vertebra prerender again")
         self.names = list(data["cases"])
         if not self.names:
             raise DrrkitError(f"{self.root}: the prerender cache holds no cases")
@@ -236,6 +291,22 @@ class RenderedCache(LazyCollection):
         return RenderedViews.load(self.root / f"{self.names[index]}.npz")
 
 
+def _cached_settings(path: Path) -> dict | None:
+    """The ``meta`` of a ``CASE.npz`` less :data:`CT_FIELDS` (None if it cannot be read).
+
+    Compared whole with :func:`render_settings`, so a field added to ``meta`` later counts
+    unless it is listed in :data:`CT_FIELDS`. Only the small ``meta`` entry is read.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+    if not isinstance(meta, dict):
+        return None
+    return {k: v for k, v in meta.items() if k not in CT_FIELDS}
+
+
 def orbit_angles(orbits: int, views: int, rng: np.random.Generator) -> np.ndarray:
     """(orbits,) start angles: 0 (the inference views) then random within half a view step."""
     half = 180.0 / views
@@ -262,8 +333,11 @@ def prerender(source, out: str | Path, view_config: ViewConfig, *, orbits: int =
               backend: str = "auto", progress=None) -> RenderedCache:
     """Render a CT source into a cache folder: ``OUT/<case>.npz`` + ``OUT/cache.json``.
 
-    Files already present from an interrupted run with the same settings are kept; the
-    manifest is written last, so a folder with a ``cache.json`` is always complete.
+    A ``CASE.npz`` already present (an interrupted run) is kept only when its ``meta``
+    says this run would write the same (cache version, views, target sizes, orbit
+    angles; see the module docstring); others are rendered again, with a warning, as is
+    a folder whose ``cache.json`` has another cache version. The manifest is written
+    last, so a folder with a ``cache.json`` is always complete.
 
     Args:
         source: a :class:`vertebra.training.sources.CTSource`.
@@ -315,10 +389,13 @@ def prerender_many(source, outputs: dict, *, orbits: int = 1, seed: int = 0,
                     "view_config": view_config.to_dict(), "orbits": int(orbits),
                     "seed": int(seed), "sigma_mm": float(sigma_mm),
                     "square_mm": float(square_mm)}
-        old = out / "cache.json"
-        if old.is_file():
-            previous = json.loads(old.read_text())
-            if any(previous.get(k) != v for k, v in manifest.items()):
+        if (out / "cache.json").is_file():
+            previous = read_manifest(out)
+            if previous.get("version") != CACHE_VERSION:
+                warnings.warn(f"{out} holds a prerender cache of version "
+                              f"{previous.get('version')}, not {CACHE_VERSION} (another "
+                              "vertebra version): rendering it again", stacklevel=2)
+            elif any(previous.get(k) != v for k, v in manifest.items()):
                 raise DrrkitError(f"{out} holds a cache made with other settings; use a new "
                                   "folder")
         out.mkdir(parents=True, exist_ok=True)
@@ -326,23 +403,34 @@ def prerender_many(source, outputs: dict, *, orbits: int = 1, seed: int = 0,
     limit = {Path(k): int(v) for k, v in (counts or {}).items()}
     if any(out not in folders or not 1 <= n <= len(source) for out, n in limit.items()):
         raise DrrkitError(f"counts must name output folders, each with 1..{len(source)} CTs")
-    names = []
+    names, stale = [], {out: [] for out in folders}
     for i in range(len(source)):
         name = source.name(i)
         ct = None
         for out, (view_config, _) in folders.items():
             path = out / f"{name}.npz"
-            if i >= limit.get(out, len(source)) or path.is_file():
+            if i >= limit.get(out, len(source)):
                 continue
-            ct = source.load(i) if ct is None else ct
             angles = orbit_angles(orbits, view_config.views, np.random.default_rng([seed, i]))
-            render_views(ct, view_config, angles, sigma_mm=sigma_mm, square_mm=square_mm,
-                         backend=backend).save(path)
+            settings = render_settings(view_config, angles, sigma_mm, square_mm)
+            if path.is_file():
+                if _cached_settings(path) == settings:
+                    continue
+                stale[out].append(path.name)
+            ct = source.load(i) if ct is None else ct
+            views = render_views(ct, view_config, angles, sigma_mm=sigma_mm,
+                                 square_mm=square_mm, backend=backend)
+            replace(views, start_angles=tuple(float(a) for a in angles)).save(path)
         names.append(name)
         if progress is not None:
             progress(i + 1, len(source))
     if len(set(names)) != len(names):
         raise DrrkitError("two CTs of the source share a name")
+    for out, files in stale.items():
+        if files:
+            warnings.warn(f"{out}: rendered {len(files)} cached file(s) again (made with "
+                          f"other settings or by another version, e.g. {files[0]})",
+                          stacklevel=2)
     for out, (_, manifest) in folders.items():
         write_json(out / "cache.json",
                    {**manifest, "cases": names[:limit.get(out, len(source))]})

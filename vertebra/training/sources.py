@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +36,16 @@ class TrainingCT:
         centroids: {VerSe id: (3,) world LPS mm}, vertebra targets only.
         t13: whether the spine has a thirteenth thoracic vertebra (decides the Sequence
             Loss columns, :func:`vertebra.labels.chain_classes`).
+        anchors: {26: (3,) world LPS mm of the first sacral body} when known (phantoms),
+            drawn as the identifier's sacrum class (:func:`vertebra.targets.make_targets`);
+            empty otherwise.
     """
 
     name: str
     volume: object
     centroids: dict
     t13: bool
+    anchors: dict = field(default_factory=dict)
 
 
 class LazyCollection:
@@ -159,21 +163,30 @@ class PhantomSource(CTSource):
 
     def _load(self, index: int) -> TrainingCT:
         import drrkit
+        from vertebra import labels as vlabels
         from vertebra.data.phantom import make_spine_phantom
 
         options = {**self.options, "levels": self.levels(index)}
         ph = make_spine_phantom(self.seeds[index], **options)
         mu = ph.ct.with_data(drrkit.hu_to_mu(ph.ct.data))
-        return TrainingCT(self.name(index), mu, dict(ph.centroids), ph.transitional == "t13")
+        s1 = {vlabels.SACRUM: np.array(ph.anatomy.sacrum_centres[0], dtype=np.float64)}
+        return TrainingCT(self.name(index), mu, dict(ph.centroids), ph.transitional == "t13", s1)
 
 
 class VerseSource(CTSource):
-    """The cases of a VerSe-layout folder that have centroids (JSON or mask)."""
+    """The cases of a VerSe-layout folder that have centroids (JSON or mask).
 
-    def __init__(self, root: str | Path, cache: int = 8) -> None:
+    Args:
+        root: the folder.
+        cache_mib: MiB of attenuation volumes kept in memory (a CT is weighed by its
+            float32 voxels: a 512 x 512 x 600 scan takes 600 MiB); the last CT loaded
+            always stays.
+    """
+
+    def __init__(self, root: str | Path, cache_mib: float = 2048) -> None:
         from vertebra.data.dataset import VerseDataset
 
-        super().__init__(cache)
+        super().__init__(cache_mib)
         self.dataset = VerseDataset(root, require="centroids")
         if len(self.dataset) == 0:
             raise DrrkitError(
@@ -186,6 +199,9 @@ class VerseSource(CTSource):
 
     def name(self, index: int) -> str:
         return self.dataset[index].name
+
+    def _weight(self, item: TrainingCT) -> float:
+        return item.volume.data.nbytes / 2**20
 
     def _load(self, index: int) -> TrainingCT:
         from vertebra import labels as vlabels
@@ -256,7 +272,7 @@ def crop_z(ct: TrainingCT, first: int, last: int, reach: tuple[float, float] = (
                         vol.voxel_to_world(corner), vol.direction)
     keep = {k: v for k, v in ct.centroids.items()
             if start - 0.5 <= along.get(k, -np.inf) <= stop - 0.5}
-    return TrainingCT(ct.name, cropped, keep, ct.t13)
+    return TrainingCT(ct.name, cropped, keep, ct.t13, dict(ct.anchors))  # drawn if inside
 
 
 class CroppedSource(CTSource):
@@ -319,12 +335,14 @@ def parse_phantoms(spec: str) -> list[int] | None:
     return seeds
 
 
-def open_data(spec: str | Path, *, cache: int = 8, phantom_options: dict | None = None):
+def open_data(spec: str | Path, *, cache: int = 8, cache_mib: float = 2048,
+              phantom_options: dict | None = None):
     """The ``DATA`` argument -> a :class:`CTSource` or a ``RenderedCache``.
 
     Args:
         spec: ``phantoms:N``, ``phantoms:A:B``, a prerender cache folder or a VerSe folder.
-        cache: CTs kept in memory (CT sources).
+        cache: phantoms kept in memory.
+        cache_mib: MiB of VerSe CTs kept in memory (:class:`VerseSource`).
         phantom_options: passed to ``make_spine_phantom``.
     """
     seeds = parse_phantoms(str(spec))
@@ -337,4 +355,4 @@ def open_data(spec: str | Path, *, cache: int = 8, phantom_options: dict | None 
         from vertebra.training.rendered import RenderedCache
 
         return RenderedCache(path)
-    return VerseSource(path, cache=cache)
+    return VerseSource(path, cache_mib=cache_mib)

@@ -112,9 +112,13 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
         raise DrrkitError(f"{path} is not an encoder checkpoint from vertebra pretrain")
     if kind == "imagenet" and _kind(read_checkpoint(path)) != "timm":
         raise DrrkitError(f"{path} is not a plain timm / torchvision state dict")
+    from vertebra import labels as vlabels
+
     activation = "sigmoid" if config.heatmap_loss == "focal" else "identity"
+    classes = vlabels.NUM_CLASSES_WITH_SACRUM if config.sacrum_class else vlabels.NUM_CLASSES
     return create_model("unet", encoder=config.encoder, task=config.task, pretrained=path,
-                        heatmap_activation=activation, decoder_channels=config.decoder_channels)
+                        heatmap_activation=activation, decoder_channels=config.decoder_channels,
+                        num_classes=classes)
 
 
 # ---------------------------------------------------------------------- distributed

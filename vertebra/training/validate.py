@@ -53,9 +53,13 @@ def identification_scores(model, rendered, **kwargs) -> dict:
 
     Returns:
         {"pixel_accuracy", "square_accuracy", "square_accuracy_pm1", "sequence_accuracy",
-        "pixels", "squares", "confusion"}; ``confusion`` is a (C, C) int64 array
-        (C = :data:`vertebra.labels.NUM_CLASSES`, 0 background, never counted): ``confusion[t, p]`` squares of class
-        ``t`` whose mean softmax has its argmax (over the vertebra classes) at ``p``.
+        "pixels", "squares", "confusion", "sacrum_squares", "sacrum_accuracy"};
+        ``confusion`` is a (C, C) int64 array (C = :data:`vertebra.labels.NUM_CLASSES`, 0
+        background, never counted): ``confusion[t, p]`` squares of vertebra class ``t``
+        whose mean softmax has its argmax (over the vertebra classes) at ``p``. Sacrum
+        squares (a network with the sacrum class) are scored apart: ``sacrum_accuracy`` is
+        the share whose mean softmax is largest for the sacrum (background included;
+        NaN without such squares or class).
     """
     from vertebra import labels as vlabels
     from vertebra.sequence import SequenceDP
@@ -64,10 +68,19 @@ def identification_scores(model, rendered, **kwargs) -> dict:
     correct = total = 0
     sq_pm1 = seq_ok = 0
     confusion = np.zeros((vlabels.NUM_CLASSES, vlabels.NUM_CLASSES), dtype=np.int64)
+    sacrum_total = sacrum_ok = 0
     for rv in rendered:
         probs = predict(model, rv.images, **kwargs)["probs"]
         pred = probs.argmax(1)
         gt = rv.id_maps.astype(np.int64)
+        if probs.shape[1] > vlabels.SACRUM_CLASS:
+            for v in range(len(gt)):
+                square = gt[v] == vlabels.SACRUM_CLASS
+                if square.any():
+                    sacrum_total += 1
+                    mean = probs[v][:, square].mean(axis=1)
+                    sacrum_ok += int(np.argmax(mean) == vlabels.SACRUM_CLASS)
+        gt = np.where(gt < vlabels.NUM_CLASSES, gt, 0)  # vertebrae only from here
         inside = gt > 0
         correct += int((pred[inside] == gt[inside]).sum())
         total += int(inside.sum())
@@ -76,7 +89,8 @@ def identification_scores(model, rendered, **kwargs) -> dict:
             classes = np.unique(gt[v][gt[v] > 0])
             if len(classes) == 0:
                 continue
-            rows = np.stack([probs[v][:, gt[v] == c].mean(axis=1) for c in classes])  # (n, C)
+            rows = np.stack([probs[v][:vlabels.NUM_CLASSES, gt[v] == c].mean(axis=1)
+                             for c in classes])  # (n, 27)
             best = rows[:, 1:].argmax(axis=1) + 1
             np.add.at(confusion, (classes, best), 1)
             sq_pm1 += int((np.abs(_rank(best, chain) - _rank(classes, chain)) <= 1).sum())
@@ -88,7 +102,9 @@ def identification_scores(model, rendered, **kwargs) -> dict:
     return {"pixel_accuracy": correct / max(total, 1),
             "square_accuracy": int(np.trace(confusion)) / n,
             "square_accuracy_pm1": sq_pm1 / n, "sequence_accuracy": seq_ok / n,
-            "pixels": total, "squares": sq_total, "confusion": confusion}
+            "pixels": total, "squares": sq_total, "confusion": confusion,
+            "sacrum_squares": sacrum_total,
+            "sacrum_accuracy": sacrum_ok / sacrum_total if sacrum_total else float("nan")}
 
 
 def _rank(classes: np.ndarray, chain: np.ndarray) -> np.ndarray:
