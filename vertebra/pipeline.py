@@ -249,6 +249,7 @@ class LabelResult:
             identifier has no sacrum class).
         sacrum_below: voted sacrum probability just below the last track
             (:func:`sacrum_below`; NaN without the class or with fewer than two tracks).
+        above_sacrum: the sacrum anchored the labels (the last vertebra is L5 or L6).
         geometry: the K views.
         inputs: (K, H, W) float32 network inputs.
         heatmaps: (K, H, W) float32 localization output.
@@ -277,6 +278,7 @@ class LabelResult:
     timings: dict = field(default_factory=dict)
     sacrum: np.ndarray = field(default_factory=lambda: np.zeros(0))
     sacrum_below: float = float("nan")
+    above_sacrum: bool = False
 
     def centroids(self) -> dict[int, np.ndarray]:
         """{VerSe id: (3,) world mm} of the labelled vertebrae, superior first."""
@@ -684,7 +686,8 @@ def label_ct(
         weights=weights, voted=voted, dropped=dropped,
         correction=correction, detections=tuple(detections), correspondence=match,
         kept=kept, extended=extended, geometry=geometry, inputs=inputs, heatmaps=heatmaps,
-        timings=timings, sacrum=sacrum, sacrum_below=below)
+        timings=timings, sacrum=sacrum, sacrum_below=below,
+        above_sacrum=bool(above_sacrum and len(vertebrae)))
 
 
 # ---------------------------------------------------------------------- torch networks

@@ -317,6 +317,9 @@ def result_summary(result, **extra) -> dict:
         "tracks": len(result.points),
         "unlabelled_tracks": int(np.sum(result.classes == 0)),
         "t13_chain": bool(result.correction.t13) if result.correction is not None else False,
+        "sacrum_below": (None if not np.isfinite(result.sacrum_below)
+                         else round(float(result.sacrum_below), 4)),
+        "above_sacrum": bool(result.above_sacrum),
         "vertebrae": [{
             "label": v.verse_id, "name": v.name, "region": v.region,
             "world_mm": [round(float(x), 3) for x in v.world],

@@ -207,10 +207,15 @@ def test_the_pipeline_anchors_a_shifted_lumbar_run(lumbar):
     heat, probs = _maps(vol, ph.centroids, shifted, anchors={vl.SACRUM: s1})
     r = _label(vol, heat, probs)
     assert [v.name for v in r.vertebrae] == ["L3", "L4", "L5"]
-    assert r.sacrum_below > 0.5 and np.all(r.sacrum < 0.5)
+    assert r.sacrum_below > 0.5 and np.all(r.sacrum < 0.5) and r.above_sacrum
+    from vertebra.report import result_summary
+
+    summary = result_summary(r)
+    assert summary["above_sacrum"] and summary["sacrum_below"] > 0.5
     off = _label(vol, heat, probs, sacrum_threshold=None)
     assert [v.name for v in off.vertebrae] == ["L1", "L2", "L3"]
-    assert np.isnan(off.sacrum_below)
+    assert np.isnan(off.sacrum_below) and not off.above_sacrum
+    assert result_summary(off)["sacrum_below"] is None
     # no sacrum seen below: the identifier's labels stand
     heat, probs = _maps(vol, ph.centroids, shifted)
     assert [v.name for v in _label(vol, heat, probs).vertebrae] == ["L1", "L2", "L3"]
