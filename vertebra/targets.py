@@ -138,16 +138,20 @@ def _centroid_arrays(centroids) -> tuple[np.ndarray, np.ndarray]:
     bad = [k for k in centroids if not vlabels.is_vertebra(k)]
     if bad:
         raise DrrkitError(f"labels {bad} are not vertebra targets (valid: 1-25, 28)")
-    order = vlabels.sort_anatomical(centroids)
-    labels = np.array(order, dtype=np.int64)
+    labels = np.array(vlabels.sort_anatomical(centroids), dtype=np.int64)
+    return labels, _points(centroids, labels, "centroid")
+
+
+def _points(mapping: dict, labels: np.ndarray, what: str) -> np.ndarray:
+    """(N, 3) float64 world mm of ``mapping[label]`` for the N labels, checked."""
     try:
-        points = np.array([np.asarray(centroids[k], dtype=np.float64).reshape(3) for k in order],
+        points = np.array([np.asarray(mapping[k], dtype=np.float64).reshape(3) for k in labels],
                           dtype=np.float64).reshape(-1, 3)
     except (TypeError, ValueError):
-        raise DrrkitError("every centroid must be 3 numbers (x, y, z) in mm") from None
+        raise DrrkitError(f"every {what} must be 3 numbers (x, y, z) in mm") from None
     if not np.all(np.isfinite(points)):
-        raise DrrkitError("centroid coordinates must be finite")
-    return labels, points
+        raise DrrkitError(f"{what} coordinates must be finite")
+    return points
 
 
 def project_centroids(centroids: dict, geometry: Geometry, volume=None) -> ProjectedCentroids:
@@ -201,14 +205,8 @@ def _anchor_arrays(anchors) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise DrrkitError(f"anchor labels {bad} are not supported (only {vlabels.SACRUM}, "
                           "the sacrum)")
     labels = np.array(sorted(anchors), dtype=np.int64)
-    try:
-        points = np.array([np.asarray(anchors[k], dtype=np.float64).reshape(3) for k in labels],
-                          dtype=np.float64).reshape(-1, 3)
-    except (TypeError, ValueError):
-        raise DrrkitError("every anchor must be 3 numbers (x, y, z) in mm") from None
-    if not np.all(np.isfinite(points)):
-        raise DrrkitError("anchor coordinates must be finite")
-    return labels, np.full(len(labels), vlabels.SACRUM_CLASS, dtype=np.int64), points
+    classes = np.full(len(labels), vlabels.SACRUM_CLASS, dtype=np.int64)
+    return labels, classes, _points(anchors, labels, "anchor")
 
 
 def default_isocenter(geometry: Geometry, volume=None) -> np.ndarray:

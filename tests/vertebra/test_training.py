@@ -342,24 +342,31 @@ def test_rendered_cache_budget_is_in_mib(rendered):
     assert cache._weight(rv) == pytest.approx(mib)
 
 
+class _Counting:
+    """A CT source that records which CTs were loaded (in ``loads``)."""
+
+    def __init__(self, source, loads):
+        self.source, self.loads = source, loads
+
+    def __len__(self):
+        return len(self.source)
+
+    def name(self, i):
+        return self.source.name(i)
+
+    def load(self, i):
+        self.loads.append(i)
+        return self.source.load(i)
+
+
 def test_prerender_many_builds_each_ct_once(phantoms, tmp_path):
     from vertebra.training.rendered import prerender, prerender_many
 
     loads = []
-
-    class Counting:
-        def __len__(self):
-            return len(phantoms)
-
-        def name(self, i):
-            return phantoms.name(i)
-
-        def load(self, i):
-            loads.append(i)
-            return phantoms.load(i)
+    counting = _Counting(phantoms, loads)
 
     fine, coarse = ViewConfig(views=4, mm_per_pixel=4.0), ViewConfig(views=4, mm_per_pixel=8.0)
-    made = prerender_many(Counting(), {tmp_path / "a": fine, tmp_path / "b": coarse},
+    made = prerender_many(counting, {tmp_path / "a": fine, tmp_path / "b": coarse},
                           orbits=2, sigma_mm=6.0)
     assert loads == [0, 1]  # every CT built once for both folders
     alone = prerender(phantoms, tmp_path / "c", coarse, orbits=2, sigma_mm=6.0)
@@ -368,20 +375,20 @@ def test_prerender_many_builds_each_ct_once(phantoms, tmp_path):
         np.testing.assert_array_equal(made[tmp_path / "b"].load(i).images, alone.load(i).images)
         assert made[tmp_path / "a"].load(i).images.shape[-1] > alone.load(i).images.shape[-1]
     loads.clear()
-    prerender_many(Counting(), {tmp_path / "a": fine, tmp_path / "b": coarse}, orbits=2,
+    prerender_many(counting, {tmp_path / "a": fine, tmp_path / "b": coarse}, orbits=2,
                    sigma_mm=6.0)
     assert loads == []  # complete folders are reused
     with pytest.raises(DrrkitError, match="other settings"):
-        prerender_many(Counting(), {tmp_path / "a": coarse}, orbits=2, sigma_mm=6.0)
+        prerender_many(counting, {tmp_path / "a": coarse}, orbits=2, sigma_mm=6.0)
     loads.clear()
-    fewer = prerender_many(Counting(), {tmp_path / "d": fine, tmp_path / "b": coarse},
+    fewer = prerender_many(counting, {tmp_path / "d": fine, tmp_path / "b": coarse},
                            orbits=2, sigma_mm=6.0, counts={tmp_path / "d": 1})
     assert loads == [0]  # b is complete; d needs only the first CT
     assert len(fewer[tmp_path / "d"]) == 1 and len(fewer[tmp_path / "b"]) == 2
     np.testing.assert_array_equal(fewer[tmp_path / "d"].load(0).images,
                                   made[tmp_path / "a"].load(0).images)
     with pytest.raises(DrrkitError, match="counts"):
-        prerender_many(Counting(), {tmp_path / "d": fine}, counts={tmp_path / "d": 3},
+        prerender_many(counting, {tmp_path / "d": fine}, counts={tmp_path / "d": 3},
                        orbits=2, sigma_mm=6.0)
 
 
@@ -403,17 +410,7 @@ def test_prerender_renders_again_what_other_settings_or_versions_made(phantoms, 
     from vertebra.training.rendered import CACHE_VERSION, prerender
 
     loads = []
-
-    class Counting:
-        def __len__(self):
-            return len(phantoms)
-
-        def name(self, i):
-            return phantoms.name(i)
-
-        def load(self, i):
-            loads.append(i)
-            return phantoms.load(i)
+    counting = _Counting(phantoms, loads)
 
     out = tmp_path / "cache"
     state = {"view_config": ViewConfig(views=4, mm_per_pixel=8.0), "orbits": 2,
@@ -425,10 +422,10 @@ def test_prerender_renders_again_what_other_settings_or_versions_made(phantoms, 
         loads.clear()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            cache = prerender(Counting(), out, **state)
+            cache = prerender(counting, out, **state)
         return cache, [str(w.message) for w in caught]
 
-    prerender(Counting(), out, **state)
+    prerender(counting, out, **state)
     cache, said = rerun()
     assert loads == [] and said == []  # same settings: every file kept
     for change in ({"sigma_mm": 4.0}, {"square_mm": 30.0}, {"seed": 1}, {"orbits": 3},
