@@ -604,8 +604,8 @@ def label_ct(
         id_half = config.square_mm / 2.0 / id_mm
         means, covered = square_means(probs, pixels, id_half)
         view_probs = means[:, :, 1:vlabels.NUM_CLASSES]  # background (and sacrum) excluded
-        sacrum_views = means[:, :, vlabels.SACRUM_CLASS] if channels > vlabels.NUM_CLASSES \
-            else None
+        has_sacrum = channels == vlabels.NUM_CLASSES_WITH_SACRUM
+        sacrum_views = means[:, :, vlabels.SACRUM_CLASS] if has_sacrum else None  # (K', T)
     else:
         view_probs = np.zeros((k_id, 0, len(vlabels.VERTEBRAE)))
         covered = np.zeros((k_id, 0), dtype=bool)
