@@ -55,7 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--train-phantoms", type=int, default=40, help="the localizer's")
-    p.add_argument("--identifier-phantoms", type=int, default=120)
+    p.add_argument("--identifier-phantoms", type=int, default=None,
+                   help="the identifier's (default: the demo's, DemoConfig)")
     p.add_argument("--orbits", type=int, default=2)
     p.add_argument("--held-out", type=int, default=24)
     p.add_argument("--held-out-start", type=int, default=3000)
@@ -87,8 +88,9 @@ def main(argv=None) -> int:
     if args.quick:
         args.train_phantoms, args.identifier_phantoms, args.orbits, args.held_out = 4, 4, 1, 2
         args.iterations, args.pretrain_steps, args.pretrain_batch = 10, 3, 4
+    identifier_phantoms = args.identifier_phantoms or DemoConfig().identifier_phantoms
     config = DemoConfig(train_phantoms=args.train_phantoms,
-                        identifier_phantoms=args.identifier_phantoms, orbits=args.orbits,
+                        identifier_phantoms=identifier_phantoms, orbits=args.orbits,
                         held_out=args.held_out, held_out_start=args.held_out_start,
                         pretrain_steps=args.pretrain_steps, pretrain_batch=args.pretrain_batch)
     out = args.out

@@ -209,7 +209,9 @@ class TrainConfig:
     def cpu_demo(cls, task: str = "localization", **changes) -> TrainConfig:
         """A recipe for a 2-core CPU on ``phantoms:N`` data (minutes a network).
 
-        Both networks: a small encoder (ResNet-10t), 64-pixel crops, Adam at 2e-3
+        Both networks: a small encoder (ResNet-10t), 64-pixel crops in batches of 16 (a
+        step on a 2-core CPU costs more per call than per crop: 16 crops take 1.5x the
+        time of 8, ``benchmarks/README.md``), Adam at 2e-3
         with one decay (x0.1), 4 mm heatmap Gaussians (sharper peaks than 6 mm: on the
         validation phantoms the demo's localized vertebrae moved from a median 2.84 mm to
         2.24-2.68 mm in two runs; the pipeline's thresholds go down with them, see
@@ -223,14 +225,15 @@ class TrainConfig:
 
         * localization: 2 mm pixels at the isocentre (discs are 1-6 pixels tall; at 4 mm
           the peaks stay ~5 mm off), the focal heatmap loss (sharp peaks in few steps),
-          4800 iterations, decay at 4000 (3600 placed the identified vertebrae of 72
-          validation phantoms a median 2.31 mm off, 4800 1.78 mm; 2400 lost 7 points of
-          id rate);
+          2400 iterations, decay at 2000: the crops of 4800 batches of 8 in 0.7x the time
+          (on 72 validation phantoms -0.44 points, paired interval -0.85 to -0.11, four
+          top or bottom vertebrae; on the demo's held-out ones +0.68, 0.0 to +1.72). In
+          batches of 8, 3600 iterations placed the identified vertebrae of the validation
+          phantoms a median 2.31 mm off, 4800 1.78 mm, and 2400 lost 7 points of id rate;
         * identification: 4 mm pixels (a 64-pixel crop spans 256 mm, enough anatomy to
           count from), background weight 0.2 in the cross-entropy so the few square
-          pixels count, batches of 16 for 1400 iterations, decay at 1150 (the samples of
-          2800 batches of 8 in 0.68x the time: a step on this CPU costs per call more
-          than per crop; on the 72 validation phantoms -0.66 points, paired interval
+          pixels count, 1400 iterations, decay at 1150 (the crops of 2800 batches of 8
+          in 0.68x the time; on the 72 validation phantoms -0.66 points, paired interval
           -2.3 to 0.0, against those 2800 batches of 8, which gained +2.64 over the
           previous 1600 batches of 8 on half the demo's phantoms), a decoder half as wide
           (128, 64, 32, 16, 16): 1.3x the steps per second, the same labels on the
@@ -244,17 +247,16 @@ class TrainConfig:
         speed are in ``benchmarks/README.md`` (training section).
         """
         if task == "localization":
-            own = {"iterations": 4800, "lr_step": 4000, "heatmap_loss": "focal",
+            own = {"iterations": 2400, "lr_step": 2000, "heatmap_loss": "focal",
                    "views": ViewConfig(mm_per_pixel=2.0, bone_gain=BONE_GAIN)}
         else:
-            own = {"iterations": 1400, "lr_step": 1150, "batch_size": 16,
-                   "background_weight": 0.2,
+            own = {"iterations": 1400, "lr_step": 1150, "background_weight": 0.2,
                    "decoder_channels": (128, 64, 32, 16, 16), "sacrum_class": True,
                    "views": ViewConfig(mm_per_pixel=4.0, bone_gain=BONE_GAIN)}
         base = {
             "task": task,
             "encoder": "resnet10t",
-            "batch_size": 8,
+            "batch_size": 16,
             "lr": 2e-3,
             "crop_size": 64,
             "sigma_mm": 4.0,
