@@ -10,7 +10,7 @@ Measured per configuration and task (localization, identification with Sequence 
   CT rendered on the fly (drrkit, one view per item), median over batches.
 
 Configurations: the paper's ResNet-50 U-Net at 256 x 256, batch 2, and the CPU demo
-preset (``TrainConfig.cpu_demo``: ResNet-10t, 64 x 64, batch 8; the identifier with a
+preset (``TrainConfig.cpu_demo``: ResNet-10t, 64 x 64, batch 16; the identifier with a
 narrower decoder). The batches come from one synthetic phantom
 (``vertebra.data.phantom``, seed 0) rendered with each
 configuration's views. The machine's load average is recorded before and after: on a
