@@ -198,14 +198,25 @@ def prepare_data(data: Path, config: DemoConfig, log: Callable[[str], None] = pr
     from vertebra.training.sources import CroppedSource, PhantomSource
 
     copies = int(config.crops) + 1
+
+    def source(task: str, n: int) -> CroppedSource:  # n phantoms as ``task``'s network sees them
+        return CroppedSource(PhantomSource(range(n), c1_share=config.c1_share,
+                                           sacrum_share=config.sacrum_share_of(task)),
+                             crops=config.crops)
+
     caches, todo = {}, {}
     for task in ("localization", "identification"):
         base = _train_config(task, None, "none")
         train_dir = data / f"train_{task}"
         reuse = (train_dir / "cache.json").is_file()
-        if reuse and read_manifest(train_dir).get("version") != CACHE_VERSION:
+        manifest = read_manifest(train_dir) if reuse else {}
+        if reuse and manifest.get("version") != CACHE_VERSION:
             log(f"  {train_dir} was made by another vertebra version: rendering it again")
             reuse = False
+        expected = source(task, 1).describe()  # caches before session 12 have no "source"
+        if reuse and manifest.get("source", expected) != expected:
+            raise DrrkitError(f"{train_dir} holds phantoms made with other settings (scan "
+                              "shares or crops); use another --out")
         if reuse:
             caches[task] = RenderedCache(train_dir)
             if len(caches[task]) != config.phantoms(task) * copies:
@@ -215,11 +226,10 @@ def prepare_data(data: Path, config: DemoConfig, log: Callable[[str], None] = pr
         else:  # grouped by target sizes and scans: each group builds every phantom once
             key = (base.sigma_mm, base.square_mm, config.sacrum_share_of(task))
             todo.setdefault(key, {})[train_dir] = (task, base.views)
-    for (sigma_mm, square_mm, sacrum_share), group in todo.items():
+    for (sigma_mm, square_mm, _), group in todo.items():  # a group's tasks share a source
         counts = {d: config.phantoms(task) * copies for d, (task, _) in group.items()}
-        source = PhantomSource(range(max(counts.values()) // copies),
-                               c1_share=config.c1_share, sacrum_share=sacrum_share)
-        made = prerender_many(CroppedSource(source, crops=config.crops),
+        task = next(iter(group.values()))[0]
+        made = prerender_many(source(task, max(counts.values()) // copies),
                               {d: views for d, (_, views) in group.items()},
                               orbits=config.orbits, sigma_mm=sigma_mm, square_mm=square_mm,
                               counts=counts)

@@ -76,3 +76,21 @@ def test_prepare_data_renders_an_older_cache_version_again(tmp_path, monkeypatch
     assert sorted(asked) == sorted(folders)
     assert caches == {t: f"cache train_{t}" for t in ("localization", "identification")}
     assert sum("another vertebra version" in line for line in lines) == 2
+
+
+def test_prepare_data_refuses_a_cache_of_other_phantoms(tmp_path, monkeypatch):
+    """A demo folder rendered with other scan shares is not silently reused."""
+    from vertebra import demo
+    from vertebra.training import rendered
+    from vertebra.training.sources import PhantomSource
+
+    config = DemoConfig(train_phantoms=2, identifier_phantoms=2, held_out=1)
+    folder = tmp_path / "train_localization"
+    folder.mkdir()
+    made_by = PhantomSource([0], c1_share=0.5).describe()  # not this config's share
+    (folder / "cache.json").write_text(json.dumps(
+        {"format": rendered.CACHE_FORMAT, "version": rendered.CACHE_VERSION,
+         "cases": ["phantom0000", "phantom0001"], "source": made_by}))
+    monkeypatch.setattr(rendered, "prerender_many", lambda *a, **k: pytest.fail("rendered"))
+    with pytest.raises(DrrkitError, match="other settings.*another --out"):
+        demo.prepare_data(tmp_path, config, log=lambda line: None)

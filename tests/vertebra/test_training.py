@@ -358,6 +358,9 @@ class _Counting:
         self.loads.append(i)
         return self.source.load(i)
 
+    def describe(self):
+        return self.source.describe()
+
 
 def test_prerender_many_builds_each_ct_once(phantoms, tmp_path):
     from vertebra.training.rendered import prerender, prerender_many
@@ -390,6 +393,30 @@ def test_prerender_many_builds_each_ct_once(phantoms, tmp_path):
     with pytest.raises(DrrkitError, match="counts"):
         prerender_many(counting, {tmp_path / "d": fine}, counts={tmp_path / "d": 3},
                        orbits=2, sigma_mm=6.0)
+
+
+def test_prerender_refuses_another_sources_cts_under_the_same_names(phantoms, tmp_path):
+    """Phantom names carry only the seed: a cache records what else made its CTs."""
+    from vertebra.training.rendered import prerender
+    from vertebra.training.sources import CroppedSource
+
+    vc = ViewConfig(views=2, mm_per_pixel=8.0)
+    out = tmp_path / "cache"
+    prerender(phantoms, out, vc, sigma_mm=6.0)
+    manifest = json.loads((out / "cache.json").read_text())
+    assert manifest["source"] == {"kind": "phantoms", "c1_share": 0.0, "sacrum_share": 0.0,
+                                  "options": {"size": "small", "levels": ["T10", "L3"],
+                                              "orientation": "random"}}
+    assert CroppedSource(phantoms, crops=0).describe() == manifest["source"]
+    assert CroppedSource(phantoms, crops=2).describe()["source"] == manifest["source"]
+    other = PhantomSource([0, 1], size="small", levels=("T10", "L4"), orientation="random")
+    with pytest.raises(DrrkitError, match=r"other settings \(source\)"):
+        prerender(other, out, vc, sigma_mm=6.0)
+    # a cache written before sources were described is reused and gets the description
+    del manifest["source"]
+    (out / "cache.json").write_text(json.dumps(manifest))
+    prerender(phantoms, out, vc, sigma_mm=6.0)
+    assert json.loads((out / "cache.json").read_text())["source"]["kind"] == "phantoms"
 
 
 def _set_npz_meta(path, **changes):

@@ -388,16 +388,19 @@ def prerender_many(source, outputs: dict, *, orbits: int = 1, seed: int = 0,
         manifest = {"format": CACHE_FORMAT, "version": CACHE_VERSION,
                     "view_config": view_config.to_dict(), "orbits": int(orbits),
                     "seed": int(seed), "sigma_mm": float(sigma_mm),
-                    "square_mm": float(square_mm)}
+                    "square_mm": float(square_mm), "source": source.describe()}
         if (out / "cache.json").is_file():
             previous = read_manifest(out)
+            # caches written before sources were described (session 12) lack "source"
+            compared = [k for k in manifest if k != "source" or "source" in previous]
+            differs = [k for k in compared if previous.get(k) != manifest[k]]
             if previous.get("version") != CACHE_VERSION:
                 warnings.warn(f"{out} holds a prerender cache of version "
                               f"{previous.get('version')}, not {CACHE_VERSION} (another "
                               "vertebra version): rendering it again", stacklevel=2)
-            elif any(previous.get(k) != v for k, v in manifest.items()):
-                raise DrrkitError(f"{out} holds a cache made with other settings; use a new "
-                                  "folder")
+            elif differs:
+                raise DrrkitError(f"{out} holds a cache made with other settings "
+                                  f"({', '.join(differs)}); use a new folder")
         out.mkdir(parents=True, exist_ok=True)
         folders[out] = (view_config, manifest)
     limit = {Path(k): int(v) for k, v in (counts or {}).items()}

@@ -102,6 +102,11 @@ class LazyCollection:
 class CTSource(LazyCollection):
     """CTs to render on the fly: ``load(i)`` -> :class:`TrainingCT`."""
 
+    def describe(self) -> dict:
+        """What the CTs are, given their names: JSON-ready, recorded in prerender caches
+        (which refuse to mix two sources' CTs under the same case names)."""
+        return {"kind": type(self).__name__}
+
 
 class PhantomSource(CTSource):
     """Synthetic spines from :func:`vertebra.data.phantom.make_spine_phantom`.
@@ -161,6 +166,13 @@ class PhantomSource(CTSource):
     def name(self, index: int) -> str:
         return f"phantom{self.seeds[index]:04d}"
 
+    def describe(self) -> dict:
+        from drrkit.io import json_safe
+
+        # a phantom's seed is in its name; these decide the rest of it
+        return {"kind": "phantoms", "c1_share": self.c1_share,
+                "sacrum_share": self.sacrum_share, "options": json_safe(self.options)}
+
     def _load(self, index: int) -> TrainingCT:
         import drrkit
         from vertebra import labels as vlabels
@@ -196,6 +208,9 @@ class VerseSource(CTSource):
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    def describe(self) -> dict:
+        return {"kind": "verse", "root": str(Path(self.dataset.root).resolve())}
 
     def name(self, index: int) -> str:
         return self.dataset[index].name
@@ -302,6 +317,12 @@ class CroppedSource(CTSource):
 
     def __len__(self) -> int:
         return len(self.source) * (self.crops + 1)
+
+    def describe(self) -> dict:
+        if not self.crops:
+            return self.source.describe()
+        return {"kind": "cropped", "crops": self.crops, "min_vertebrae": self.min_vertebrae,
+                "seed": self.seed, "source": self.source.describe()}
 
     def name(self, index: int) -> str:
         i, copy = divmod(int(index), self.crops + 1)
