@@ -192,6 +192,7 @@ def prepare_data(data: Path, config: DemoConfig, log: Callable[[str], None] = pr
     from vertebra.training.rendered import (
         CACHE_VERSION,
         RenderedCache,
+        differing_settings,
         prerender_many,
         read_manifest,
     )
@@ -213,8 +214,7 @@ def prepare_data(data: Path, config: DemoConfig, log: Callable[[str], None] = pr
         if reuse and manifest.get("version") != CACHE_VERSION:
             log(f"  {train_dir} was made by another vertebra version: rendering it again")
             reuse = False
-        expected = source(task, 1).describe()  # caches before session 12 have no "source"
-        if reuse and manifest.get("source", expected) != expected:
+        if reuse and differing_settings(manifest, {"source": source(task, 1).describe()}):
             raise DrrkitError(f"{train_dir} holds phantoms made with other settings (scan "
                               "shares or crops); use another --out")
         if reuse:

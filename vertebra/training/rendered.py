@@ -354,6 +354,14 @@ def prerender(source, out: str | Path, view_config: ViewConfig, *, orbits: int =
     return next(iter(caches.values()))
 
 
+def differing_settings(previous: dict, wanted: dict) -> list[str]:
+    """Keys of ``wanted`` whose value the manifest ``previous`` (a ``cache.json``) holds
+    otherwise. Caches written before sources were described (session 12) have no
+    ``"source"`` and are not held to one."""
+    return [k for k, v in wanted.items()
+            if (k != "source" or "source" in previous) and previous.get(k) != v]
+
+
 def prerender_many(source, outputs: dict, *, orbits: int = 1, seed: int = 0,
                    sigma_mm: float = 3.0, square_mm: float = 22.0, backend: str = "auto",
                    progress=None, counts: dict | None = None) -> dict[Path, RenderedCache]:
@@ -391,9 +399,7 @@ def prerender_many(source, outputs: dict, *, orbits: int = 1, seed: int = 0,
                     "square_mm": float(square_mm), "source": source.describe()}
         if (out / "cache.json").is_file():
             previous = read_manifest(out)
-            # caches written before sources were described (session 12) lack "source"
-            compared = [k for k in manifest if k != "source" or "source" in previous]
-            differs = [k for k in compared if previous.get(k) != manifest[k]]
+            differs = differing_settings(previous, manifest)
             if previous.get("version") != CACHE_VERSION:
                 warnings.warn(f"{out} holds a prerender cache of version "
                               f"{previous.get('version')}, not {CACHE_VERSION} (another "
