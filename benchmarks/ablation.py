@@ -10,7 +10,7 @@ Rows (each measured the same way: the networks label the same held-out phantoms 
 :func:`vertebra.pipeline.label_ct`, scored with the VerSe metrics, 20 mm):
 
 =================  =================  ==============================  ================
-row                encoders           identification loss             view fusion
+row                identifier init    identification loss             view fusion
 =================  =================  ==============================  ================
 baseline           random init        cross-entropy                   mean of views
 + pre-train        multi-view SimSiam cross-entropy                   mean of views
@@ -20,9 +20,13 @@ baseline           random init        cross-entropy                   mean of vi
 
 "mean of views" is ``V = (1/K) sum_k P_k``; "+ voting" weighs the views by
 ``W_k = (1 - L_s^k) / sum (1 - L_s^k)`` (Eq. 6). Every row uses the DP label correction
-(the paper's rows all use its correction step). Five trainings: the localizer and the
-CE-only identifier from scratch, the same two from the SimSiam encoder, and the
-identifier with the Sequence Loss from the SimSiam encoder; row 4 reuses row 3's networks.
+(the paper's rows all use its correction step). "Pre-train" starts the networks of ``--pretrained`` (default the
+demo's, ``DemoConfig.pretrained``: the identifier only, as the paper's code does) from the
+SimSiam encoder; the others train from random weights in every row. With the default,
+four trainings: the localizer (shared by all rows), the CE-only identifier from scratch
+and from the SimSiam encoder, and the identifier with the Sequence Loss from the SimSiam
+encoder; row 4 reuses row 3's networks (``--pretrained localization,identification``
+adds the localizer from the encoder: five).
 All trainings use :meth:`TrainConfig.cpu_demo` (its iterations, or ``--iterations`` for
 both networks) and the same seed, on the demo's prerender caches (one per network's views)
 of ``--train-phantoms`` phantoms (seeds 0..N-1, ``--orbits`` orbits); the held-out phantoms are seeds ``--held-out-start`` .. (never trained on).
@@ -64,6 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="steps per training (default: the cpu-demo preset's)")
     p.add_argument("--pretrain-steps", type=int, default=40)
     p.add_argument("--pretrain-batch", type=int, default=32)
+    p.add_argument("--pretrained", default=None,
+                   help="comma-separated tasks that '+ pre-train' starts from the SimSiam "
+                        "encoder (default: the demo's, DemoConfig.pretrained)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="tiny sizes: plumbing only")
     p.add_argument("--pictures", action="store_true", help="also write the PNGs")
@@ -89,10 +96,13 @@ def main(argv=None) -> int:
         args.train_phantoms, args.identifier_phantoms, args.orbits, args.held_out = 4, 4, 1, 2
         args.iterations, args.pretrain_steps, args.pretrain_batch = 10, 3, 4
     identifier_phantoms = args.identifier_phantoms or DemoConfig().identifier_phantoms
+    pretrained = (DemoConfig().pretrained if args.pretrained is None else
+                  tuple(t.strip() for t in args.pretrained.split(",") if t.strip()))
     config = DemoConfig(train_phantoms=args.train_phantoms,
                         identifier_phantoms=identifier_phantoms, orbits=args.orbits,
                         held_out=args.held_out, held_out_start=args.held_out_start,
-                        pretrain_steps=args.pretrain_steps, pretrain_batch=args.pretrain_batch)
+                        pretrain_steps=args.pretrain_steps, pretrain_batch=args.pretrain_batch,
+                        pretrained=pretrained)
     out = args.out
     models = out / "models"
     models.mkdir(parents=True, exist_ok=True)
@@ -105,13 +115,14 @@ def main(argv=None) -> int:
     seconds["pretrain"] = time.perf_counter() - t
 
     def net(task: str, pretrained: bool, sequence: bool) -> Path:
+        pretrained = pretrained and task in config.pretrained
         name = f"{task[:3]}-{'simsiam' if pretrained else 'scratch'}" + (
             "-seq" if task == "identification" and sequence else "")
         path = models / f"{name}.pt"
         t0 = time.perf_counter()
         train_network(caches[task], path, task, args.iterations,
                       simsiam if pretrained else "none", sequence_loss=sequence, progress=False)
-        seconds[f"train {name}"] = time.perf_counter() - t0
+        seconds.setdefault(f"train {name}", time.perf_counter() - t0)  # rows share some
         return path
 
     rows = []
@@ -125,7 +136,9 @@ def main(argv=None) -> int:
         pooled, _, per_ct = label_folder(bundle, held_dir, out / "labels" / slug_name,
                                          pictures=args.pictures, voting=voting)
         seconds[f"label {name}"] = time.perf_counter() - t0
-        rows.append({"row": name, "pretrained": pretrained, "sequence_loss": sequence,
+        rows.append({"row": name,
+                     "pretrained": [t for t in config.pretrained if pretrained],
+                     "sequence_loss": sequence,
                      "voting": voting, "localizer": loc.name, "identifier": ide.name,
                      "id_rate": pooled["id_rate"], "l_error_mm": pooled["l_error"],
                      "n_gt": pooled["n_gt"], "identified": pooled["identified"],

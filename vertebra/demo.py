@@ -11,9 +11,11 @@ continues where it stopped):
    in the VerSe folder layout (CT, mask, centroid JSON).
 2. ``pretrain``: multi-view SimSiam pre-training of the encoder
    (:func:`vertebra.training.pretraining.pretrain_views`).
-3. ``localizer`` and ``identifier``: the two U-Nets trained from the pre-trained encoder
-   with :meth:`vertebra.training.config.TrainConfig.cpu_demo`
-   (:func:`vertebra.training.trainer.train`); the identifier with the Sequence Loss.
+3. ``localizer`` and ``identifier``: the two U-Nets trained with
+   :meth:`vertebra.training.config.TrainConfig.cpu_demo`
+   (:func:`vertebra.training.trainer.train`); the identifier from the pre-trained
+   encoder and with the Sequence Loss, the localizer from random weights, as the
+   paper's published code trains them (``DemoConfig.pretrained``).
 4. ``label``: every held-out CT is read from disk and labelled by
    :func:`vertebra.pipeline.label_ct` with both networks (bundled into one checkpoint),
    writing what ``vertebra label`` writes (JSON, CSV, PNGs with the ground truth as rings).
@@ -74,6 +76,10 @@ class DemoConfig:
         held_out: held-out phantoms (seeds ``held_out_start`` ..).
         held_out_start: first held-out seed (far from the training seeds).
         pretrain_steps: SimSiam steps (0 skips pre-training).
+        pretrained: the tasks whose network starts from the SimSiam encoder. The paper's
+            code loads it into the identification network only (its localization script
+            starts from random weights), and so does the demo (``benchmarks/README.md``,
+            session 13, for what it changed).
         pretrain_batch: SimSiam pairs per step.
         localizer_iterations, identifier_iterations: optimiser steps (None: the
             ``TrainConfig.cpu_demo`` preset's).
@@ -103,6 +109,7 @@ class DemoConfig:
     held_out_start: int = 3000
     pretrain_steps: int = 40
     pretrain_batch: int = 32
+    pretrained: tuple[str, ...] = ("identification",)
     localizer_iterations: int | None = None
     identifier_iterations: int | None = None
     localizer_views: int | None = 20
@@ -126,6 +133,11 @@ class DemoConfig:
             raise DrrkitError(f"crops must be >= 0, got {self.crops}")
         if self.pretrain_steps < 0 or self.pretrain_batch < 2:
             raise DrrkitError("need pretrain_steps >= 0 and pretrain_batch >= 2")
+        object.__setattr__(self, "pretrained", tuple(self.pretrained))
+        unknown = set(self.pretrained) - {"localization", "identification"}
+        if unknown:
+            raise DrrkitError(f"pretrained names tasks: localization, identification; got "
+                              f"{', '.join(sorted(unknown))}")
 
     def sacrum_share_of(self, task: str) -> float:
         """``sacrum_share`` of the training phantoms of the network for ``task``."""
@@ -350,7 +362,7 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *,
     seconds["data"] = time.perf_counter() - t
 
     init = "none"
-    if config.pretrain_steps:
+    if config.pretrain_steps and config.pretrained:
         t = time.perf_counter()
         log(f"[pretrain] SimSiam, {config.pretrain_steps} steps of {config.pretrain_batch} "
             "view pairs")
@@ -364,7 +376,8 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *,
         t = time.perf_counter()
         log(f"[{name}]")
         paths[name] = models / f"{name}.pt"
-        train_network(caches[task], paths[name], task, iterations, init, progress=progress,
+        train_network(caches[task], paths[name], task, iterations,
+                      init if task in config.pretrained else "none", progress=progress,
                       log=log)
         seconds[name] = time.perf_counter() - t
     bundle = models / "networks.pt"

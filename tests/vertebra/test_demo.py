@@ -23,7 +23,14 @@ def test_tiny_demo_runs_every_step_and_reuses_outputs(tmp_path, monkeypatch):
     assert set(report["seconds"]) == {"data", "pretrain", "localizer", "identifier", "label"}
     assert report["targets"]["met"] is False or result.meets_targets
     assert (tmp_path / "models" / "networks.pt").is_file()
+    from vertebra.models import read_checkpoint
     from vertebra.pipeline import load_networks
+
+    # as in the paper's code: only the identifier starts from the SimSiam encoder
+    inits = {name: read_checkpoint(tmp_path / "models" / f"{name}.pt")["train_config"]["init"]
+             for name in ("localizer", "identifier")}
+    assert inits == {"localizer": "none",
+                     "identifier": f"simsiam:{tmp_path / 'models' / 'simsiam.pt'}"}
 
     settings = load_networks(tmp_path / "models" / "networks.pt", device="cpu").settings
     assert config.pipeline_settings() == {
@@ -46,6 +53,9 @@ def test_demo_config_and_cli_errors(tmp_path):
     with pytest.raises(DrrkitError, match="overlap"):
         DemoConfig(identifier_phantoms=4000)
     assert DemoConfig(identifier_phantoms=None).phantoms("identification") == 40
+    with pytest.raises(DrrkitError, match="pretrained names tasks"):
+        DemoConfig(pretrained=("identifier",))
+    assert DemoConfig(pretrained=["localization"]).pretrained == ("localization",)
     assert DemoConfig(localizer_views=None, peak_threshold=None, extend_threshold=None,
                       allow_t13=None).pipeline_settings() == {}
     (tmp_path / "file").write_text("x")
