@@ -71,6 +71,9 @@ class DemoConfig:
             (``TrainConfig.sacrum_class``), which it only learns from enough scans that
             show S1: with 0.0 (18 of 120 phantoms) it never answered "sacrum"; with 0.3
             (46 of 120) it did on 69 % of the training views' S1 squares.
+        identifier_voxel_scale: the identifier's training phantoms are built in voxels this
+            many times larger (``make_spine_phantom(voxel_scale=)``): it sees them through
+            4 mm pixels, and the build is most of the data step's time.
         crops: shorter scans cut from each training phantom, each prerendered too
             (:class:`vertebra.training.sources.CroppedSource`; 0: none).
         held_out: held-out phantoms (seeds ``held_out_start`` ..).
@@ -104,6 +107,7 @@ class DemoConfig:
     c1_share: float = 0.2
     sacrum_share: float = 0.0
     identifier_sacrum_share: float | None = 0.3
+    identifier_voxel_scale: float = 1.0
     crops: int = 0
     held_out: int = 24
     held_out_start: int = 3000
@@ -129,6 +133,9 @@ class DemoConfig:
             raise DrrkitError("held-out seeds must not overlap the training seeds")
         if self.localizer_views is not None and int(self.localizer_views) < 2:
             raise DrrkitError(f"localizer_views must be >= 2, got {self.localizer_views}")
+        if not float(self.identifier_voxel_scale) >= 1.0:
+            raise DrrkitError(f"identifier_voxel_scale must be >= 1, got "
+                              f"{self.identifier_voxel_scale}")
         if int(self.crops) < 0:
             raise DrrkitError(f"crops must be >= 0, got {self.crops}")
         if self.pretrain_steps < 0 or self.pretrain_batch < 2:
@@ -144,6 +151,11 @@ class DemoConfig:
         if task == "identification" and self.identifier_sacrum_share is not None:
             return float(self.identifier_sacrum_share)
         return float(self.sacrum_share)
+
+    def phantom_options(self, task: str) -> dict:
+        """``make_spine_phantom`` options of the training phantoms of ``task``'s network."""
+        scale = float(self.identifier_voxel_scale) if task == "identification" else 1.0
+        return {} if scale == 1.0 else {"voxel_scale": scale}
 
     def phantoms(self, task: str) -> int:
         """Training phantoms of the network for ``task``."""
@@ -214,7 +226,8 @@ def prepare_data(data: Path, config: DemoConfig, log: Callable[[str], None] = pr
 
     def source(task: str, n: int) -> CroppedSource:  # n phantoms as ``task``'s network sees them
         return CroppedSource(PhantomSource(range(n), c1_share=config.c1_share,
-                                           sacrum_share=config.sacrum_share_of(task)),
+                                           sacrum_share=config.sacrum_share_of(task),
+                                           **config.phantom_options(task)),
                              crops=config.crops)
 
     caches, todo = {}, {}
@@ -236,9 +249,10 @@ def prepare_data(data: Path, config: DemoConfig, log: Callable[[str], None] = pr
                                   f"{config.phantoms(task) * copies}; use another --out")
             log(f"  reusing {train_dir}")
         else:  # grouped by target sizes and scans: each group builds every phantom once
-            key = (base.sigma_mm, base.square_mm, config.sacrum_share_of(task))
+            key = (base.sigma_mm, base.square_mm, config.sacrum_share_of(task),
+                   tuple(config.phantom_options(task).items()))
             todo.setdefault(key, {})[train_dir] = (task, base.views)
-    for (sigma_mm, square_mm, _), group in todo.items():  # a group's tasks share a source
+    for (sigma_mm, square_mm, _, _), group in todo.items():  # a group's tasks share a source
         counts = {d: config.phantoms(task) * copies for d, (task, _) in group.items()}
         task = next(iter(group.values()))[0]
         made = prerender_many(source(task, max(counts.values()) // copies),

@@ -56,6 +56,12 @@ def test_demo_config_and_cli_errors(tmp_path):
     with pytest.raises(DrrkitError, match="pretrained names tasks"):
         DemoConfig(pretrained=("identifier",))
     assert DemoConfig(pretrained=["localization"]).pretrained == ("localization",)
+    with pytest.raises(DrrkitError, match="identifier_voxel_scale"):
+        DemoConfig(identifier_voxel_scale=0.5)
+    coarse = DemoConfig(identifier_voxel_scale=2)
+    assert coarse.phantom_options("identification") == {"voxel_scale": 2.0}
+    assert coarse.phantom_options("localization") == {} == DemoConfig(
+        identifier_voxel_scale=1).phantom_options("identification")
     assert DemoConfig(localizer_views=None, peak_threshold=None, extend_threshold=None,
                       allow_t13=None).pipeline_settings() == {}
     (tmp_path / "file").write_text("x")
