@@ -73,7 +73,11 @@ class DemoConfig:
             (46 of 120) it did on 69 % of the training views' S1 squares.
         identifier_voxel_scale: the identifier's training phantoms are built in voxels this
             many times larger (``make_spine_phantom(voxel_scale=)``): it sees them through
-            4 mm pixels, and the build is most of the data step's time.
+            4 mm pixels, and the build is most of the data step's time. With 2 the
+            identifier's 240 phantoms were built and rendered in 51 s (the whole data
+            step took 230 s with 1), and its labels of the 72 validation phantoms
+            changed by +0.66 points (paired interval 0.0 to +2.1;
+            ``benchmarks/README.md``, session 13).
         crops: shorter scans cut from each training phantom, each prerendered too
             (:class:`vertebra.training.sources.CroppedSource`; 0: none).
         held_out: held-out phantoms (seeds ``held_out_start`` ..).
@@ -107,7 +111,7 @@ class DemoConfig:
     c1_share: float = 0.2
     sacrum_share: float = 0.0
     identifier_sacrum_share: float | None = 0.3
-    identifier_voxel_scale: float = 1.0
+    identifier_voxel_scale: float = 2.0
     crops: int = 0
     held_out: int = 24
     held_out_start: int = 3000
