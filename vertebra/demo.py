@@ -75,7 +75,8 @@ class DemoConfig:
             many times larger (``make_spine_phantom(voxel_scale=)``): it sees them through
             4 mm pixels, and the build is most of the data step's time. With 2 the
             identifier's 240 phantoms were built and rendered in 51 s (the whole data
-            step took 230 s with 1), and its labels of the 72 validation phantoms
+            step: 230 s with 1 on session 12's Xeon, 175 s with 2 on session 13's
+            slower EPYC), and its labels of the 72 validation phantoms
             changed by +0.66 points (paired interval 0.0 to +2.1;
             ``benchmarks/README.md``, session 13).
         crops: shorter scans cut from each training phantom, each prerendered too
