@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 
 #: Distributions whose versions :func:`versions` records unless told others.
-DEFAULT_PACKAGES = ("numpy", "numba", "llvmlite", "scipy", "torch", "cupy-cuda12x")
+DEFAULT_PACKAGES = ("numpy", "numba", "llvmlite", "scipy", "torch", "cupy-cuda12x",
+                    "cupy-cuda13x")
 
 #: 1-minute load average above which :func:`check_load` warns that timings will suffer.
 BUSY_LOAD = 0.5
@@ -110,8 +111,10 @@ def git(*args: str) -> str:
 
 
 def commit() -> str:
-    """The checked-out commit's full hash, or ``"unknown"``."""
-    return git("rev-parse", "HEAD")
+    """The checked-out commit's full hash; else ``$DRRKIT_COMMIT`` (set it where the tree
+    is a copy without ``.git``, e.g. on a lent GPU machine), else ``"unknown"``."""
+    found = git("rev-parse", "HEAD")
+    return os.environ.get("DRRKIT_COMMIT", found) if found == "unknown" else found
 
 
 def utc_now() -> str:
