@@ -6,8 +6,9 @@
 #   bash benchmarks/gpu_session.sh OUTDIR [STEP ...]
 #
 # Steps, in this order unless named: env, cuda-tests, bench, label-paper, label-demo,
-# training, projectors, suite. Each writes OUTDIR/<step>.log; the benchmark JSON results
-# go to OUTDIR/results/. The interpreter is $PYTHON (default python3) with this checkout
+# training, projectors, suite. Each writes logs/<step>.log; the benchmark JSON results go
+# to results/; at the end both folders are packed into OUTDIR/gpu-session.tgz (one file,
+# so a machine that returns only a few files returns all of them). The interpreter is $PYTHON (default python3) with this checkout
 # first on its path, so it runs from a plain copy of the tree with the packages the
 # machine already has (CuPy, torch, Numba, timm, typer, pytest, hypothesis); SimpleITK
 # wheels in .whl/ are installed to a scratch folder first if the machine lacks it.
@@ -18,7 +19,7 @@ steps=("$@")
 [ ${#steps[@]} -gt 0 ] || steps=(env cuda-tests bench label-paper label-demo training
                                   projectors suite)
 py=${PYTHON:-python3}
-mkdir -p "$out/results"
+mkdir -p "$out/results" "$out/logs"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export HYPOTHESIS_STORAGE_DIRECTORY=/tmp/hypothesis
 if ! "$py" -c "import SimpleITK" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
@@ -26,14 +27,14 @@ if ! "$py" -c "import SimpleITK" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; t
         /tmp/site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 
-run() {  # run NAME SECONDS CMD...: log to $out/NAME.log, print its status and tail
+run() {  # run NAME SECONDS CMD...: log to $out/logs/NAME.log, print its status and tail
     local name=$1 limit=$2 start=$SECONDS
     shift 2
     echo "=== $name: $*"
-    timeout "$limit" "$@" >"$out/$name.log" 2>&1
+    timeout "$limit" "$@" >"$out/logs/$name.log" 2>&1
     local rc=$?
     echo "=== $name: exit $rc after $((SECONDS - start)) s"
-    tail -n "${TAIL:-12}" "$out/$name.log"
+    tail -n "${TAIL:-12}" "$out/logs/$name.log"
 }
 
 for step in "${steps[@]}"; do
@@ -70,3 +71,5 @@ import drrkit, SimpleITK; print(\"cuda_available\", drrkit.cuda_available())'" ;
     *) echo "unknown step $step" ;;
     esac
 done
+tar czf "$out/gpu-session.tgz" -C "$out" logs results && rm -rf "$out/logs" "$out/results"
+echo "=== packed: $out/gpu-session.tgz"

@@ -44,55 +44,79 @@ def clip_ray(origin: np.ndarray, direction: np.ndarray, shape_xyz) -> tuple[floa
     return a0, a1
 
 
-def render_reference(volume, geometry, step: float) -> np.ndarray:
-    """(K, H, W) float64 line integrals in the same rule as the fast backends. Slow."""
-    w2i = volume.world_to_index
-    metric = volume.index_to_world[:3, :3]
-    out = np.zeros(geometry.shape)
-    data = np.asarray(volume.data, dtype=np.float64)
-    for k in range(len(geometry)):
-        source = w2i[:3, :3] @ geometry.sources[k] + w2i[:3, 3]
-        for r in range(geometry.height):
-            for c in range(geometry.width):
-                pixel = (geometry.detector_origins[k] + c * geometry.u[k]
-                         + r * geometry.v[k])
-                d = w2i[:3, :3] @ pixel + w2i[:3, 3] - source
-                length = np.linalg.norm(metric @ d)
-                a0, a1 = clip_ray(source, d, volume.shape_xyz)
-                if not a1 > a0:
-                    continue
-                chord = (a1 - a0) * length
-                n = max(1, math.ceil(chord / step - PIECE_SLACK))
-                total = sum(trilinear(data, source + (a0 + (m + 0.5) * (a1 - a0) / n) * d)
-                            for m in range(n))
-                out[k, r, c] = total * chord / n
-    return out
+def _index_rays(volume, geometry):
+    """Every pixel's ray in continuous voxel index space.
 
-
-def render_reference_joseph(volume, geometry) -> np.ndarray:
-    """(K, H, W) float64 Joseph line integrals (see :func:`drrkit._cpu._march_joseph`). Slow."""
+    Yields:
+        (k, r, c, source (3,), direction (3,), mm_per_unit, (a0, a1)): the ray is
+        ``source + a direction``; ``mm_per_unit`` is the world length in mm of one unit of
+        ``a``; [a0, a1] is the parameter range inside the voxel box (empty when a1 <= a0).
+    """
     w2i = volume.world_to_index
     metric = volume.index_to_world[:3, :3]
     shape_xyz = np.array(volume.shape_xyz)
-    data = np.asarray(volume.data, dtype=np.float64)
-    out = np.zeros(geometry.shape)
     for k in range(len(geometry)):
         source = w2i[:3, :3] @ geometry.sources[k] + w2i[:3, 3]
         for r in range(geometry.height):
             for c in range(geometry.width):
                 pixel = geometry.detector_origins[k] + c * geometry.u[k] + r * geometry.v[k]
                 d = w2i[:3, :3] @ pixel + w2i[:3, 3] - source
-                a0, a1 = clip_ray(source, d, shape_xyz)
-                if not a1 > a0:
-                    continue
-                axis = int(np.argmax(np.abs(d)))
-                lo, hi = sorted([source[axis] + a0 * d[axis], source[axis] + a1 * d[axis]])
-                mm_per_slice = np.linalg.norm(metric @ d) / abs(d[axis])
-                total = 0.0
-                for m in range(max(math.floor(lo + 0.5), 0),
-                               min(math.floor(hi + 0.5), shape_xyz[axis] - 1) + 1):
-                    weight = min(m + 0.5, hi) - max(m - 0.5, lo)
-                    point = source + (m - source[axis]) / d[axis] * d
-                    total += weight * trilinear(data, point)
-                out[k, r, c] = total * mm_per_slice
+                yield (k, r, c, source, d, float(np.linalg.norm(metric @ d)),
+                       clip_ray(source, d, shape_xyz))
+
+
+def chord_lengths(volume, geometry) -> np.ndarray:
+    """(K, H, W) float64 length in mm of every pixel's ray inside the voxel box (0: misses)."""
+    out = np.zeros(geometry.shape)
+    for k, r, c, _, _, mm_per_unit, (a0, a1) in _index_rays(volume, geometry):
+        out[k, r, c] = max(a1 - a0, 0.0) * mm_per_unit
+    return out
+
+
+def piece_count_margins(volume, geometry, step: float) -> np.ndarray:
+    """(K, H, W) distance of ``chord / step - PIECE_SLACK`` to the nearest whole number.
+
+    The piece count ``ceil(chord / step - PIECE_SLACK)`` jumps where this distance is 0:
+    a ray whose margin is below the float32 rounding of its chord (about 1e-4 steps) can
+    be cut into N pieces by one backend and N + 1 by another, which changes its integral
+    by the difference of two midpoint rules (large only on noise-like volumes). Misses
+    (no chord) get ``inf``.
+    """
+    q = chord_lengths(volume, geometry) / step - PIECE_SLACK
+    return np.where(q > 0, np.abs(q - np.round(q)), np.inf)
+
+
+def render_reference(volume, geometry, step: float) -> np.ndarray:
+    """(K, H, W) float64 line integrals in the same rule as the fast backends. Slow."""
+    out = np.zeros(geometry.shape)
+    data = np.asarray(volume.data, dtype=np.float64)
+    for k, r, c, source, d, mm_per_unit, (a0, a1) in _index_rays(volume, geometry):
+        if not a1 > a0:
+            continue
+        chord = (a1 - a0) * mm_per_unit
+        n = max(1, math.ceil(chord / step - PIECE_SLACK))
+        total = sum(trilinear(data, source + (a0 + (m + 0.5) * (a1 - a0) / n) * d)
+                    for m in range(n))
+        out[k, r, c] = total * chord / n
+    return out
+
+
+def render_reference_joseph(volume, geometry) -> np.ndarray:
+    """(K, H, W) float64 Joseph line integrals (see :func:`drrkit._cpu._march_joseph`). Slow."""
+    shape_xyz = np.array(volume.shape_xyz)
+    data = np.asarray(volume.data, dtype=np.float64)
+    out = np.zeros(geometry.shape)
+    for k, r, c, source, d, mm_per_unit, (a0, a1) in _index_rays(volume, geometry):
+        if not a1 > a0:
+            continue
+        axis = int(np.argmax(np.abs(d)))
+        lo, hi = sorted([source[axis] + a0 * d[axis], source[axis] + a1 * d[axis]])
+        mm_per_slice = mm_per_unit / abs(d[axis])
+        total = 0.0
+        for m in range(max(math.floor(lo + 0.5), 0),
+                       min(math.floor(hi + 0.5), shape_xyz[axis] - 1) + 1):
+            weight = min(m + 0.5, hi) - max(m - 0.5, lo)
+            point = source + (m - source[axis]) / d[axis] * d
+            total += weight * trilinear(data, point)
+        out[k, r, c] = total * mm_per_slice
     return out

@@ -146,7 +146,8 @@ def test_render_bone_gain_renders_the_enhanced_volume(tmp_path):
 def test_projection_matrices_put_the_bead_on_the_image_peak(oblique_ct, tmp_path):
     folder, volume = oblique_ct
     out = tmp_path / "out"
-    args = ["--views", "3", "--size", "48", "--pixel-spacing", "12", "--start-angle", "20"]
+    args = ["--views", "3", "--size", "48", "--pixel-spacing", "12", "--start-angle", "20",
+            "--backend", "cpu"]  # the CPU reference: tolerances below are float32 ones
     result = invoke("render", folder / "mu.nrrd", "--input-units", "mu", "--out", out, *args)
     assert result.exit_code == 0, result.output
     drr = np.load(out / "drr.npy")
@@ -184,7 +185,7 @@ def test_progress_bar_path_renders_in_chunks_with_the_same_result(tmp_path, monk
 
     monkeypatch.setattr(render_module, "render", counting)
     result = invoke("render", "--phantom", "--out", tmp_path / "a", "--views", "3",
-                    "--size", "32", "--pixel-spacing", "16")
+                    "--size", "32", "--pixel-spacing", "16", "--backend", "cpu")
     assert result.exit_code == 0, result.output
     assert calls == [1, 1, 1]
     assert "3/3" in result.stderr  # rich progress: views done / K

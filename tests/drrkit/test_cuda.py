@@ -36,6 +36,7 @@ from drrkit import bench as bench_module
 from drrkit import cuda as dcuda
 from drrkit._cpu import prepare_rays, render_cpu
 from drrkit.cuda import _build
+from drrkit.reference import piece_count_margins
 
 KERNEL_FILES = _build.kernel_files()
 RENDER_MODULE = sys.modules["drrkit.render"]  # drrkit.render is also the function
@@ -59,6 +60,25 @@ def _run(cmd, cwd=None):
 
 def _relative_error(result, expected) -> float:
     return float(np.abs(np.asarray(result, np.float64) - expected).max() / np.abs(expected).max())
+
+
+#: Rays this close (in steps) to a piece-count jump may be cut into N pieces by one
+#: backend and N + 1 by another (``drrkit.reference.piece_count_margins``).
+TIPPING_MARGIN = 1e-3
+
+
+def _parity_error(result, expected, volume, geometry, step) -> float:
+    """:func:`_relative_error` over the rays away from a piece-count jump.
+
+    The few rays at a jump (asserted under 1 %) may differ by one piece; they are held
+    to 1 % of the image maximum instead (the midpoint rules of N and N + 1 pieces).
+    """
+    tipping = piece_count_margins(volume, geometry, step) < TIPPING_MARGIN
+    assert tipping.mean() < 0.01, tipping.mean()
+    diff = np.abs(np.asarray(result, np.float64) - expected)
+    scale = np.abs(expected).max()
+    assert diff[tipping].max(initial=0.0) <= 1e-2 * scale
+    return float(diff[~tipping].max() / scale)
 
 
 def _random_case(seed: int):
@@ -277,11 +297,23 @@ def test_host_kernel_matches_cpu_backend(host, seed):
     vol, g, step = _random_case(seed)
     expected = render_cpu(vol, g, step)
     assert np.abs(expected).max() > 1
-    assert _relative_error(host.render(vol, g, step), expected) <= dcuda.GLOBAL_TOLERANCE
+    host_result = host.render(vol, g, step)
+    assert _parity_error(host_result, expected, vol, g, step) <= dcuda.GLOBAL_TOLERANCE
     # the texture sampler with exact weights is the same rule: checks the +0.5 texel
     # offset and that clamp addressing equals clamping to the voxel centres
     exact_weights = host.render(vol, g, step, texture_mode=0)
-    assert _relative_error(exact_weights, expected) <= dcuda.GLOBAL_TOLERANCE
+    assert _parity_error(exact_weights, expected, vol, g, step) <= dcuda.GLOBAL_TOLERANCE
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_host_kernel_matches_cpu_backend_on_the_gpu_cases(host, seed):
+    """The GPU parity cases (bigger volumes, 5 views) on the host build; case 0 has rays
+    within float32 rounding of a piece-count jump (it failed at 2.9e-4 when compared
+    pixel by pixel, on an H200 and here alike)."""
+    vol, g, step = _gpu_case(seed)
+    expected = render_cpu(vol, g, step)
+    host_result = host.render(vol, g, step)
+    assert _parity_error(host_result, expected, vol, g, step) <= dcuda.GLOBAL_TOLERANCE
 
 
 def test_host_kernel_source_inside_the_volume_and_missing_rays(host):
@@ -314,7 +346,8 @@ def test_host_half_storage(host):
     vol, g, step = _random_case(11)
     rounded = vol.with_data(vol.data.astype(np.float16).astype(np.float32))
     half = host.render(vol, g, step, storage="float16")
-    assert _relative_error(half, render_cpu(rounded, g, step)) <= dcuda.GLOBAL_TOLERANCE
+    assert (_parity_error(half, render_cpu(rounded, g, step), vol, g, step)
+            <= dcuda.GLOBAL_TOLERANCE)
     assert _relative_error(half, render_cpu(vol, g, step)) <= dcuda.HALF_TOLERANCE
 
 
@@ -453,7 +486,7 @@ def test_projector_glue_with_cupy_stand_in(fake_gpu, monkeypatch, sampling, stor
     projector = dcuda.CudaProjector(vol, sampling=sampling, storage=storage, block=(8, 4))
     result = projector.render(g, step, out="numpy")
     assert isinstance(result, np.ndarray) and result.shape == g.shape
-    assert _relative_error(result, expected) <= tolerance
+    assert _parity_error(result, expected, vol, g, step) <= tolerance
     names = [name for name, _, _ in fake_gpu.launches]
     assert names == [f"drr_march_{sampling}"] * 2
     assert [grid[2] for _, grid, _ in fake_gpu.launches] == [2, 1]
@@ -464,7 +497,7 @@ def test_projector_glue_with_cupy_stand_in(fake_gpu, monkeypatch, sampling, stor
     flipped = projector.render(g, step, out="torch")
     assert isinstance(flipped, torch.Tensor)
     flipped_expected = render_cpu(vol.with_data(vol.data[::-1].copy()), g, step)
-    assert _relative_error(flipped.numpy(), flipped_expected) <= tolerance
+    assert _parity_error(flipped.numpy(), flipped_expected, vol, g, step) <= tolerance
 
 
 def test_render_dispatch_and_labels_with_cupy_stand_in(fake_gpu):
@@ -667,7 +700,7 @@ def test_gpu_matches_cpu_backend(seed, sampling, storage):
     projector = dcuda.CudaProjector(vol, sampling=sampling, storage=storage)
     result = projector.render(g, step, out="numpy")
     assert result.dtype == np.float32 and result.shape == g.shape
-    assert _relative_error(result, expected) <= TOLERANCES[(sampling, storage)]
+    assert _parity_error(result, expected, vol, g, step) <= TOLERANCES[(sampling, storage)]
 
 
 @pytest.mark.cuda
@@ -737,23 +770,23 @@ def test_gpu_torch_and_cupy_round_trips_stay_on_the_device(sampling, monkeypatch
         shared = torch.from_dlpack(array)
         assert shared.data_ptr() == array.data.ptr
     tol = TOLERANCES[(sampling, "float32")]
-    assert _relative_error(image.cpu().numpy(), expected) <= tol
-    assert _relative_error(cupy.asnumpy(array), expected) <= tol
+    assert _parity_error(image.cpu().numpy(), expected, vol, g, step) <= tol
+    assert _parity_error(cupy.asnumpy(array), expected, vol, g, step) <= tol
 
 
 @pytest.mark.cuda
 def test_gpu_dispatch_labels_and_texture_limit(monkeypatch):
     vol, g, step = _gpu_case(6)
     expected = render_cpu(vol, g, step)
-    assert _relative_error(drrkit.render(vol, g, backend="auto", step=step),
-                           expected) <= dcuda.GLOBAL_TOLERANCE
-    assert _relative_error(drrkit.render(vol, g, backend="cuda", step=step, sampling="texture"),
-                           expected) <= dcuda.TEXTURE_TOLERANCE
+    assert _parity_error(drrkit.render(vol, g, backend="auto", step=step),
+                         expected, vol, g, step) <= dcuda.GLOBAL_TOLERANCE
+    assert _parity_error(drrkit.render(vol, g, backend="cuda", step=step, sampling="texture"),
+                         expected, vol, g, step) <= dcuda.TEXTURE_TOLERANCE
     labels = vol.with_data((vol.data > 0.5).astype(np.int16) * 4)
     paths, values = drrkit.render_labels(labels, g, backend="cuda", step=step)
     cpu_paths, _ = drrkit.render_labels(labels, g, backend="cpu", step=step)
     assert list(values) == [4]
-    assert _relative_error(paths, cpu_paths) <= dcuda.GLOBAL_TOLERANCE
+    assert _parity_error(paths, cpu_paths, vol, g, step) <= dcuda.GLOBAL_TOLERANCE
     monkeypatch.setattr(dcuda, "_texture_limits", lambda cupy, device: (16, 16, 16))
     with pytest.raises(DrrkitError, match="maxTexture3D=16x16x16"):
         dcuda.CudaProjector(vol, sampling="texture")

@@ -7,7 +7,12 @@ from hypothesis import strategies as st
 
 import drrkit
 from drrkit import DrrkitError, Geometry, Volume, circular_orbit, phantoms, render
-from drrkit.reference import render_reference, render_reference_joseph
+from drrkit.reference import (
+    chord_lengths,
+    piece_count_margins,
+    render_reference,
+    render_reference_joseph,
+)
 from tests.drrkit.conftest import random_rotation
 
 
@@ -58,6 +63,25 @@ def test_matches_reference_on_random_volume_and_poses(seed):
     ref = render_reference(vol, g, step)
     assert np.abs(ref).max() > 1
     np.testing.assert_allclose(fast, ref, atol=2e-4 * np.abs(ref).max())
+
+
+def test_chord_lengths_are_the_line_integrals_of_ones():
+    """Trilinear samples of a constant are the constant: a DRR of ones is the chord."""
+    vol = Volume(np.ones((5, 6, 7), np.float32), spacing=(0.7, 1.1, 1.6), origin=(1, -2, 3),
+                 direction=random_rotation(7))
+    g = circular_orbit(vol, views=3, sad=30, sid=60, size=(9, 11), pixel_spacing=2.5,
+                       start_angle=17)
+    chords = chord_lengths(vol, g)
+    assert (chords == 0).any() and chords.max() > 5  # misses and hits
+    np.testing.assert_allclose(render(vol, g, backend="cpu", step=0.3), chords, rtol=2e-5,
+                               atol=1e-4)
+    margins = piece_count_margins(vol, g, 0.3)
+    assert np.all(np.isinf(margins) == (chords == 0))
+    assert np.all(margins[chords > 0] <= 0.5)
+    # a chord of exactly 2.5 steps sits half-way between jumps (0.001 off the slack)
+    longest = np.unravel_index(chords.argmax(), chords.shape)
+    np.testing.assert_allclose(piece_count_margins(vol, g, chords.max() / 2.5)[longest],
+                               0.5 - 1e-3, atol=1e-9)
 
 
 @pytest.mark.parametrize("seed", [3, 4])

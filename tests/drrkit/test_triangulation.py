@@ -135,8 +135,11 @@ def test_parallel_and_serial_kernels_agree():
     origins, directions, _ = noisy_batch(rng, n, 4)
     big = triangulate(origins, directions)
     small = triangulate(origins[:100], directions[:100])
-    np.testing.assert_array_equal(big.points[:100], small.points)
-    np.testing.assert_array_equal(big.rms[:100], small.rms)
+    # the same formula compiled twice: fast-math may order each copy's float64 sums
+    # differently (seen once in a full run: 6e-14 relative), never more than rounding
+    np.testing.assert_allclose(big.points[:100], small.points, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(big.rms[:100], small.rms, rtol=1e-10, atol=1e-15)
+    np.testing.assert_array_equal(big.valid[:100], small.valid)
 
 
 # ---------------------------------------------------------------------- properties

@@ -627,7 +627,7 @@ def test_cpu_bfloat16_training(rendered, tmp_path, monkeypatch):
     from vertebra.training import trainer
 
     cfg = tiny_config("localization", heatmap_loss="focal", iterations=12, lr=3e-3,
-                      cpu_bf16=True)
+                      cpu_bf16=True, device="cpu")
     data = RenderedCache.from_views(rendered)
     if trainer.cpu_has_bf16():
         res = trainer.train(cfg, data, tmp_path / "loc.pt", progress=False)
