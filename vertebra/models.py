@@ -334,7 +334,14 @@ def read_checkpoint(path: str | Path) -> dict:
     except ImportError:
         raise DrrkitError(f"reading {path} needs the safetensors package") from None
     except Exception as exc:
-        raise DrrkitError(f"cannot read weights file {path}: {exc}") from exc
+        import pickle
+
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        # a file that is no checkpoint comes back as KeyError('101'), EOFError or an
+        # UnpicklingError that suggests weights_only=False (never needed for ours)
+        if isinstance(exc, (KeyError, EOFError, pickle.UnpicklingError)) or not reason:
+            reason = "not a torch checkpoint of tensors or a safetensors file"
+        raise DrrkitError(f"cannot read weights file {path}: {reason}") from exc
     if not isinstance(ckpt, dict):
         raise DrrkitError(f"{path} holds a {type(ckpt).__name__}, not a state dict")
     return ckpt

@@ -172,7 +172,7 @@ def test_label_nan_voxels_warn_or_are_refused(data, tiny_checkpoint, tmp_path):
     (["label", "CT", "--model", "BOTH", "--localizer", "LOC", "--out", "o"], "either"),
     (["label", "CT", "--localizer", "LOC", "--out", "o"], "need a checkpoint"),
     (["label", "CT", "--model", "LOC", "--out", "o"], "localization network"),
-    (["label", "CT", "--model", "TEXT", "--out", "o"], "cannot read weights"),
+    (["label", "CT", "--model", "TEXT", "--out", "o"], "not a torch checkpoint"),
     (["label", "CT", "--model", "BOTH", "--out", "o", "--correction", "x"], "correction"),
     (["label", "CT", "--model", "BOTH", "--out", "o", "--device", "tpu"], "device"),
     (["label", "CT", "--model", "BOTH", "--out", "o", "--views", "1"], "--views"),
