@@ -342,7 +342,8 @@ def label(
     failed = 0
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
+    with Progress(*columns, console=console, transient=True,
+                  disable=not console.is_terminal) as bar:
         task = bar.add_task("labelling", total=len(cases) * (len(STAGES) + 2))
         for path in cases:
             stem = case_stem(path)

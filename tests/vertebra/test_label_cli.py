@@ -193,6 +193,7 @@ def test_bad_input_is_one_line_and_exit_2(data, tiny_checkpoint, tmp_path, args,
     assert res.exit_code == 2, res.output
     lines = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and message.replace("TEXT", "notes.txt") in lines[0], res.stderr
+    assert res.stderr == lines[0] + "\n", repr(res.stderr)  # nothing else, not a blank line
     assert "Traceback" not in res.output
 
 
