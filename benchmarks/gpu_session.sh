@@ -6,7 +6,8 @@
 #   bash benchmarks/gpu_session.sh OUTDIR [STEP ...]
 #
 # Steps, in this order unless named: env, cuda-tests, bench, label-paper, label-demo,
-# training, projectors, suite. Each writes logs/<step>.log; the benchmark JSON results go
+# training, projectors, suite; demo (the whole `vertebra demo` with the networks on the
+# GPU; not yet timed there) only when named. Each writes logs/<step>.log; the benchmark JSON results go
 # to results/; at the end both folders are packed into OUTDIR/gpu-session.tgz (one file,
 # so a machine that returns only a few files returns all of them). The interpreter is $PYTHON (default python3) with this checkout
 # first on its path, so it runs from a plain copy of the tree with the packages the
@@ -68,6 +69,10 @@ import drrkit, SimpleITK; print(\"cuda_available\", drrkit.cuda_available())'" ;
     suite)  # the whole test suite with a GPU present (auto backends resolve to CUDA)
         TAIL=30 run suite 240 "$py" -m pytest -q -rfE -p no:cacheprovider \
             -n "$(nproc)" tests ;;
+    demo)  # `vertebra demo` with the networks on the GPU: scores and the time of each step
+        run demo 420 "$py" -m vertebra.cli demo --device cuda --threads "$(nproc)" \
+            --no-progress --out /tmp/vertebra-demo-gpu
+        cp /tmp/vertebra-demo-gpu/report.json "$out/results/demo-cuda.json" ;;
     *) echo "unknown step $step" ;;
     esac
 done

@@ -683,6 +683,9 @@ def demo(
     threads: Annotated[int | None, typer.Option("--threads", help="Torch CPU threads.")
                        ] = None,
     progress: Annotated[bool, typer.Option(help="Show training progress bars.")] = True,
+    device: Annotated[str, typer.Option(help="Torch device of the networks: cpu, cuda, "
+                                             "cuda:N or auto (the recipe is a CPU's).")
+                      ] = "cpu",
 ) -> None:
     """The whole method on a CPU: phantoms, pre-training, both networks, labelling of
     held-out phantoms, VerSe scores per region and pictures.
@@ -690,6 +693,7 @@ def demo(
     Example:
 
         $ vertebra demo --out demo/
+        $ vertebra demo --out demo-gpu/ --device cuda
     """
     import time
 
@@ -698,12 +702,13 @@ def demo(
 
     start = time.perf_counter()
     try:
-        config = DemoConfig.quick() if quick else DemoConfig()
+        from dataclasses import replace
+
+        config = replace(DemoConfig.quick() if quick else DemoConfig(),
+                         device=device.strip().lower())
         if threads is not None:
             if threads < 1:
                 raise DrrkitError(f"--threads must be >= 1, got {threads}")
-            from dataclasses import replace
-
             config = replace(config, threads=threads)
         result = run_demo(out, config, log=typer.echo, progress=progress)
     except (DrrkitError, OSError) as error:
@@ -716,3 +721,7 @@ def demo(
     verdict = "met" if result.meets_targets else "NOT met"
     typer.echo(f"targets (id rate >= {100 * TARGET_ID_RATE:.0f} %, error <= "
                f"{TARGET_ERROR_MM:g} mm): {verdict}; pictures and report.json in {out}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

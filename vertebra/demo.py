@@ -36,6 +36,7 @@ Folder layout::
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -104,6 +105,11 @@ class DemoConfig:
             lumbar labels, and missed both real T13s. So the demo labels without it.
         threads: torch CPU threads (None: torch's default).
         pictures: write the PNGs of every held-out case.
+        device: torch device that trains and runs the networks ("cpu", "cuda",
+            "cuda:N", "auto"). The recipe was made for a CPU; on a GPU the networks train
+            in float32 (``cpu_bf16`` applies to CPUs only), so the scores differ a little
+            from a CPU run's. Rendering uses drrkit's default backend either way (the
+            CUDA backend's exact path where a GPU is present).
     """
 
     train_phantoms: int = 40
@@ -127,6 +133,7 @@ class DemoConfig:
     allow_t13: bool | None = False
     threads: int | None = None
     pictures: bool = True
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         for name in ("train_phantoms", "orbits", "held_out"):
@@ -145,6 +152,8 @@ class DemoConfig:
             raise DrrkitError(f"crops must be >= 0, got {self.crops}")
         if self.pretrain_steps < 0 or self.pretrain_batch < 2:
             raise DrrkitError("need pretrain_steps >= 0 and pretrain_batch >= 2")
+        if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", str(self.device)):
+            raise DrrkitError(f"device must be cpu, auto, cuda or cuda:N, got {self.device!r}")
         object.__setattr__(self, "pretrained", tuple(self.pretrained))
         unknown = set(self.pretrained) - {"localization", "identification"}
         if unknown:
@@ -196,10 +205,31 @@ class DemoResult:
                     and self.pooled["l_error"] <= TARGET_ERROR_MM)
 
 
-def _train_config(task: str, iterations: int | None, init: str, **changes):
+def _machine(device: str) -> dict:
+    """Where the demo ran: the CPU, its cores, torch's device and (on CUDA) the GPU."""
+    import os
+    import platform
+
+    import torch
+
+    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+               "torch_threads": torch.get_num_threads(), "device": device}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            names = [line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")]
+        machine["cpu"] = names[0] if names else machine["cpu"]
+    except OSError:
+        pass
+    if device.startswith("cuda"):
+        machine["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return machine
+
+
+def _train_config(task: str, iterations: int | None, init: str, device: str = "cpu",
+                  **changes):
     from vertebra.training.config import TrainConfig
 
-    changes = {"init": init, "device": "cpu", **changes}
+    changes = {"init": init, "device": device, **changes}
     if iterations is not None:
         changes["iterations"] = int(iterations)
         changes["checkpoint_every"] = max(1, int(iterations))
@@ -285,7 +315,7 @@ def pretrain_encoder(cache, path: Path, config: DemoConfig, log: Callable[[str],
     if path.is_file():
         log(f"  reusing {path}")
     else:
-        base = _train_config("identification", None, "none")
+        base = _train_config("identification", None, "none", device=config.device)
         pretrain_views(cache, path, base, steps=config.pretrain_steps,
                        batch_size=config.pretrain_batch, dim=512, pred_dim=128)
     return f"simsiam:{path}"
@@ -304,7 +334,8 @@ def train_network(cache, path: Path, task: str, iterations: int | None, init: st
 
 
 def label_folder(networks: Path, held_dir: Path, labels: Path, *, pictures: bool = True,
-                 log: Callable[[str], None] = print, **pipeline_changes):
+                 log: Callable[[str], None] = print, device: str = "cpu",
+                 **pipeline_changes):
     """Label every CT of a VerSe folder with a network bundle, write outputs, score them.
 
     Args:
@@ -312,6 +343,7 @@ def label_folder(networks: Path, held_dir: Path, labels: Path, *, pictures: bool
         held_dir: VerSe-layout folder with ground truth.
         labels: output folder (one sub-folder per case).
         pictures: write the PNGs (ground truth drawn as rings).
+        device: torch device of the networks.
         pipeline_changes: :class:`vertebra.pipeline.PipelineConfig` fields (e.g. voting).
 
     Returns:
@@ -324,7 +356,7 @@ def label_folder(networks: Path, held_dir: Path, labels: Path, *, pictures: bool
     from vertebra.pipeline import PipelineConfig, label_ct, load_networks
     from vertebra.report import score_folder, write_outputs
 
-    nets = load_networks(networks, device="cpu")
+    nets = load_networks(networks, device=device)
     pipe = PipelineConfig(**{**nets.settings, **pipeline_changes})
     totals: dict[str, float] = {}
     cases = VerseDataset(held_dir).cases
@@ -369,6 +401,9 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *,
         raise DrrkitError(f"{out} exists and is not a folder")
     if config.threads:
         torch.set_num_threads(int(config.threads))
+    from vertebra.training.trainer import resolve_device
+
+    device = str(resolve_device(config.device))  # fails now, not after the data step
     models = out / "models"
     models.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
@@ -397,7 +432,7 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *,
         paths[name] = models / f"{name}.pt"
         train_network(caches[task], paths[name], task, iterations,
                       init if task in config.pretrained else "none", progress=progress,
-                      log=log)
+                      log=log, device=device)
         seconds[name] = time.perf_counter() - t
     bundle = models / "networks.pt"
     bundle_networks(paths["localizer"], paths["identifier"], bundle,
@@ -406,7 +441,7 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *,
     t = time.perf_counter()
     log(f"[label] {config.held_out} held-out CTs -> {out / 'labels'}")
     pooled, cases, per_ct = label_folder(bundle, held_dir, out / "labels",
-                                         pictures=config.pictures, log=log)
+                                         pictures=config.pictures, log=log, device=device)
     seconds["label"] = time.perf_counter() - t
     result = DemoResult(pooled, cases, seconds, per_ct, out)
     report = {
@@ -417,6 +452,7 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *,
                   for name, r in cases.items()},
         "seconds": seconds,
         "labelling_seconds_per_ct": per_ct,
+        "machine": _machine(device),
         "targets": {"id_rate": TARGET_ID_RATE, "l_error_mm": TARGET_ERROR_MM,
                     "met": result.meets_targets},
     }

@@ -22,6 +22,7 @@ def test_tiny_demo_runs_every_step_and_reuses_outputs(tmp_path, monkeypatch):
     report = json.loads((tmp_path / "report.json").read_text())
     assert set(report["seconds"]) == {"data", "pretrain", "localizer", "identifier", "label"}
     assert report["targets"]["met"] is False or result.meets_targets
+    assert report["machine"]["device"] == "cpu" and report["machine"]["cores"] >= 1
     assert (tmp_path / "models" / "networks.pt").is_file()
     from vertebra.models import read_checkpoint
     from vertebra.pipeline import load_networks
@@ -67,6 +68,21 @@ def test_demo_config_and_cli_errors(tmp_path):
     (tmp_path / "file").write_text("x")
     res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "file")])
     assert res.exit_code == 2 and "not a folder" in res.stderr
+    with pytest.raises(DrrkitError, match="device must be"):
+        DemoConfig(device="tpu")
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--device", "gpu"])
+    assert res.exit_code == 2 and "device must be" in res.stderr
+    assert not (tmp_path / "d").exists()
+
+
+def test_demo_on_a_missing_gpu_fails_before_any_work(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--device", "cuda"])
+    assert res.exit_code == 2 and "no CUDA GPU" in res.stderr, res.output
+    assert not (tmp_path / "d" / "data").exists()
 
 
 def test_prepare_data_renders_an_older_cache_version_again(tmp_path, monkeypatch):
