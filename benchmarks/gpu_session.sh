@@ -7,12 +7,13 @@
 #
 # Steps, in this order unless named: env, cuda-tests, bench, label-paper, label-demo,
 # training, projectors, suite; demo (the whole `vertebra demo` with the networks on the
-# GPU; not yet timed there) only when named. Each writes logs/<step>.log; the benchmark JSON results go
-# to results/; at the end both folders are packed into OUTDIR/gpu-session.tgz (one file,
-# so a machine that returns only a few files returns all of them). The interpreter is $PYTHON (default python3) with this checkout
-# first on its path, so it runs from a plain copy of the tree with the packages the
-# machine already has (CuPy, torch, Numba, timm, typer, pytest, hypothesis); SimpleITK
-# wheels in .whl/ are installed to a scratch folder first if the machine lacks it.
+# GPU; not yet timed there) only when named. Each writes logs/<step>.log, the benchmark
+# JSON results go to results/, and at the end both folders are packed into
+# OUTDIR/gpu-session.tgz (one file, so a machine that returns only a few files returns
+# all of them). The interpreter is $PYTHON (default python3) with this checkout first on
+# its path, so it runs from a plain copy of the tree with the packages the machine
+# already has (CuPy, torch, Numba, timm, typer, pytest, hypothesis); SimpleITK wheels in
+# .whl/ are installed to a scratch folder first if the machine lacks it.
 set -u
 out=${1:?usage: gpu_session.sh OUTDIR [STEP ...]}
 shift
