@@ -79,7 +79,8 @@ SCENES = {
 }
 
 #: Scenes run when none are named, per backend.
-DEFAULT_SCENES = {"cpu": ("ct256-200",), "cuda": ("ct256-512", "ct512x400-1024", "ct256-200")}
+DEFAULT_SCENES = {"cpu": ("ct256-200",),
+                  "cuda": ("ct256-512", "ct512x400-1024", "ct512x400-1024-coarse", "ct256-200")}
 #: CUDA configurations (sampling, storage) run when none are named.
 CUDA_CONFIGS = (("global", "float32"), ("texture", "float32"), ("texture", "float16"))
 

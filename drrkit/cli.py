@@ -492,7 +492,8 @@ def bench(
     scenes: Annotated[
         str | None,
         typer.Option(help="Comma-separated scene names (default: the backend's standard "
-                          "scenes): ct256-512, ct512x400-1024, ct256-200.",
+                          "scenes): ct256-512, ct512x400-1024, ct512x400-1024-coarse, "
+                          "ct256-200.",
                      show_default=False),
     ] = None,
     json_path: Annotated[
