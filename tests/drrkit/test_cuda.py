@@ -658,8 +658,12 @@ def test_standard_scenes_are_as_specified():
     assert scenes["ct512x400-1024"].shape == (400, 512, 512)
     assert scenes["ct512x400-1024"].views == 10 and scenes["ct512x400-1024"].size == (1024, 1024)
     assert scenes["ct256-200"].size == (200, 200)
-    for name in bench_module.DEFAULT_SCENES["cuda"]:
-        assert scenes[name].step == pytest.approx(0.5 * min(scenes[name].spacing))
+    for name in bench_module.DEFAULT_SCENES["cuda"]:  # half a voxel, "-coarse": one voxel
+        fraction = 1.0 if name.endswith("-coarse") else 0.5
+        assert scenes[name].step == pytest.approx(fraction * min(scenes[name].spacing))
+    coarse = scenes["ct512x400-1024-coarse"]
+    assert (coarse.shape, coarse.views, coarse.size) == (
+        scenes["ct512x400-1024"].shape, 10, (1024, 1024))
     # the scene phantom fills most of the detector in every view
     small = bench_module.Scene("s", (32, 32, 32), (8.0, 8.0, 8.0), views=3, size=(24, 24),
                                pixel_spacing=25.0)
