@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from drrkit.bench import cpu_model  # noqa: F401  (re-exported for the scripts)
+
 #: The repository root and the folder the scripts write their JSON results to.
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -68,17 +70,6 @@ def check_load(threshold: float = BUSY_LOAD) -> tuple[float, float, float]:
 
 
 # ---------------------------------------------------------------------------- machine
-def cpu_model() -> str:
-    """The CPU's model name from ``/proc/cpuinfo`` (else what :mod:`platform` knows)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def slug(text: str) -> str:
     """A hardware name as a file-name part: lower case, no "(R)", "(TM)", "CPU" or clock
     ("@ 2.20GHz"), runs of other characters as one "-" (``"intel-xeon-processor"``)."""

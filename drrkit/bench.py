@@ -216,6 +216,18 @@ def texture_floor(volume: Volume, size: tuple[int, int], repeats: int = 10,
     return h * w * n_samples / float(np.median(seconds)) / 1e9
 
 
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (else what :mod:`platform` knows)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_name(backend: str) -> str:
     """The GPU's name for "cuda", the CPU's description for "cpu"."""
     if backend == "cuda":
@@ -226,7 +238,7 @@ def device_name(backend: str) -> str:
         return name.decode() if isinstance(name, bytes) else str(name)
     from drrkit import config
 
-    return f"{platform.processor() or platform.machine()} ({config.cpu_threads()} threads)"
+    return f"{cpu_model()} ({config.cpu_threads()} threads)"
 
 
 def run_scene(scene: Scene, backend: str, sampling: str | None = None,

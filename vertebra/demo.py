@@ -208,18 +208,13 @@ class DemoResult:
 def _machine(device: str) -> dict:
     """Where the demo ran: the CPU, its cores, torch's device and (on CUDA) the GPU."""
     import os
-    import platform
 
     import torch
 
-    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    from drrkit.bench import cpu_model
+
+    machine = {"cpu": cpu_model(), "cores": os.cpu_count(),
                "torch_threads": torch.get_num_threads(), "device": device}
-    try:
-        with open("/proc/cpuinfo") as fh:
-            names = [line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")]
-        machine["cpu"] = names[0] if names else machine["cpu"]
-    except OSError:
-        pass
     if device.startswith("cuda"):
         machine["gpu"] = torch.cuda.get_device_name(torch.device(device))
     return machine
