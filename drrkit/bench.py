@@ -117,41 +117,18 @@ def scene_geometry(scene: Scene, volume: Volume) -> Geometry:
 
 
 def count_samples(volume: Volume, geometry: Geometry, step: float) -> int:
-    """Total trilinear samples of one render: the sum over rays of ``ceil(chord / step)``.
+    """Total trilinear samples of one render: the sum over rays of the piece count.
 
     Same clipping and piece count as the ray rule in :mod:`drrkit._cpu` (in float64,
-    so a ray whose chord is within rounding of a multiple of the step may differ by one).
+    so a ray whose chord is within rounding of a piece-count jump may differ by one;
+    see :func:`drrkit.reference.piece_count_margins`).
     """
-    w2i = volume.world_to_index
-    rot, shift = w2i[:3, :3], w2i[:3, 3]
-    metric = volume.index_to_world[:3, :3]
-    lo = -0.5
-    hi = np.asarray(volume.shape_xyz, dtype=np.float64) - 0.5
-    cols = np.arange(geometry.width, dtype=np.float64)
-    rows = np.arange(geometry.height, dtype=np.float64)
-    total = 0
-    for k in range(len(geometry)):
-        source = rot @ geometry.sources[k] + shift
-        pixels = (geometry.detector_origins[k] + cols[None, :, None] * geometry.u[k]
-                  + rows[:, None, None] * geometry.v[k])  # (H, W, 3) world mm
-        d = pixels @ rot.T + shift - source  # (H, W, 3) index space
-        length = np.linalg.norm(d @ metric.T, axis=-1)
-        a0 = np.zeros(d.shape[:2])
-        a1 = np.full(d.shape[:2], np.inf)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            for axis in range(3):
-                da = d[..., axis]
-                ta = (lo - source[axis]) / da
-                tb = (hi[axis] - source[axis]) / da
-                parallel = da == 0
-                inside = lo <= source[axis] <= hi[axis]
-                a0 = np.where(parallel, a0, np.maximum(a0, np.minimum(ta, tb)))
-                a1 = np.where(parallel, a1 if inside else -1.0, np.minimum(a1, np.maximum(ta, tb)))
-        hit = a1 > a0
-        chord = np.where(hit, (a1 - a0) * length, 0.0)
-        pieces = np.maximum(np.ceil(chord / step), 1.0)
-        total += int(pieces[hit].sum())
-    return total
+    from drrkit._cpu import PIECE_SLACK
+    from drrkit.reference import chord_lengths
+
+    chord = chord_lengths(volume, geometry)
+    pieces = np.maximum(np.ceil(chord / step - PIECE_SLACK), 1.0)
+    return int(pieces[chord > 0].sum())
 
 
 # ---------------------------------------------------------------------- timing

@@ -66,10 +66,37 @@ def _index_rays(volume, geometry):
 
 
 def chord_lengths(volume, geometry) -> np.ndarray:
-    """(K, H, W) float64 length in mm of every pixel's ray inside the voxel box (0: misses)."""
+    """(K, H, W) float64 length in mm of every pixel's ray inside the voxel box (0: misses).
+
+    The clipping of :func:`clip_ray`, for all pixels of a view at once.
+    """
+    w2i = volume.world_to_index
+    rot, shift = w2i[:3, :3], w2i[:3, 3]
+    metric = volume.index_to_world[:3, :3]
+    lo = -0.5
+    hi = np.asarray(volume.shape_xyz, dtype=np.float64) - 0.5
+    cols = np.arange(geometry.width, dtype=np.float64)
+    rows = np.arange(geometry.height, dtype=np.float64)
     out = np.zeros(geometry.shape)
-    for k, r, c, _, _, mm_per_unit, (a0, a1) in _index_rays(volume, geometry):
-        out[k, r, c] = max(a1 - a0, 0.0) * mm_per_unit
+    for k in range(len(geometry)):
+        source = rot @ geometry.sources[k] + shift
+        pixels = (geometry.detector_origins[k] + cols[None, :, None] * geometry.u[k]
+                  + rows[:, None, None] * geometry.v[k])  # (H, W, 3) world mm
+        d = pixels @ rot.T + shift - source  # (H, W, 3) index space
+        length = np.linalg.norm(d @ metric.T, axis=-1)
+        a0 = np.zeros(d.shape[:2])
+        a1 = np.full(d.shape[:2], np.inf)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for axis in range(3):
+                da = d[..., axis]
+                ta = (lo - source[axis]) / da
+                tb = (hi[axis] - source[axis]) / da
+                parallel = da == 0
+                inside = lo <= source[axis] <= hi[axis]
+                a0 = np.where(parallel, a0, np.maximum(a0, np.minimum(ta, tb)))
+                a1 = np.where(parallel, a1 if inside else -1.0,
+                              np.minimum(a1, np.maximum(ta, tb)))
+        out[k] = np.where(a1 > a0, (a1 - a0) * length, 0.0)
     return out
 
 

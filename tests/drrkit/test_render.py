@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import drrkit
-from drrkit import DrrkitError, Geometry, Volume, circular_orbit, phantoms, render
+from drrkit import DrrkitError, Geometry, Volume, circular_orbit, phantoms, reference, render
 from drrkit.reference import (
     chord_lengths,
     piece_count_margins,
@@ -73,6 +73,10 @@ def test_chord_lengths_are_the_line_integrals_of_ones():
                        start_angle=17)
     chords = chord_lengths(vol, g)
     assert (chords == 0).any() and chords.max() > 5  # misses and hits
+    per_ray = np.zeros(g.shape)  # the per-ray clipping of the references
+    for k, r, c, _, _, mm_per_unit, (a0, a1) in reference._index_rays(vol, g):
+        per_ray[k, r, c] = max(a1 - a0, 0.0) * mm_per_unit
+    np.testing.assert_allclose(chords, per_ray, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(render(vol, g, backend="cpu", step=0.3), chords, rtol=2e-5,
                                atol=1e-4)
     margins = piece_count_margins(vol, g, 0.3)
