@@ -612,22 +612,13 @@ def test_limit_checks_name_the_limit():
 # ============================================================== bench (CPU)
 def test_count_samples_matches_per_ray_rule():
     from drrkit._cpu import PIECE_SLACK
-    from drrkit.reference import clip_ray
+    from drrkit.reference import _index_rays
 
     vol, g, step = _random_case(5)
-    w2i = vol.world_to_index
-    metric = vol.index_to_world[:3, :3]
     total = 0
-    for k in range(len(g)):
-        source = w2i[:3, :3] @ g.sources[k] + w2i[:3, 3]
-        for r in range(g.height):
-            for c in range(g.width):
-                pixel = g.detector_origins[k] + c * g.u[k] + r * g.v[k]
-                d = w2i[:3, :3] @ pixel + w2i[:3, 3] - source
-                a0, a1 = clip_ray(source, d, vol.shape_xyz)
-                if a1 > a0:
-                    chord = (a1 - a0) * np.linalg.norm(metric @ d)
-                    total += max(1, int(np.ceil(chord / step - PIECE_SLACK)))
+    for *_, mm_per_unit, (a0, a1) in _index_rays(vol, g):  # the references' clipping
+        if a1 > a0:
+            total += max(1, int(np.ceil((a1 - a0) * mm_per_unit / step - PIECE_SLACK)))
     assert total > 0
     assert bench_module.count_samples(vol, g, step) == total
 

@@ -68,10 +68,10 @@ def test_demo_config_and_cli_errors(tmp_path):
     (tmp_path / "file").write_text("x")
     res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "file")])
     assert res.exit_code == 2 and "not a folder" in res.stderr
-    with pytest.raises(DrrkitError, match="device must be"):
-        DemoConfig(device="tpu")
+    with pytest.raises(DrrkitError, match="unknown device"):
+        run_demo(tmp_path / "d", DemoConfig(device="tpu"), log=lambda line: None)
     res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--device", "gpu"])
-    assert res.exit_code == 2 and "device must be" in res.stderr
+    assert res.exit_code == 2 and "unknown device 'gpu'" in res.stderr
     assert not (tmp_path / "d").exists()
 
 
