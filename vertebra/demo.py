@@ -43,6 +43,9 @@ from pathlib import Path
 
 from drrkit.errors import DrrkitError
 
+#: Augmentation strengths of :attr:`DemoConfig.augment`.
+AUGMENTS = ("mild", "strong")
+
 #: The issue's targets on held-out phantoms.
 TARGET_ID_RATE = 0.95
 TARGET_ERROR_MM = 2.0
@@ -104,6 +107,12 @@ class DemoConfig:
             lumbar labels, and missed both real T13s. So the demo labels without it.
         threads: torch CPU threads (None: torch's default).
         pictures: write the PNGs of every held-out case.
+        recipe: the recipe's name, recorded in the report and the networks bundle.
+        clinical: the training phantoms hold organs, contrast, arms and leads and vary
+            their bone density and field of view (``make_spine_phantom(clinical=True)``);
+            the held-out phantoms stay plain.
+        augment: "mild" (``AugmentConfig()``) or "strong" (``AugmentConfig.strong()``:
+            wide intensity, gamma, blur and noise ranges and bright distractors).
         device: torch device that trains and runs the networks ("cpu", "cuda",
             "cuda:N", "auto"). The recipe was made for a CPU; on a GPU the networks train
             in float32 (``cpu_bf16`` applies to CPUs only), so the scores differ a little
@@ -134,6 +143,9 @@ class DemoConfig:
     threads: int | None = None
     pictures: bool = True
     device: str = "cpu"
+    recipe: str = "cpu-demo"
+    clinical: bool = False
+    augment: str = "mild"
 
     def __post_init__(self) -> None:
         for name in ("train_phantoms", "orbits", "held_out"):
@@ -148,6 +160,9 @@ class DemoConfig:
         if not float(self.identifier_voxel_scale) >= 1.0:
             raise DrrkitError(f"identifier_voxel_scale must be >= 1, got "
                               f"{self.identifier_voxel_scale}")
+        if self.augment not in AUGMENTS:
+            raise DrrkitError(f"augment must be one of {', '.join(AUGMENTS)}, got "
+                              f"{self.augment!r}")
         if int(self.crops) < 0:
             raise DrrkitError(f"crops must be >= 0, got {self.crops}")
         if self.pretrain_steps < 0 or self.pretrain_batch < 2:
@@ -167,7 +182,16 @@ class DemoConfig:
     def phantom_options(self, task: str) -> dict:
         """``make_spine_phantom`` options of the training phantoms of ``task``'s network."""
         scale = float(self.identifier_voxel_scale) if task == "identification" else 1.0
-        return {} if scale == 1.0 else {"voxel_scale": scale}
+        options = {} if scale == 1.0 else {"voxel_scale": scale}
+        if self.clinical:
+            options["clinical"] = True
+        return options
+
+    def train_changes(self) -> dict:
+        """:class:`TrainConfig` fields this recipe sets on top of ``TrainConfig.cpu_demo``."""
+        from vertebra.training.config import AugmentConfig
+
+        return {} if self.augment == "mild" else {"augment": AugmentConfig.strong()}
 
     def phantoms(self, task: str) -> int:
         """Training phantoms of the network for ``task``."""
@@ -181,10 +205,36 @@ class DemoConfig:
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     @classmethod
+    def real_ct(cls, **changes) -> DemoConfig:
+        """The ``real-ct`` recipe: the cpu-demo networks trained on clinical phantoms
+        with strong augmentation, more phantoms and more steps, for real scans (decision
+        ``real-ct-recipe`` in ``benchmarks/decisions.md``)."""
+        values = {"recipe": "real-ct", "clinical": True, "augment": "strong",
+                  "train_phantoms": 64, "identifier_phantoms": 320,
+                  "localizer_iterations": 4800, "identifier_iterations": 2800}
+        values.update(changes)
+        return cls(**values)
+
+    @classmethod
     def quick(cls) -> DemoConfig:
         """A smoke run of every step in a couple of minutes (far from the targets)."""
         return cls(train_phantoms=4, identifier_phantoms=None, orbits=1, held_out=2, pretrain_steps=3, pretrain_batch=4,
                    localizer_iterations=10, identifier_iterations=10)
+
+
+#: Named recipes: the networks' training data, schedules and pipeline settings.
+RECIPES: dict[str, Callable[[], DemoConfig]] = {
+    "cpu-demo": DemoConfig,
+    "real-ct": DemoConfig.real_ct,
+}
+
+
+def recipe_config(name: str) -> DemoConfig:
+    """The :class:`DemoConfig` of the recipe called ``name`` (see :data:`RECIPES`)."""
+    key = str(name).strip().lower()
+    if key not in RECIPES:
+        raise DrrkitError(f"unknown recipe {name!r}; choose {', '.join(RECIPES)}")
+    return RECIPES[key]()
 
 
 @dataclass
@@ -223,8 +273,10 @@ def _train_config(task: str, iterations: int | None, init: str, device: str = "c
     from vertebra.training.config import TrainConfig
 
     changes = {"init": init, "device": device, **changes}
-    if iterations is not None:
+    if iterations is not None:  # the learning-rate decay keeps its place in the schedule
+        preset = TrainConfig.cpu_demo(task)
         changes["iterations"] = int(iterations)
+        changes["lr_step"] = max(1, round(preset.lr_step * int(iterations) / preset.iterations))
         changes["checkpoint_every"] = max(1, int(iterations))
     return TrainConfig.cpu_demo(task, **changes)
 
@@ -308,7 +360,8 @@ def pretrain_encoder(cache, path: Path, config: DemoConfig, log: Callable[[str],
     if path.is_file():
         log(f"  reusing {path}")
     else:
-        base = _train_config("identification", None, "none", device=config.device)
+        base = _train_config("identification", None, "none", device=config.device,
+                             **config.train_changes())
         pretrain_views(cache, path, base, steps=config.pretrain_steps,
                        batch_size=config.pretrain_batch, dim=512, pred_dim=128)
     return f"simsiam:{path}"
@@ -425,7 +478,7 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *,
         paths[name] = models / f"{name}.pt"
         train_network(caches[task], paths[name], task, iterations,
                       init if task in config.pretrained else "none", progress=progress,
-                      log=log, device=device)
+                      log=log, device=device, **config.train_changes())
         seconds[name] = time.perf_counter() - t
     bundle = models / "networks.pt"
     bundle_networks(paths["localizer"], paths["identifier"], bundle,

@@ -20,6 +20,7 @@ import numpy as np
 
 from vertebra import labels as vlabels
 from vertebra.data import _sdf
+from vertebra.data._clinical import Clinical, build_clinical, restyle_bone
 from vertebra.data.anatomy import LevelDims, Spine, rot_x
 
 AIR = -1000.0
@@ -325,6 +326,7 @@ class Scene:
         vertebra_objects: {VerSe id: object index} of every vertebra.
         head: (origin (3,), frame (3, 3)) of the head.
         rib_levels: names of the rib-bearing vertebrae, cranio-caudal.
+        clinical: organs, contrast, arms and leads of a clinical scan (None: plain).
     """
 
     objects: Objects
@@ -334,15 +336,20 @@ class Scene:
     vertebra_objects: dict[int, int]
     head: tuple[np.ndarray, np.ndarray]
     rib_levels: tuple[str, ...]
+    clinical: Clinical | None = None
 
 
-def build_scene(spine: Spine, rng: np.random.Generator, metal_levels=()) -> Scene:
+def build_scene(spine: Spine, rng: np.random.Generator, metal_levels=(),
+                clinical_rng: np.random.Generator | None = None) -> Scene:
     """All primitives and materials of one patient.
 
     Args:
         spine: placed vertebrae (every level, also those that will fall outside the grid).
         rng: random generator, consumed in a fixed order.
         metal_levels: indices into ``spine.dims`` of the vertebrae that get screws.
+        clinical_rng: a second generator that, when given, redraws the bone densities and
+            adds organs, contrast, arms and leads (:mod:`vertebra.data._clinical`); the
+            draws of ``rng`` stay the same, so a seed's skeleton does not change.
     """
     objs = Objects()
     soft, bone, canals, metal = _sdf.Shapes(), _sdf.Shapes(), _sdf.Shapes(), _sdf.Shapes()
@@ -378,7 +385,7 @@ def build_scene(spine: Spine, rng: np.random.Generator, metal_levels=()) -> Scen
         if spine.dims[i - 1].name != "C1":
             _disc(bone, m["disc"], locs[i - 1], spine.dims[i - 1], locs[i], spine.dims[i])
     _disc(bone, m["disc"], locs[-1], spine.dims[-1], sac_locs[0], spine.sacrum_dims[0])
-    rib_levels = _chest(bone, m, spine, locs, width, rng)
+    rib_levels, shoulders = _chest(bone, m, spine, locs, width, rng)
     _sacrum(bone, m["sacrum"], m["coccyx"], sac_locs, spine.sacrum_dims)
     _pelvis(bone, m["bone"], m["femur_head"], m["femur_shaft"], spine,
             width * rng.uniform(0.95, 1.1))
@@ -386,13 +393,18 @@ def build_scene(spine: Spine, rng: np.random.Generator, metal_levels=()) -> Scen
                  rng.uniform(-8, 15))
     _organs(soft, m, spine, locs, width, rng)
     _screws(metal, m["steel"], spine, locs, metal_levels)
+    clinical = None
+    if clinical_rng is not None:
+        restyle_bone(objs, vert_obj, m, clinical_rng)
+        clinical = build_clinical(spine, objs, locs, width, shoulders, clinical_rng)
     bone.extend(canals)  # the spinal canal is carved last, from every bone
-    return Scene(objs, soft, bone, metal, vert_obj, (head.c, head.F), rib_levels)
+    return Scene(objs, soft, bone, metal, vert_obj, (head.c, head.F), rib_levels, clinical)
 
 
-def _chest(bone, m, spine: Spine, locs, width, rng) -> tuple[str, ...]:
+def _chest(bone, m, spine: Spine, locs, width, rng) -> tuple[tuple[str, ...], np.ndarray]:
     """Ribs on every thoracic level, costal cartilage, sternum, clavicles, scapulae and
-    humeral heads. Returns the names of the rib-bearing levels."""
+    humeral heads. Returns the names of the rib-bearing levels and the (2, 3) world
+    centres of the right and left humeral heads."""
     rib_ends = {}
     with_ribs = []
     for i, d in enumerate(spine.dims):
@@ -432,6 +444,7 @@ def _chest(bone, m, spine: Spine, locs, width, rng) -> tuple[str, ...]:
                 target = 0.4 * e + 0.6 * up + np.array([-s * 10.0, -5.0, 0.0])
                 bone.chain(m["cartilage"], np.array([e, target]), 4.5)
     t3, t7 = locs[thor[2]], locs[thor[6]]
+    shoulders = []
     for s in (-1, 1):
         a = top + np.array([s * 24, 0, 4])
         b = a + np.array([s * 140 * width, 75, 18])
@@ -444,9 +457,9 @@ def _chest(bone, m, spine: Spine, locs, width, rng) -> tuple[str, ...]:
         bone.box(other, centre, sframe, (38 * width, 70, 2.5), rounding=2.0)
         bone.capsule(other, centre + np.array([-s * 25 * width, 14, 45]),
                      b + np.array([0, -10, -8]), 5.0, 7.0)
-        bone.ellipsoid(m["femur_head"], b + np.array([s * 12, -28, -30]), np.eye(3),
-                       (22, 22, 23))
-    return tuple(with_ribs)
+        shoulders.append(b + np.array([s * 12, -28, -30]))
+        bone.ellipsoid(m["femur_head"], shoulders[-1], np.eye(3), (22, 22, 23))
+    return tuple(with_ribs), np.array(shoulders)
 
 
 def _head(bone, soft, m, c1: _Local, hs: float, pitch: float) -> _Local:

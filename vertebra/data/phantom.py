@@ -44,6 +44,7 @@ from drrkit.errors import DrrkitError
 from drrkit.volume import Volume
 from vertebra import labels as vlabels
 from vertebra.data import _sdf
+from vertebra.data._clinical import fov_cut
 from vertebra.data._scene import Scene, build_scene
 from vertebra.data.anatomy import Spine, build_spine, level_names
 
@@ -168,7 +169,9 @@ def _size_preset(size):
     return cap, SIZES["full"][1], SIZES["full"][2]
 
 
-def _choose_grid(spine: Spine, levels, size, spacing, fov, rng):
+def _choose_grid(spine: Spine, levels, size, spacing, fov, rng, min_fov=None):
+    """The scan's grid and covered levels (i0, i1); ``min_fov`` (mm) widens the drawn field
+    of view to at least that, coarsening the in-plane spacing to stay within the size cap."""
     cap, inplane, slices = _size_preset(size)
     sp_draw = (rng.uniform(*inplane), rng.uniform(*slices))
     if spacing is None:
@@ -221,6 +224,9 @@ def _choose_grid(spine: Spine, levels, size, spacing, fov, rng):
         fov = max(fov_draw, 2 * need_x, 2 * need_y)
     elif not fov > 0:
         raise DrrkitError(f"the field of view must be a positive number of mm, got {fov!r}")
+    if min_fov is not None and fov < min_fov:
+        fov = min_fov
+        sp[:2] = max(sp[0], fov / cap[2])
     nx = min(math.ceil(fov / sp[0]), cap[2])
     ny = min(math.ceil(fov / sp[1]), cap[1])
     origin = np.array([cx - 0.5 * (nx - 1) * sp[0], cy - 0.5 * (ny - 1) * sp[1],
@@ -442,6 +448,7 @@ def make_spine_phantom(
     noise: bool = True,
     orientation: str = "random",
     voxel_scale: float = 1.0,
+    clinical: bool = False,
 ) -> SpinePhantom:
     """A random synthetic spine CT in HU with VerSe ground truth, reproducible from ``seed``.
 
@@ -467,6 +474,13 @@ def make_spine_phantom(
             training data seen through coarse pixels (the cpu-demo identifier's 4 mm
             views). The noise standard deviation is divided by ``sqrt(voxel_scale)``, so
             that of a line integral through the noise stays about the same.
+        clinical: also draw what a clinical scan holds besides the skeleton (organs at
+            their CT numbers, a contrast phase, arms, leads, bone from dense to
+            osteoporotic, the reconstruction circle; :mod:`vertebra.data._clinical`),
+            from a random stream of its own, and a field of view of 330-480 mm (unless
+            ``fov`` is given) that holds the whole trunk, in coarser in-plane voxels
+            where the size cap needs them: the skeleton and the centroids of a seed are
+            those of the plain phantom.
 
     Returns:
         :class:`SpinePhantom`.
@@ -481,15 +495,16 @@ def make_spine_phantom(
         raise DrrkitError(f"orientation must be 'random' or 'canonical', got {orientation!r}")
     if not (math.isfinite(float(voxel_scale)) and float(voxel_scale) >= 1.0):
         raise DrrkitError(f"voxel_scale must be a number >= 1, got {voxel_scale!r}")
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6)]
-    r_anat, r_fov, r_build, r_metal, r_noise, r_orient = streams
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(7)]
+    r_anat, r_fov, r_build, r_metal, r_noise, r_orient, r_clinical = streams
     trans = _choose_transitional(transitional, levels, r_anat)
     names = level_names(trans)
     scale = r_anat.uniform(0.88, 1.12)
     spine = build_spine(names, r_anat, scale)
     habitus = (r_anat.uniform(0.88, 1.12), r_anat.uniform(0.9, 1.12),
                max(0.0, r_anat.normal(8, 12)), r_anat.uniform(5, 22))
-    grid, (i0, i1) = _choose_grid(spine, levels, size, spacing, fov, r_fov)
+    wide = r_clinical.uniform(330, 480) if clinical and fov is None else None
+    grid, (i0, i1) = _choose_grid(spine, levels, size, spacing, fov, r_fov, wide)
     grid = _coarser(grid, float(voxel_scale))
 
     # metal on 2-6 consecutive thoracolumbar levels inside the run
@@ -506,10 +521,12 @@ def make_spine_phantom(
                       "field of view; no screws placed", stacklevel=2)
     use_metal = bool(metal_levels)
 
-    scene = build_scene(spine, r_build, metal_levels)
+    scene = build_scene(spine, r_build, metal_levels, r_clinical if clinical else None)
     hu, lab = _rasterise(scene, spine, grid, habitus, r_build, r_metal if use_metal else None)
     sigma = r_noise.uniform(8, 30) / math.sqrt(float(voxel_scale)) if noise else 0.0
     _sdf.noise_and_clip(hu, int(r_noise.integers(0, 2**62)), sigma, -1024.0, 3071.0)
+    if clinical:
+        fov_cut(hu, grid.origin, grid.spacing, r_clinical)
 
     # ground truth from the mask
     full = _full_counts(scene.bone, scene.vertebra_objects, grid, float(np.max(grid.spacing)))
@@ -530,6 +547,9 @@ def _rasterise(scene: Scene, spine: Spine, grid: _Grid, habitus, rng, r_metal):
     hu = np.empty(grid.zyx, dtype=np.float32)
     lab = np.zeros(grid.zyx, dtype=np.uint8)
     outline, table = _outline(spine, scene.head, habitus, grid)
+    clinical = scene.clinical
+    if clinical is not None:
+        outline[6][:] = clinical.tissue_hu
     _sdf.body_outline(hu, grid.origin, grid.spacing, *outline, blur)
     objs = scene.objects
     if rng.random() < 0.7:  # the patient table (a hollow shell) under the back
@@ -541,8 +561,14 @@ def _rasterise(scene: Scene, spine: Spine, grid: _Grid, habitus, rng, r_metal):
     no_label = np.full_like(label_of, -1)
     sdf = np.empty(grid.zyx, dtype=np.float32)
     obj = np.empty(grid.zyx, dtype=np.int16)
+    if clinical is not None:
+        _pass(clinical.organs, grid, sdf, obj, blur)
+        _sdf.composite(hu, lab, sdf, obj, core, shell, thick, no_label, grid.spacing)
     _pass(scene.soft, grid, sdf, obj, blur)
     _sdf.composite(hu, lab, sdf, obj, core, shell, thick, no_label, grid.spacing)
+    if clinical is not None:
+        _pass(clinical.vessels, grid, sdf, obj, blur)
+        _sdf.composite(hu, lab, sdf, obj, core, shell, thick, no_label, grid.spacing)
     _pass(scene.bone, grid, sdf, obj, blur)
     _sdf.composite(hu, lab, sdf, obj, core, shell, thick, label_of, grid.spacing)
     if r_metal is not None:

@@ -46,6 +46,14 @@ class AugmentConfig:
         scale: (lo, hi) range of a random factor multiplying the image.
         offset: (lo, hi) range of a random constant added to the image.
         noise: (lo, hi) range of the standard deviation of added Gaussian pixel noise.
+        gamma: (lo, hi) range of an exponent applied to the image (clipped at 0) before
+            the rest, ``image ** gamma``: a detector's or a reconstruction's non-linear
+            grey scale.
+        blur_px: (lo, hi) range of the standard deviation, in pixels, of a Gaussian blur
+            (a softer reconstruction kernel, thicker slices, a larger focal spot).
+        distractors: at most this many bright blobs and lines drawn at random into the
+            image (0-``distractors`` of them; things that are not vertebrae: contrast,
+            tubes, wires), each 0.05-0.6 brighter than its surroundings.
     """
 
     angle_jitter_deg: float = 18.0
@@ -53,9 +61,14 @@ class AugmentConfig:
     scale: tuple[float, float] = (0.85, 1.15)
     offset: tuple[float, float] = (-0.02, 0.02)
     noise: tuple[float, float] = (0.0, 0.02)
+    gamma: tuple[float, float] = (1.0, 1.0)
+    blur_px: tuple[float, float] = (0.0, 0.0)
+    distractors: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("scale", "offset", "noise"):
+        if self.gamma[0] <= 0 or self.blur_px[0] < 0 or self.distractors < 0:
+            raise DrrkitError("augment gamma must be > 0, blur_px and distractors >= 0")
+        for name in ("scale", "offset", "noise", "gamma", "blur_px"):
             lo, hi = getattr(self, name)
             object.__setattr__(self, name, (float(lo), float(hi)))
             if not lo <= hi:
@@ -66,6 +79,15 @@ class AugmentConfig:
             raise DrrkitError("augment.crop_on_vertebra must be a probability")
         if self.angle_jitter_deg < 0:
             raise DrrkitError("augment.angle_jitter_deg must be >= 0")
+
+    @classmethod
+    def strong(cls, **changes) -> AugmentConfig:
+        """Wide ranges for networks that must work on real scans after training on
+        phantoms (see decision ``strong-augmentation`` in ``benchmarks/decisions.md``)."""
+        values = {"scale": (0.6, 1.5), "offset": (-0.1, 0.1), "noise": (0.0, 0.05),
+                  "gamma": (0.7, 1.4), "blur_px": (0.0, 1.5), "distractors": 4}
+        values.update(changes)
+        return cls(**values)
 
     @classmethod
     def none(cls) -> AugmentConfig:

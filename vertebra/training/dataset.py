@@ -114,14 +114,50 @@ def crop_corner(rng: np.random.Generator, shape: tuple[int, int], size: int,
 
 
 def augment_image(image: np.ndarray, rng: np.random.Generator, config) -> np.ndarray:
-    """``image * scale + offset + noise`` with factors drawn from ``config`` (AugmentConfig)."""
+    """``blur(image ** gamma) * scale + offset + distractors + noise`` with factors drawn
+    from ``config`` (AugmentConfig); the gamma, blur and distractor steps draw nothing
+    from ``rng`` while their ranges are the identity.
+
+    Args:
+        image: (H, W) float32 network input.
+
+    Returns:
+        (H, W) float32.
+    """
+    if config.gamma != (1.0, 1.0):
+        image = np.maximum(image, 0.0) ** np.float32(rng.uniform(*config.gamma))
+    if config.blur_px != (0.0, 0.0):
+        from scipy.ndimage import gaussian_filter
+
+        image = gaussian_filter(image, rng.uniform(*config.blur_px), mode="nearest")
     scale = rng.uniform(*config.scale)
     offset = rng.uniform(*config.offset)
     sigma = rng.uniform(*config.noise)
     out = image * np.float32(scale) + np.float32(offset)
+    if config.distractors:
+        out = out + _distractors(image.shape, int(rng.integers(0, config.distractors + 1)), rng)
     if sigma > 0:
         out = out + rng.normal(0.0, sigma, size=image.shape).astype(np.float32)
     return out.astype(np.float32, copy=False)
+
+
+def _distractors(shape: tuple[int, int], n: int, rng: np.random.Generator) -> np.ndarray:
+    """(H, W) float32 sum of ``n`` soft bright shapes: elliptic blobs and straight bands
+    (tubes, wires, contrast-filled vessels seen end-on or along), each 0.05-0.6 high."""
+    h, w = shape
+    rows, cols = np.mgrid[0:h, 0:w].astype(np.float32)
+    out = np.zeros(shape, dtype=np.float32)
+    for _ in range(n):
+        r0, c0 = rng.uniform(0, h), rng.uniform(0, w)
+        height = rng.uniform(0.05, 0.6)
+        if rng.random() < 0.5:  # blob
+            a, b = rng.uniform(1.5, max(2.0, 0.15 * min(h, w)), 2)
+            d2 = ((rows - r0) / a) ** 2 + ((cols - c0) / b) ** 2
+        else:  # band through (r0, c0)
+            t = rng.uniform(0, np.pi)
+            d2 = (((rows - r0) * np.cos(t) - (cols - c0) * np.sin(t)) / rng.uniform(0.7, 4.0)) ** 2
+        out += np.float32(height) * np.exp(-0.5 * d2)
+    return out
 
 
 class ViewDataset(torch.utils.data.Dataset):

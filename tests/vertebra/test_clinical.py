@@ -1,0 +1,141 @@
+"""Clinical phantoms (organs, contrast, arms, the reconstruction circle), the strong
+augmentation and the named recipes that use them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from drrkit.errors import DrrkitError
+from vertebra.data._clinical import OUTSIDE_FOV_HU, fov_cut
+from vertebra.data.phantom import make_spine_phantom
+from vertebra.training.config import AugmentConfig
+from vertebra.training.dataset import augment_image
+
+SMALL = {"levels": ("T6", "L2"), "size": "small", "orientation": "canonical", "fov": 170.0,
+         "metal": False, "transitional": "none"}
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """The same seed and grid, plain and clinical."""
+    return make_spine_phantom(7, **SMALL), make_spine_phantom(7, clinical=True, **SMALL)
+
+
+def test_clinical_keeps_the_skeleton_mask_and_centroids(pair):
+    plain, clinical = pair
+    assert np.array_equal(plain.labels.data, clinical.labels.data)
+    assert plain.centroids.keys() == clinical.centroids.keys()
+    for v in plain.centroids:
+        np.testing.assert_array_equal(plain.centroids[v], clinical.centroids[v])
+    assert not np.array_equal(plain.ct.data, clinical.ct.data)
+
+
+def test_clinical_adds_soft_tissue_structures_and_is_reproducible(pair):
+    plain, clinical = pair
+    again = make_spine_phantom(7, clinical=True, **SMALL)
+    np.testing.assert_array_equal(clinical.ct.data, again.ct.data)
+    soft = (plain.labels.data == 0) & (np.abs(plain.ct.data) < 2000)
+    changed = np.abs(clinical.ct.data - plain.ct.data)[soft] > 60
+    assert changed.mean() > 0.05  # organs, vessels, fat and tissue differ from the plain trunk
+
+
+def test_clinical_bone_density_varies_between_scans():
+    cores = []
+    for seed in range(6):
+        ph = make_spine_phantom(seed, clinical=True, **SMALL)
+        lab = ph.labels.data
+        inner = (lab > 0) & (lab < 26)
+        cores.append(np.median(ph.ct.data[inner]))
+    assert np.ptp(cores) > 60  # HU: dense to osteoporotic
+
+
+def test_wide_field_of_view_holds_the_trunk_within_the_size_cap():
+    ph = make_spine_phantom(11, clinical=True, size="small")
+    plain = make_spine_phantom(11, size="small")
+    assert ph.centroids.keys() == plain.centroids.keys()
+    width = np.sort(np.asarray(ph.ct.data.shape) * ph.ct.spacing)[-1]
+    assert width >= 330 - 3 * ph.ct.spacing.max()
+    for v in plain.centroids:  # same spine; the centroid moves by voxelisation only
+        assert np.linalg.norm(ph.centroids[v] - plain.centroids[v]) < 2.0 * ph.ct.spacing.max()
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31), nx=st.integers(8, 40), ny=st.integers(8, 40))
+def test_fov_cut_blanks_exactly_outside_its_circle(seed, nx, ny):
+    hu = np.zeros((2, ny, nx), dtype=np.float32)
+    spacing = np.array([1.5, 1.0, 2.0])
+    fov_cut(hu, np.zeros(3), spacing, np.random.default_rng(seed))
+    outside = hu[0] == OUTSIDE_FOV_HU
+    assert np.array_equal(outside, hu[1] == OUTSIDE_FOV_HU)  # the same circle on every slice
+    if not outside.any():
+        return
+    x = (np.arange(nx) - 0.5 * (nx - 1)) * spacing[0]
+    y = (np.arange(ny) - 0.5 * (ny - 1)) * spacing[1]
+    r = np.hypot(x[None, :], y[:, None])
+    # a disc about the centre: every blanked voxel lies farther out than every kept one
+    assert r[outside].min() > r[~outside].max() - 1e-9 if (~outside).any() else True
+    assert r[~outside].max() <= 0.5 * min(nx * spacing[0], ny * spacing[1]) + 1e-9
+
+
+def test_default_augmentation_is_scale_offset_noise():
+    image = np.random.default_rng(0).random((16, 16)).astype(np.float32)
+    config = AugmentConfig()
+    out = augment_image(image, np.random.default_rng(5), config)
+    rng = np.random.default_rng(5)
+    scale, offset, sigma = (rng.uniform(*config.scale), rng.uniform(*config.offset),
+                            rng.uniform(*config.noise))
+    expect = (image * np.float32(scale) + np.float32(offset)
+              + rng.normal(0.0, sigma, size=image.shape).astype(np.float32))
+    np.testing.assert_array_equal(out, expect)
+
+
+def test_strong_augmentation_steps():
+    image = np.zeros((32, 32), dtype=np.float32)
+    image[16, 16] = 1.0
+    blur = AugmentConfig.none()
+    blur = AugmentConfig(**{**blur.__dict__, "blur_px": (1.0, 1.0)})
+    out = augment_image(image, np.random.default_rng(0), blur)
+    assert out.sum() == pytest.approx(1.0, rel=1e-4) and out.max() < 0.2  # mass kept, spread
+    gamma = AugmentConfig(**{**AugmentConfig.none().__dict__, "gamma": (2.0, 2.0)})
+    ramp = np.linspace(0, 1, 9, dtype=np.float32)[None]
+    np.testing.assert_allclose(augment_image(ramp, np.random.default_rng(0), gamma), ramp ** 2,
+                               rtol=1e-6)
+    bright = AugmentConfig(**{**AugmentConfig.none().__dict__, "distractors": 6})
+    outs = [augment_image(np.zeros((40, 40), np.float32), np.random.default_rng(s), bright)
+            for s in range(8)]
+    assert all(o.min() >= 0 for o in outs) and max(o.max() for o in outs) > 0.05
+    strong = augment_image(image, np.random.default_rng(1), AugmentConfig.strong())
+    assert strong.dtype == np.float32 and np.isfinite(strong).all()
+    with pytest.raises(DrrkitError):
+        AugmentConfig(gamma=(0.0, 1.0))
+
+
+def test_recipes_registry_and_schedule():
+    from vertebra.demo import RECIPES, DemoConfig, _train_config, recipe_config
+
+    assert recipe_config("cpu-demo") == DemoConfig()
+    real = recipe_config("real-ct")
+    assert real.recipe == "real-ct" and real.clinical and real.augment == "strong"
+    assert real.phantom_options("localization") == {"clinical": True}
+    assert real.train_changes()["augment"] == AugmentConfig.strong()
+    assert set(RECIPES) >= {"cpu-demo", "real-ct"}
+    with pytest.raises(DrrkitError, match="unknown recipe"):
+        recipe_config("nope")
+    with pytest.raises(DrrkitError, match="augment"):
+        DemoConfig(augment="wild")
+    preset = _train_config("localization", None, "none")
+    longer = _train_config("localization", 2 * preset.iterations, "none")
+    assert longer.lr_step == 2 * preset.lr_step  # the decay keeps its place in the schedule
+
+
+def test_demo_cli_refuses_an_unknown_recipe(tmp_path):
+    from typer.testing import CliRunner
+
+    from vertebra.cli import app
+
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--recipe", "nope"])
+    assert res.exit_code == 2
+    assert "unknown recipe" in res.output and "Traceback" not in res.output

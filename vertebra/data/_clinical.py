@@ -1,0 +1,278 @@
+"""What a clinical CT holds besides the skeleton: organs, contrast, arms, wires, its scanner.
+
+The plain phantom is a skeleton in a uniform soft-tissue trunk with lungs, airway and
+gas. Networks trained on it only ever see bone against flat grey, and on real scans they
+take a contrast-filled vein, the heart or an arm for bone. This module adds, for
+``make_spine_phantom(clinical=True)``, what real scans put in the way, each part drawn
+at random per scan so that no single appearance is learnt:
+
+* a contrast phase (none, arterial, venous) that sets the blood's CT number in the
+  heart, aorta, venae cavae and pulmonary vessels, and sometimes a dense undiluted
+  bolus in one arm's veins up to the superior vena cava;
+* organs at their own CT numbers: liver, spleen, kidneys (cortex brighter in contrast),
+  psoas muscles, visceral fat, bowel with or without oral contrast, lung vessels;
+* arms down at the sides or raised above the head, with humerus, radius and ulna;
+* aortic wall calcification, ECG electrodes and leads, sternal wires;
+* the bone itself at a per-scan density, from dense to osteoporotic (trabecular core
+  60-250 HU, cortex 350-1000 HU), drawn in :func:`restyle_bone`;
+* the scanner: the reconstruction circle that cuts a large patient's outline
+  (:func:`fov_cut`).
+
+All positions are world LPS mm, written in the local frames of the placed spine (x left,
+y posterior, z along the spine; see :mod:`vertebra.data.anatomy`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vertebra.data import _sdf
+from vertebra.data.anatomy import Spine
+
+#: CT number outside the reconstruction circle.
+OUTSIDE_FOV_HU = -1024.0
+
+
+@dataclass
+class Clinical:
+    """The extra primitives of one clinical scan.
+
+    Attributes:
+        organs: composited over the body before the lungs (organs, vessels of the
+            trunk, muscles, arms' soft tissue).
+        vessels: composited after the lungs and before the skeleton (lung vessels, the
+            great vessels of the mediastinum, a dense contrast bolus, calcification, arm
+            bones, electrodes and wires): the skeleton's pass and its label mask are
+            those of the plain phantom.
+        tissue_hu: CT number of the trunk's soft tissue (muscle and fat mixed).
+    """
+
+    organs: _sdf.Shapes
+    vessels: _sdf.Shapes
+    tissue_hu: float
+
+
+def restyle_bone(objs, vertebra_objects: dict[int, int], m: dict, rng) -> None:
+    """Redraw the bones' CT numbers in place: one density per scan, from dense to
+    osteoporotic, with per-vertebra spread, thinner and fainter cortices than the plain
+    phantom's."""
+    trab = rng.uniform(60.0, 250.0)
+    cort = rng.uniform(350.0, 1000.0)
+    thick = rng.uniform(0.7, 1.6)
+    for o in vertebra_objects.values():
+        objs.core[o] = trab + rng.normal(0.0, 25.0)
+        objs.shell[o] = cort * rng.uniform(0.85, 1.15)
+        objs.thick[o] = thick
+    for name, dc, fc in (("rib", 40, 0.9), ("bone", 30, 1.0), ("sacrum", 0, 0.9),
+                         ("coccyx", 0, 0.9), ("femur_head", 20, 1.1)):
+        o = m[name]
+        objs.core[o] = trab + dc
+        objs.shell[o] = cort * fc
+    objs.core[m["disc"]] = rng.uniform(50.0, 110.0)
+
+
+def _phase(rng) -> dict[str, float]:
+    """Blood CT numbers (HU) of one scan's contrast phase."""
+    draw = rng.random()
+    plain = rng.uniform(30.0, 55.0)
+    if draw < 0.3:  # no contrast
+        return {"arterial": plain, "venous": plain, "heart_r": plain, "heart_l": plain,
+                "kidney": rng.uniform(25.0, 40.0), "liver": rng.uniform(45.0, 70.0),
+                "bolus": 0.0}
+    if draw < 0.65:  # arterial
+        art = rng.uniform(200.0, 500.0)
+        ven = rng.uniform(40.0, 120.0)
+        return {"arterial": art, "venous": ven, "heart_r": rng.uniform(ven, art),
+                "heart_l": art, "kidney": rng.uniform(150.0, 280.0),
+                "liver": rng.uniform(60.0, 90.0),
+                "bolus": rng.uniform(600.0, 2500.0) if rng.random() < 0.5 else 0.0}
+    ven = rng.uniform(120.0, 220.0)  # portal-venous
+    return {"arterial": ven + rng.uniform(0.0, 40.0), "venous": ven, "heart_r": ven,
+            "heart_l": ven + rng.uniform(0.0, 30.0), "kidney": rng.uniform(140.0, 220.0),
+            "liver": rng.uniform(90.0, 140.0),
+            "bolus": rng.uniform(400.0, 1500.0) if rng.random() < 0.2 else 0.0}
+
+
+def _level(spine: Spine, name: str, fallback: int) -> int:
+    return spine.names.index(name) if name in spine.names else fallback
+
+
+def build_clinical(spine: Spine, objs, locs, width: float, shoulders, rng) -> Clinical:
+    """Organs, vessels, arms, calcification and leads around ``spine``.
+
+    Args:
+        spine: the placed spine.
+        objs: the scene's material table (objects are appended).
+        locs: per-level local frames (``_Local`` with ``p``), cranio-caudal.
+        width: the patient's body-width factor (1 = average).
+        shoulders: (2, 3) world mm of the right and left humeral heads.
+        rng: random generator, consumed in a fixed order.
+    """
+    organs, vessels = _sdf.Shapes(), _sdf.Shapes()
+    blood = _phase(rng)
+    thor = [i for i, d in enumerate(spine.dims) if d.region == "thoracic"]
+    lumb = [i for i, d in enumerate(spine.dims) if d.region == "lumbar"]
+    dims = spine.dims
+    tissue = rng.uniform(-40.0, 50.0)
+
+    def add(core, shell=None, thick=0.0):
+        return objs.add(core, shell, thick, -1)
+
+    # ---- heart: blood pool inside a myocardial wall, left and right halves
+    mid = locs[thor[min(7, len(thor) - 1)]]
+    myo = rng.uniform(60.0, 130.0) if blood["bolus"] or blood["arterial"] > 100 else 45.0
+    hw = width * rng.uniform(0.9, 1.15)
+    for side, key in ((1, "heart_l"), (-1, "heart_r")):
+        o = add(blood[key], myo, rng.uniform(5.0, 10.0))
+        organs.ellipsoid(o, mid.p((15 + side * 22) * hw, (-95 + side * 8) * hw, side * 6),
+                         mid.F, (34 * hw, 42 * hw, 55))
+    # ---- aorta: ascending, arch, descending along the left of the bodies, bifurcation
+    aorta = add(blood["arterial"])
+    r_aorta = rng.uniform(0.8, 1.3)
+    t4 = thor[3]
+    path = [mid.p(5 * hw, -85 * hw, 45), locs[thor[2]].p(-5 * hw, -70 * hw, 10),
+            locs[t4].p(12 * hw, -38, 18)]
+    radii = [15.0, 14.0, 13.0]
+    for i in range(t4 + 1, len(dims)):
+        d = dims[i]
+        if i > _level(spine, "L4", len(dims) - 1):
+            break
+        if d.region == "thoracic":
+            path.append(locs[i].p(0.5 * d.width + 12 * r_aorta, -0.4 * d.depth, 0))
+        else:
+            path.append(locs[i].p(0.15 * d.width, -0.55 * d.depth - 13, 0))
+        radii.append(12.0 if d.region == "thoracic" else 10.0)
+    vessels.chain(aorta, np.array(path), np.array(radii) * r_aorta)
+    end = path[-1]
+    for s in (-1, 1):  # common iliac arteries
+        vessels.capsule(aorta, end, end + np.array([s * 45.0, -5.0, -70.0]), 7.0, 6.0)
+    if rng.random() < 0.5:  # calcified plaques on the wall
+        calc = add(rng.uniform(300.0, 1200.0))
+        for _ in range(int(rng.integers(3, 25))):
+            k = int(rng.integers(2, len(path)))
+            u = rng.normal(size=3)
+            u /= np.linalg.norm(u)
+            vessels.ellipsoid(calc, path[k] + u * radii[k] * r_aorta, np.eye(3),
+                           rng.uniform(1.0, 3.5, 3))
+    # ---- venae cavae and the arm veins
+    ven = add(blood["venous"])
+    ivc = []
+    for i in range(_level(spine, "T10", thor[-1]), _level(spine, "L4", len(dims) - 1) + 1):
+        d = dims[i]
+        ivc.append(locs[i].p(-0.55 * d.width - 8, -0.55 * d.depth - 10, 0))
+    if len(ivc) >= 2:
+        organs.chain(ven, np.array(ivc), 11.0 * rng.uniform(0.8, 1.2))
+    svc = [mid.p(-30 * hw, -85 * hw, 40), locs[thor[1]].p(-28 * hw, -60 * hw, 0)]
+    arm_side = 1 if rng.random() < 0.5 else -1
+    bolus = blood["bolus"]
+    dense = add(bolus) if bolus else ven
+    vessels.chain(dense if bolus else ven, np.array(svc), 10.0)
+    top = locs[thor[0]]
+    for s in (-1, 1):
+        brachio = [svc[-1], top.p(s * 30 * hw, -45 * hw, 5), top.p(s * 75 * hw, -40 * hw, 0),
+                   shoulders[(s + 1) // 2] + np.array([0.0, -15.0, -5.0])]
+        vessels.chain(dense if (bolus and s == arm_side) else ven, np.array(brachio),
+                      np.array([9.0, 8.0, 7.0, 6.0]) * rng.uniform(0.7, 1.2))
+    # ---- pulmonary arteries and lung vessels
+    pulm = add(blood["heart_r"])
+    hilum = locs[thor[min(5, len(thor) - 1)]]
+    lung_vessels = add(blood["heart_r"] * 0.6 + 0.4 * blood["heart_l"])
+    for s in (-1, 1):
+        root = hilum.p(s * 45 * hw, -25 * hw, 0)
+        vessels.capsule(pulm, mid.p(s * 10 * hw, -80 * hw, 50), root, 11.0, 9.0)
+        for _ in range(int(rng.integers(15, 35))):
+            u = np.array([s * rng.uniform(0.3, 1.0), rng.uniform(-0.6, 0.6),
+                          rng.uniform(-1.0, 1.0)])
+            u /= np.linalg.norm(u)
+            length = rng.uniform(40.0, 120.0) * hw
+            a = root + u * rng.uniform(0.0, 15.0)
+            vessels.capsule(lung_vessels, a, a + u * length, rng.uniform(2.0, 5.0), 1.0)
+    # ---- abdominal organs below the diaphragm
+    low = locs[thor[min(8, len(thor) - 1)]]
+    liver = add(blood["liver"])
+    organs.ellipsoid(liver, low.p(-60 * width, -55 * width, -85), low.F,
+                     (95 * width, 85 * width, 85))
+    spleen = add(blood["liver"] + rng.uniform(-10.0, 20.0))
+    organs.ellipsoid(spleen, low.p(80 * width, 15 * width, -70), low.F, (32, 50, 55))
+    l1 = locs[_level(spine, "L1", lumb[0] if lumb else len(dims) - 1)]
+    for s in (-1, 1):
+        cortex = blood["kidney"]
+        o = add(0.5 * (cortex + 30.0), cortex, rng.uniform(4.0, 8.0))
+        organs.ellipsoid(o, l1.p(s * 62 * width, 5 * width, s * 8), l1.F, (28, 30, 52))
+    if lumb:  # psoas muscles
+        psoas = add(rng.uniform(35.0, 60.0))
+        for s in (-1, 1):
+            pts = [locs[i].p(s * (0.5 * dims[i].width + 4 + 4 * k), -0.1 * dims[i].depth, 0)
+                   for k, i in enumerate(lumb)]
+            radii = [9.0 + 4.0 * k for k in range(len(pts))]
+            organs.chain(psoas, np.array(pts), np.array(radii))
+    oral = rng.random() < 0.3
+    gut = add(rng.uniform(150.0, 600.0) if oral else rng.uniform(10.0, 40.0))
+    fat = add(rng.uniform(-110.0, -70.0))
+    for _ in range(int(rng.integers(6, 20))):
+        i = int(rng.integers(max(0, (lumb[0] if lumb else len(dims)) - 2), len(dims)))
+        c = locs[i].p(rng.uniform(-90, 90) * width, -dims[i].depth - rng.uniform(15, 80),
+                      rng.uniform(-20, 20))
+        organs.ellipsoid(gut if rng.random() < 0.6 else fat, c, np.eye(3),
+                         rng.uniform(8.0, 25.0, 3))
+    # ---- arms: at the sides (with the trunk), raised (beside the head) or out of view
+    pose = rng.random()
+    if pose < 0.75:
+        arm = add(rng.uniform(20.0, 55.0), -100.0, rng.uniform(4.0, 15.0))
+        cortex = add(rng.uniform(-60.0, 40.0), rng.uniform(900.0, 1600.0), 3.0)
+        raised = pose < 0.35
+        for s, head in zip((-1, 1), shoulders):
+            if raised:
+                elbow = head + np.array([s * rng.uniform(-10, 30), rng.uniform(-40, 10), 290])
+                hand = elbow + np.array([-s * rng.uniform(40, 120), rng.uniform(-40, 20), 220])
+            else:
+                elbow = head + np.array([s * rng.uniform(25, 60), rng.uniform(-10, 30), -290])
+                hand = elbow + np.array([s * rng.uniform(-20, 30), rng.uniform(-120, -20),
+                                         -230])
+            r_arm = rng.uniform(38.0, 55.0) * width
+            organs.capsule(arm, head, elbow, r_arm, 0.8 * r_arm)
+            organs.capsule(arm, elbow, hand, 0.8 * r_arm, 0.55 * r_arm)
+            vessels.capsule(cortex, head, elbow, 11.0, 9.0)
+            for off in (-8.0, 8.0):
+                shift = np.array([off, off * 0.3, 0.0])
+                vessels.capsule(cortex, elbow + shift, hand + 0.6 * shift, 7.0, 6.0)
+    # ---- ECG electrodes with leads, sternal wires (drawn without streaks)
+    if rng.random() < 0.35:
+        steel = add(rng.uniform(1500.0, 3000.0))
+        front = mid.p(0, -0.5 * dims[thor[0]].depth - 150 * width, 0)
+        for _ in range(int(rng.integers(3, 7))):
+            c = front + np.array([rng.uniform(-120, 120) * width, rng.uniform(-15, 15),
+                                  rng.uniform(-150, 100)])
+            vessels.ellipsoid(steel, c, np.eye(3), (5.0, 5.0, 1.5))
+            tail = c + np.array([rng.uniform(-150, 150), rng.uniform(-10, 10),
+                                 rng.uniform(-200, 200)])
+            vessels.capsule(steel, c, tail, 0.8, 0.8)
+    if rng.random() < 0.1:
+        steel = add(3000.0)
+        for k in range(int(rng.integers(4, 8))):
+            c = locs[thor[min(1 + k, len(thor) - 1)]].p(0, -0.5 * dims[thor[0]].depth - 90 * width,
+                                                          0)
+            vessels.capsule(steel, c + np.array([-12.0, 0, 0]), c + np.array([12.0, 0, 0]),
+                          1.0, 1.0)
+    return Clinical(organs, vessels, float(tissue))
+
+
+def fov_cut(hu: np.ndarray, origin, spacing, rng) -> None:
+    """Set the voxels outside a reconstruction circle to :data:`OUTSIDE_FOV_HU`, in place,
+    on about half of the scans: a circle about the grid's centre whose diameter is
+    0.9-1.0 of the grid's smaller in-plane side, as scanners reconstruct a disc.
+
+    Args:
+        hu: (Z, Y, X) float32 of an identity-direction grid.
+        origin, spacing: (3,) world mm of voxel (0, 0, 0) and voxel size along x, y, z.
+    """
+    if rng.random() >= 0.5:
+        return
+    _, ny, nx = hu.shape
+    r = 0.5 * rng.uniform(0.9, 1.0) * min(nx * spacing[0], ny * spacing[1])
+    x = (np.arange(nx) - 0.5 * (nx - 1)) * spacing[0]
+    y = (np.arange(ny) - 0.5 * (ny - 1)) * spacing[1]
+    outside = (x[None, :] ** 2 + y[:, None] ** 2) > r * r
+    hu[:, outside] = OUTSIDE_FOV_HU
