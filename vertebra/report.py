@@ -329,6 +329,87 @@ def result_summary(result, **extra) -> dict:
     }
 
 
+#: Radius in mm of the sphere drawn per vertebra in the label map (:func:`sphere_map`).
+SPHERE_RADIUS_MM = 5.0
+
+#: The JSON schema of 3D Slicer's markups files that :func:`markups` follows.
+MARKUPS_SCHEMA = ("https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/"
+                  "Markups/Resources/Schema/markups-schema-v1.0.3.json#")
+
+#: A control point's orientation as Slicer writes it in LPS files (identity in RAS).
+_LPS_ORIENTATION = [-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0]
+
+
+def sphere_map(centroids: dict, volume: drrkit.Volume, radius_mm: float = SPHERE_RADIUS_MM
+               ) -> np.ndarray:
+    """A label map on the CT's grid: a ball of ``radius_mm`` around each centroid.
+
+    A voxel belongs to a vertebra when its centre lies within ``radius_mm`` of the
+    centroid (world mm, so any spacing and direction give a round ball); where two balls
+    overlap the nearer centroid wins. Balls are cut at the CT's edge.
+
+    Args:
+        centroids: {VerSe id (1..255): (3,) world LPS mm}.
+        volume: the CT whose grid (shape, spacing, origin, direction) the map takes.
+        radius_mm: ball radius in mm.
+
+    Returns:
+        (Z, Y, X) uint8, VerSe id inside the balls and 0 elsewhere.
+    """
+    if not radius_mm > 0:
+        raise DrrkitError(f"radius_mm must be positive, got {radius_mm}")
+    labels = np.zeros(volume.data.shape, dtype=np.uint8)
+    ids = [int(i) for i in centroids]
+    if any(not 0 < i < 256 for i in ids):
+        raise DrrkitError(f"labels {ids} do not all fit a uint8 label map (1..255)")
+    points = np.array([np.asarray(p, dtype=np.float64).reshape(3) for p in centroids.values()]
+                      ).reshape(-1, 3)
+    shape_ijk = np.asarray(volume.shape_xyz)
+    reach = radius_mm / volume.spacing  # a ball is an axis-aligned ellipsoid in index space
+    for n, (verse_id, centre) in enumerate(zip(ids, volume.world_to_voxel(points))):
+        lo = np.maximum(np.ceil(centre - reach), 0).astype(int)
+        hi = np.minimum(np.floor(centre + reach), shape_ijk - 1).astype(int)
+        if np.any(hi < lo):
+            continue  # the ball lies outside the CT
+        i, j, k = (np.arange(a, b + 1) for a, b in zip(lo, hi))
+        index = np.stack(np.meshgrid(k, j, i, indexing="ij")[::-1], axis=-1)  # (z, y, x, 3)
+        world = volume.voxel_to_world(index)
+        distance = np.linalg.norm(world[..., None, :] - points, axis=-1)  # (z, y, x, N)
+        inside = (distance[..., n] <= radius_mm) & (np.argmin(distance, axis=-1) == n)
+        box = (slice(lo[2], hi[2] + 1), slice(lo[1], hi[1] + 1), slice(lo[0], hi[0] + 1))
+        labels[box][inside] = verse_id
+    return labels
+
+
+def markups(result, name: str = "vertebrae") -> dict:
+    """A 3D Slicer markups document (``.mrk.json``): one point list, a point per vertebra.
+
+    One "Fiducial" markup in LPS mm (:data:`MARKUPS_SCHEMA`); each labelled vertebra is a
+    control point whose label is its level name ("T5") and whose position is its centroid.
+
+    Args:
+        result: a :class:`vertebra.pipeline.LabelResult`.
+        name: the markup's name as Slicer shows it.
+    """
+    points = [{
+        "id": str(n + 1),
+        "label": v.name,
+        "description": f"VerSe {v.verse_id}, {v.region}, confidence {v.confidence:.3f}",
+        "position": [round(float(x), 4) for x in v.world],
+        "orientation": list(_LPS_ORIENTATION),
+        "selected": True,
+        "locked": False,
+        "visibility": True,
+        "positionStatus": "defined",
+    } for n, v in enumerate(result.vertebrae)]
+    markup = {"type": "Fiducial", "name": str(name), "coordinateSystem": "LPS",
+              "coordinateUnits": "mm", "locked": False, "fixedNumberOfControlPoints": False,
+              "labelFormat": "%N-%d", "controlPoints": points, "measurements": [],
+              "display": {"visibility": True, "pointLabelsVisibility": True,
+                          "glyphType": "Sphere3D"}}
+    return {"@schema": MARKUPS_SCHEMA, "markups": [markup]}
+
+
 CSV_COLUMNS = ("label", "name", "region", "x_mm", "y_mm", "z_mm", "confidence", "detection",
                "n_views", "rms_mm")
 
@@ -353,6 +434,10 @@ def write_outputs(result, volume: drrkit.Volume, out_dir: str | Path, stem: str,
                              (verse20) with the "direction" header (PIR)
         STEM_centroids.csv   world LPS mm, names, confidences (:func:`centroids_csv`)
         STEM_label.json      status, stage timings, view weights, per-vertebra details
+        STEM_seg-spheres.nii.gz   label map on the CT's grid: a ball of SPHERE_RADIUS_MM
+                             per vertebra, value = VerSe id, uint8 (:func:`sphere_map`)
+        STEM.mrk.json        3D Slicer markups: a point per vertebra named by its level,
+                             LPS mm (:func:`markups`)
         STEM_views.png, STEM_sagittal.png, STEM_coronal.png   (unless pictures=False)
 
     The centroid JSON is moved into place last, so its presence means the set is complete.
@@ -367,18 +452,22 @@ def write_outputs(result, volume: drrkit.Volume, out_dir: str | Path, stem: str,
         extra: more entries for STEM_label.json (e.g. the input path).
 
     Returns:
-        {"centroids": path, "csv": path, "summary": path, ...pictures}.
+        {"centroids": path, "csv": path, "summary": path, "label_map": path,
+        "markups": path, ...pictures}.
     """
     from drrkit.io import dumps, staged_directory
     from vertebra.data.verse import write_centroids
 
     out = Path(out_dir)
     names = {"centroids": f"{stem}_ctd.json", "csv": f"{stem}_centroids.csv",
-             "summary": f"{stem}_label.json"}
+             "summary": f"{stem}_label.json", "label_map": f"{stem}_seg-spheres.nii.gz",
+             "markups": f"{stem}.mrk.json"}
     with staged_directory(out, last=(names["centroids"],)) as tmp:
         write_centroids(tmp / names["centroids"], result.centroids(), volume)
         (tmp / names["csv"]).write_text(centroids_csv(result))
         (tmp / names["summary"]).write_text(dumps(result_summary(result, **extra)) + "\n")
+        volume.with_data(sphere_map(result.centroids(), volume)).save(tmp / names["label_map"])
+        (tmp / names["markups"]).write_text(dumps(markups(result, stem)) + "\n")
         if pictures:
             for key, path in save_pictures(result, volume, tmp, f"{stem}_", truth=truth).items():
                 names[key] = path.name
