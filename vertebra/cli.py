@@ -199,12 +199,16 @@ def phantom(
         "--size", help="full (0.5-1 mm x 1-3 mm voxels, up to 256^3) or small (~2 mm, "
         "for tests).")] = "full",
     noise: Annotated[bool, typer.Option("--noise/--no-noise", help="Add CT noise.")] = True,
+    clinical: Annotated[bool, typer.Option(
+        "--clinical", help="Organs, contrast, arms, leads, varied bone density and a wide "
+        "field of view, as in clinical scans (the same skeleton as without).")] = False,
 ) -> None:
     """Write synthetic spine CTs with VerSe ground truth (mask and centroid JSON).
 
     Example:
 
         $ vertebra phantom data/phantoms --seed 0 --count 20 --levels T10:L3
+        $ vertebra phantom data/clinical --seed 2024 --count 24 --clinical
     """
     import time
 
@@ -222,7 +226,8 @@ def phantom(
         start = time.perf_counter()
         names = write_phantoms(
             out, range(seed, seed + count), levels=levels, metal=metal, size=size,
-            transitional=None if transitional == "random" else transitional, noise=noise)
+            transitional=None if transitional == "random" else transitional, noise=noise,
+            clinical=clinical)
     except (DrrkitError, OSError) as error:
         fail(str(error))
         return
@@ -250,7 +255,8 @@ def label(
                                        "a folder of CTs (batch; VerSe layout understood).")],
     out: Annotated[Path, typer.Option("--out", help="Output folder.")],
     model: Annotated[Path | None, typer.Option(
-        "--model", help="Checkpoint holding both networks.")] = None,
+        "--model", help="Checkpoint holding both networks (default: the packaged default "
+        "networks, or the file $VERTEBRA_WEIGHTS names).")] = None,
     localizer: Annotated[Path | None, typer.Option(
         "--localizer", help="Localization network checkpoint (with --identifier).")] = None,
     identifier: Annotated[Path | None, typer.Option(
@@ -281,16 +287,19 @@ def label(
 ) -> None:
     """Label the vertebrae of a CT (or of every CT in a folder).
 
-    Writes STEM_ctd.json (VerSe JSON in voxels), STEM_centroids.csv (mm), STEM_label.json
-    and PNGs into --out (for a folder: --out/STEM/ per CT).
+    Writes STEM_ctd.json (VerSe JSON in voxels), STEM_centroids.csv (mm), STEM_label.json,
+    STEM_seg-spheres.nii.gz (a ball per vertebra on the CT's grid, value = VerSe id),
+    STEM.mrk.json (3D Slicer points named by level) and PNGs into --out (for a folder:
+    --out/STEM/ per CT). Without --model or --localizer/--identifier, the default networks.
 
     Examples:
+
+        $ vertebra label ct.nii.gz --out labels/
 
         $ vertebra label ct.nii.gz --model vertebra-demo/models/networks.pt --out labels/
 
         $ vertebra label verse19/test --localizer loc.pt --identifier id.pt --out pred/
     """
-    import dataclasses
     import time
     import warnings
 
@@ -309,16 +318,18 @@ def label(
                 raise DrrkitError(f"--views must be at least 2, got {views}")
             if nan not in ("zero", "raise"):
                 raise DrrkitError(f"unknown --nan {nan!r}; choose zero or raise")
-            from vertebra.pipeline import PipelineConfig, load_networks
+            from vertebra.labelling import pipeline_config
+            from vertebra.pipeline import load_networks
 
             nets = load_networks(model, localizer, identifier, device=device)
-            config = PipelineConfig(correction=correction, voting=voting, **nets.settings)
+            changes = {"correction": correction, "voting": voting}
             if not extend_ends:
-                config = dataclasses.replace(config, extend_threshold=None)
+                changes["extend_threshold"] = None
             if views is not None:
-                config = dataclasses.replace(config, localizer_views=views)
+                changes["localizer_views"] = views
             if t13 is not None:
-                config = dataclasses.replace(config, allow_t13=t13)
+                changes["allow_t13"] = t13
+            config = pipeline_config(nets, **changes)
         for w in caught:
             typer.echo(f"warning: {w.message}", err=True)
     except (DrrkitError, OSError) as error:
@@ -334,9 +345,9 @@ def label(
         TimeElapsedColumn,
     )
 
-    import drrkit
-    from vertebra.pipeline import STAGES, label_ct
-    from vertebra.report import case_stem, write_outputs
+    from vertebra.labelling import label_file
+    from vertebra.pipeline import STAGES
+    from vertebra.report import case_stem
 
     console = Console(stderr=True, soft_wrap=True)
     failed = 0
@@ -352,26 +363,13 @@ def label(
             def step(name: str, stem=stem) -> None:
                 bar.update(task, advance=1, description=f"{stem}: {name}")
 
+            dest = out / stem if batch else out
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
-                    bar.update(task, description=f"{stem}: reading")
-                    volume = drrkit.load_volume(path, nan=nan)
-                    bar.advance(task)
-                    result = label_ct(volume, nets.localizer, nets.identifier,
-                                      views=nets.views,
-                                      identifier_views=nets.identifier_views,
-                                      config=config, backend=backend, progress=step)
-                    bar.update(task, description=f"{stem}: writing")
-                    dest = out / stem if batch else out
-                    write_outputs(result, volume, dest, stem, pictures=pictures,
-                                  input=str(path), device=nets.device,
-                                  view_config=nets.views.to_dict(),
-                                  identifier_view_config=(
-                                      nets.identifier_views.to_dict()
-                                      if nets.identifier_views else None),
-                                  pipeline=dataclasses.asdict(config))
-                    bar.advance(task)
+                    result, _ = label_file(path, nets, config, out=dest, stem=stem,
+                                           backend=backend, nan=nan, pictures=pictures,
+                                           progress=step)
                 for w in caught:
                     console.print(f"warning: {stem}: {w.message}", markup=False,
                                   highlight=False)
@@ -686,6 +684,10 @@ def demo(
     device: Annotated[str, typer.Option(help="Torch device of the networks: cpu, cuda, "
                                              "cuda:N or auto (the recipe is a CPU's).")
                       ] = "cpu",
+    recipe: Annotated[str, typer.Option(help="Named recipe: cpu-demo (quick, plain "
+                                             "phantoms) or real-ct (clinical phantoms, "
+                                             "strong augmentation, for real scans).")
+                      ] = "cpu-demo",
 ) -> None:
     """The whole method on a CPU: phantoms, pre-training, both networks, labelling of
     held-out phantoms, VerSe scores per region and pictures.
@@ -693,18 +695,19 @@ def demo(
     Example:
 
         $ vertebra demo --out demo/
+        $ vertebra demo --out real-ct/ --recipe real-ct
         $ vertebra demo --out demo-gpu/ --device cuda
     """
     import time
 
     from drrkit.errors import DrrkitError
-    from vertebra.demo import TARGET_ERROR_MM, TARGET_ID_RATE, DemoConfig, run_demo
+    from vertebra.demo import TARGET_ERROR_MM, TARGET_ID_RATE, DemoConfig, recipe_config, run_demo
 
     start = time.perf_counter()
     try:
         from dataclasses import replace
 
-        config = replace(DemoConfig.quick() if quick else DemoConfig(),
+        config = replace(DemoConfig.quick() if quick else recipe_config(recipe),
                          device=device.strip().lower())
         if threads is not None:
             if threads < 1:
@@ -721,6 +724,52 @@ def demo(
     verdict = "met" if result.meets_targets else "NOT met"
     typer.echo(f"targets (id rate >= {100 * TARGET_ID_RATE:.0f} %, error <= "
                f"{TARGET_ERROR_MM:g} mm): {verdict}; pictures and report.json in {out}")
+
+
+# ====================================================================== export-default
+@app.command("export-default")
+def export_default(
+    bundle: Annotated[Path, typer.Argument(help="A bundle of both networks (.pt), e.g. the "
+                                           "models/networks.pt of vertebra demo.")],
+    recipe: Annotated[str, typer.Option("--recipe", help="Name of the training recipe, "
+                                        "stored with the networks.")],
+    data: Annotated[str, typer.Option("--data", help="What the networks were trained on, "
+                                      "in words, stored with them.")],
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Output folder (default: the package's vertebra/weights/, which "
+        "makes them the default networks).")] = None,
+    commit: Annotated[str | None, typer.Option(
+        "--commit", help="Git commit of the training code (default: the one the "
+        "checkpoints record).")] = None,
+    name: Annotated[str, typer.Option("--name", help="File name without suffix.")
+                    ] = "default",
+    max_mb: Annotated[float, typer.Option("--max-mb", help="Refuse a larger file (MB).")
+                      ] = 40.0,
+) -> None:
+    """Store a networks bundle compactly (float16 safetensors + a JSON record with its
+    sha256, recipe, training data and commit): the default networks of vertebra label.
+
+    Example:
+
+        $ vertebra export-default vertebra-demo/models/networks.pt --recipe cpu-demo --data "phantoms"
+    """
+    from drrkit.errors import DrrkitError
+    from vertebra import weights
+
+    try:
+        if not bundle.is_file():
+            raise DrrkitError(f"no such file: {bundle}")
+        with _echo_warnings():
+            record = weights.export_networks(bundle, weights.WEIGHTS_DIR if out is None else out,
+                                             recipe=recipe, training_data=data, commit=commit,
+                                             name=name, max_mb=max_mb)
+    except (DrrkitError, OSError) as error:
+        fail(str(error))
+        return
+    folder = weights.WEIGHTS_DIR if out is None else out
+    typer.echo(f"wrote {folder / record.weights} ({record.bytes / 1e6:.1f} MB, sha256 "
+               f"{record.sha256[:16]}...) and its record {name}.json; recipe {record.recipe}, "
+               f"commit {record.commit}")
 
 
 if __name__ == "__main__":  # pragma: no cover

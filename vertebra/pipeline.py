@@ -817,6 +817,9 @@ class Networks:
         settings: :class:`PipelineConfig` fields taken from the identifier's training
             configuration (``square_mm``, ``alpha``, ``beta``), then a bundle's own
             ``pipeline`` settings (:func:`bundle_networks`), to be used at inference.
+        source: where they came from: ``{"path"}`` of each file read (``"localizer"`` and
+            ``"identifier"`` paths for two files), and a networks file's record
+            (:func:`vertebra.weights.describe`: recipe, training data, commit, sha256).
     """
 
     localizer: TorchNetwork
@@ -825,6 +828,7 @@ class Networks:
     device: str
     settings: dict = field(default_factory=dict)
     identifier_views: ViewConfig | None = None
+    source: dict = field(default_factory=dict)
 
 
 def _model_from_state(ckpt: dict, where: str):
@@ -865,10 +869,12 @@ def _settings_of(ckpt: dict) -> dict:
 
 def _read_models(path) -> tuple[dict, dict, dict]:
     """{"localization"|"identification"|"both": model}, {same key: its ViewConfig or None}
-    and the identifier's training settings of one file."""
+    and the identifier's training settings of one file (a checkpoint, a bundle, or a
+    networks file of :mod:`vertebra.weights`)."""
+    from vertebra import weights
     from vertebra.models import read_checkpoint
 
-    ckpt = read_checkpoint(path)
+    ckpt = weights.read_networks(path) if weights.is_networks_file(path) else read_checkpoint(path)
     top = _views_of(ckpt)
     found, views, settings = {}, {}, {}
     parts = [(key, ckpt[key]) for key in ("localizer", "identifier")
@@ -929,27 +935,34 @@ def load_networks(model=None, localizer=None, identifier=None, *, device: str | 
                   batch_size: int = 4) -> Networks:
     """Load the localization and identification networks for :func:`label_ct`.
 
-    Either ``model`` (one file holding both: a two-headed U-Net, ``task="both"``, or a
-    bundle ``{"localizer": ckpt, "identifier": ckpt, "view_config": {...}}``), or
-    ``localizer`` and ``identifier`` (one model checkpoint each, as written by
-    :func:`vertebra.models.save_model`). Each network's :class:`ViewConfig` comes from the
-    ``"view_config"`` entry of its checkpoint; they may differ (e.g. an identifier on
-    coarser pixels), see :attr:`Networks.identifier_views`.
+    Either ``model`` (one file holding both: a two-headed U-Net, ``task="both"``, a
+    bundle ``{"localizer": ckpt, "identifier": ckpt, "view_config": {...}}``, or a
+    networks file of :mod:`vertebra.weights`), or ``localizer`` and ``identifier`` (one
+    model checkpoint each, as written by :func:`vertebra.models.save_model`), or none of
+    them: the default networks (:func:`vertebra.weights.default_path`: ``$VERTEBRA_WEIGHTS``
+    or the packaged ``vertebra/weights/default.safetensors``). Each network's
+    :class:`ViewConfig` comes from the ``"view_config"`` entry of its checkpoint; they may
+    differ (e.g. an identifier on coarser pixels), see :attr:`Networks.identifier_views`.
 
     Args:
         model, localizer, identifier: checkpoint paths (see above).
         device: "auto" (CUDA when available), "cpu", "cuda", "cuda:N".
         batch_size: views per forward pass.
     """
+    from vertebra import weights
+
     if model is not None and (localizer is not None or identifier is not None):
         raise DrrkitError("give either one checkpoint holding both networks, or a localizer "
                           "and an identifier checkpoint, not both")
-    if model is None and (localizer is None or identifier is None):
+    if model is None and (localizer is None) != (identifier is None):
         raise DrrkitError("need a checkpoint holding both networks, or both a localizer and "
                           "an identifier checkpoint")
+    if model is None and localizer is None:
+        model = weights.default_path()
     device = resolve_device(device)
     if model is not None:
         found, views, settings = _read_models(model)
+        source = weights.describe(model)
         loc_key = "localization" if "localization" in found else "both"
         ide_key = "identification" if "identification" in found else "both"
         if loc_key not in found or ide_key not in found:
@@ -959,6 +972,7 @@ def load_networks(model=None, localizer=None, identifier=None, *, device: str | 
         loc, ide = found[loc_key], found[ide_key]
         views_l, views_i = views[loc_key], views[ide_key]
     else:
+        source = {"localizer": str(localizer), "identifier": str(identifier)}
         found_l, all_l, _ = _read_models(localizer)
         found_i, all_i, settings = _read_models(identifier)
         loc_key = "localization" if "localization" in found_l else "both"
@@ -981,4 +995,4 @@ def load_networks(model=None, localizer=None, identifier=None, *, device: str | 
     own = views_i if views_i is not None and views_i != views else None
     return Networks(TorchNetwork(loc, "heatmap", device, batch_size),
                     TorchNetwork(ide, "probabilities", device, batch_size), views, device,
-                    settings, own)
+                    settings, own, source)

@@ -56,7 +56,7 @@ def test_label_one_ct_with_a_random_checkpoint(data, tiny_checkpoint):
     assert res.exit_code == 0, res.output
     stem = "sub-phantom0000"
     for suffix in ("_ctd.json", "_centroids.csv", "_label.json", "_views.png",
-                   "_sagittal.png", "_coronal.png"):
+                   "_sagittal.png", "_coronal.png", "_seg-spheres.nii.gz", ".mrk.json"):
         assert (out / f"{stem}{suffix}").is_file(), suffix
     header = json.loads((out / f"{stem}_ctd.json").read_text())[0]
     assert header == {"direction": ["P", "I", "R"]}
@@ -168,7 +168,7 @@ def test_label_nan_voxels_warn_or_are_refused(data, tiny_checkpoint, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["label", "missing.nii.gz", "--model", "x.pt", "--out", "o"], "no such file"),
-    (["label", "CT", "--out", "o"], "need a checkpoint"),
+    (["label", "CT", "--out", "o"], "no default networks are packaged"),
     (["label", "CT", "--model", "BOTH", "--localizer", "LOC", "--out", "o"], "either"),
     (["label", "CT", "--localizer", "LOC", "--out", "o"], "need a checkpoint"),
     (["label", "CT", "--model", "LOC", "--out", "o"], "localization network"),
@@ -180,7 +180,12 @@ def test_label_nan_voxels_warn_or_are_refused(data, tiny_checkpoint, tmp_path):
     (["evaluate", "EMPTY", "CT"], "folder"),
     (["evaluate", "TEXT", "TEXT", "--against", "EMPTY"], "give folders"),
 ])
-def test_bad_input_is_one_line_and_exit_2(data, tiny_checkpoint, tmp_path, args, message):
+def test_bad_input_is_one_line_and_exit_2(data, tiny_checkpoint, tmp_path, monkeypatch, args,
+                                         message):
+    from vertebra import weights
+
+    monkeypatch.delenv(weights.ENV_VAR, raising=False)
+    monkeypatch.setattr(weights, "WEIGHTS_DIR", tmp_path)  # no default networks packaged
     text = tmp_path / "notes.txt"
     text.write_text("not a checkpoint")
     empty = tmp_path / "empty"

@@ -1,0 +1,134 @@
+"""Networks files (vertebra.weights): export of a tiny random bundle, read-back, the default
+networks (VERTEBRA_WEIGHTS, or none packaged), checksum refusal, and the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from drrkit.errors import DrrkitError
+from vertebra import pipeline, weights
+from vertebra.cli import app
+from vertebra.views import ViewConfig
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+runner = CliRunner()
+VIEWS = ViewConfig(views=4, mm_per_pixel=4.0)
+COARSE = ViewConfig(views=6, mm_per_pixel=8.0)
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_networks):
+    """(bundle, folder holding default.safetensors + default.json, its Record)."""
+    bundle, path = tiny_networks
+    return bundle, path.parent, weights.read_record(path)
+
+
+def test_export_writes_a_compact_file_and_its_record(exported):
+    from safetensors import safe_open
+
+    bundle, folder, record = exported
+    assert sorted(p.name for p in folder.iterdir()) == ["default.json", "default.safetensors"]
+    stored = json.loads((folder / "default.json").read_text())
+    assert stored == record.to_dict()
+    assert record.recipe == "tiny-random" and record.commit == "abc123"  # from the bundle
+    assert record.source == "networks.pt" and record.format == weights.FORMAT
+    assert record.bytes == (folder / "default.safetensors").stat().st_size
+    assert record.sha256 == weights.sha256_of(folder / "default.safetensors")
+    with safe_open(str(folder / "default.safetensors"), framework="pt") as handle:
+        names = list(handle.keys())
+        meta = json.loads(handle.metadata()["vertebra"])
+        dtypes = {str(handle.get_tensor(n).dtype) for n in names}
+    assert {n.split(".")[0] for n in names} == {"localizer", "identifier"}
+    assert dtypes == {"torch.float16", "torch.int64"}  # weights; BatchNorm step counters
+    assert meta["provenance"]["training_data"] == "nothing (random weights)"
+    assert "optimizer" not in meta["localizer"]
+    # half precision: about half the float32 bundle's weights
+    assert record.bytes < 0.6 * bundle.stat().st_size
+
+
+def test_networks_file_loads_like_its_bundle(exported):
+    bundle, folder, record = exported
+    ref = pipeline.load_networks(bundle, device="cpu")
+    nets = pipeline.load_networks(folder / "default.safetensors", device="cpu")
+    assert nets.views == ref.views == VIEWS and nets.identifier_views == COARSE
+    assert nets.settings == ref.settings == {"square_mm": 24.0, "localizer_views": 6}
+    assert nets.source["sha256"] == record.sha256 and nets.source["recipe"] == "tiny-random"
+    x = np.random.default_rng(0).random((2, 64, 64)).astype(np.float32)
+    for a, b in ((nets.localizer(x), ref.localizer(x)), (nets.identifier(x), ref.identifier(x))):
+        scale = float(np.abs(b).max())
+        np.testing.assert_allclose(a, b, atol=2e-2 * scale)  # float16 weights
+
+
+def test_default_networks_from_the_environment_or_none_packaged(exported, monkeypatch,
+                                                                tmp_path):
+    _, folder, record = exported
+    monkeypatch.setenv(weights.ENV_VAR, str(folder / "default.safetensors"))
+    nets = pipeline.load_networks(device="cpu")
+    assert nets.source["sha256"] == record.sha256
+    monkeypatch.setenv(weights.ENV_VAR, str(tmp_path / "missing.safetensors"))
+    with pytest.raises(DrrkitError, match="VERTEBRA_WEIGHTS names .* not a file"):
+        pipeline.load_networks(device="cpu")
+    monkeypatch.delenv(weights.ENV_VAR)
+    monkeypatch.setattr(weights, "WEIGHTS_DIR", tmp_path)  # a package without weights
+    with pytest.raises(DrrkitError, match="no default networks are packaged") as caught:
+        pipeline.load_networks(device="cpu")
+    assert "vertebra export-default" in str(caught.value) and "\n" not in str(caught.value)
+    monkeypatch.setattr(weights, "WEIGHTS_DIR", folder)
+    assert weights.default_path() == folder / "default.safetensors"
+
+
+def test_a_file_that_does_not_match_its_checksum_is_refused(exported, tmp_path):
+    _, folder, _ = exported
+    for name in ("default.safetensors", "default.json"):
+        (tmp_path / name).write_bytes((folder / name).read_bytes())
+    damaged = bytearray((tmp_path / "default.safetensors").read_bytes())
+    damaged[-100] ^= 0xFF  # one weight's byte
+    (tmp_path / "default.safetensors").write_bytes(bytes(damaged))
+    with pytest.raises(DrrkitError, match="does not match its checksum"):
+        pipeline.load_networks(tmp_path / "default.safetensors", device="cpu")
+    (tmp_path / "default.json").unlink()
+    with pytest.raises(DrrkitError, match="no record default.json"):
+        pipeline.load_networks(tmp_path / "default.safetensors", device="cpu")
+
+
+def test_export_refusals_leave_nothing(exported, tmp_path):
+    bundle, _, _ = exported
+    out = tmp_path / "out"
+    with pytest.raises(DrrkitError, match="more than the 0.01 MB allowed"):
+        weights.export_networks(bundle, out, recipe="r", training_data="d", max_mb=0.01)
+    assert not out.exists()
+    with pytest.raises(DrrkitError, match="recipe"):
+        weights.export_networks(bundle, out, recipe=" ", training_data="d")
+    with pytest.raises(DrrkitError, match="holds only a localization network"):
+        weights.export_networks(bundle.parent / "loc.pt", out, recipe="r", training_data="d")
+    assert not out.exists()
+
+
+def test_cli_export_default_then_label_without_a_model(exported, tmp_path, monkeypatch):
+    from vertebra.data.phantom import write_phantoms
+
+    bundle, _, _ = exported
+    out = tmp_path / "weights"
+    res = runner.invoke(app, ["export-default", str(bundle), "--out", str(out), "--recipe",
+                              "tiny", "--data", "random", "--commit", "feed"])
+    assert res.exit_code == 0, res.output
+    assert "default.safetensors" in res.stdout and "commit feed" in res.stdout
+    write_phantoms(tmp_path / "ph", [0], size="small", metal=False)
+    ct = tmp_path / "ph" / "rawdata" / "sub-phantom0000" / "sub-phantom0000_ct.nii.gz"
+    monkeypatch.setenv(weights.ENV_VAR, str(out / "default.safetensors"))
+    res = runner.invoke(app, ["label", str(ct), "--out", str(tmp_path / "labels"),
+                              "--device", "cpu", "--backend", "cpu", "--no-pictures"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "labels" / "sub-phantom0000_label.json").read_text())
+    assert summary["networks"]["recipe"] == "tiny" and summary["networks"]["commit"] == "feed"
+    # a damaged default: one line, exit 2
+    (out / "default.safetensors").write_bytes(b"x" + (out / "default.safetensors").read_bytes())
+    res = runner.invoke(app, ["label", str(ct), "--out", str(tmp_path / "l2")])
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "does not match its checksum" in res.stderr
+    res = runner.invoke(app, ["export-default", str(tmp_path / "none.pt"), "--recipe", "r",
+                              "--data", "d", "--out", str(out)])
+    assert res.exit_code == 2 and "no such file" in res.stderr
