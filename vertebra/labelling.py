@@ -118,6 +118,8 @@ def label(ct: str | Path | drrkit.Volume, out: str | Path | None = None, *, mode
     """
     from vertebra.pipeline import load_networks
 
+    if not isinstance(ct, drrkit.Volume) and not Path(ct).exists():
+        raise DrrkitError(f"no such file or folder: {ct}")  # before loading the networks
     if networks is None:
         networks = load_networks(model, localizer, identifier, device=device)
     config = pipeline_config(networks, **settings)
