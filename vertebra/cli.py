@@ -751,7 +751,7 @@ def export_default(
 
     Example:
 
-        $ vertebra export-default vertebra-demo/models/networks.pt --recipe cpu-demo --data "phantoms"
+        $ vertebra export-default demo/models/networks.pt --recipe cpu-demo --data "phantoms"
     """
     from drrkit.errors import DrrkitError
     from vertebra import weights
