@@ -36,6 +36,7 @@ def test_export_writes_a_compact_file_and_its_record(exported):
     assert record.recipe == "tiny-random" and record.commit == "abc123"  # from the bundle
     assert record.source == "networks.pt" and record.format == weights.FORMAT
     assert record.bytes == (folder / "default.safetensors").stat().st_size
+    assert (folder / "default.safetensors").stat().st_mode & 0o044 == 0o044  # all may read
     assert record.sha256 == weights.sha256_of(folder / "default.safetensors")
     with safe_open(str(folder / "default.safetensors"), framework="pt") as handle:
         names = list(handle.keys())

@@ -24,7 +24,7 @@ The environment variable ``VERTEBRA_WEIGHTS`` names another networks file (a
 Make the packaged default from a bundle (``vertebra export-default``)::
 
     $ vertebra export-default runs/demo/models/networks.pt --out vertebra/weights/ \\
-          --recipe cpu-demo --data "40 synthetic spine phantoms"
+          --recipe cpu-demo --data "synthetic spine phantoms"
 """
 
 from __future__ import annotations
@@ -293,6 +293,7 @@ def export_networks(bundle: str | Path, out_dir: str | Path, *, recipe: str,
     file_name = f"{name}{SUFFIX}"
     with staged_directory(out_dir, last=(f"{name}.json",)) as tmp:
         save_file(tensors, str(tmp / file_name), metadata=metadata)
+        (tmp / file_name).chmod(0o644)  # a package data file: readable by every user
         size = (tmp / file_name).stat().st_size
         if size > max_mb * 1e6:
             raise DrrkitError(f"the networks take {size / 1e6:.1f} MB in {file_name}, more "
