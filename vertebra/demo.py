@@ -108,6 +108,9 @@ class DemoConfig:
         threads: torch CPU threads (None: torch's default).
         pictures: write the PNGs of every held-out case.
         recipe: the recipe's name, recorded in the report and the networks bundle.
+        cache_mib: MiB of decompressed training views each network keeps in memory
+            (``RenderedCache``); below the cache's size, training reads views from disk
+            again and again, several times slower.
         clinical: the training phantoms hold organs, contrast, arms and leads and vary
             their bone density and field of view (``make_spine_phantom(clinical=True)``);
             the held-out phantoms stay plain.
@@ -144,6 +147,7 @@ class DemoConfig:
     pictures: bool = True
     device: str = "cpu"
     recipe: str = "cpu-demo"
+    cache_mib: float = 2048.0
     clinical: bool = False
     augment: str = "mild"
 
@@ -211,7 +215,8 @@ class DemoConfig:
         ``real-ct-recipe`` in ``benchmarks/decisions.md``)."""
         values = {"recipe": "real-ct", "clinical": True, "augment": "strong",
                   "train_phantoms": 64, "identifier_phantoms": 320,
-                  "localizer_iterations": 4800, "identifier_iterations": 2800}
+                  "localizer_iterations": 4800, "identifier_iterations": 2800,
+                  "cache_mib": 8192.0}
         values.update(changes)
         return cls(**values)
 
@@ -323,7 +328,7 @@ def prepare_data(data: Path, config: DemoConfig, log: Callable[[str], None] = pr
             raise DrrkitError(f"{train_dir} holds phantoms made with other settings (scan "
                               "shares or crops); use another --out")
         if reuse:
-            caches[task] = RenderedCache(train_dir)
+            caches[task] = RenderedCache(train_dir, cache_mib=config.cache_mib)
             if len(caches[task]) != config.phantoms(task) * copies:
                 raise DrrkitError(f"{train_dir} holds {len(caches[task])} CTs, not "
                                   f"{config.phantoms(task) * copies}; use another --out")
@@ -339,7 +344,8 @@ def prepare_data(data: Path, config: DemoConfig, log: Callable[[str], None] = pr
                               {d: views for d, (_, views) in group.items()},
                               orbits=config.orbits, sigma_mm=sigma_mm, square_mm=square_mm,
                               counts=counts)
-        caches.update({group[d][0]: cache for d, cache in made.items()})
+        caches.update({group[d][0]: RenderedCache(d, cache_mib=config.cache_mib)
+                       for d in made})
     held_dir = data / "held_out"
     if held_dir.is_dir():
         log(f"  reusing {held_dir}")

