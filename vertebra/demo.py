@@ -343,9 +343,8 @@ def prepare_data(data: Path, config: DemoConfig, log: Callable[[str], None] = pr
         made = prerender_many(source(task, max(counts.values()) // copies),
                               {d: views for d, (_, views) in group.items()},
                               orbits=config.orbits, sigma_mm=sigma_mm, square_mm=square_mm,
-                              counts=counts)
-        caches.update({group[d][0]: RenderedCache(d, cache_mib=config.cache_mib)
-                       for d in made})
+                              counts=counts, cache_mib=config.cache_mib)
+        caches.update({group[d][0]: cache for d, cache in made.items()})
     held_dir = data / "held_out"
     if held_dir.is_dir():
         log(f"  reusing {held_dir}")

@@ -364,7 +364,8 @@ def differing_settings(previous: dict, wanted: dict) -> list[str]:
 
 def prerender_many(source, outputs: dict, *, orbits: int = 1, seed: int = 0,
                    sigma_mm: float = 3.0, square_mm: float = 22.0, backend: str = "auto",
-                   progress=None, counts: dict | None = None) -> dict[Path, RenderedCache]:
+                   progress=None, counts: dict | None = None, cache_mib: float = 2048
+                   ) -> dict[Path, RenderedCache]:
     """:func:`prerender` into several folders, each with its own views, loading each CT once.
 
     Used when networks see the same CTs through different views (e.g. the cpu-demo
@@ -378,6 +379,7 @@ def prerender_many(source, outputs: dict, *, orbits: int = 1, seed: int = 0,
             orbit angles of a CT are the same in every folder with the same view count.
         counts: {folder: n} for folders that get only the source's first n CTs (e.g. a
             network that trains on fewer CTs than the other); the others get all.
+        cache_mib: memory budget of each returned cache (:class:`RenderedCache`).
 
     Returns:
         {folder as a Path: its :class:`RenderedCache`}, in the order given.
@@ -443,4 +445,4 @@ def prerender_many(source, outputs: dict, *, orbits: int = 1, seed: int = 0,
     for out, (_, manifest) in folders.items():
         write_json(out / "cache.json",
                    {**manifest, "cases": names[:limit.get(out, len(source))]})
-    return {out: RenderedCache(out) for out in folders}
+    return {out: RenderedCache(out, cache_mib=cache_mib) for out in folders}
