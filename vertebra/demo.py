@@ -111,9 +111,10 @@ class DemoConfig:
         cache_mib: MiB of decompressed training views each network keeps in memory
             (``RenderedCache``); below the cache's size, training reads views from disk
             again and again, several times slower.
-        clinical: the training phantoms hold organs, contrast, arms and leads and vary
-            their bone density and field of view (``make_spine_phantom(clinical=True)``);
-            the held-out phantoms stay plain.
+        clinical_share: share of the training phantoms that hold organs, contrast, arms
+            and leads and vary their bone density and field of view
+            (``make_spine_phantom(clinical=True)``, drawn per seed:
+            ``PhantomSource(clinical_share=)``); the held-out phantoms stay plain.
         augment: "mild" (``AugmentConfig()``) or "strong" (``AugmentConfig.strong()``:
             wide intensity, gamma, blur and noise ranges and bright distractors).
         device: torch device that trains and runs the networks ("cpu", "cuda",
@@ -148,7 +149,7 @@ class DemoConfig:
     device: str = "cpu"
     recipe: str = "cpu-demo"
     cache_mib: float = 2048.0
-    clinical: bool = False
+    clinical_share: float = 0.0
     augment: str = "mild"
 
     def __post_init__(self) -> None:
@@ -167,6 +168,8 @@ class DemoConfig:
         if self.augment not in AUGMENTS:
             raise DrrkitError(f"augment must be one of {', '.join(AUGMENTS)}, got "
                               f"{self.augment!r}")
+        if not 0 <= float(self.clinical_share) <= 1:
+            raise DrrkitError(f"clinical_share must lie in [0, 1], got {self.clinical_share}")
         if int(self.crops) < 0:
             raise DrrkitError(f"crops must be >= 0, got {self.crops}")
         if self.pretrain_steps < 0 or self.pretrain_batch < 2:
@@ -186,10 +189,7 @@ class DemoConfig:
     def phantom_options(self, task: str) -> dict:
         """``make_spine_phantom`` options of the training phantoms of ``task``'s network."""
         scale = float(self.identifier_voxel_scale) if task == "identification" else 1.0
-        options = {} if scale == 1.0 else {"voxel_scale": scale}
-        if self.clinical:
-            options["clinical"] = True
-        return options
+        return {} if scale == 1.0 else {"voxel_scale": scale}
 
     def train_changes(self) -> dict:
         """:class:`TrainConfig` fields this recipe sets on top of ``TrainConfig.cpu_demo``."""
@@ -210,12 +210,12 @@ class DemoConfig:
 
     @classmethod
     def real_ct(cls, **changes) -> DemoConfig:
-        """The ``real-ct`` recipe: the cpu-demo networks trained on clinical phantoms
-        with strong augmentation, more phantoms and more steps, for real scans (decision
-        ``real-ct-recipe`` in ``benchmarks/decisions.md``)."""
-        values = {"recipe": "real-ct", "clinical": True, "augment": "strong",
-                  "train_phantoms": 64, "identifier_phantoms": 320,
-                  "localizer_iterations": 4800, "identifier_iterations": 2800,
+        """The ``real-ct`` recipe: the cpu-demo networks trained on phantoms of which 60 %
+        are clinical, with strong augmentation, more phantoms and more steps, for real
+        scans (decision ``real-ct-recipe`` in ``benchmarks/decisions.md``)."""
+        values = {"recipe": "real-ct", "clinical_share": 0.6, "augment": "strong",
+                  "train_phantoms": 96, "identifier_phantoms": 400,
+                  "localizer_iterations": 10000, "identifier_iterations": 5600,
                   "cache_mib": 8192.0}
         values.update(changes)
         return cls(**values)
@@ -312,6 +312,7 @@ def prepare_data(data: Path, config: DemoConfig, log: Callable[[str], None] = pr
     def source(task: str, n: int) -> CroppedSource:  # n phantoms as ``task``'s network sees them
         return CroppedSource(PhantomSource(range(n), c1_share=config.c1_share,
                                            sacrum_share=config.sacrum_share_of(task),
+                                           clinical_share=config.clinical_share,
                                            **config.phantom_options(task)),
                              crops=config.crops)
 

@@ -118,9 +118,11 @@ def test_recipes_registry_and_schedule():
 
     assert recipe_config("cpu-demo") == DemoConfig()
     real = recipe_config("real-ct")
-    assert real.recipe == "real-ct" and real.clinical and real.augment == "strong"
-    assert real.phantom_options("localization") == {"clinical": True}
+    assert real.recipe == "real-ct" and 0 < real.clinical_share <= 1
+    assert real.augment == "strong"
     assert real.train_changes()["augment"] == AugmentConfig.strong()
+    with pytest.raises(DrrkitError, match="clinical_share"):
+        DemoConfig(clinical_share=1.5)
     assert set(RECIPES) >= {"cpu-demo", "real-ct"}
     with pytest.raises(DrrkitError, match="unknown recipe"):
         recipe_config("nope")
@@ -139,3 +141,24 @@ def test_demo_cli_refuses_an_unknown_recipe(tmp_path):
     res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--recipe", "nope"])
     assert res.exit_code == 2
     assert "unknown recipe" in res.output and "Traceback" not in res.output
+
+
+def test_phantom_source_clinical_share_draws_per_seed():
+    from vertebra.training.sources import PhantomSource
+
+    source = PhantomSource(range(200), clinical_share=0.6)
+    drawn = [source.clinical(i) for i in range(200)]
+    assert 0.45 < np.mean(drawn) < 0.75
+    assert drawn == [PhantomSource(range(200), clinical_share=0.6).clinical(i)
+                     for i in range(200)]
+    assert source.describe()["clinical_share"] == 0.6
+    assert "clinical_share" not in PhantomSource(range(3)).describe()  # older caches match
+    assert not any(PhantomSource(range(5)).clinical(i) for i in range(5))
+    assert all(PhantomSource(range(5), clinical=True).clinical(i) for i in range(5))
+    with pytest.raises(DrrkitError):
+        PhantomSource(range(3), clinical_share=0.5, clinical=True)
+    with pytest.raises(DrrkitError):
+        PhantomSource(range(3), clinical_share=1.5)
+    small = PhantomSource([1, 2, 3, 4], clinical_share=1.0, size="small", levels=("T6", "L2"))
+    ct = small.load(0)
+    assert ct.volume.data.max() > 0

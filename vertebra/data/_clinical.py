@@ -14,7 +14,7 @@ at random per scan so that no single appearance is learnt:
 * arms down at the sides or raised above the head, with humerus, radius and ulna;
 * aortic wall calcification, ECG electrodes and leads, sternal wires;
 * the bone itself at a per-scan density, from dense to osteoporotic (trabecular core
-  60-250 HU, cortex 350-1000 HU), drawn in :func:`restyle_bone`;
+  80-250 HU, cortex 300-800 HU, ribs fainter), drawn in :func:`restyle_bone`;
 * the scanner: the reconstruction circle that cuts a large patient's outline
   (:func:`fov_cut`).
 
@@ -58,14 +58,15 @@ def restyle_bone(objs, vertebra_objects: dict[int, int], m: dict, rng) -> None:
     """Redraw the bones' CT numbers in place: one density per scan, from dense to
     osteoporotic, with per-vertebra spread, thinner and fainter cortices than the plain
     phantom's."""
-    trab = rng.uniform(60.0, 250.0)
-    cort = rng.uniform(350.0, 1000.0)
+    trab = rng.uniform(80.0, 250.0)
+    cort = rng.uniform(300.0, 800.0)
     thick = rng.uniform(0.7, 1.6)
     for o in vertebra_objects.values():
         objs.core[o] = trab + rng.normal(0.0, 25.0)
         objs.shell[o] = cort * rng.uniform(0.85, 1.15)
         objs.thick[o] = thick
-    for name, dc, fc in (("rib", 40, 0.9), ("bone", 30, 1.0), ("sacrum", 0, 0.9),
+    rib = rng.uniform(0.45, 0.8)  # thin ribs show fainter than the plain phantom's
+    for name, dc, fc in (("rib", 0, rib), ("bone", 30, 1.0), ("sacrum", 0, 0.9),
                          ("coccyx", 0, 0.9), ("femur_head", 20, 1.1)):
         o = m[name]
         objs.core[o] = trab + dc

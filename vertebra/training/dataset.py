@@ -143,13 +143,13 @@ def augment_image(image: np.ndarray, rng: np.random.Generator, config) -> np.nda
 
 def _distractors(shape: tuple[int, int], n: int, rng: np.random.Generator) -> np.ndarray:
     """(H, W) float32 sum of ``n`` soft bright shapes: elliptic blobs and straight bands
-    (tubes, wires, contrast-filled vessels seen end-on or along), each 0.05-0.6 high."""
+    (tubes, wires, contrast-filled vessels seen end-on or along), each 0.05-0.4 high."""
     h, w = shape
     rows, cols = np.mgrid[0:h, 0:w].astype(np.float32)
     out = np.zeros(shape, dtype=np.float32)
     for _ in range(n):
         r0, c0 = rng.uniform(0, h), rng.uniform(0, w)
-        height = rng.uniform(0.05, 0.6)
+        height = rng.uniform(0.05, 0.4)
         if rng.random() < 0.5:  # blob
             a, b = rng.uniform(1.5, max(2.0, 0.15 * min(h, w)), 2)
             d2 = ((rows - r0) / a) ** 2 + ((cols - c0) / b) ** 2

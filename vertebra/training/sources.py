@@ -123,6 +123,8 @@ class PhantomSource(CTSource):
             T4.
         sacrum_share: share of the phantoms whose scan ends at L5 with the sacrum in view
             (unless the phantom has an L6) and starts between T4 and L2.
+        clinical_share: share of the phantoms made with ``clinical=True`` (organs,
+            contrast, arms; :mod:`vertebra.data._clinical`), drawn per seed.
         **options: passed to ``make_spine_phantom`` (e.g. ``size="small"``).
     """
 
@@ -132,21 +134,32 @@ class PhantomSource(CTSource):
     SACRUM_STARTS = ("T4", "T6", "T8", "T10", "T11", "T12", "L1", "L2")
 
     def __init__(self, seeds, cache: int = 8, c1_share: float = 0.0,
-                 sacrum_share: float = 0.0, **options) -> None:
+                 sacrum_share: float = 0.0, clinical_share: float = 0.0, **options) -> None:
         super().__init__(cache)
         self.seeds = [int(s) for s in seeds]
         if not self.seeds:
             raise DrrkitError("no phantom seeds given")
-        for name, share in (("c1_share", c1_share), ("sacrum_share", sacrum_share)):
+        for name, share in (("c1_share", c1_share), ("sacrum_share", sacrum_share),
+                            ("clinical_share", clinical_share)):
             if not 0 <= share <= 1:
                 raise DrrkitError(f"{name} must lie in [0, 1], got {share}")
-            if share and "levels" in options:
+            if share and "levels" in options and name != "clinical_share":
                 raise DrrkitError(f"give either {name} or levels, not both")
         if c1_share + sacrum_share > 1:
             raise DrrkitError(f"c1_share + sacrum_share must be at most 1, got "
                               f"{c1_share + sacrum_share}")
         self.c1_share, self.sacrum_share = float(c1_share), float(sacrum_share)
+        self.clinical_share = float(clinical_share)
+        if clinical_share and "clinical" in options:
+            raise DrrkitError("give either clinical_share or clinical, not both")
         self.options = options
+
+    def clinical(self, index: int) -> bool:
+        """Whether phantom ``index`` is a clinical one (``clinical_share``)."""
+        if not self.clinical_share:
+            return bool(self.options.get("clinical", False))
+        return bool(np.random.default_rng([self.seeds[index], 0xC11]).random()
+                    < self.clinical_share)
 
     def levels(self, index: int):
         """The ``levels`` argument of phantom ``index`` (None: drawn by the phantom)."""
@@ -170,8 +183,11 @@ class PhantomSource(CTSource):
         from drrkit.io import json_safe
 
         # a phantom's seed is in its name; these decide the rest of it
-        return {"kind": "phantoms", "c1_share": self.c1_share,
-                "sacrum_share": self.sacrum_share, "options": json_safe(self.options)}
+        out = {"kind": "phantoms", "c1_share": self.c1_share,
+               "sacrum_share": self.sacrum_share, "options": json_safe(self.options)}
+        if self.clinical_share:
+            out["clinical_share"] = self.clinical_share
+        return out
 
     def _load(self, index: int) -> TrainingCT:
         import drrkit
@@ -179,6 +195,8 @@ class PhantomSource(CTSource):
         from vertebra.data.phantom import make_spine_phantom
 
         options = {**self.options, "levels": self.levels(index)}
+        if self.clinical_share:
+            options["clinical"] = self.clinical(index)
         ph = make_spine_phantom(self.seeds[index], **options)
         mu = ph.ct.with_data(drrkit.hu_to_mu(ph.ct.data))
         s1 = {vlabels.SACRUM: np.array(ph.anatomy.sacrum_centres[0], dtype=np.float64)}
