@@ -772,5 +772,58 @@ def export_default(
                f"commit {record.commit}")
 
 
+@app.command("train-default")
+def train_default(
+    out: Annotated[Path, typer.Option("--out", help="Training folder (data, checkpoints, "
+                                                    "held-out scores; reused if it holds "
+                                                    "an earlier run).")] = Path("real-ct"),
+    weights_out: Annotated[Path | None, typer.Option(
+        "--weights-out", help="Where the networks file goes (default: the package's "
+        "vertebra/weights/, which makes them the default networks).")] = None,
+    recipe: Annotated[str, typer.Option(help="Named recipe (see vertebra demo).")
+                      ] = "real-ct",
+    threads: Annotated[int | None, typer.Option("--threads", help="Torch CPU threads.")
+                       ] = None,
+    progress: Annotated[bool, typer.Option(help="Show training progress bars.")] = True,
+    device: Annotated[str, typer.Option(help="Torch device: cpu, cuda, cuda:N or auto.")
+                      ] = "cpu",
+) -> None:
+    """Train the default networks from scratch with a named recipe and store them compactly:
+    vertebra demo --recipe RECIPE, then vertebra export-default.
+
+    Example:
+
+        $ vertebra train-default --out real-ct/
+    """
+    from dataclasses import asdict, replace
+
+    from drrkit.errors import DrrkitError
+    from vertebra import weights
+    from vertebra.demo import recipe_config, run_demo
+
+    try:
+        config = replace(recipe_config(recipe), device=device.strip().lower())
+        if threads is not None:
+            if threads < 1:
+                raise DrrkitError(f"--threads must be >= 1, got {threads}")
+            config = replace(config, threads=threads)
+        result = run_demo(out, config, log=typer.echo, progress=progress)
+        shares = {k: v for k, v in asdict(config).items()
+                  if k.endswith(("_phantoms", "_share")) or k in ("augment", "orbits")}
+        data = ("synthetic spine phantoms only (vertebra.data.phantom), no real CT; "
+                + ", ".join(f"{k}={v}" for k, v in shares.items()))
+        folder = weights.WEIGHTS_DIR if weights_out is None else weights_out
+        with _echo_warnings():
+            record = weights.export_networks(out / "models" / "networks.pt", folder,
+                                             recipe=config.recipe, training_data=data)
+    except (DrrkitError, OSError) as error:
+        fail(str(error))
+        return
+    print_pooled(result.pooled, title=f"{result.pooled['n_scans']} held-out phantoms, "
+                                      "VerSe 20 mm")
+    typer.echo(f"wrote {folder / record.weights} ({record.bytes / 1e6:.1f} MB, sha256 "
+               f"{record.sha256[:16]}...); recipe {record.recipe}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

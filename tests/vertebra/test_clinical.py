@@ -162,3 +162,16 @@ def test_phantom_source_clinical_share_draws_per_seed():
     small = PhantomSource([1, 2, 3, 4], clinical_share=1.0, size="small", levels=("T6", "L2"))
     ct = small.load(0)
     assert ct.volume.data.max() > 0
+
+
+def test_train_default_refuses_bad_input_before_any_work(tmp_path):
+    from typer.testing import CliRunner
+
+    from vertebra.cli import app
+
+    for extra, message in ((["--recipe", "nope"], "unknown recipe"),
+                           (["--threads", "0"], "--threads")):
+        res = CliRunner().invoke(app, ["train-default", "--out", str(tmp_path / "t"),
+                                       "--weights-out", str(tmp_path / "w"), *extra])
+        assert res.exit_code == 2 and message in res.output
+        assert not (tmp_path / "t").exists() and not (tmp_path / "w").exists()
