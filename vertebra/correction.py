@@ -278,25 +278,21 @@ def gap_rows(points, ratio: float = GAP_RATIO, *, flip=()) -> tuple[np.ndarray, 
 
 #: Consecutive tracks closer than this fraction of the local spacing are suspect (see
 #: :func:`crowded`): one of the two is likely a second detection of a vertebra or another
-#: bone. 0.7 until the bone-enhanced views, on which the localizer sometimes finds C2's
-#: dens and body as two vertebrae ~10 mm apart (local spacing ~12.5 mm): 0.8 lets the
-#: correction drop one, on 72 validation phantoms +4.2 points (paired interval -0.9 to
-#: +11.1, two spines no longer shifted by a level) with bone-enhanced networks, +0.2
-#: (0.0 to +0.7) with the plain-view networks before them.
+#: bone. On bone-enhanced views the localizer sometimes finds C2's dens and body as two
+#: vertebrae ~10 mm apart (local spacing ~12.5 mm); 0.8 lets the correction drop one
+#: (decision ``crowded-ratio``).
 CROWDED_RATIO = 0.8
 
 
-#: A kept suspect track needs at least this label confidence (:func:`correct_tracks`). At
-#: 0.1 (until commit ``d929e88``) the cpu-demo identifier's weak lumbar confidences had 15
-#: real vertebrae (mostly L3-L5 at a scan's caudal end) dropped in 72 validation phantoms;
-#: 0.02 keeps them (+1.2 points, paired interval +0.5 to +1.9) and behaved as 0 there.
+#: A kept suspect track needs at least this label confidence (:func:`correct_tracks`); low,
+#: so that weak lumbar confidences at a scan's caudal end do not drop real vertebrae
+#: (decision ``min-suspect-confidence``).
 MIN_SUSPECT_CONFIDENCE = 0.02
 
 
 #: Spacings between these multiples of the local one are doubtful (one missed vertebra or
 #: none); :func:`correct_tracks` tries both readings of up to :data:`MAX_MAYBE_GAPS` of
-#: them. On 72 validation phantoms (cpu-demo networks): +1.3 points (paired interval +0.1
-#: to +2.8), cervical 89 -> 95 %; from 1.25 the thoracic labels lost a point.
+#: them (decision ``maybe-gap-ratio``).
 MAYBE_GAP_RATIO = 1.35
 DOUBTFUL_GAP_MAX = 2.5
 MAX_MAYBE_GAPS = 2

@@ -60,28 +60,20 @@ class DemoConfig:
         identifier_phantoms: the identifier's training phantoms (seeds 0 .. M-1, the first
             N shared with the localizer; None: ``train_phantoms``). Short scans with no
             landmark in view are only labelled right when the identifier has seen many
-            spines: 240 instead of 120 (with twice the identifier's steps) gained +2.64
-            points on the 72 validation phantoms (paired interval 0.0 to +6.3;
-            ``benchmarks/README.md``).
+            spines (decision ``identifier-phantoms``).
         orbits: prerendered orbits per training phantom.
         c1_share: share of the training phantoms whose scan starts at C1 (see
             :class:`vertebra.training.sources.PhantomSource`).
         sacrum_share: share of the localizer's training phantoms whose scan ends at L5
-            with the sacrum in view (see the same class; 0.25 did not change the
-            validation labels, ``benchmarks/README.md``).
+            with the sacrum in view (see the same class; decision ``sacrum-share``).
         identifier_sacrum_share: the same for the identifier's phantoms (None:
             ``sacrum_share``). The identifier has the sacrum class
             (``TrainConfig.sacrum_class``), which it only learns from enough scans that
-            show S1: with 0.0 (18 of 120 phantoms) it never answered "sacrum"; with 0.3
-            (46 of 120) it did on 69 % of the training views' S1 squares.
+            show S1 (decision ``sacrum-share``).
         identifier_voxel_scale: the identifier's training phantoms are built in voxels this
             many times larger (``make_spine_phantom(voxel_scale=)``): it sees them through
-            4 mm pixels, and the build is most of the data step's time. With 2 the
-            identifier's 240 phantoms were built and rendered in 51 s (the whole data
-            step: 230 s with 1 on session 12's Xeon, 175 s with 2 on session 13's
-            slower EPYC), and its labels of the 72 validation phantoms
-            changed by +0.66 points (paired interval 0.0 to +2.1;
-            ``benchmarks/README.md``, session 13).
+            4 mm pixels, and the build is most of the data step's time (decision
+            ``identifier-voxel-scale``).
         crops: shorter scans cut from each training phantom, each prerendered too
             (:class:`vertebra.training.sources.CroppedSource`; 0: none).
         held_out: held-out phantoms (seeds ``held_out_start`` ..).
@@ -89,8 +81,8 @@ class DemoConfig:
         pretrain_steps: SimSiam steps (0 skips pre-training).
         pretrained: the tasks whose network starts from the SimSiam encoder. The paper's
             code loads it into the identification network only (its localization script
-            starts from random weights), and so does the demo (``benchmarks/README.md``,
-            session 13, for what it changed).
+            starts from random weights), and so does the demo (decision
+            ``pretrained-identifier``).
         pretrain_batch: SimSiam pairs per step.
         localizer_iterations, identifier_iterations: optimiser steps (None: the
             ``TrainConfig.cpu_demo`` preset's).

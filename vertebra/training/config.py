@@ -232,37 +232,25 @@ class TrainConfig:
         """A recipe for a 2-core CPU on ``phantoms:N`` data (minutes a network).
 
         Both networks: a small encoder (ResNet-10t), 64-pixel crops in batches of 16 (a
-        step on a 2-core CPU costs more per call than per crop: 16 crops take 1.5x the
-        time of 8, ``benchmarks/README.md``), Adam at 2e-3
-        with one decay (x0.1), 4 mm heatmap Gaussians (sharper peaks than 6 mm: on the
-        validation phantoms the demo's localized vertebrae moved from a median 2.84 mm to
-        2.24-2.68 mm in two runs; the pipeline's thresholds go down with them, see
-        :meth:`vertebra.demo.DemoConfig.pipeline_settings`), bfloat16 forward passes where the
-        CPU has them (``cpu_bf16``; 1.25-1.3x the steps per second on this project's
-        2-vCPU Xeon with AMX, ``benchmarks/training.py``), views rendered from the CT
-        bone-enhanced (:data:`BONE_GAIN` times steeper above 200 HU,
-        ``ViewConfig.bone_gain``; the ribs, sacrum and pelvis show: on 72 validation
-        phantoms the identified vertebrae moved from a mean 2.25 mm to 1.24 mm off). Each
-        task sees the CT at the resolution it needs:
+        step on a 2-core CPU costs more per call than per crop), Adam at 2e-3 with one
+        decay (x0.1), 4 mm heatmap Gaussians (sharper peaks than 6 mm; the pipeline's
+        thresholds go down with them, see
+        :meth:`vertebra.demo.DemoConfig.pipeline_settings`), bfloat16 forward passes where
+        the CPU has them (``cpu_bf16``), views rendered from the CT bone-enhanced
+        (:data:`BONE_GAIN` times steeper above 200 HU, ``ViewConfig.bone_gain``, so ribs,
+        sacrum and pelvis show). Each task sees the CT at the resolution it needs:
 
         * localization: 2 mm pixels at the isocentre (discs are 1-6 pixels tall; at 4 mm
           the peaks stay ~5 mm off), the focal heatmap loss (sharp peaks in few steps),
-          2400 iterations, decay at 2000: the crops of 4800 batches of 8 in 0.7x the time
-          (on 72 validation phantoms -0.44 points, paired interval -0.85 to -0.11, four
-          top or bottom vertebrae; on the demo's held-out ones +0.68, 0.0 to +1.72). In
-          batches of 8, 3600 iterations placed the identified vertebrae of the validation
-          phantoms a median 2.31 mm off, 4800 1.78 mm, and 2400 lost 7 points of id rate;
+          2400 iterations, decay at 2000;
         * identification: 4 mm pixels (a 64-pixel crop spans 256 mm, enough anatomy to
           count from), background weight 0.2 in the cross-entropy so the few square
-          pixels count, 1400 iterations, decay at 1150 (the crops of 2800 batches of 8
-          in 0.68x the time; on the 72 validation phantoms -0.66 points, paired interval
-          -2.3 to 0.0, against those 2800 batches of 8, which gained +2.64 over the
-          previous 1600 batches of 8 on half the demo's phantoms), a decoder half as wide
-          (128, 64, 32, 16, 16): 1.3x the steps per second, the same labels on the
-          validation phantoms (the localizer lost its top cervical vertebrae with it),
-          and the sacrum class (``sacrum_class``: the pipeline then labels the vertebra
-          above a sacrum L5 or L6; on the demo's held-out phantoms the lumbar id rate
-          went from 84 % to 100 %, ``benchmarks/README.md``).
+          pixels count, 1400 iterations, decay at 1150, a decoder half as wide
+          (128, 64, 32, 16, 16), and the sacrum class (``sacrum_class``: the pipeline then
+          labels the vertebra above a sacrum L5 or L6).
+
+        Each choice was measured on validation phantoms: decision ``cpu-demo-recipe`` in
+        ``benchmarks/decisions.md``.
 
         The pipeline renders each network's own views (``identifier_views`` of
         :func:`vertebra.pipeline.label_ct`). Per-view scores on held-out phantoms and the

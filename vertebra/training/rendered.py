@@ -28,8 +28,8 @@ File layout of ``CASE.npz`` (written atomically)::
 A rerun of :func:`prerender` into the same folder keeps a ``CASE.npz`` only when its
 ``meta``, less the fields that describe the CT itself (:data:`CT_FIELDS`), equals what
 this run would write: same cache version, views, target sizes and orbit angles. Version
-2 (session 10) reads VerSe CT numbers as attenuation correctly; older folders are
-refused by :class:`RenderedCache` and rendered again by ``vertebra prerender``.
+2 reads VerSe CT numbers as attenuation correctly; older folders are refused by
+:class:`RenderedCache` and rendered again by ``vertebra prerender``.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from vertebra.training.sources import LazyCollection, TrainingCT
 from vertebra.views import ViewConfig
 
 CACHE_FORMAT = "vertebra.prerender"
-CACHE_VERSION = 2  # 2: VerSe CT numbers read as attenuation (session 10), start angles
+CACHE_VERSION = 2  # 2: VerSe CT numbers read as attenuation, start angles
 
 #: ``meta`` fields that follow from the CT (its name, and the version that read it), not
 #: from the render settings; every other field must match for a cached file to be reused.
@@ -356,8 +356,8 @@ def prerender(source, out: str | Path, view_config: ViewConfig, *, orbits: int =
 
 def differing_settings(previous: dict, wanted: dict) -> list[str]:
     """Keys of ``wanted`` whose value the manifest ``previous`` (a ``cache.json``) holds
-    otherwise. Caches written before sources were described (session 12) have no
-    ``"source"`` and are not held to one."""
+    otherwise. Caches written before sources were described have no ``"source"`` and are
+    not held to one."""
     return [k for k, v in wanted.items()
             if (k != "source" or "source" in previous) and previous.get(k) != v]
 
