@@ -355,8 +355,11 @@ def model_record(model: Path) -> dict:
     import json
 
     from drrkit.io import json_safe
+    from vertebra import weights
     from vertebra.models import read_checkpoint
 
+    if weights.is_networks_file(model):
+        return json_safe(weights.describe(model))
     ckpt = read_checkpoint(model)
     record = {}
     for part in ("localizer", "identifier"):
@@ -377,6 +380,29 @@ def model_record(model: Path) -> dict:
         except (OSError, ValueError):
             pass
     return json_safe(record)
+
+
+def parse_settings(items: list[str]) -> dict:
+    """``["peak_threshold=0.2", "allow_t13=false"]`` -> {name: value} (numbers, booleans,
+    ``none``)."""
+    import json
+
+    from drrkit.errors import DrrkitError
+
+    out = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise DrrkitError(f"--set takes NAME=VALUE, got {item!r}")
+        text = text.strip()
+        value = {"none": None, "true": True, "false": False}.get(text.lower(), text)
+        if value is text:
+            try:
+                value = json.loads(text)
+            except ValueError:
+                pass
+        out[name.strip()] = value
+    return out
 
 
 def default_name(model: Path) -> str:
@@ -431,8 +457,13 @@ def _version(distribution: str) -> str | None:
 # ---------------------------------------------------------------------------- main
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", type=Path, required=True,
-                   help="networks bundle (vertebra demo's models/networks.pt)")
+    p.add_argument("--model", type=Path, default=None,
+                   help="networks bundle (vertebra demo's models/networks.pt) or networks "
+                        "file (.safetensors); default: the packaged default networks")
+    p.add_argument("--set", dest="settings", action="append", default=[],
+                   metavar="NAME=VALUE",
+                   help="a pipeline setting over the networks' own (PipelineConfig field, "
+                        "e.g. peak_threshold=0.2); repeatable")
     p.add_argument("--out", type=Path, default=Path("runs/real_ct"),
                    help="pictures and centroid files go to OUT/<case>/")
     p.add_argument("--name", default=None,
@@ -453,7 +484,7 @@ def main(argv=None) -> int:
         print(f"error: unknown case(s) {', '.join(unknown) or '(none)'}; choose from "
               f"{', '.join(CASES)}", file=sys.stderr)
         return 2
-    if not args.model.is_file():
+    if args.model is not None and not args.model.is_file():
         print(f"error: no such model file: {args.model}", file=sys.stderr)
         return 2
     try:
@@ -478,8 +509,9 @@ def main(argv=None) -> int:
 
         from drrkit.errors import DrrkitError
         from drrkit.io import json_safe
+        from vertebra.labelling import pipeline_config
         from vertebra.metrics import RADIUS_MM
-        from vertebra.pipeline import PipelineConfig, load_networks
+        from vertebra.pipeline import load_networks
     except MissingPackage as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -492,8 +524,12 @@ def main(argv=None) -> int:
 
     console = Console(soft_wrap=True)
     try:
+        if args.model is None:
+            from vertebra.weights import default_path
+
+            args.model = default_path()
         nets = load_networks(args.model, device=args.device)
-        config = PipelineConfig(**nets.settings)
+        config = pipeline_config(nets, **parse_settings(args.settings))
         record_cases = {}
         for f in files:
             truth = load_truth(f)

@@ -119,3 +119,14 @@ def test_relabel_maps_ids_and_clears_the_rest(real_ct):
     assert out.data.dtype == np.int32
     assert out.data.ravel().tolist() == [0, 20, 19, 0, 0]
     assert real_ct.relabel(mask, None).data.ravel().tolist() == [0, 31, 32, 5, 26]
+
+
+def test_pipeline_settings_from_the_command_line(real_ct):
+    from drrkit.errors import DrrkitError
+
+    got = real_ct.parse_settings(["peak_threshold=0.2", "allow_t13=false",
+                                  "extend_threshold=none", "correction=dp"])
+    assert got == {"peak_threshold": 0.2, "allow_t13": False, "extend_threshold": None,
+                   "correction": "dp"}
+    with pytest.raises(DrrkitError, match="NAME=VALUE"):
+        real_ct.parse_settings(["peak_threshold"])
