@@ -6,6 +6,8 @@ Run (CPU, about 3 to 6 minutes on 2 cores, most of it the ResNet-50 U-Nets)::
     uv run python benchmarks/label_timing.py --preset cpu-demo      # 2 mm / 4 mm views + ResNet-10t
     uv run python benchmarks/label_timing.py --preset cpu-demo --localizer-views 20  # as the demo labels
     uv run python benchmarks/label_timing.py --device cuda --backend cuda   # on a GPU
+    uv run python benchmarks/label_timing.py --save-ct ct512.nii.gz  # the CT, for
+    time uv run --extra learn vertebra label ct512.nii.gz --out labels/  # end to end
 
 CT: a synthetic spine (:func:`vertebra.data.phantom.make_spine_phantom`, seed
 ``--seed``, levels T1-L5, canonical orientation, 0.8 x 0.8 x 1.0 mm voxels, in-plane field
@@ -67,6 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--save-ct", type=Path, default=None,
+                   help="only write the CT (HU, NIfTI) to this path and stop: a file to "
+                        "time `vertebra label` on, end to end")
     return p.parse_args(argv)
 
 
@@ -127,6 +132,13 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     centroids, volume = make_ct(tuple(args.shape), tuple(args.spacing), args.seed)
     build_s = time.perf_counter() - t
+    if args.save_ct is not None:
+        import drrkit
+
+        hu = np.round((volume.data / drrkit.MU_WATER - 1.0) * 1000.0).astype(np.int16)
+        volume.with_data(hu).save(args.save_ct)
+        print(f"wrote {args.save_ct} ({' x '.join(map(str, hu.shape))} voxels, HU)")
+        return 0
     geometry = loc_views.geometry(volume)
     targets = make_targets(centroids, geometry, volume, sigma_mm=train.sigma_mm,
                            square_mm=train.square_mm)
