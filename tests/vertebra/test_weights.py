@@ -133,3 +133,24 @@ def test_cli_export_default_then_label_without_a_model(exported, tmp_path, monke
     res = runner.invoke(app, ["export-default", str(tmp_path / "none.pt"), "--recipe", "r",
                               "--data", "d", "--out", str(out)])
     assert res.exit_code == 2 and "no such file" in res.stderr
+
+
+def test_the_packaged_default_networks(monkeypatch):
+    """The networks shipped in vertebra/weights/: checksum, size, recipe, and they label."""
+    monkeypatch.delenv(weights.ENV_VAR, raising=False)
+    path = weights.default_path()
+    assert path.parent == weights.WEIGHTS_DIR
+    record = weights.check_file(path)
+    assert record.recipe == "real-ct" and record.dtype == "float16"
+    assert record.bytes <= weights.MAX_MB * 1e6
+    assert "no real CT" in record.training_data
+    nets = pipeline.load_networks(device="cpu")
+    assert nets.settings["peak_threshold"] == 0.3
+    import drrkit
+    import vertebra
+    from vertebra.data.phantom import make_spine_phantom
+
+    ph = make_spine_phantom(5, levels=("T8", "L2"), size="small", orientation="canonical")
+    mu = ph.ct.with_data(drrkit.hu_to_mu(ph.ct.data))
+    result = vertebra.label(mu, networks=nets, backend="cpu", pictures=False)
+    assert len(result.vertebrae) >= 3  # it finds a spine (accuracy: benchmarks, not tests)
