@@ -14,26 +14,27 @@ shift
 thresholds=("${@:-0.3 0.2 0.15}")
 read -r -a thresholds <<<"${thresholds[*]}"
 out=$run/sweep
+UVR="uv run --extra learn --group bench"  # one environment for every step
 mkdir -p "$out"
-[ -d "$out/val_plain" ] || uv run vertebra phantom "$out/val_plain" --seed 2024 --count 24
-[ -d "$out/val_clinical" ] || uv run vertebra phantom "$out/val_clinical" --seed 2024 --count 24 --clinical
+[ -d "$out/val_plain" ] || $UVR vertebra phantom "$out/val_plain" --seed 2024 --count 24
+[ -d "$out/val_clinical" ] || $UVR vertebra phantom "$out/val_clinical" --seed 2024 --count 24 --clinical
 for t in "${thresholds[@]}"; do
   e=$(python3 -c "print($t / 2)")
   bundle=$out/networks_$t.pt
-  uv run --extra learn python -c "
+  $UVR python -c "
 from vertebra.pipeline import bundle_networks
 bundle_networks('$run/models/localizer.pt', '$run/models/identifier.pt', '$bundle',
                 pipeline={'localizer_views': 20, 'peak_threshold': $t,
                           'extend_threshold': $e, 'allow_t13': False})"
   for set in val_plain val_clinical; do
     rm -rf "$out/labels_${set}_$t"
-    uv run --extra learn vertebra label "$out/$set" --model "$bundle" \
+    $UVR vertebra label "$out/$set" --model "$bundle" \
       --out "$out/labels_${set}_$t" --no-pictures --device cpu >/dev/null
     echo "== $set, peak threshold $t"
-    uv run --extra learn vertebra evaluate "$out/labels_${set}_$t" "$out/$set" | grep -E "all|bootstrap"
+    $UVR vertebra evaluate "$out/labels_${set}_$t" "$out/$set" | grep -E "all|bootstrap"
   done
   echo "== real CTs, peak threshold $t"
-  uv run --group bench python benchmarks/real_ct.py --model "$bundle" --out "$out/real_$t" \
+  $UVR python benchmarks/real_ct.py --model "$bundle" --out "$out/real_$t" \
     --name "sweep-$t" --set "peak_threshold=$t" --set "extend_threshold=$e" | grep -E "GT,"
   rm -f "benchmarks/results/real-ct-sweep-$t.json"
 done
