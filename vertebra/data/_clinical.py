@@ -24,7 +24,7 @@ y posterior, z along the spine; see :mod:`vertebra.data.anatomy`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -100,6 +100,34 @@ def _level(spine: Spine, name: str, fallback: int) -> int:
     return spine.names.index(name) if name in spine.names else fallback
 
 
+@dataclass
+class _Patient:
+    """What the parts of :func:`build_clinical` share: the spine's frames, the material
+    table, the two passes being filled, the blood's CT numbers and the random stream."""
+
+    spine: Spine
+    objs: object
+    locs: list
+    width: float
+    shoulders: np.ndarray
+    rng: np.random.Generator
+    blood: dict
+    organs: _sdf.Shapes = field(default_factory=_sdf.Shapes)
+    vessels: _sdf.Shapes = field(default_factory=_sdf.Shapes)
+    hw: float = 1.0  # the heart's and great vessels' size factor
+
+    def __post_init__(self) -> None:
+        dims = self.spine.dims
+        self.dims = dims
+        self.thor = [i for i, d in enumerate(dims) if d.region == "thoracic"]
+        self.lumb = [i for i, d in enumerate(dims) if d.region == "lumbar"]
+        self.mid = self.locs[self.thor[min(7, len(self.thor) - 1)]]  # heart level
+
+    def add(self, core, shell=None, thick=0.0) -> int:
+        """A material that writes no label."""
+        return self.objs.add(core, shell, thick, -1)
+
+
 def build_clinical(spine: Spine, objs, locs, width: float, shoulders, rng) -> Clinical:
     """Organs, vessels, arms, calcification and leads around ``spine``.
 
@@ -109,31 +137,35 @@ def build_clinical(spine: Spine, objs, locs, width: float, shoulders, rng) -> Cl
         locs: per-level local frames (``_Local`` with ``p``), cranio-caudal.
         width: the patient's body-width factor (1 = average).
         shoulders: (2, 3) world mm of the right and left humeral heads.
-        rng: random generator, consumed in a fixed order.
+        rng: random generator, consumed in a fixed order (the parts below, in turn).
     """
-    organs, vessels = _sdf.Shapes(), _sdf.Shapes()
     blood = _phase(rng)
-    thor = [i for i, d in enumerate(spine.dims) if d.region == "thoracic"]
-    lumb = [i for i, d in enumerate(spine.dims) if d.region == "lumbar"]
-    dims = spine.dims
     tissue = rng.uniform(-40.0, 50.0)
+    p = _Patient(spine, objs, locs, width, shoulders, rng, blood)
+    for part in (_heart, _aorta, _veins, _lung_vessels, _abdomen, _arms, _leads):
+        part(p)
+    return Clinical(p.organs, p.vessels, float(tissue))
 
-    def add(core, shell=None, thick=0.0):
-        return objs.add(core, shell, thick, -1)
 
-    # ---- heart: blood pool inside a myocardial wall, left and right halves
-    mid = locs[thor[min(7, len(thor) - 1)]]
+def _heart(p: _Patient) -> None:
+    """Left and right blood pools inside a myocardial wall; draws the size factor ``hw``."""
+    rng, blood, mid = p.rng, p.blood, p.mid
     myo = rng.uniform(60.0, 130.0) if blood["bolus"] or blood["arterial"] > 100 else 45.0
-    hw = width * rng.uniform(0.9, 1.15)
+    p.hw = hw = p.width * rng.uniform(0.9, 1.15)
     for side, key in ((1, "heart_l"), (-1, "heart_r")):
-        o = add(blood[key], myo, rng.uniform(5.0, 10.0))
-        organs.ellipsoid(o, mid.p((15 + side * 22) * hw, (-95 + side * 8) * hw, side * 6),
-                         mid.F, (34 * hw, 42 * hw, 55))
-    # ---- aorta: ascending, arch, descending along the left of the bodies, bifurcation
-    aorta = add(blood["arterial"])
+        o = p.add(blood[key], myo, rng.uniform(5.0, 10.0))
+        p.organs.ellipsoid(o, mid.p((15 + side * 22) * hw, (-95 + side * 8) * hw, side * 6),
+                           mid.F, (34 * hw, 42 * hw, 55))
+
+
+def _aorta(p: _Patient) -> None:
+    """Ascending aorta, arch, descending along the left of the bodies, iliac bifurcation,
+    and calcified plaques on its wall in half of the patients."""
+    rng, locs, dims, hw, spine = p.rng, p.locs, p.dims, p.hw, p.spine
+    aorta = p.add(p.blood["arterial"])
     r_aorta = rng.uniform(0.8, 1.3)
-    t4 = thor[3]
-    path = [mid.p(5 * hw, -85 * hw, 45), locs[thor[2]].p(-5 * hw, -70 * hw, 10),
+    t4 = p.thor[3]
+    path = [p.mid.p(5 * hw, -85 * hw, 45), locs[p.thor[2]].p(-5 * hw, -70 * hw, 10),
             locs[t4].p(12 * hw, -38, 18)]
     radii = [15.0, 14.0, 13.0]
     for i in range(t4 + 1, len(dims)):
@@ -145,119 +177,143 @@ def build_clinical(spine: Spine, objs, locs, width: float, shoulders, rng) -> Cl
         else:
             path.append(locs[i].p(0.15 * d.width, -0.55 * d.depth - 13, 0))
         radii.append(12.0 if d.region == "thoracic" else 10.0)
-    vessels.chain(aorta, np.array(path), np.array(radii) * r_aorta)
+    p.vessels.chain(aorta, np.array(path), np.array(radii) * r_aorta)
     end = path[-1]
     for s in (-1, 1):  # common iliac arteries
-        vessels.capsule(aorta, end, end + np.array([s * 45.0, -5.0, -70.0]), 7.0, 6.0)
-    if rng.random() < 0.5:  # calcified plaques on the wall
-        calc = add(rng.uniform(300.0, 1200.0))
+        p.vessels.capsule(aorta, end, end + np.array([s * 45.0, -5.0, -70.0]), 7.0, 6.0)
+    if rng.random() < 0.5:
+        calc = p.add(rng.uniform(300.0, 1200.0))
         for _ in range(int(rng.integers(3, 25))):
             k = int(rng.integers(2, len(path)))
             u = rng.normal(size=3)
             u /= np.linalg.norm(u)
-            vessels.ellipsoid(calc, path[k] + u * radii[k] * r_aorta, np.eye(3),
-                           rng.uniform(1.0, 3.5, 3))
-    # ---- venae cavae and the arm veins
-    ven = add(blood["venous"])
+            p.vessels.ellipsoid(calc, path[k] + u * radii[k] * r_aorta, np.eye(3),
+                                rng.uniform(1.0, 3.5, 3))
+
+
+def _veins(p: _Patient) -> None:
+    """Inferior and superior venae cavae and the brachiocephalic veins to both shoulders,
+    one of them (and the superior vena cava) full of undiluted contrast when the phase
+    has a bolus."""
+    rng, locs, dims, hw, spine = p.rng, p.locs, p.dims, p.hw, p.spine
+    ven = p.add(p.blood["venous"])
     ivc = []
-    for i in range(_level(spine, "T10", thor[-1]), _level(spine, "L4", len(dims) - 1) + 1):
+    for i in range(_level(spine, "T10", p.thor[-1]), _level(spine, "L4", len(dims) - 1) + 1):
         d = dims[i]
         ivc.append(locs[i].p(-0.55 * d.width - 8, -0.55 * d.depth - 10, 0))
     if len(ivc) >= 2:
-        organs.chain(ven, np.array(ivc), 11.0 * rng.uniform(0.8, 1.2))
-    svc = [mid.p(-30 * hw, -85 * hw, 40), locs[thor[1]].p(-28 * hw, -60 * hw, 0)]
+        p.organs.chain(ven, np.array(ivc), 11.0 * rng.uniform(0.8, 1.2))
+    svc = [p.mid.p(-30 * hw, -85 * hw, 40), locs[p.thor[1]].p(-28 * hw, -60 * hw, 0)]
     arm_side = 1 if rng.random() < 0.5 else -1
-    bolus = blood["bolus"]
-    dense = add(bolus) if bolus else ven
-    vessels.chain(dense if bolus else ven, np.array(svc), 10.0)
-    top = locs[thor[0]]
+    bolus = p.blood["bolus"]
+    dense = p.add(bolus) if bolus else ven
+    p.vessels.chain(dense, np.array(svc), 10.0)
+    top = locs[p.thor[0]]
     for s in (-1, 1):
         brachio = [svc[-1], top.p(s * 30 * hw, -45 * hw, 5), top.p(s * 75 * hw, -40 * hw, 0),
-                   shoulders[(s + 1) // 2] + np.array([0.0, -15.0, -5.0])]
-        vessels.chain(dense if (bolus and s == arm_side) else ven, np.array(brachio),
-                      np.array([9.0, 8.0, 7.0, 6.0]) * rng.uniform(0.7, 1.2))
-    # ---- pulmonary arteries and lung vessels
-    pulm = add(blood["heart_r"])
-    hilum = locs[thor[min(5, len(thor) - 1)]]
-    lung_vessels = add(blood["heart_r"] * 0.6 + 0.4 * blood["heart_l"])
+                   p.shoulders[(s + 1) // 2] + np.array([0.0, -15.0, -5.0])]
+        p.vessels.chain(dense if (bolus and s == arm_side) else ven, np.array(brachio),
+                        np.array([9.0, 8.0, 7.0, 6.0]) * rng.uniform(0.7, 1.2))
+
+
+def _lung_vessels(p: _Patient) -> None:
+    """Pulmonary arteries from the heart to each hilum and vessels fanning into the lungs."""
+    rng, hw = p.rng, p.hw
+    pulm = p.add(p.blood["heart_r"])
+    hilum = p.locs[p.thor[min(5, len(p.thor) - 1)]]
+    branches = p.add(p.blood["heart_r"] * 0.6 + 0.4 * p.blood["heart_l"])
     for s in (-1, 1):
         root = hilum.p(s * 45 * hw, -25 * hw, 0)
-        vessels.capsule(pulm, mid.p(s * 10 * hw, -80 * hw, 50), root, 11.0, 9.0)
+        p.vessels.capsule(pulm, p.mid.p(s * 10 * hw, -80 * hw, 50), root, 11.0, 9.0)
         for _ in range(int(rng.integers(15, 35))):
             u = np.array([s * rng.uniform(0.3, 1.0), rng.uniform(-0.6, 0.6),
                           rng.uniform(-1.0, 1.0)])
             u /= np.linalg.norm(u)
             length = rng.uniform(40.0, 120.0) * hw
             a = root + u * rng.uniform(0.0, 15.0)
-            vessels.capsule(lung_vessels, a, a + u * length, rng.uniform(2.0, 5.0), 1.0)
-    # ---- abdominal organs below the diaphragm
-    low = locs[thor[min(8, len(thor) - 1)]]
-    liver = add(blood["liver"])
-    organs.ellipsoid(liver, low.p(-60 * width, -55 * width, -85), low.F,
-                     (95 * width, 85 * width, 85))
-    spleen = add(blood["liver"] + rng.uniform(-10.0, 20.0))
-    organs.ellipsoid(spleen, low.p(80 * width, 15 * width, -70), low.F, (32, 50, 55))
-    l1 = locs[_level(spine, "L1", lumb[0] if lumb else len(dims) - 1)]
+            p.vessels.capsule(branches, a, a + u * length, rng.uniform(2.0, 5.0), 1.0)
+
+
+def _abdomen(p: _Patient) -> None:
+    """Liver, spleen, kidneys (cortex and medulla), psoas muscles, and bowel loops (with or
+    without oral contrast) among visceral fat."""
+    rng, locs, dims, width, lumb = p.rng, p.locs, p.dims, p.width, p.lumb
+    low = locs[p.thor[min(8, len(p.thor) - 1)]]
+    liver = p.add(p.blood["liver"])
+    p.organs.ellipsoid(liver, low.p(-60 * width, -55 * width, -85), low.F,
+                       (95 * width, 85 * width, 85))
+    spleen = p.add(p.blood["liver"] + rng.uniform(-10.0, 20.0))
+    p.organs.ellipsoid(spleen, low.p(80 * width, 15 * width, -70), low.F, (32, 50, 55))
+    l1 = locs[_level(p.spine, "L1", lumb[0] if lumb else len(dims) - 1)]
     for s in (-1, 1):
-        cortex = blood["kidney"]
-        o = add(0.5 * (cortex + 30.0), cortex, rng.uniform(4.0, 8.0))
-        organs.ellipsoid(o, l1.p(s * 62 * width, 5 * width, s * 8), l1.F, (28, 30, 52))
-    if lumb:  # psoas muscles
-        psoas = add(rng.uniform(35.0, 60.0))
+        cortex = p.blood["kidney"]
+        o = p.add(0.5 * (cortex + 30.0), cortex, rng.uniform(4.0, 8.0))
+        p.organs.ellipsoid(o, l1.p(s * 62 * width, 5 * width, s * 8), l1.F, (28, 30, 52))
+    if lumb:
+        psoas = p.add(rng.uniform(35.0, 60.0))
         for s in (-1, 1):
             pts = [locs[i].p(s * (0.5 * dims[i].width + 4 + 4 * k), -0.1 * dims[i].depth, 0)
                    for k, i in enumerate(lumb)]
             radii = [9.0 + 4.0 * k for k in range(len(pts))]
-            organs.chain(psoas, np.array(pts), np.array(radii))
+            p.organs.chain(psoas, np.array(pts), np.array(radii))
     oral = rng.random() < 0.3
-    gut = add(rng.uniform(150.0, 600.0) if oral else rng.uniform(10.0, 40.0))
-    fat = add(rng.uniform(-110.0, -70.0))
+    gut = p.add(rng.uniform(150.0, 600.0) if oral else rng.uniform(10.0, 40.0))
+    fat = p.add(rng.uniform(-110.0, -70.0))
     for _ in range(int(rng.integers(6, 20))):
         i = int(rng.integers(max(0, (lumb[0] if lumb else len(dims)) - 2), len(dims)))
         c = locs[i].p(rng.uniform(-90, 90) * width, -dims[i].depth - rng.uniform(15, 80),
                       rng.uniform(-20, 20))
-        organs.ellipsoid(gut if rng.random() < 0.6 else fat, c, np.eye(3),
-                         rng.uniform(8.0, 25.0, 3))
-    # ---- arms: at the sides (with the trunk), raised (beside the head) or out of view
+        p.organs.ellipsoid(gut if rng.random() < 0.6 else fat, c, np.eye(3),
+                           rng.uniform(8.0, 25.0, 3))
+
+
+def _arms(p: _Patient) -> None:
+    """Arms at the sides (40 %), raised beside the head (35 %) or out of view (25 %), with
+    humerus, radius and ulna."""
+    rng = p.rng
     pose = rng.random()
-    if pose < 0.75:
-        arm = add(rng.uniform(20.0, 55.0), -100.0, rng.uniform(4.0, 15.0))
-        cortex = add(rng.uniform(-60.0, 40.0), rng.uniform(900.0, 1600.0), 3.0)
-        raised = pose < 0.35
-        for s, head in zip((-1, 1), shoulders):
-            if raised:
-                elbow = head + np.array([s * rng.uniform(-10, 30), rng.uniform(-40, 10), 290])
-                hand = elbow + np.array([-s * rng.uniform(40, 120), rng.uniform(-40, 20), 220])
-            else:
-                elbow = head + np.array([s * rng.uniform(25, 60), rng.uniform(-10, 30), -290])
-                hand = elbow + np.array([s * rng.uniform(-20, 30), rng.uniform(-120, -20),
-                                         -230])
-            r_arm = rng.uniform(38.0, 55.0) * width
-            organs.capsule(arm, head, elbow, r_arm, 0.8 * r_arm)
-            organs.capsule(arm, elbow, hand, 0.8 * r_arm, 0.55 * r_arm)
-            vessels.capsule(cortex, head, elbow, 11.0, 9.0)
-            for off in (-8.0, 8.0):
-                shift = np.array([off, off * 0.3, 0.0])
-                vessels.capsule(cortex, elbow + shift, hand + 0.6 * shift, 7.0, 6.0)
-    # ---- ECG electrodes with leads, sternal wires (drawn without streaks)
+    if pose >= 0.75:
+        return
+    arm = p.add(rng.uniform(20.0, 55.0), -100.0, rng.uniform(4.0, 15.0))
+    cortex = p.add(rng.uniform(-60.0, 40.0), rng.uniform(900.0, 1600.0), 3.0)
+    raised = pose < 0.35
+    for s, head in zip((-1, 1), p.shoulders):
+        if raised:
+            elbow = head + np.array([s * rng.uniform(-10, 30), rng.uniform(-40, 10), 290])
+            hand = elbow + np.array([-s * rng.uniform(40, 120), rng.uniform(-40, 20), 220])
+        else:
+            elbow = head + np.array([s * rng.uniform(25, 60), rng.uniform(-10, 30), -290])
+            hand = elbow + np.array([s * rng.uniform(-20, 30), rng.uniform(-120, -20), -230])
+        r_arm = rng.uniform(38.0, 55.0) * p.width
+        p.organs.capsule(arm, head, elbow, r_arm, 0.8 * r_arm)
+        p.organs.capsule(arm, elbow, hand, 0.8 * r_arm, 0.55 * r_arm)
+        p.vessels.capsule(cortex, head, elbow, 11.0, 9.0)
+        for off in (-8.0, 8.0):
+            shift = np.array([off, off * 0.3, 0.0])
+            p.vessels.capsule(cortex, elbow + shift, hand + 0.6 * shift, 7.0, 6.0)
+
+
+def _leads(p: _Patient) -> None:
+    """ECG electrodes with their leads (35 %) and sternal wires (10 %), drawn without
+    streaks."""
+    rng, dims, thor, width = p.rng, p.dims, p.thor, p.width
     if rng.random() < 0.35:
-        steel = add(rng.uniform(1500.0, 3000.0))
-        front = mid.p(0, -0.5 * dims[thor[0]].depth - 150 * width, 0)
+        steel = p.add(rng.uniform(1500.0, 3000.0))
+        front = p.mid.p(0, -0.5 * dims[thor[0]].depth - 150 * width, 0)
         for _ in range(int(rng.integers(3, 7))):
             c = front + np.array([rng.uniform(-120, 120) * width, rng.uniform(-15, 15),
                                   rng.uniform(-150, 100)])
-            vessels.ellipsoid(steel, c, np.eye(3), (5.0, 5.0, 1.5))
+            p.vessels.ellipsoid(steel, c, np.eye(3), (5.0, 5.0, 1.5))
             tail = c + np.array([rng.uniform(-150, 150), rng.uniform(-10, 10),
                                  rng.uniform(-200, 200)])
-            vessels.capsule(steel, c, tail, 0.8, 0.8)
+            p.vessels.capsule(steel, c, tail, 0.8, 0.8)
     if rng.random() < 0.1:
-        steel = add(3000.0)
+        steel = p.add(3000.0)
+        depth = -0.5 * dims[thor[0]].depth - 90 * width
         for k in range(int(rng.integers(4, 8))):
-            c = locs[thor[min(1 + k, len(thor) - 1)]].p(0, -0.5 * dims[thor[0]].depth - 90 * width,
-                                                          0)
-            vessels.capsule(steel, c + np.array([-12.0, 0, 0]), c + np.array([12.0, 0, 0]),
-                          1.0, 1.0)
-    return Clinical(organs, vessels, float(tissue))
+            c = p.locs[thor[min(1 + k, len(thor) - 1)]].p(0, depth, 0)
+            p.vessels.capsule(steel, c + np.array([-12.0, 0, 0]), c + np.array([12.0, 0, 0]),
+                              1.0, 1.0)
 
 
 def fov_cut(hu: np.ndarray, origin, spacing, rng) -> None:
