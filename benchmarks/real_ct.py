@@ -242,34 +242,27 @@ def load_truth(files: CaseFiles) -> Truth:
 
 # ---------------------------------------------------------------------------- labelling
 def label_case(nets, config, files: CaseFiles, out: Path, truth: Truth, backend: str):
-    """Label one CT as ``vertebra label`` does and write its outputs into ``out``.
+    """Label one CT as ``vertebra label`` does (:func:`vertebra.labelling.label_file`) and
+    write its outputs into ``out``, the ground truth drawn as rings.
 
     Returns:
         (LabelResult, the CT as a drrkit.Volume, {output: path}, wall seconds).
     """
-    import dataclasses
     import warnings
 
     import drrkit
-    from vertebra.pipeline import label_ct
-    from vertebra.report import write_outputs
+    from vertebra.labelling import label_file
 
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         volume = drrkit.load_volume(files.ct)
-        result = label_ct(volume, nets.localizer, nets.identifier, views=nets.views,
-                          identifier_views=nets.identifier_views, config=config,
-                          backend=backend)
+        result, paths = label_file(volume, nets, config, out=out, stem=files.name,
+                                   backend=backend, truth=truth.centroids,
+                                   source=str(files.ct))
     seconds = time.perf_counter() - start
     for w in caught:  # as vertebra label shows them: one line each, on stderr
         print(f"warning: {files.name}: {w.message}", file=sys.stderr)
-    paths = write_outputs(result, volume, out, files.name, truth=truth.centroids,
-                          input=str(files.ct), device=nets.device,
-                          view_config=nets.views.to_dict(),
-                          identifier_view_config=(nets.identifier_views.to_dict()
-                                                  if nets.identifier_views else None),
-                          pipeline=dataclasses.asdict(config))
     return result, volume, paths, seconds
 
 

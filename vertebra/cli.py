@@ -671,6 +671,23 @@ def train(
 
 
 # ====================================================================== demo
+def _run_config(recipe: str, device: str, threads: int | None, *, quick: bool = False):
+    """The :class:`vertebra.demo.DemoConfig` of a named recipe (or the quick smoke run) on
+    ``device`` with ``threads`` torch threads; DrrkitError on bad values."""
+    from dataclasses import replace
+
+    from drrkit.errors import DrrkitError
+    from vertebra.demo import DemoConfig, recipe_config
+
+    config = replace(DemoConfig.quick() if quick else recipe_config(recipe),
+                     device=device.strip().lower())
+    if threads is not None:
+        if threads < 1:
+            raise DrrkitError(f"--threads must be >= 1, got {threads}")
+        config = replace(config, threads=threads)
+    return config
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Demo folder (reused if it holds an "
@@ -701,18 +718,11 @@ def demo(
     import time
 
     from drrkit.errors import DrrkitError
-    from vertebra.demo import TARGET_ERROR_MM, TARGET_ID_RATE, DemoConfig, recipe_config, run_demo
+    from vertebra.demo import TARGET_ERROR_MM, TARGET_ID_RATE, run_demo
 
     start = time.perf_counter()
     try:
-        from dataclasses import replace
-
-        config = replace(DemoConfig.quick() if quick else recipe_config(recipe),
-                         device=device.strip().lower())
-        if threads is not None:
-            if threads < 1:
-                raise DrrkitError(f"--threads must be >= 1, got {threads}")
-            config = replace(config, threads=threads)
+        config = _run_config(recipe, device, threads, quick=quick)
         result = run_demo(out, config, log=typer.echo, progress=progress)
     except (DrrkitError, OSError) as error:
         fail(str(error))
@@ -795,18 +805,14 @@ def train_default(
 
         $ vertebra train-default --out real-ct/
     """
-    from dataclasses import asdict, replace
+    from dataclasses import asdict
 
     from drrkit.errors import DrrkitError
     from vertebra import weights
-    from vertebra.demo import recipe_config, run_demo
+    from vertebra.demo import run_demo
 
     try:
-        config = replace(recipe_config(recipe), device=device.strip().lower())
-        if threads is not None:
-            if threads < 1:
-                raise DrrkitError(f"--threads must be >= 1, got {threads}")
-            config = replace(config, threads=threads)
+        config = _run_config(recipe, device, threads)
         result = run_demo(out, config, log=typer.echo, progress=progress)
         shares = {k: v for k, v in asdict(config).items()
                   if k.endswith(("_phantoms", "_share")) or k in ("augment", "orbits")}

@@ -395,27 +395,24 @@ def label_folder(networks: Path, held_dir: Path, labels: Path, *, pictures: bool
     """
     import warnings
 
-    import drrkit
     from vertebra.data.dataset import VerseDataset
-    from vertebra.pipeline import PipelineConfig, label_ct, load_networks
-    from vertebra.report import score_folder, write_outputs
+    from vertebra.labelling import label_file, pipeline_config
+    from vertebra.pipeline import load_networks
+    from vertebra.report import score_folder
 
     nets = load_networks(networks, device=device)
-    pipe = PipelineConfig(**{**nets.settings, **pipeline_changes})
+    pipe = pipeline_config(nets, **pipeline_changes)
     totals: dict[str, float] = {}
     cases = VerseDataset(held_dir).cases
     for case in cases:
-        volume = drrkit.load_volume(case.ct)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = label_ct(volume, nets.localizer, nets.identifier, views=nets.views,
-                              identifier_views=nets.identifier_views, config=pipe)
+            result, _ = label_file(case.ct, nets, pipe, out=labels / case.name,
+                                   stem=case.name, pictures=pictures, truth=case.centroids())
         for w in caught:
             log(f"  warning: {case.name}: {w.message}")
         for k, v in result.timings.items():
             totals[k] = totals.get(k, 0.0) + v
-        write_outputs(result, volume, labels / case.name, case.name, pictures=pictures,
-                      truth=case.centroids(), input=str(case.ct))
     pooled, scores, missing = score_folder(labels, held_dir)
     if missing:
         raise DrrkitError(f"no predictions were written for {', '.join(missing)}")

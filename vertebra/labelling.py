@@ -34,8 +34,8 @@ def pipeline_config(networks, **changes):
 
 def label_file(ct: str | Path | drrkit.Volume, networks, config=None, *,
                out: str | Path | None = None, stem: str | None = None, backend: str = "auto",
-               nan: str = "zero", pictures: bool = True,
-               progress: Callable[[str], None] | None = None):
+               nan: str = "zero", pictures: bool = True, truth: dict | None = None,
+               source: str | None = None, progress: Callable[[str], None] | None = None):
     """Label one CT and, with ``out``, write its outputs.
 
     Args:
@@ -50,6 +50,8 @@ def label_file(ct: str | Path | drrkit.Volume, networks, config=None, *,
         backend: drrkit render backend ("auto", "cpu", "cuda").
         nan: non-finite CT voxels: "zero" (air, with a warning) or "raise".
         pictures: also write the PNGs.
+        truth: {VerSe id: (3,) world mm} ground truth, drawn as rings in the PNGs.
+        source: for a Volume, the file it was read from (recorded in the outputs).
         progress: called with "reading", each stage's name (:data:`vertebra.pipeline.STAGES`)
             and "writing" as each starts.
 
@@ -66,7 +68,7 @@ def label_file(ct: str | Path | drrkit.Volume, networks, config=None, *,
     config = pipeline_config(networks) if config is None else config
     step("reading")
     if isinstance(ct, drrkit.Volume):
-        volume, source = ct, None
+        volume = ct
     else:
         volume, source = drrkit.load_volume(ct, nan=nan), str(ct)
     result = label_ct(volume, networks.localizer, networks.identifier, views=networks.views,
@@ -78,7 +80,8 @@ def label_file(ct: str | Path | drrkit.Volume, networks, config=None, *,
         if stem is None:
             stem = "ct" if source is None else case_stem(source)
         paths = write_outputs(
-            result, volume, out, stem, pictures=pictures, input=source, device=networks.device,
+            result, volume, out, stem, pictures=pictures, truth=truth, input=source,
+            device=networks.device,
             networks=networks.source, view_config=networks.views.to_dict(),
             identifier_view_config=(networks.identifier_views.to_dict()
                                     if networks.identifier_views else None),
