@@ -167,13 +167,13 @@ def _load(ct: Path | None, units: str, nan: str):
 
 
 def render_views(volume, geometry, backend: str = "auto", step: float | None = None,
-                 progress: bool = False):
+                 progress: bool = False, method: str = "auto"):
     """Render all views, chunk by chunk with a progress bar on stderr if ``progress``.
 
     Args:
         volume: attenuation in 1/mm.
         geometry: K views of H x W.
-        backend, step: as :func:`drrkit.render`.
+        backend, step, method: as :func:`drrkit.render`.
         progress: show a rich progress bar (views done / K).
 
     Returns:
@@ -185,7 +185,7 @@ def render_views(volume, geometry, backend: str = "auto", step: float | None = N
 
     k, h, w = geometry.shape
     if not progress:
-        return render(volume, geometry, backend=backend, step=step)
+        return render(volume, geometry, backend=backend, step=step, method=method)
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -204,7 +204,8 @@ def render_views(volume, geometry, backend: str = "auto", step: float | None = N
         task = bar.add_task("render", total=k)
         for start in range(0, k, chunk):
             stop = min(k, start + chunk)
-            out[start:stop] = render(volume, geometry[start:stop], backend=backend, step=step)
+            out[start:stop] = render(volume, geometry[start:stop], backend=backend, step=step,
+                                     method=method)
             bar.update(task, completed=stop)
     return out
 
@@ -251,6 +252,12 @@ def render(
                           "the phantom is always mu."),
     ] = "hu",
     backend: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    method: Annotated[
+        str,
+        typer.Option(help="Sampling rule: auto (Joseph's method on the CPU, its fastest "
+                          "rule at equal accuracy; trilinear on CUDA or with --step), "
+                          "joseph (CPU only) or trilinear."),
+    ] = "auto",
     start_angle: Annotated[
         float, typer.Option(help="Angle of view 0, degrees (0 = source anterior).")
     ] = 0.0,
@@ -287,7 +294,8 @@ def render(
     """
     with _cli_errors():
         _render(ct, out, phantom, views, sad, sid, size, pixel_spacing, step, input_units,
-                backend, start_angle, arc, nan, (bone_gain, bone_threshold), png, quiet)
+                (backend, method), start_angle, arc, nan, (bone_gain, bone_threshold), png,
+                quiet)
 
 
 def _render(ct, out, phantom, views, sad, sid, size, pixel_spacing, step, input_units,
@@ -298,9 +306,10 @@ def _render(ct, out, phantom, views, sad, sid, size, pixel_spacing, step, input_
     from drrkit.errors import DrrkitError
     from drrkit.geometry import circular_orbit
     from drrkit.io import save_geometry, save_npy, staged_directory
-    from drrkit.render import default_step, resolve_backend
+    from drrkit.render import default_step, resolve_backend, resolve_method
     from drrkit.volume import check_bone_enhancement, enhance_bone
 
+    backend, method = backend
     # --- check everything cheap before reading the CT
     _choose_input(ct, phantom)
     units = _check_choice("units", input_units, UNITS)
@@ -316,17 +325,20 @@ def _render(ct, out, phantom, views, sad, sid, size, pixel_spacing, step, input_
         raise DrrkitError(f"output path exists and is not a folder: {out}")
     _check_memory((views, size, size))
     chosen = resolve_backend(backend.strip().lower())
+    method = resolve_method(method.strip().lower(), chosen, step)
 
     volume, source = _load(ct, units, nan)
     if bone_gain != 1.0:
         volume = enhance_bone(volume, bone_threshold, bone_gain)
     geometry = circular_orbit(volume, views, sad, sid, size, pixel_spacing,
                               start_angle=start_angle, arc=arc)
-    step_mm = default_step(volume) if step is None else float(step)
+    step_mm = None
+    if method == "trilinear":
+        step_mm = default_step(volume) if step is None else float(step)
     k, h, w = geometry.shape
     started = time.perf_counter()
     drr = render_views(volume, geometry, chosen, step_mm,
-                       progress=not quiet and k * h * w >= PROGRESS_PIXELS)
+                       progress=not quiet and k * h * w >= PROGRESS_PIXELS, method=method)
     seconds = time.perf_counter() - started
     if not np.all(np.isfinite(drr)):  # render refuses NaN voxels; this guards the output
         raise DrrkitError("the render produced non-finite values; nothing was written")
@@ -343,7 +355,8 @@ def _render(ct, out, phantom, views, sad, sid, size, pixel_spacing, step, input_
             "isocenter": volume.center.tolist(), "start_angle_deg": float(start_angle),
             "arc_deg": float(arc),
         },
-        "render": {"backend": chosen, "step_mm": step_mm, "seconds": round(seconds, 4),
+        "render": {"backend": chosen, "method": method, "step_mm": step_mm,
+                   "seconds": round(seconds, 4),
                    "bone_gain": float(bone_gain), "bone_threshold_hu": float(bone_threshold)},
         "volume": _volume_json(volume, source, units if ct is not None else "mu"),
         "drrkit_version": __version__,
@@ -358,7 +371,8 @@ def _render(ct, out, phantom, views, sad, sid, size, pixel_spacing, step, input_
         save_geometry(staging / "geometry.json", geometry, **meta)
     if not quiet:
         pictures = f", {k} view PNGs and {CONTACT_SHEET}" if png else ""
-        typer.echo(f"rendered {k} views of {h}x{w} pixels in {seconds:.2f} s ({chosen}); "
+        typer.echo(f"rendered {k} views of {h}x{w} pixels in {seconds:.2f} s ({chosen}, "
+                   f"{method}); "
                    f"wrote drr.npy, geometry.json{pictures} to {out}")
 
 

@@ -16,8 +16,12 @@ from drrkit.geometry import Geometry
 from drrkit.volume import Volume
 
 BACKENDS = ("auto", "cpu", "cuda")
-METHODS = ("trilinear", "joseph")
+METHODS = ("auto", "trilinear", "joseph")
 OUTPUTS = ("integral", "intensity")
+#: Largest RMS difference, as a fraction of the image's peak, between the "joseph" and
+#: "trilinear" images of one scene (a bound for the CPU and CUDA defaults; tested on the
+#: analytic torso phantom, where each rule's own RMS error is about twice this).
+METHOD_TOLERANCE = 1e-3
 
 
 @functools.lru_cache(maxsize=1)
@@ -50,6 +54,27 @@ def default_step(volume: Volume) -> float:
     return 0.5 * float(np.min(volume.spacing))
 
 
+def resolve_method(method: str, backend: str, step: float | None) -> str:
+    """The sampling rule ``render`` uses on a resolved ``backend`` ("cpu" or "cuda").
+
+    "auto" is Joseph's method on the CPU when no ``step`` is given (the fastest CPU
+    rule, at the accuracy of trilinear sampling every half voxel: decision
+    ``cpu-default-method`` in ``benchmarks/decisions.md``) and trilinear sampling
+    otherwise (a ``step`` asks for it; the CUDA kernels sample trilinearly, as the
+    texture hardware does). The two rules give the same image within
+    :data:`METHOD_TOLERANCE` of its peak (RMS).
+    """
+    if method not in METHODS:
+        raise DrrkitError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if method == "auto":
+        return "joseph" if backend == "cpu" and step is None else "trilinear"
+    if method == "joseph" and step is not None:
+        raise DrrkitError("method 'joseph' samples once per slice; do not pass a step")
+    if method == "joseph" and backend != "cpu":
+        raise DrrkitError(f"method 'joseph' runs on backend 'cpu' only, not {backend!r}")
+    return method
+
+
 def _check_step(volume: Volume, step: float | None) -> float:
     step = default_step(volume) if step is None else float(step)
     if not np.isfinite(step) or step <= 0:
@@ -64,7 +89,7 @@ def render(
     step: float | None = None,
     *,
     output: str = "integral",
-    method: str = "trilinear",
+    method: str = "auto",
     **cuda_options,
 ) -> np.ndarray:
     """Render K digitally reconstructed radiographs.
@@ -78,9 +103,10 @@ def render(
             pieces no longer than this.
         output: "integral" for line integrals of mu (dimensionless), "intensity" for
             transmitted fraction ``exp(-integral)``.
-        method: "trilinear" (samples every ``step`` mm, the rule in :mod:`drrkit._cpu`) or
+        method: "trilinear" (samples every ``step`` mm, the rule in :mod:`drrkit._cpu`),
             "joseph" (one bilinear sample per slice of the ray's dominant axis, Joseph
-            1982; CPU only; ``step`` does not apply).
+            1982; CPU only; ``step`` does not apply) or "auto" (the default: Joseph on the
+            CPU unless a ``step`` is given, else trilinear; :func:`resolve_method`).
         cuda_options: passed to the CUDA backend (e.g. ``sampling="texture"``).
 
     Returns:
@@ -93,12 +119,9 @@ def render(
         raise DrrkitError("geometry must be a drrkit.Geometry (see drrkit.circular_orbit)")
     if output not in OUTPUTS:
         raise DrrkitError(f"unknown output {output!r}; choose one of {', '.join(OUTPUTS)}")
-    if method not in METHODS:
-        raise DrrkitError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if method == "joseph" and step is not None:
-        raise DrrkitError("method 'joseph' samples once per slice; do not pass a step")
-    step = _check_step(volume, step)
     chosen = resolve_backend(backend)
+    method = resolve_method(method, chosen, step)
+    step = _check_step(volume, step)
     if chosen == "cpu":
         if cuda_options:
             raise DrrkitError(f"options {sorted(cuda_options)} apply to backend 'cuda' only")
@@ -106,8 +129,6 @@ def render(
 
         image = render_cpu(volume, geometry, step, method)
     else:
-        if method != "trilinear":
-            raise DrrkitError(f"method {method!r} runs on backend 'cpu' only")
         from drrkit.cuda import render_cuda
 
         image = render_cuda(volume, geometry, step, **cuda_options)
@@ -127,7 +148,7 @@ def render_labels(
     values=None,
     backend: str = "auto",
     step: float | None = None,
-    method: str = "trilinear",
+    method: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-label path lengths: how many mm of each label every ray crosses.
 

@@ -13,6 +13,7 @@ from drrkit.reference import (
     render_reference,
     render_reference_joseph,
 )
+from drrkit.render import METHOD_TOLERANCE, resolve_method
 from tests.drrkit.conftest import random_rotation
 
 
@@ -259,3 +260,52 @@ def test_label_path_lengths():
     paths, values = drrkit.render_labels(vol, g, backend="cpu", step=0.2)
     assert list(values) == [3, 7] and paths.shape == (1, 2, 1, 1)
     np.testing.assert_allclose(paths[0, :, 0, 0], [12.0, 18.0], rtol=1e-3)
+
+
+def test_default_method_is_joseph_on_the_cpu_and_trilinear_with_a_step():
+    e = phantoms.Ellipsoid((2.0, 1.0, -3.0), (20.0, 15.0, 25.0), 0.02, phantoms.rotation_z(10))
+    vol = phantoms.voxelize([e], (40, 32, 32), spacing=(1.5, 1.5, 1.5), supersample=2)
+    g = circular_orbit(vol, views=3, sad=200, sid=400, size=24, pixel_spacing=3.0)
+    np.testing.assert_array_equal(render(vol, g, backend="cpu"),
+                                  render(vol, g, backend="cpu", method="joseph"))
+    np.testing.assert_array_equal(render(vol, g, backend="cpu", step=0.5),
+                                  render(vol, g, backend="cpu", method="trilinear", step=0.5))
+
+
+@pytest.mark.parametrize(("method", "backend", "step", "chosen"), [
+    ("auto", "cpu", None, "joseph"), ("auto", "cpu", 0.5, "trilinear"),
+    ("auto", "cuda", None, "trilinear"), ("trilinear", "cpu", None, "trilinear"),
+    ("joseph", "cpu", None, "joseph"),
+])
+def test_resolve_method(method, backend, step, chosen):
+    assert resolve_method(method, backend, step) == chosen
+
+
+@pytest.mark.parametrize(("method", "backend", "step", "message"), [
+    ("joseph", "cuda", None, "cpu. only"), ("joseph", "cpu", 1.0, "step"),
+    ("siddon", "cpu", None, "unknown method"),
+])
+def test_resolve_method_refuses(method, backend, step, message):
+    with pytest.raises(DrrkitError, match=message):
+        resolve_method(method, backend, step)
+
+
+def test_cpu_and_cuda_default_rules_agree_within_the_stated_tolerance():
+    # the benchmark's analytic torso on a coarser grid: Joseph (the CPU default) against
+    # trilinear sampling every half voxel (the CUDA default's rule, checked against the
+    # CPU's trilinear kernel in test_cuda.py)
+    ellipsoids = phantoms.torso_ellipsoids(0.8)
+    vol = phantoms.voxelize(ellipsoids, (64, 64, 64), (4.0, 4.0, 4.0), supersample=2)
+    g = circular_orbit(vol, views=4, sad=850, sid=1020, size=50, pixel_spacing=8.0,
+                       start_angle=7.0)
+    joseph = render(vol, g, backend="cpu")
+    trilinear = render(vol, g, backend="cpu", method="trilinear")
+    exact = phantoms.line_integrals(ellipsoids, g)
+    peak = float(exact.max())
+
+    def rms(a, b):
+        return float(np.sqrt(np.mean((a - b) ** 2))) / peak
+
+    assert rms(joseph, trilinear) < METHOD_TOLERANCE
+    # the two rules differ far less than either differs from the exact integrals
+    assert rms(joseph, trilinear) < 0.5 * min(rms(joseph, exact), rms(trilinear, exact))

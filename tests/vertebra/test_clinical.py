@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drrkit.errors import DrrkitError
-from vertebra.data._clinical import OUTSIDE_FOV_HU, fov_cut
+from vertebra.data._clinical import OUTSIDE_FOV_HU, bone_texture, fov_cut
 from vertebra.data.phantom import make_spine_phantom
 from vertebra.training.config import AugmentConfig
 from vertebra.training.dataset import augment_image
@@ -78,6 +78,33 @@ def test_fov_cut_blanks_exactly_outside_its_circle(seed, nx, ny):
     # a disc about the centre: every blanked voxel lies farther out than every kept one
     assert r[outside].min() > r[~outside].max() - 1e-9 if (~outside).any() else True
     assert r[~outside].max() <= 0.5 * min(nx * spacing[0], ny * spacing[1]) + 1e-9
+
+
+@given(seed=st.integers(0, 2**16), cell=st.floats(0.4, 3.0))
+@settings(max_examples=15, deadline=None)
+def test_bone_texture_touches_only_its_voxels_at_its_drawn_strength(seed, cell):
+    rng = np.random.default_rng(seed)
+    hu = np.full((30, 40, 50), 100.0, np.float32)
+    inside = np.zeros(hu.shape, bool)
+    inside[5:25, 8:30, 10:45] = True
+    twin = np.random.default_rng(seed)
+    twin.uniform(2.0, 5.0)  # the cell size, drawn first
+    amp = twin.uniform(20.0, 90.0)
+    bone_texture(hu, inside, (cell, cell, 1.5 * cell), rng)
+    assert np.all(hu[~inside] == 100.0)
+    # scaled to the drawn standard deviation over the textured voxels
+    assert np.std(hu[inside]) == pytest.approx(amp, rel=1e-3)
+    assert abs(np.mean(hu[inside]) - 100.0) < amp
+
+
+def test_clinical_lungs_are_larger_than_the_plain_phantoms():
+    options = {**SMALL, "noise": False}
+    plain = make_spine_phantom(11, **options)
+    clinical = make_spine_phantom(11, clinical=True, **options)
+
+    def lung(ph):  # voxels at lung CT numbers (the lung material is -880 .. -800 HU)
+        return int(np.sum((ph.ct.data > -950) & (ph.ct.data < -700)))
+    assert lung(clinical) > lung(plain)
 
 
 def test_default_augmentation_is_scale_offset_noise():

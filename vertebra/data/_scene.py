@@ -340,7 +340,8 @@ class Scene:
 
 
 def build_scene(spine: Spine, rng: np.random.Generator, metal_levels=(),
-                clinical_rng: np.random.Generator | None = None) -> Scene:
+                clinical_rng: np.random.Generator | None = None,
+                lungs: tuple[float, float, float] = (1.0, 1.0, 0.0)) -> Scene:
     """All primitives and materials of one patient.
 
     Args:
@@ -350,6 +351,8 @@ def build_scene(spine: Spine, rng: np.random.Generator, metal_levels=(),
         clinical_rng: a second generator that, when given, redraws the bone densities and
             adds organs, contrast, arms and leads (:mod:`vertebra.data._clinical`); the
             draws of ``rng`` stay the same, so a seed's skeleton does not change.
+        lungs: (transverse, anteroposterior) size factors of the lungs and how far (mm)
+            the diaphragm sits lower than its plain-phantom place (see :func:`_organs`).
     """
     objs = Objects()
     soft, bone, canals, metal = _sdf.Shapes(), _sdf.Shapes(), _sdf.Shapes(), _sdf.Shapes()
@@ -391,7 +394,7 @@ def build_scene(spine: Spine, rng: np.random.Generator, metal_levels=(),
             width * rng.uniform(0.95, 1.1))
     head = _head(bone, soft, m, locs[spine.index("C1")], width * rng.uniform(0.95, 1.08),
                  rng.uniform(-8, 15))
-    _organs(soft, m, spine, locs, width, rng)
+    _organs(soft, m, spine, locs, width, rng, lungs)
     _screws(metal, m["steel"], spine, locs, metal_levels)
     clinical = None
     if clinical_rng is not None:
@@ -488,24 +491,33 @@ def _head(bone, soft, m, c1: _Local, hs: float, pitch: float) -> _Local:
     return H
 
 
-def _organs(soft, m, spine: Spine, locs, width, rng):
+def _organs(soft, m, spine: Spine, locs, width, rng, lungs=(1.0, 1.0, 0.0)):
     """Lungs (lobes per rib level, minus diaphragm, heart and mediastinum), pharynx,
-    trachea and main bronchi, bowel and stomach gas."""
+    trachea and main bronchi, bowel and stomach gas.
+
+    ``lungs`` = (fx, fy, drop): fx and fy grow each lobe's transverse and anteroposterior
+    radius (>= 1, a deeper inspiration or a slimmer chest wall; the lobe keeps its lateral
+    edge and grows towards the mediastinum, which stays carved out); drop > 0 lowers the
+    diaphragm domes by that many mm and gives the second-last rib level a lobe too, so the
+    lungs reach the posterior costophrenic recesses as in a full inspiration.
+    """
     lung, air = m["lung"], m["air"]
     rib_levels = [i for i, d in enumerate(spine.dims) if d.ribs != "none"]
-    for i in rib_levels[:-2]:
+    fx, fy, drop = lungs
+    for i in rib_levels[:len(rib_levels) - (1 if drop > 0 else 2)]:
         d = spine.dims[i]
         r = d.rib_index - 1
         A, B = _RIB_A[min(r, 12)] * width, _RIB_B[min(r, 12)] * width
         yc = 0.45 * d.depth + 0.5 * d.canal_d + 22 - B * 0.95
         step = d.height + d.disc
+        rx, ry = 0.42 * A * fx, 0.74 * B * fy
         for s in (-1, 1):
-            soft.ellipsoid(lung, locs[i].p(s * (0.52 * A + 2), yc - 0.05 * B, -0.2 * step),
-                           locs[i].F, (0.42 * A, 0.74 * B, 0.95 * step), smooth=10.0)
+            soft.ellipsoid(lung, locs[i].p(s * (0.52 * A + 2 - (rx - 0.42 * A)), yc - 0.05 * B, -0.2 * step),
+                           locs[i].F, (rx, ry, 0.95 * step), smooth=10.0)
     top = locs[rib_levels[0]]
     low, mid = locs[rib_levels[8]], locs[rib_levels[7]]
     for s in (-1, 1):  # diaphragm domes
-        soft.ellipsoid(lung, low.p(s * 55 * width, -70 * width, -95), low.F,
+        soft.ellipsoid(lung, low.p(s * 55 * width, -70 * width, -95 - drop), low.F,
                        (120 * width, 120 * width, 105), op=_sdf.SUBTRACT_OWN)
     soft.ellipsoid(lung, mid.p(15 * width, -95 * width, 0), mid.F,  # heart
                    (55 * width, 48 * width, 62), op=_sdf.SUBTRACT_OWN)

@@ -44,7 +44,7 @@ from drrkit.errors import DrrkitError
 from drrkit.volume import Volume
 from vertebra import labels as vlabels
 from vertebra.data import _sdf
-from vertebra.data._clinical import fov_cut
+from vertebra.data._clinical import bone_texture, fov_cut
 from vertebra.data._scene import Scene, build_scene
 from vertebra.data.anatomy import Spine, build_spine, level_names
 
@@ -495,8 +495,8 @@ def make_spine_phantom(
         raise DrrkitError(f"orientation must be 'random' or 'canonical', got {orientation!r}")
     if not (math.isfinite(float(voxel_scale)) and float(voxel_scale) >= 1.0):
         raise DrrkitError(f"voxel_scale must be a number >= 1, got {voxel_scale!r}")
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(7)]
-    r_anat, r_fov, r_build, r_metal, r_noise, r_orient, r_clinical = streams
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(8)]
+    r_anat, r_fov, r_build, r_metal, r_noise, r_orient, r_clinical, r_look = streams
     trans = _choose_transitional(transitional, levels, r_anat)
     names = level_names(trans)
     scale = r_anat.uniform(0.88, 1.12)
@@ -521,8 +521,12 @@ def make_spine_phantom(
                       "field of view; no screws placed", stacklevel=2)
     use_metal = bool(metal_levels)
 
-    scene = build_scene(spine, r_build, metal_levels, r_clinical if clinical else None)
-    hu, lab = _rasterise(scene, spine, grid, habitus, r_build, r_metal if use_metal else None)
+    # clinical looks drawn after the first seven streams were: lung size, bone texture
+    lungs = ((r_look.uniform(1.0, 1.25), r_look.uniform(1.0, 1.18), r_look.uniform(10.0, 60.0))
+             if clinical else (1.0, 1.0, 0.0))
+    scene = build_scene(spine, r_build, metal_levels, r_clinical if clinical else None, lungs)
+    hu, lab = _rasterise(scene, spine, grid, habitus, r_build, r_metal if use_metal else None,
+                         r_look if clinical else None)
     sigma = r_noise.uniform(8, 30) / math.sqrt(float(voxel_scale)) if noise else 0.0
     _sdf.noise_and_clip(hu, int(r_noise.integers(0, 2**62)), sigma, -1024.0, 3071.0)
     if clinical:
@@ -541,8 +545,10 @@ def make_spine_phantom(
         transitional=trans, rib_levels=scene.rib_levels, anatomy=spine)
 
 
-def _rasterise(scene: Scene, spine: Spine, grid: _Grid, habitus, rng, r_metal):
-    """Background, soft, bone and (with ``r_metal``) metal passes -> (HU, labels)."""
+def _rasterise(scene: Scene, spine: Spine, grid: _Grid, habitus, rng, r_metal,
+               r_texture=None):
+    """Background, soft, bone and (with ``r_metal``) metal passes -> (HU, labels); with
+    ``r_texture``, the bones get a random texture (:func:`_clinical.bone_texture`)."""
     blur = float(np.max(grid.spacing))
     hu = np.empty(grid.zyx, dtype=np.float32)
     lab = np.zeros(grid.zyx, dtype=np.uint8)
@@ -571,6 +577,8 @@ def _rasterise(scene: Scene, spine: Spine, grid: _Grid, habitus, rng, r_metal):
         _sdf.composite(hu, lab, sdf, obj, core, shell, thick, no_label, grid.spacing)
     _pass(scene.bone, grid, sdf, obj, blur)
     _sdf.composite(hu, lab, sdf, obj, core, shell, thick, label_of, grid.spacing)
+    if r_texture is not None:
+        bone_texture(hu, sdf < 0, grid.spacing, r_texture)
     if r_metal is not None:
         _pass(scene.metal, grid, sdf, obj, blur)
         _sdf.composite(hu, lab, sdf, obj, core, shell, thick, no_label, grid.spacing)
