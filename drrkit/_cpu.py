@@ -1,18 +1,8 @@
 """Numba CPU ray marcher: the fast CPU backend of :func:`drrkit.render`.
 
-The ray rule (shared with the CUDA kernels in ``drrkit/cuda/``; ``drrkit.reference``
-holds a plain NumPy copy the tests compare against):
-
-1. The ray of pixel (c, r) of view k starts at the source S and points at
-   ``D0 + c u + r v``; it is expressed in continuous voxel index space, where the
-   volume is the box ``[-0.5, n - 0.5]`` along each axis, and ``t`` is the world
-   distance from the source in mm.
-2. The ray is clipped to the box analytically (slab method) to ``[t0, t1]``, t0 >= 0.
-3. The chord is cut into ``N = ceil((t1 - t0) / step - 1e-3)`` equal pieces of length
-   ``h = (t1 - t0) / N`` mm (at most ``step``, give or take 0.1 % of a piece: the slack
-   keeps a chord of exactly N steps from tipping into N + 1 through rounding); the volume is sampled at each piece's midpoint
-   with trilinear interpolation (coordinates clamped to the voxel centres, i.e.
-   edge voxels extend to the box faces) and the line integral is ``h * sum``.
+It follows the ray rule of :mod:`drrkit.backends` (rays clipped to the voxel box, the
+chord cut into equal pieces of at most ``step`` mm, trilinear samples at the pieces'
+midpoints), or Joseph's method (one bilinear sample per slice of the dominant axis).
 """
 
 from __future__ import annotations
@@ -23,10 +13,7 @@ import numba
 import numpy as np
 
 from drrkit import config
-
-#: Slack in the piece count, so a chord of exactly N steps is not cut into N + 1.
-PIECE_SLACK = 1e-3
-
+from drrkit.backends import PIECE_SLACK, prepare_rays
 
 _JIT = dict(fastmath=True, cache=True, error_model="numpy", nogil=True)
 
@@ -210,28 +197,6 @@ def _march_joseph(vol, rays, height, width, out):  # pragma: no cover - compiled
                 v1 = flat[base + off_c] + fb * (flat[base + off_c + off_b] - flat[base + off_c])
                 acc += weight * (v0 + fc * (v1 - v0))
             out[k, r, c] = acc * mm_per_slice
-
-
-def prepare_rays(volume, geometry) -> np.ndarray:
-    """Per-view ray parameters in voxel index space.
-
-    Returns:
-        (K, 21) float32: source (3), pixel (0, 0) centre (3), index step per column (3),
-        per row (3), all in continuous voxel index (i, j, k); then the 3x3 metric
-        ``G = M^T M`` (row-major, mm^2 per index unit^2) with M the index-to-world
-        linear map, so an index-space vector d has world length ``sqrt(d^T G d)`` mm.
-    """
-    w2i = volume.world_to_index
-    rot, shift = w2i[:3, :3], w2i[:3, 3]
-    m = volume.index_to_world[:3, :3]
-    k = len(geometry)
-    rays = np.empty((k, 21), dtype=np.float64)
-    rays[:, 0:3] = geometry.sources @ rot.T + shift
-    rays[:, 3:6] = geometry.detector_origins @ rot.T + shift
-    rays[:, 6:9] = geometry.u @ rot.T
-    rays[:, 9:12] = geometry.v @ rot.T
-    rays[:, 12:21] = (m.T @ m).reshape(-1)
-    return rays.astype(np.float32)
 
 
 def render_cpu(volume, geometry, step: float, method: str = "trilinear") -> np.ndarray:

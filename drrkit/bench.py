@@ -123,7 +123,7 @@ def count_samples(volume: Volume, geometry: Geometry, step: float) -> int:
     so a ray whose chord is within rounding of a piece-count jump may differ by one;
     see :func:`drrkit.reference.piece_count_margins`).
     """
-    from drrkit._cpu import PIECE_SLACK
+    from drrkit.backends import PIECE_SLACK
     from drrkit.reference import chord_lengths
 
     chord = chord_lengths(volume, geometry)

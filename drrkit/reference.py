@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from drrkit._cpu import PIECE_SLACK
+from drrkit.backends import PIECE_SLACK
 
 
 def trilinear(data: np.ndarray, index: np.ndarray) -> float:

@@ -2,84 +2,28 @@
 
 ``render`` returns line integrals of linear attenuation (dimensionless):
 ``I[k, r, c] = integral of mu(x) dl`` along the ray from view k's source through pixel
-(c, r), mu in 1/mm and dl in mm. The ray rule is written in :mod:`drrkit._cpu`.
+(c, r), mu in 1/mm and dl in mm. The ray rule is written in :mod:`drrkit.backends`.
 """
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
+from drrkit.backends import (  # noqa: F401 - re-exported (drrkit.render.cuda_available ...)
+    BACKENDS,
+    METHOD_TOLERANCE,
+    METHODS,
+    check_step,
+    cuda_available,
+    default_step,
+    resolve_backend,
+    resolve_method,
+)
 from drrkit.errors import DrrkitError
 from drrkit.geometry import Geometry
 from drrkit.volume import Volume
 
-BACKENDS = ("auto", "cpu", "cuda")
-METHODS = ("auto", "trilinear", "joseph")
 OUTPUTS = ("integral", "intensity")
-#: Largest RMS difference, as a fraction of the image's peak, between the "joseph" and
-#: "trilinear" images of one scene (a bound for the CPU and CUDA defaults; tested on the
-#: analytic torso phantom, where each rule's own RMS error is about twice this).
-METHOD_TOLERANCE = 1e-3
-
-
-@functools.lru_cache(maxsize=1)
-def cuda_available() -> bool:
-    """True when CuPy imports and sees at least one CUDA device (checked once, lazily)."""
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # noqa: BLE001 - any failure means no usable GPU
-        return False
-
-
-def resolve_backend(backend: str) -> str:
-    """Map "auto" to the fastest usable backend; refuse an explicit one that cannot run."""
-    if backend not in BACKENDS:
-        raise DrrkitError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "auto":
-        return "cuda" if cuda_available() else "cpu"
-    if backend == "cuda" and not cuda_available():
-        raise DrrkitError(
-            "backend 'cuda' needs CuPy and a CUDA GPU, and none is usable here; "
-            "use backend='cpu' (or 'auto')"
-        )
-    return backend
-
-
-def default_step(volume: Volume) -> float:
-    """Half the smallest voxel spacing, in mm."""
-    return 0.5 * float(np.min(volume.spacing))
-
-
-def resolve_method(method: str, backend: str, step: float | None) -> str:
-    """The sampling rule ``render`` uses on a resolved ``backend`` ("cpu" or "cuda").
-
-    "auto" is Joseph's method on the CPU when no ``step`` is given (the fastest CPU
-    rule, at the accuracy of trilinear sampling every half voxel: decision
-    ``cpu-default-method`` in ``benchmarks/decisions.md``) and trilinear sampling
-    otherwise (a ``step`` asks for it; the CUDA kernels sample trilinearly, as the
-    texture hardware does). The two rules give the same image within
-    :data:`METHOD_TOLERANCE` of its peak (RMS).
-    """
-    if method not in METHODS:
-        raise DrrkitError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if method == "auto":
-        return "joseph" if backend == "cpu" and step is None else "trilinear"
-    if method == "joseph" and step is not None:
-        raise DrrkitError("method 'joseph' samples once per slice; do not pass a step")
-    if method == "joseph" and backend != "cpu":
-        raise DrrkitError(f"method 'joseph' runs on backend 'cpu' only, not {backend!r}")
-    return method
-
-
-def _check_step(volume: Volume, step: float | None) -> float:
-    step = default_step(volume) if step is None else float(step)
-    if not np.isfinite(step) or step <= 0:
-        raise DrrkitError(f"the sampling step must be a positive number of mm, got {step}")
-    return step
 
 
 def render(
@@ -121,7 +65,7 @@ def render(
         raise DrrkitError(f"unknown output {output!r}; choose one of {', '.join(OUTPUTS)}")
     chosen = resolve_backend(backend)
     method = resolve_method(method, chosen, step)
-    step = _check_step(volume, step)
+    step = check_step(volume, step)
     if chosen == "cpu":
         if cuda_options:
             raise DrrkitError(f"options {sorted(cuda_options)} apply to backend 'cuda' only")

@@ -104,7 +104,7 @@ def _resolve_backend(backend: str, *arrays) -> str:
     if backend == "auto":
         return kinds.pop() if kinds else "numpy"
     if backend == "cupy" and not kinds:
-        from drrkit.render import cuda_available
+        from drrkit.backends import cuda_available
 
         if not cuda_available():
             raise DrrkitError("backend 'cupy' needs CuPy and a CUDA GPU, and none is usable "

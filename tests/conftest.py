@@ -33,10 +33,10 @@ def tiny_networks(tmp_path_factory):
     """
     import torch
 
-    from vertebra import weights
     from vertebra.models import create_model, save_model
     from vertebra.pipeline import bundle_networks
     from vertebra.views import ViewConfig
+    from vertebra.weights.export import export_networks
 
     root = tmp_path_factory.mktemp("tiny_networks")
     torch.manual_seed(0)
@@ -49,6 +49,6 @@ def tiny_networks(tmp_path_factory):
                      train_config={"square_mm": 24.0})
     bundle = root / "networks.pt"
     bundle_networks(loc, ide, bundle, pipeline={"localizer_views": 6})
-    weights.export_networks(bundle, root / "weights", recipe="tiny-random",
+    export_networks(bundle, root / "weights", recipe="tiny-random",
                             training_data="nothing (random weights)")
     return bundle, root / "weights" / "default.safetensors"

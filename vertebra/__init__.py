@@ -8,6 +8,10 @@ The shortest path from a CT to labels (the default networks, :mod:`vertebra.weig
 ``import vertebra`` stays light: torch and the pipeline load on first use.
 """
 
+from vertebra.errors import VertebraError
+
+__all__ = ["VertebraError"]
+
 
 def __getattr__(name):  # lazy: keep `import vertebra` free of torch
     if name in ("sequence_loss", "sequence_scores", "view_weights", "SequenceDP"):

@@ -88,6 +88,7 @@ def evaluate(
 
     from drrkit.errors import DrrkitError
     from vertebra.data import verse
+    from vertebra.errors import VertebraError
     from vertebra.metrics import evaluate as score
 
     try:
@@ -96,7 +97,7 @@ def evaluate(
             formats = (pred_format, format)  # of the files (pred, gt)
             for name, value in zip(("--pred-format", "--format"), formats):
                 if value not in verse.FORMATS:
-                    raise DrrkitError(f"unknown format {value!r} ({name}); choose one of "
+                    raise VertebraError(f"unknown format {value!r} ({name}); choose one of "
                                       f"{', '.join(verse.FORMATS)}")
             files = [verse.load_centroid_file(p) for p in (pred, gt)]
             fallback = verse.check_direction(direction) if direction else None
@@ -106,19 +107,19 @@ def evaluate(
             if image is not None:
                 grid = verse.image_grid(image)
                 if any(f.direction is None for f in files):
-                    raise DrrkitError("a centroid file has no 'direction' header; "
+                    raise VertebraError("a centroid file has no 'direction' header; "
                                       "pass --direction (e.g. PIR)")
                 maps = [{int(lab): xyz for lab, xyz in zip(
                     f.labels, verse.verse_to_world(f.coords, grid, f.direction, fmt))}
                     for f, fmt in zip(files, formats)]
             else:
                 if formats != ("verse19", "verse19"):
-                    raise DrrkitError(
+                    raise VertebraError(
                         f"voxel coordinates (verse20) need --image to be turned into mm "
                         f"(--pred-format {pred_format}, --format {format}); pass --image CT, "
                         "or --pred-format verse19 --format verse19 if both files hold mm")
                 if files[0].direction != files[1].direction:
-                    raise DrrkitError(f"the files use different orientations "
+                    raise VertebraError(f"the files use different orientations "
                                       f"({files[0].direction} and {files[1].direction}); "
                                       "pass --image CT to convert both")
                 # verse19 values are mm along the same reoriented axes: distances are exact
@@ -214,14 +215,15 @@ def phantom(
 
     from drrkit.errors import DrrkitError
     from vertebra.data.phantom import write_phantoms
+    from vertebra.errors import VertebraError
 
     try:
         if count < 1:
-            raise DrrkitError(f"--count must be at least 1, got {count}")
+            raise VertebraError(f"--count must be at least 1, got {count}")
         if seed < 0:
-            raise DrrkitError(f"--seed must be non-negative, got {seed}")
+            raise VertebraError(f"--seed must be non-negative, got {seed}")
         if transitional not in ("random", "none", "t13", "l6"):
-            raise DrrkitError(f"--transitional must be random, none, t13 or l6, "
+            raise VertebraError(f"--transitional must be random, none, t13 or l6, "
                               f"got {transitional!r}")
         start = time.perf_counter()
         names = write_phantoms(
@@ -304,20 +306,21 @@ def label(
     import warnings
 
     from drrkit.errors import DrrkitError
+    from vertebra.errors import VertebraError
 
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             if not ct.exists():
-                raise DrrkitError(f"no such file or folder: {ct}")
+                raise VertebraError(f"no such file or folder: {ct}")
             batch = ct.is_dir() and bool(_find_cts(ct))
             cases = _find_cts(ct) if batch else [ct]
             if ct.is_dir() and not batch and not any(p.is_file() for p in ct.iterdir()):
-                raise DrrkitError(f"{ct} holds no CT files")
+                raise VertebraError(f"{ct} holds no CT files")
             if views is not None and views < 2:
-                raise DrrkitError(f"--views must be at least 2, got {views}")
+                raise VertebraError(f"--views must be at least 2, got {views}")
             if nan not in ("zero", "raise"):
-                raise DrrkitError(f"unknown --nan {nan!r}; choose zero or raise")
+                raise VertebraError(f"unknown --nan {nan!r}; choose zero or raise")
             from vertebra.labelling import pipeline_config
             from vertebra.pipeline import load_networks
 
@@ -490,11 +493,11 @@ def _echo_warnings():
 
 
 def _check_data_spec(data: str) -> None:
-    from drrkit.errors import DrrkitError
+    from vertebra.errors import VertebraError
     from vertebra.training.sources import parse_phantoms
 
     if parse_phantoms(data) is None and not Path(data).is_dir():
-        raise DrrkitError(f"{data}: not a folder and not phantoms:N")
+        raise VertebraError(f"{data}: not a folder and not phantoms:N")
 
 
 @app.command()
@@ -533,6 +536,7 @@ def prerender(
     from dataclasses import replace
 
     from drrkit.errors import DrrkitError
+    from vertebra.errors import VertebraError
     from vertebra.training.rendered import RenderedCache
     from vertebra.training.rendered import prerender as run_prerender
     from vertebra.training.sources import open_data
@@ -545,7 +549,7 @@ def prerender(
                                               ("bone_gain", bone_gain)) if v is not None})
         source = open_data(data)
         if isinstance(source, RenderedCache):
-            raise DrrkitError(f"{data} is already a prerender cache")
+            raise VertebraError(f"{data} is already a prerender cache")
         from rich.progress import Progress
 
         with _echo_warnings(), Progress(transient=True) as bar:
@@ -676,14 +680,14 @@ def _run_config(recipe: str, device: str, threads: int | None, *, quick: bool = 
     ``device`` with ``threads`` torch threads; DrrkitError on bad values."""
     from dataclasses import replace
 
-    from drrkit.errors import DrrkitError
     from vertebra.demo import DemoConfig, recipe_config
+    from vertebra.errors import VertebraError
 
     config = replace(DemoConfig.quick() if quick else recipe_config(recipe),
                      device=device.strip().lower())
     if threads is not None:
         if threads < 1:
-            raise DrrkitError(f"--threads must be >= 1, got {threads}")
+            raise VertebraError(f"--threads must be >= 1, got {threads}")
         config = replace(config, threads=threads)
     return config
 
@@ -765,12 +769,14 @@ def export_default(
     """
     from drrkit.errors import DrrkitError
     from vertebra import weights
+    from vertebra.errors import VertebraError
+    from vertebra.weights.export import export_networks
 
     try:
         if not bundle.is_file():
-            raise DrrkitError(f"no such file: {bundle}")
+            raise VertebraError(f"no such file: {bundle}")
         with _echo_warnings():
-            record = weights.export_networks(bundle, weights.WEIGHTS_DIR if out is None else out,
+            record = export_networks(bundle, weights.WEIGHTS_DIR if out is None else out,
                                              recipe=recipe, training_data=data, commit=commit,
                                              name=name, max_mb=max_mb)
     except (DrrkitError, OSError) as error:
@@ -810,6 +816,7 @@ def train_default(
     from drrkit.errors import DrrkitError
     from vertebra import weights
     from vertebra.demo import run_demo
+    from vertebra.weights.export import export_networks
 
     try:
         config = _run_config(recipe, device, threads)
@@ -820,7 +827,7 @@ def train_default(
                 + ", ".join(f"{k}={v}" for k, v in shares.items()))
         folder = weights.WEIGHTS_DIR if weights_out is None else weights_out
         with _echo_warnings():
-            record = weights.export_networks(out / "models" / "networks.pt", folder,
+            record = export_networks(out / "models" / "networks.pt", folder,
                                              recipe=config.recipe, training_data=data)
     except (DrrkitError, OSError) as error:
         fail(str(error))

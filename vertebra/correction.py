@@ -46,8 +46,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from drrkit.errors import DrrkitError
 from vertebra import labels as vlabels
+from vertebra.errors import VertebraError
 from vertebra.sequence import SequenceDP
 
 METHODS = ("dp", "paper")
@@ -103,11 +103,11 @@ class Correction:
 def _check_probs(probs) -> np.ndarray:
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] != N_VERTEBRA_CLASSES:
-        raise DrrkitError(
+        raise VertebraError(
             f"probs must have shape (n, {N_VERTEBRA_CLASSES}) (vertebra classes 1..26, "
             f"background excluded), got {p.shape}")
     if not np.all(np.isfinite(p)) or np.any(p < 0):
-        raise DrrkitError("probs must be finite and non-negative")
+        raise VertebraError("probs must be finite and non-negative")
     return p
 
 
@@ -169,7 +169,7 @@ def correct_labels(probs, method: str = "dp", *, dp: SequenceDP | None = None,
         :class:`Correction`.
     """
     if method not in METHODS:
-        raise DrrkitError(f"unknown correction {method!r}; choose one of {', '.join(METHODS)}")
+        raise VertebraError(f"unknown correction {method!r}; choose one of {', '.join(METHODS)}")
     p = _check_probs(probs)
     n = len(p)
     if n == 0:
@@ -215,7 +215,7 @@ def sequence_losses(probs, dp: SequenceDP | None = None, allow_t13: bool = True)
     """
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim < 2 or p.shape[-1] != N_VERTEBRA_CLASSES:
-        raise DrrkitError(f"probs must have shape (..., n, {N_VERTEBRA_CLASSES}), got {p.shape}")
+        raise VertebraError(f"probs must have shape (..., n, {N_VERTEBRA_CLASSES}), got {p.shape}")
     dp = SequenceDP() if dp is None else dp
     chains = (CHAIN_WITHOUT_T13, CHAIN_WITH_T13) if allow_t13 else (CHAIN_WITHOUT_T13,)
     losses = [np.asarray(dp.loss(p[..., chain - 1]), dtype=np.float64) for chain in chains]
@@ -264,7 +264,7 @@ def gap_rows(points, ratio: float = GAP_RATIO, *, flip=()) -> tuple[np.ndarray, 
         rows (n,) int64, the table row of each detection, and the table length m >= n.
     """
     if not ratio > 1:
-        raise DrrkitError(f"the gap ratio must be > 1, got {ratio}")
+        raise VertebraError(f"the gap ratio must be > 1, got {ratio}")
     q = spacing_ratios(points)
     if len(q) == 0:
         n = len(np.asarray(points).reshape(-1, 3))
@@ -403,7 +403,7 @@ def correct_tracks(points, probs, *, suspects=None, max_drops: int = 2,
     p = _check_probs(probs)
     t = len(pts)
     if len(p) != t:
-        raise DrrkitError(f"{t} points but {len(p)} rows of probabilities")
+        raise VertebraError(f"{t} points but {len(p)} rows of probabilities")
     cand = np.flatnonzero(crowded(pts) if suspects is None else np.asarray(suspects, bool))
     last_classes = None
     if above_sacrum and t:

@@ -41,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from drrkit.errors import DrrkitError
+from vertebra.errors import VertebraError
 
 #: Augmentation strengths of :attr:`DemoConfig.augment`.
 AUGMENTS = ("mild", "strong")
@@ -147,29 +147,29 @@ class DemoConfig:
     def __post_init__(self) -> None:
         for name in ("train_phantoms", "orbits", "held_out"):
             if int(getattr(self, name)) < 1:
-                raise DrrkitError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise VertebraError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.identifier_phantoms is not None and int(self.identifier_phantoms) < 1:
-            raise DrrkitError(f"identifier_phantoms must be >= 1, got {self.identifier_phantoms}")
+            raise VertebraError(f"identifier_phantoms must be >= 1, got {self.identifier_phantoms}")
         if self.held_out_start < max(self.train_phantoms, self.phantoms("identification")):
-            raise DrrkitError("held-out seeds must not overlap the training seeds")
+            raise VertebraError("held-out seeds must not overlap the training seeds")
         if self.localizer_views is not None and int(self.localizer_views) < 2:
-            raise DrrkitError(f"localizer_views must be >= 2, got {self.localizer_views}")
+            raise VertebraError(f"localizer_views must be >= 2, got {self.localizer_views}")
         if not float(self.identifier_voxel_scale) >= 1.0:
-            raise DrrkitError(f"identifier_voxel_scale must be >= 1, got "
+            raise VertebraError(f"identifier_voxel_scale must be >= 1, got "
                               f"{self.identifier_voxel_scale}")
         if self.augment not in AUGMENTS:
-            raise DrrkitError(f"augment must be one of {', '.join(AUGMENTS)}, got "
+            raise VertebraError(f"augment must be one of {', '.join(AUGMENTS)}, got "
                               f"{self.augment!r}")
         if not 0 <= float(self.clinical_share) <= 1:
-            raise DrrkitError(f"clinical_share must lie in [0, 1], got {self.clinical_share}")
+            raise VertebraError(f"clinical_share must lie in [0, 1], got {self.clinical_share}")
         if int(self.crops) < 0:
-            raise DrrkitError(f"crops must be >= 0, got {self.crops}")
+            raise VertebraError(f"crops must be >= 0, got {self.crops}")
         if self.pretrain_steps < 0 or self.pretrain_batch < 2:
-            raise DrrkitError("need pretrain_steps >= 0 and pretrain_batch >= 2")
+            raise VertebraError("need pretrain_steps >= 0 and pretrain_batch >= 2")
         object.__setattr__(self, "pretrained", tuple(self.pretrained))
         unknown = set(self.pretrained) - {"localization", "identification"}
         if unknown:
-            raise DrrkitError(f"pretrained names tasks: localization, identification; got "
+            raise VertebraError(f"pretrained names tasks: localization, identification; got "
                               f"{', '.join(sorted(unknown))}")
 
     def sacrum_share_of(self, task: str) -> float:
@@ -230,7 +230,7 @@ def recipe_config(name: str) -> DemoConfig:
     """The :class:`DemoConfig` of the recipe called ``name`` (see :data:`RECIPES`)."""
     key = str(name).strip().lower()
     if key not in RECIPES:
-        raise DrrkitError(f"unknown recipe {name!r}; choose {', '.join(RECIPES)}")
+        raise VertebraError(f"unknown recipe {name!r}; choose {', '.join(RECIPES)}")
     return RECIPES[key]()
 
 
@@ -318,12 +318,12 @@ def prepare_data(data: Path, config: DemoConfig, log: Callable[[str], None] = pr
             log(f"  {train_dir} was made by another vertebra version: rendering it again")
             reuse = False
         if reuse and differing_settings(manifest, {"source": source(task, 1).describe()}):
-            raise DrrkitError(f"{train_dir} holds phantoms made with other settings (scan "
+            raise VertebraError(f"{train_dir} holds phantoms made with other settings (scan "
                               "shares or crops); use another --out")
         if reuse:
             caches[task] = RenderedCache(train_dir, cache_mib=config.cache_mib)
             if len(caches[task]) != config.phantoms(task) * copies:
-                raise DrrkitError(f"{train_dir} holds {len(caches[task])} CTs, not "
+                raise VertebraError(f"{train_dir} holds {len(caches[task])} CTs, not "
                                   f"{config.phantoms(task) * copies}; use another --out")
             log(f"  reusing {train_dir}")
         else:  # grouped by target sizes and scans: each group builds every phantom once
@@ -415,7 +415,7 @@ def label_folder(networks: Path, held_dir: Path, labels: Path, *, pictures: bool
             totals[k] = totals.get(k, 0.0) + v
     pooled, scores, missing = score_folder(labels, held_dir)
     if missing:
-        raise DrrkitError(f"no predictions were written for {', '.join(missing)}")
+        raise VertebraError(f"no predictions were written for {', '.join(missing)}")
     return pooled, scores, {k: v / max(len(cases), 1) for k, v in totals.items()}
 
 
@@ -439,7 +439,7 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *,
     config = DemoConfig() if config is None else config
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise DrrkitError(f"{out} exists and is not a folder")
+        raise VertebraError(f"{out} exists and is not a folder")
     if config.threads:
         torch.set_num_threads(int(config.threads))
     from vertebra.training.trainer import resolve_device

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import drrkit
-from drrkit.errors import DrrkitError
+from vertebra.errors import VertebraError
 
 
 def pipeline_config(networks, **changes):
@@ -27,7 +27,7 @@ def pipeline_config(networks, **changes):
     fields = PipelineConfig.__dataclass_fields__
     unknown = sorted(set(changes) - set(fields))
     if unknown:
-        raise DrrkitError(f"unknown pipeline settings: {', '.join(unknown)} (choose from "
+        raise VertebraError(f"unknown pipeline settings: {', '.join(unknown)} (choose from "
                           f"{', '.join(fields)})")
     return PipelineConfig(**{**networks.settings, **changes})
 
@@ -122,7 +122,7 @@ def label(ct: str | Path | drrkit.Volume, out: str | Path | None = None, *, mode
     from vertebra.pipeline import load_networks
 
     if not isinstance(ct, drrkit.Volume) and not Path(ct).exists():
-        raise DrrkitError(f"no such file or folder: {ct}")  # before loading the networks
+        raise VertebraError(f"no such file or folder: {ct}")  # before loading the networks
     if networks is None:
         networks = load_networks(model, localizer, identifier, device=device)
     config = pipeline_config(networks, **settings)

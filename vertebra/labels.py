@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from drrkit.errors import DrrkitError
+from vertebra.errors import VertebraError
 
 #: Spine regions in cranio-caudal order.
 REGIONS: tuple[str, ...] = ("cervical", "thoracic", "lumbar")
@@ -117,7 +117,7 @@ def by_id(verse_id: int) -> Vertebra:
     try:
         return _BY_ID[int(verse_id)]
     except (KeyError, TypeError, ValueError):
-        raise DrrkitError(
+        raise VertebraError(
             f"{verse_id!r} is not a VerSe vertebra label; valid ids are 1-25 and 28"
             " (26 sacrum and 27 coccyx are not targets)"
         ) from None
@@ -127,7 +127,7 @@ def by_name(name: str) -> Vertebra:
     """The table row of a vertebra name such as "T13" (case-insensitive)."""
     row = _BY_NAME.get(str(name).strip().upper())
     if row is None:
-        raise DrrkitError(f"unknown vertebra name {name!r}; expected one of {', '.join(NAMES)}")
+        raise VertebraError(f"unknown vertebra name {name!r}; expected one of {', '.join(NAMES)}")
     return row
 
 
@@ -135,7 +135,7 @@ def by_class(class_index: int) -> Vertebra:
     """The table row of a network class 1..26; class 0 is background and has no row."""
     c = int(class_index)
     if not 1 <= c <= len(VERTEBRAE):
-        raise DrrkitError(
+        raise VertebraError(
             f"class {class_index!r} is not a vertebra class; expected 1..{len(VERTEBRAE)}"
             " (0 is background)"
         )
@@ -180,7 +180,7 @@ def classes_of(verse_ids) -> np.ndarray:
     ids = np.asarray(verse_ids)
     if (ids.size and not np.issubdtype(ids.dtype, np.integer)
             and (not np.all(np.isfinite(ids)) or np.any(ids != np.round(ids)))):
-        raise DrrkitError("VerSe ids must be whole numbers")
+        raise VertebraError("VerSe ids must be whole numbers")
     ids = ids.astype(np.int64)
     out = np.zeros(ids.shape, dtype=np.int64)
     ok = (ids >= 0) & (ids < CLASS_OF_ID.size)

@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from drrkit.errors import DrrkitError
 from vertebra import labels as vlabels
+from vertebra.errors import VertebraError
 
 #: Identification radius in mm (VerSe and the paper).
 RADIUS_MM = 20.0
@@ -46,25 +46,25 @@ RADIUS_MM = 20.0
 
 def _points(mapping: Any, what: str) -> tuple[np.ndarray, np.ndarray, list[int]]:
     if not isinstance(mapping, dict):
-        raise DrrkitError(f"{what} must be a mapping {{VerSe label: (x, y, z) mm}}")
+        raise VertebraError(f"{what} must be a mapping {{VerSe label: (x, y, z) mm}}")
     keep, ignored = [], []
     for key in mapping:
         try:
             lab = int(key)
         except (TypeError, ValueError):
-            raise DrrkitError(f"{what}: label {key!r} is not an integer") from None
+            raise VertebraError(f"{what}: label {key!r} is not an integer") from None
         (keep if vlabels.is_vertebra(lab) else ignored).append((lab, key))
     keep.sort(key=lambda t: vlabels.anatomical_rank(t[0]))
     labels = np.array([lab for lab, _ in keep], dtype=np.int64)
     if len(set(labels.tolist())) != len(labels):
-        raise DrrkitError(f"{what}: a label appears more than once")
+        raise VertebraError(f"{what}: a label appears more than once")
     try:
         pts = np.array([np.asarray(mapping[key], dtype=np.float64).reshape(3) for _, key in keep],
                        dtype=np.float64).reshape(-1, 3)
     except (TypeError, ValueError):
-        raise DrrkitError(f"{what}: every centroid must be 3 numbers (x, y, z) in mm") from None
+        raise VertebraError(f"{what}: every centroid must be 3 numbers (x, y, z) in mm") from None
     if not np.all(np.isfinite(pts)):
-        raise DrrkitError(f"{what}: centroid coordinates must be finite")
+        raise VertebraError(f"{what}: centroid coordinates must be finite")
     return labels, pts, sorted(lab for lab, _ in ignored)
 
 
@@ -111,7 +111,7 @@ def evaluate(pred: dict, gt: dict, *, radius_mm: float = RADIUS_MM) -> dict:
     """
     radius = float(radius_mm)
     if not radius > 0:
-        raise DrrkitError(f"the identification radius must be positive, got {radius_mm}")
+        raise VertebraError(f"the identification radius must be positive, got {radius_mm}")
     p_lab, p_pts, p_ignored = _points(pred, "predictions")
     g_lab, g_pts, g_ignored = _points(gt, "ground truth")
     n_gt, n_pred = len(g_lab), len(p_lab)
@@ -234,7 +234,7 @@ def _interval(values: np.ndarray, level: float) -> list[float]:
 
 def _check_bootstrap(samples: int, level: float) -> None:
     if int(samples) < 1 or not 0 < level < 1:
-        raise DrrkitError(f"need samples >= 1 and 0 < level < 1, got {samples}, {level}")
+        raise VertebraError(f"need samples >= 1 and 0 < level < 1, got {samples}, {level}")
 
 
 def bootstrap(results: list[dict], *, samples: int = 2000, level: float = 0.95,
@@ -258,7 +258,7 @@ def bootstrap(results: list[dict], *, samples: int = 2000, level: float = 0.95,
     _check_bootstrap(samples, level)
     sums = _scan_sums(results)
     if not len(sums):
-        raise DrrkitError("nothing to resample: no results")
+        raise VertebraError("nothing to resample: no results")
     id_rate, l_error = _rates(sums[_picks(seed, samples, len(sums))].sum(axis=1))
     return {"id_rate": _interval(id_rate, level), "l_error": _interval(l_error, level),
             "samples": int(samples), "level": float(level)}
@@ -280,10 +280,10 @@ def compare(results: list[dict], baseline: list[dict], *, samples: int = 2000,
     _check_bootstrap(samples, level)
     a, b = _scan_sums(results), _scan_sums(baseline)
     if len(a) != len(b) or not len(a):
-        raise DrrkitError(f"compare needs results for the same scans, got {len(a)} and "
+        raise VertebraError(f"compare needs results for the same scans, got {len(a)} and "
                           f"{len(b)}")
     if not np.array_equal(a[:, 1], b[:, 1]):
-        raise DrrkitError("compare needs results for the same scans: their ground-truth "
+        raise VertebraError("compare needs results for the same scans: their ground-truth "
                           "counts differ")
     picks = _picks(seed, samples, len(a))
     (ida, lea), (idb, leb) = _rates(a[picks].sum(axis=1)), _rates(b[picks].sum(axis=1))
@@ -303,7 +303,7 @@ def pool(results: list[dict]) -> dict:
         {n_gt, identified, id_rate, l_error}}}.
     """
     if not results:
-        raise DrrkitError("nothing to pool: no results")
+        raise VertebraError("nothing to pool: no results")
     n_gt = sum(r["n_gt"] for r in results)
     n_pred = sum(r["n_pred"] for r in results)
     identified = sum(r["identified"] for r in results)

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drrkit.errors import DrrkitError
+from vertebra.errors import VertebraError
 
 #: Decoder widths, deepest block first; one per encoder stage.
 DECODER_CHANNELS = (256, 128, 64, 32, 16)
@@ -100,13 +100,13 @@ def create_encoder(name: str, in_chans: int = 1) -> nn.Module:
     if not isinstance(name, str) or not timm.is_model(name):
         close = difflib.get_close_matches(str(name), timm.list_models(), n=5, cutoff=0.6)
         hint = ", ".join(close or EXAMPLE_ENCODERS)
-        raise DrrkitError(
+        raise VertebraError(
             f"unknown timm encoder {name!r}; try one of: {hint} (timm.list_models() has all)"
         )
     try:
         return timm.create_model(name, pretrained=False, features_only=True, in_chans=in_chans)
     except Exception as exc:  # timm raises several types for unsupported feature extraction
-        raise DrrkitError(
+        raise VertebraError(
             f"timm model {name!r} cannot be used as an encoder (features_only=True): {exc}"
         ) from exc
 
@@ -176,23 +176,23 @@ class UNet(nn.Module):
         super().__init__()
         task = _task(task)
         if heatmap_activation not in HEATMAP_ACTIVATIONS:
-            raise DrrkitError(f"unknown heatmap_activation {heatmap_activation!r}; choose "
+            raise VertebraError(f"unknown heatmap_activation {heatmap_activation!r}; choose "
                               f"{' or '.join(HEATMAP_ACTIVATIONS)}")
         if num_classes is None:
             from vertebra import labels
 
             num_classes = labels.NUM_CLASSES
         if int(num_classes) < 2:
-            raise DrrkitError(
+            raise VertebraError(
                 f"num_classes counts background too and must be >= 2, got {num_classes}"
             )
         if int(in_chans) < 1:
-            raise DrrkitError(f"in_chans must be >= 1, got {in_chans}")
+            raise VertebraError(f"in_chans must be >= 1, got {in_chans}")
         self.encoder = create_encoder(encoder, int(in_chans))
         stages = list(self.encoder.feature_info.channels())
         dec = list(DECODER_CHANNELS if decoder_channels is None else decoder_channels)
         if len(dec) != len(stages) or min(dec) < 1:
-            raise DrrkitError(
+            raise VertebraError(
                 f"decoder_channels needs {len(stages)} positive widths for encoder {encoder!r}"
                 f" (stages {stages}), got {dec}"
             )
@@ -221,7 +221,7 @@ class UNet(nn.Module):
         """(B, in_chans, H, W) image -> :class:`UNetOutput` at (H, W)."""
         c = self.config["in_chans"]
         if x.ndim != 4 or x.shape[1] != c:
-            raise DrrkitError(f"expected input of shape (B, {c}, H, W), got {tuple(x.shape)}")
+            raise VertebraError(f"expected input of shape (B, {c}, H, W), got {tuple(x.shape)}")
         feats = self.encoder(x)
         y = feats[-1]
         for block, skip in zip(self.decoder, [*feats[-2::-1], x]):
@@ -249,7 +249,7 @@ def _task(task: Task | str) -> Task:
         return Task(task)
     except ValueError:
         valid = ", ".join(t.value for t in Task)
-        raise DrrkitError(f"unknown task {task!r}; valid tasks: {valid}") from None
+        raise VertebraError(f"unknown task {task!r}; valid tasks: {valid}") from None
 
 
 # ---------------------------------------------------------------------- factory
@@ -284,7 +284,7 @@ def create_model(
         The model (``torch.nn.Module``) on the CPU in training mode.
     """
     if name not in MODELS:
-        raise DrrkitError(f"unknown model {name!r}; valid names: {', '.join(model_names())}")
+        raise VertebraError(f"unknown model {name!r}; valid names: {', '.join(model_names())}")
     model = MODELS[name](
         encoder=encoder, task=task, num_classes=num_classes, in_chans=in_chans, **kwargs
     )
@@ -307,7 +307,7 @@ def load_model(path: str | Path) -> nn.Module:
     """Rebuild a model saved by :func:`save_model` (on the CPU, training mode)."""
     ckpt = read_checkpoint(path)
     if _kind(ckpt) != "model":
-        raise DrrkitError(f"{path} is not a model checkpoint written by vertebra.models.save_model")
+        raise VertebraError(f"{path} is not a model checkpoint written by vertebra.models.save_model")
     config = dict(ckpt["config"])
     name = config.pop("name", ckpt["model"])
     model = create_model(name, **config)
@@ -320,7 +320,7 @@ def read_checkpoint(path: str | Path) -> dict:
     """Load a weights file to a dict on the CPU (``torch.load(weights_only=True)``)."""
     path = Path(path)
     if not path.is_file():
-        raise DrrkitError(
+        raise VertebraError(
             f"weights file not found: {path} (weights are never downloaded; pass a local timm"
             " state dict, a SimSiam encoder checkpoint or a vertebra model checkpoint)"
         )
@@ -332,7 +332,7 @@ def read_checkpoint(path: str | Path) -> dict:
         else:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except ImportError:
-        raise DrrkitError(f"reading {path} needs the safetensors package") from None
+        raise VertebraError(f"reading {path} needs the safetensors package") from None
     except Exception as exc:
         import pickle
 
@@ -341,9 +341,9 @@ def read_checkpoint(path: str | Path) -> dict:
         # UnpicklingError that suggests weights_only=False (never needed for ours)
         if isinstance(exc, (KeyError, EOFError, pickle.UnpicklingError)) or not reason:
             reason = "not a torch checkpoint of tensors or a safetensors file"
-        raise DrrkitError(f"cannot read weights file {path}: {reason}") from exc
+        raise VertebraError(f"cannot read weights file {path}: {reason}") from exc
     if not isinstance(ckpt, dict):
-        raise DrrkitError(f"{path} holds a {type(ckpt).__name__}, not a state dict")
+        raise VertebraError(f"{path} holds a {type(ckpt).__name__}, not a state dict")
     return ckpt
 
 
@@ -364,7 +364,7 @@ def _plain_state(ckpt: dict, path: Path) -> dict[str, torch.Tensor]:
     state = {}
     for k, v in ckpt.items():
         if not isinstance(v, torch.Tensor):
-            raise DrrkitError(f"{path} is not a state dict: entry {k!r} is a {type(v).__name__}")
+            raise VertebraError(f"{path} is not a state dict: entry {k!r} is a {type(v).__name__}")
         state[k.removeprefix("module.")] = v
     return state
 
@@ -378,13 +378,13 @@ def load_pretrained(model: nn.Module, path: str | Path) -> nn.Module:
     if kind == "model":
         other = ckpt["config"].get("encoder")
         if other != encoder_name:
-            raise DrrkitError(
+            raise VertebraError(
                 f"{path} is a model with encoder {other!r}; this model uses {encoder_name!r}"
             )
         _load_model_state(model, ckpt["state_dict"], path)
     else:
         if kind == "encoder" and ckpt["encoder"] != encoder_name:
-            raise DrrkitError(
+            raise VertebraError(
                 f"{path} holds encoder {ckpt['encoder']!r} weights; this model uses"
                 f" {encoder_name!r}"
             )
@@ -414,14 +414,14 @@ def load_encoder_state(encoder: nn.Module, state: dict, source: str = "state dic
             ):
                 value = adapt_input_conv(want.shape[1], value)
             else:
-                raise DrrkitError(
+                raise VertebraError(
                     f"{source}: weight {key!r} has shape {tuple(value.shape)}, the encoder"
                     f" expects {tuple(want.shape)}"
                 )
         loaded[key] = value
     missing = [k for k in target if k not in loaded and not k.endswith("num_batches_tracked")]
     if missing:
-        raise DrrkitError(
+        raise VertebraError(
             f"{source} does not fit this encoder: {len(missing)} of {len(target)} weights"
             f" missing, e.g. {', '.join(missing[:3])}"
         )
@@ -441,7 +441,7 @@ def _load_model_state(model: nn.Module, state: dict, path: Path) -> None:
         elif not key.endswith("num_batches_tracked"):
             missing.append(key)
     if missing:
-        raise DrrkitError(
+        raise VertebraError(
             f"{path} does not fit this model: {len(missing)} weights missing or of another"
             f" shape, e.g. {', '.join(missing[:3])}"
         )

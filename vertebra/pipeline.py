@@ -60,9 +60,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 import drrkit
-from drrkit.errors import DrrkitError
 from vertebra import labels as vlabels
 from vertebra.correction import Correction, correct_tracks, crowded, gap_rows
+from vertebra.errors import VertebraError
 from vertebra.peaks import Peaks, density_peaks
 from vertebra.targets import SQUARE_MM, pixel_size_at_isocenter
 from vertebra.views import ViewConfig
@@ -159,38 +159,38 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         if self.voting not in VOTING:
-            raise DrrkitError(f"unknown voting {self.voting!r}; choose one of {', '.join(VOTING)}")
+            raise VertebraError(f"unknown voting {self.voting!r}; choose one of {', '.join(VOTING)}")
         from vertebra.correction import METHODS
 
         if self.correction not in METHODS:
-            raise DrrkitError(f"unknown correction {self.correction!r}; choose one of "
+            raise VertebraError(f"unknown correction {self.correction!r}; choose one of "
                               f"{', '.join(METHODS)}")
         for name in ("min_distance_mm", "tolerance_mm", "square_mm"):
             value = getattr(self, name)
             if not (np.isfinite(value) and value > 0):
-                raise DrrkitError(f"{name} must be a positive number of mm, got {value}")
+                raise VertebraError(f"{name} must be a positive number of mm, got {value}")
         if not np.isfinite(self.peak_threshold):
-            raise DrrkitError("peak_threshold must be finite")
+            raise VertebraError("peak_threshold must be finite")
         if int(self.max_detections) < 1 or int(self.max_peak_pixels) < 1:
-            raise DrrkitError("max_detections and max_peak_pixels must be >= 1")
+            raise VertebraError("max_detections and max_peak_pixels must be >= 1")
         if self.refine_mm is not None and not (np.isfinite(self.refine_mm)
                                                and self.refine_mm >= REFINE_STEP_MM):
-            raise DrrkitError(f"refine_mm must be >= {REFINE_STEP_MM} mm (or None), "
+            raise VertebraError(f"refine_mm must be >= {REFINE_STEP_MM} mm (or None), "
                               f"got {self.refine_mm}")
         if not self.box_margin_mm >= 0 or not self.min_separation_mm >= 0:
-            raise DrrkitError("box_margin_mm and min_separation_mm must be >= 0")
+            raise VertebraError("box_margin_mm and min_separation_mm must be >= 0")
         if self.extend_threshold is not None and not np.isfinite(self.extend_threshold):
-            raise DrrkitError("extend_threshold must be finite (or None: no extension)")
+            raise VertebraError("extend_threshold must be finite (or None: no extension)")
         if self.localizer_views is not None and not (
                 int(self.localizer_views) == self.localizer_views and self.localizer_views >= 2):
-            raise DrrkitError(f"localizer_views must be an integer >= 2, got {self.localizer_views}")
+            raise VertebraError(f"localizer_views must be an integer >= 2, got {self.localizer_views}")
         if int(self.max_drops) < 0:
-            raise DrrkitError(f"max_drops must be >= 0, got {self.max_drops}")
+            raise VertebraError(f"max_drops must be >= 0, got {self.max_drops}")
         if self.sacrum_threshold is not None and not 0 < self.sacrum_threshold <= 1:
-            raise DrrkitError(f"sacrum_threshold must lie in (0, 1] (or None), "
+            raise VertebraError(f"sacrum_threshold must lie in (0, 1] (or None), "
                               f"got {self.sacrum_threshold}")
         if int(self.extend_min_views) < 2 or not 0 < self.extend_tolerance < 1:
-            raise DrrkitError("need extend_min_views >= 2 and 0 < extend_tolerance < 1")
+            raise VertebraError("need extend_min_views >= 2 and 0 < extend_tolerance < 1")
 
 
 @dataclass(frozen=True)
@@ -369,9 +369,9 @@ def sacrum_below(points: np.ndarray, probs: np.ndarray, geometry: drrkit.Geometr
 def _check_output(name: str, array, shape: tuple[int, ...]) -> np.ndarray:
     a = np.asarray(array, dtype=np.float32)
     if a.shape != shape:
-        raise DrrkitError(f"the {name} returned shape {a.shape}, expected {shape}")
+        raise VertebraError(f"the {name} returned shape {a.shape}, expected {shape}")
     if not np.all(np.isfinite(a)):
-        raise DrrkitError(f"the {name} returned non-finite values")
+        raise VertebraError(f"the {name} returned non-finite values")
     return a
 
 
@@ -501,14 +501,14 @@ def label_ct(
         :class:`LabelResult`.
     """
     if not isinstance(volume, drrkit.Volume):
-        raise DrrkitError("volume must be a drrkit.Volume (see drrkit.load_volume)")
+        raise VertebraError("volume must be a drrkit.Volume (see drrkit.load_volume)")
     views = ViewConfig() if views is None else views
     config = PipelineConfig() if config is None else config
     if config.localizer_views is not None and config.localizer_views != views.views:
         identifier_views = views if identifier_views is None else identifier_views
         views = replace(views, views=int(config.localizer_views))
     if views.views < 2:
-        raise DrrkitError("labelling needs at least two views")
+        raise VertebraError("labelling needs at least two views")
     timings: dict[str, float] = {}
     clock = [time.perf_counter()]
 
@@ -709,9 +709,9 @@ class TorchNetwork:
 
     def __init__(self, model, output: str, device: str = "cpu", batch_size: int = 4) -> None:
         if output not in ("heatmap", "probabilities"):
-            raise DrrkitError(f"unknown output {output!r}; choose heatmap or probabilities")
+            raise VertebraError(f"unknown output {output!r}; choose heatmap or probabilities")
         if int(batch_size) < 1:
-            raise DrrkitError(f"batch_size must be >= 1, got {batch_size}")
+            raise VertebraError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model.to(device).eval()
         self.output = output
         self.device = device
@@ -730,7 +730,7 @@ class TorchNetwork:
         heat, prob = self._forward(inputs)
         out = heat if self.output == "heatmap" else prob
         if out is None:
-            raise DrrkitError(f"the model has no {self.output} head "
+            raise VertebraError(f"the model has no {self.output} head "
                               f"(task {getattr(self.model, 'config', {}).get('task')!r})")
         return out
 
@@ -759,7 +759,7 @@ def run_unet(model, inputs: np.ndarray, *, batch_size: int = 4, device="cpu"):
 
     x = np.asarray(inputs, dtype=np.float32)
     if x.ndim != 3:
-        raise DrrkitError(f"inputs must be (K, H, W), got {x.shape}")
+        raise VertebraError(f"inputs must be (K, H, W), got {x.shape}")
     k, h, w = x.shape
     pad = ((0, 0), (0, -h % PAD_MULTIPLE), (0, -w % PAD_MULTIPLE))
     heat, prob = [], []
@@ -790,11 +790,11 @@ def resolve_device(device: str | None) -> str:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise DrrkitError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+        raise VertebraError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DrrkitError(f"device {device!r} needs a CUDA GPU and none is usable; use cpu")
+        raise VertebraError(f"device {device!r} needs a CUDA GPU and none is usable; use cpu")
     if dev.type not in ("cpu", "cuda"):
-        raise DrrkitError(f"device {device!r} is not supported; use cpu or cuda")
+        raise VertebraError(f"device {device!r} is not supported; use cpu or cuda")
     return str(dev)
 
 
@@ -836,7 +836,7 @@ def _model_from_state(ckpt: dict, where: str):
     from vertebra.models import _kind, create_model
 
     if _kind(ckpt) != "model":
-        raise DrrkitError(f"{where} is not a vertebra model checkpoint (no model/config/"
+        raise VertebraError(f"{where} is not a vertebra model checkpoint (no model/config/"
                           "state_dict)")
     config = dict(ckpt["config"])
     name = config.pop("name", ckpt["model"])
@@ -844,7 +844,7 @@ def _model_from_state(ckpt: dict, where: str):
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as error:
-        raise DrrkitError(f"{where}: weights do not fit the stored config: "
+        raise VertebraError(f"{where}: weights do not fit the stored config: "
                           f"{str(error).splitlines()[0]}") from None
     return model
 
@@ -917,7 +917,7 @@ def bundle_networks(localizer, identifier, out, pipeline: dict | None = None) ->
     pipeline = dict(pipeline or {})
     unknown = sorted(set(pipeline) - set(PipelineConfig.__dataclass_fields__))
     if unknown:
-        raise DrrkitError(f"unknown pipeline settings: {', '.join(unknown)}")
+        raise VertebraError(f"unknown pipeline settings: {', '.join(unknown)}")
     PipelineConfig(**pipeline)  # bad values fail here, not when labelling
     parts = {}
     for key, path in (("localizer", localizer), ("identifier", identifier)):
@@ -952,10 +952,10 @@ def load_networks(model=None, localizer=None, identifier=None, *, device: str | 
     from vertebra import weights
 
     if model is not None and (localizer is not None or identifier is not None):
-        raise DrrkitError("give either one checkpoint holding both networks, or a localizer "
+        raise VertebraError("give either one checkpoint holding both networks, or a localizer "
                           "and an identifier checkpoint, not both")
     if model is None and (localizer is None) != (identifier is None):
-        raise DrrkitError("need a checkpoint holding both networks, or both a localizer and "
+        raise VertebraError("need a checkpoint holding both networks, or both a localizer and "
                           "an identifier checkpoint")
     if model is None and localizer is None:
         model = weights.default_path()
@@ -967,7 +967,7 @@ def load_networks(model=None, localizer=None, identifier=None, *, device: str | 
         ide_key = "identification" if "identification" in found else "both"
         if loc_key not in found or ide_key not in found:
             have = ", ".join(sorted(found))
-            raise DrrkitError(f"{model} holds only a {have} network; pass --localizer and "
+            raise VertebraError(f"{model} holds only a {have} network; pass --localizer and "
                               "--identifier checkpoints instead")
         loc, ide = found[loc_key], found[ide_key]
         views_l, views_i = views[loc_key], views[ide_key]
@@ -978,13 +978,13 @@ def load_networks(model=None, localizer=None, identifier=None, *, device: str | 
         loc_key = "localization" if "localization" in found_l else "both"
         ide_key = "identification" if "identification" in found_i else "both"
         if loc_key not in found_l:
-            raise DrrkitError(f"{localizer} has no localization head")
+            raise VertebraError(f"{localizer} has no localization head")
         if ide_key not in found_i:
-            raise DrrkitError(f"{identifier} has no identification head")
+            raise VertebraError(f"{identifier} has no identification head")
         loc, ide = found_l[loc_key], found_i[ide_key]
         views_l, views_i = all_l[loc_key], all_i[ide_key]
     if ide.config["num_classes"] not in (vlabels.NUM_CLASSES, vlabels.NUM_CLASSES_WITH_SACRUM):
-        raise DrrkitError(f"the identification network has {ide.config['num_classes']} classes;"
+        raise VertebraError(f"the identification network has {ide.config['num_classes']} classes;"
                           f" the pipeline needs {vlabels.NUM_CLASSES} (background + 26) or "
                           f"{vlabels.NUM_CLASSES_WITH_SACRUM} (and the sacrum)")
     views = views_l or views_i

@@ -27,6 +27,7 @@ import drrkit
 from drrkit.errors import DrrkitError
 from drrkit.images import display_window, to_uint8
 from vertebra import labels as vlabels
+from vertebra.errors import VertebraError
 
 REGION_COLOURS = {"cervical": (255, 215, 0), "thoracic": (0, 220, 255),
                   "lumbar": (255, 60, 200)}
@@ -180,9 +181,9 @@ def reformat(volume: drrkit.Volume, centroids: dict | None = None, plane: str = 
     from scipy import ndimage
 
     if plane not in PLANES:
-        raise DrrkitError(f"unknown plane {plane!r}; choose one of {', '.join(PLANES)}")
+        raise VertebraError(f"unknown plane {plane!r}; choose one of {', '.join(PLANES)}")
     if not mm_per_pixel > 0:
-        raise DrrkitError("mm_per_pixel must be positive")
+        raise VertebraError("mm_per_pixel must be positive")
     corners = volume.corners
     lo, hi = corners.min(axis=0), corners.max(axis=0)
     axis = 1 if plane == "sagittal" else 0  # world axis along the picture's columns
@@ -357,11 +358,11 @@ def sphere_map(centroids: dict, volume: drrkit.Volume, radius_mm: float = SPHERE
         (Z, Y, X) uint8, VerSe id inside the balls and 0 elsewhere.
     """
     if not radius_mm > 0:
-        raise DrrkitError(f"radius_mm must be positive, got {radius_mm}")
+        raise VertebraError(f"radius_mm must be positive, got {radius_mm}")
     labels = np.zeros(volume.data.shape, dtype=np.uint8)
     ids = [int(i) for i in centroids]
     if any(not 0 < i < 256 for i in ids):
-        raise DrrkitError(f"labels {ids} do not all fit a uint8 label map (1..255)")
+        raise VertebraError(f"labels {ids} do not all fit a uint8 label map (1..255)")
     points = np.array([np.asarray(p, dtype=np.float64).reshape(3) for p in centroids.values()]
                       ).reshape(-1, 3)
     shape_ijk = np.asarray(volume.shape_xyz)
@@ -506,15 +507,15 @@ def score_folder(pred: str | Path, gt: str | Path, *, format: str = "verse20",
 
     pred, gt = Path(pred), Path(gt)
     if not (pred.is_dir() and gt.is_dir()):
-        raise DrrkitError("to score folders, give a folder of predictions and a "
+        raise VertebraError("to score folders, give a folder of predictions and a "
                           "VerSe-layout ground-truth folder")
     for value in (format, pred_format):
         if value not in verse.FORMATS:
-            raise DrrkitError(f"unknown format {value!r}; choose one of "
+            raise VertebraError(f"unknown format {value!r}; choose one of "
                               f"{', '.join(verse.FORMATS)}")
     cases = VerseDataset(gt, require="centroids").cases
     if not cases:
-        raise DrrkitError(f"{gt} holds no CT with ground-truth centroids")
+        raise VertebraError(f"{gt} holds no CT with ground-truth centroids")
     found: dict[str, Path] = {}
     for path in sorted(pred.rglob("*_ctd.json")):  # STEM_ctd or STEM_seg-X_ctd
         found.setdefault(re.sub(r"_seg-[A-Za-z0-9]+$", "", path.name[:-9]), path)

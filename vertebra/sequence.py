@@ -68,7 +68,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from drrkit.errors import DrrkitError
+from vertebra.errors import VertebraError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -117,9 +117,9 @@ class SequenceDP:
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.alpha) and self.alpha >= 0):
-            raise DrrkitError(f"alpha must be a finite number >= 0, got {self.alpha}")
+            raise VertebraError(f"alpha must be a finite number >= 0, got {self.alpha}")
         if not (np.isfinite(self.beta) and self.beta > 0):
-            raise DrrkitError(f"beta must be a finite number > 0, got {self.beta}")
+            raise VertebraError(f"beta must be a finite number > 0, got {self.beta}")
 
     # ------------------------------------------------------------------ core
     def scores(self, probs, lengths=None) -> SequenceResult:
@@ -142,7 +142,7 @@ class SequenceDP:
         as_numpy = not isinstance(probs, torch.Tensor)
         p = _as_float_tensor(probs)
         if p.ndim < 2 or p.shape[-1] < 1 or p.shape[-2] < 1:
-            raise DrrkitError(
+            raise VertebraError(
                 f"probs must have shape (..., n, c) with n, c >= 1, got {tuple(p.shape)}"
             )
         n = p.shape[-2]
@@ -234,7 +234,7 @@ def view_weights(losses, dim: int = -1):
     as_numpy = not isinstance(losses, torch.Tensor)
     loss = _as_float_tensor(losses)
     if loss.ndim < 1 or loss.shape[dim] < 1:
-        raise DrrkitError(f"losses need a non-empty view axis {dim}, got {tuple(loss.shape)}")
+        raise VertebraError(f"losses need a non-empty view axis {dim}, got {tuple(loss.shape)}")
     score = (1.0 - loss).clamp(min=0.0)
     total = score.sum(dim=dim, keepdim=True)
     uniform = torch.full_like(score, 1.0 / loss.shape[dim])
@@ -268,14 +268,14 @@ def _lengths(lengths, p: torch.Tensor) -> torch.Tensor:
     lens = torch.as_tensor(np.asarray(lengths) if not isinstance(lengths, torch.Tensor)
                            else lengths, device=p.device)
     if lens.is_floating_point() or lens.is_complex() or lens.dtype == torch.bool:
-        raise DrrkitError("lengths must be integers")
+        raise VertebraError("lengths must be integers")
     lens = lens.to(torch.int64)
     try:
         lens = lens.expand(batch).contiguous()
     except RuntimeError:
-        raise DrrkitError(
+        raise VertebraError(
             f"lengths of shape {tuple(lens.shape)} do not match probs batch shape {tuple(batch)}"
         ) from None
     if lens.numel() and (int(lens.min()) < 1 or int(lens.max()) > n):
-        raise DrrkitError(f"lengths must lie in [1, n={n}], got {lens.min()}..{lens.max()}")
+        raise VertebraError(f"lengths must lie in [1, n={n}], got {lens.min()}..{lens.max()}")
     return lens

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drrkit.errors import DrrkitError
+from vertebra.errors import VertebraError
 from vertebra.models import create_encoder
 
 #: Paper / SimSiam defaults.
@@ -67,7 +67,7 @@ class SimSiam(nn.Module):
     ) -> None:
         super().__init__()
         if dim < 1 or pred_dim < 1:
-            raise DrrkitError(f"dim and pred_dim must be >= 1, got {dim}, {pred_dim}")
+            raise VertebraError(f"dim and pred_dim must be >= 1, got {dim}, {pred_dim}")
         self.encoder_name = encoder
         self.in_chans = int(in_chans)
         self.encoder = create_encoder(encoder, self.in_chans)
@@ -92,7 +92,7 @@ class SimSiam(nn.Module):
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> z (B, dim): global-average-pooled last stage, projected."""
         if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise DrrkitError(
+            raise VertebraError(
                 f"expected views of shape (B, {self.in_chans}, H, W), got {tuple(x.shape)}"
             )
         return self.projector(self.encoder(x)[-1].mean(dim=(-2, -1)))
@@ -150,9 +150,9 @@ def set_lr(optimizer: torch.optim.Optimizer, step: int, steps: int) -> None:
 def pretrain_step(model: SimSiam, optimizer, x1: torch.Tensor, x2: torch.Tensor) -> float:
     """One SGD step on a batch of pairs (B, C, H, W) x 2 (B >= 2); returns the loss."""
     if x1.shape != x2.shape:
-        raise DrrkitError(f"the two views differ in shape: {tuple(x1.shape)} vs {tuple(x2.shape)}")
+        raise VertebraError(f"the two views differ in shape: {tuple(x1.shape)} vs {tuple(x2.shape)}")
     if x1.ndim != 4 or x1.shape[0] < 2:
-        raise DrrkitError(f"a pair batch needs shape (B >= 2, C, H, W), got {tuple(x1.shape)}")
+        raise VertebraError(f"a pair batch needs shape (B >= 2, C, H, W), got {tuple(x1.shape)}")
     model.train()
     loss = simsiam_loss(*model(x1, x2))
     optimizer.zero_grad(set_to_none=True)
@@ -177,11 +177,11 @@ def sample_view_pairs(
     """
     stack = torch.as_tensor(np.asarray(drrs) if not isinstance(drrs, torch.Tensor) else drrs)
     if stack.ndim != 4 or stack.shape[1] < 2 or stack.shape[0] < 1:
-        raise DrrkitError(
+        raise VertebraError(
             f"drrs must have shape (N CTs, K >= 2 views, H, W), got {tuple(stack.shape)}"
         )
     if batch_size < 1:
-        raise DrrkitError(f"batch_size must be >= 1, got {batch_size}")
+        raise VertebraError(f"batch_size must be >= 1, got {batch_size}")
     stack = stack.float()
     n, k = stack.shape[:2]
     while True:
@@ -255,7 +255,7 @@ def pretrain(
         :class:`PretrainResult`.
     """
     if steps < 1:
-        raise DrrkitError(f"steps must be >= 1, got {steps}")
+        raise VertebraError(f"steps must be >= 1, got {steps}")
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     device = torch.device(device)
@@ -321,7 +321,7 @@ def _batches(source, batch_size: int, generator) -> Iterator[tuple[Any, Any]]:
         from torch.utils.data import DataLoader
 
         if len(source) < batch_size:
-            raise DrrkitError(
+            raise VertebraError(
                 f"the dataset has {len(source)} pairs, fewer than one batch of {batch_size}"
             )
         loader = DataLoader(
@@ -330,7 +330,7 @@ def _batches(source, batch_size: int, generator) -> Iterator[tuple[Any, Any]]:
         return _repeat(loader)
     if isinstance(source, Iterable):
         return _repeat(source)
-    raise DrrkitError(
+    raise VertebraError(
         f"cannot draw view pairs from a {type(source).__name__}; pass an (N, K, H, W) array,"
         " a dataset of pairs or an iterable of (x1, x2) batches"
     )

@@ -43,9 +43,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from drrkit.errors import DrrkitError
 from drrkit.geometry import Geometry, project_points
 from vertebra import labels as vlabels
+from vertebra.errors import VertebraError
 
 OVERLAP_RULES = ("nearest", "front", "order")
 
@@ -134,10 +134,10 @@ class ViewTargets:
 # ---------------------------------------------------------------------- projection
 def _centroid_arrays(centroids) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(centroids, dict):
-        raise DrrkitError("centroids must be a mapping {VerSe label: (x, y, z) world mm}")
+        raise VertebraError("centroids must be a mapping {VerSe label: (x, y, z) world mm}")
     bad = [k for k in centroids if not vlabels.is_vertebra(k)]
     if bad:
-        raise DrrkitError(f"labels {bad} are not vertebra targets (valid: 1-25, 28)")
+        raise VertebraError(f"labels {bad} are not vertebra targets (valid: 1-25, 28)")
     labels = np.array(vlabels.sort_anatomical(centroids), dtype=np.int64)
     return labels, _points(centroids, labels, "centroid")
 
@@ -148,9 +148,9 @@ def _points(mapping: dict, labels: np.ndarray, what: str) -> np.ndarray:
         points = np.array([np.asarray(mapping[k], dtype=np.float64).reshape(3) for k in labels],
                           dtype=np.float64).reshape(-1, 3)
     except (TypeError, ValueError):
-        raise DrrkitError(f"every {what} must be 3 numbers (x, y, z) in mm") from None
+        raise VertebraError(f"every {what} must be 3 numbers (x, y, z) in mm") from None
     if not np.all(np.isfinite(points)):
-        raise DrrkitError(f"{what} coordinates must be finite")
+        raise VertebraError(f"{what} coordinates must be finite")
     return points
 
 
@@ -199,10 +199,10 @@ def _project(labels: np.ndarray, classes: np.ndarray, points: np.ndarray, geomet
 def _anchor_arrays(anchors) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """{26: (3,) world mm} -> (labels (A,), classes (A,), points (A, 3))."""
     if not isinstance(anchors, dict):
-        raise DrrkitError("anchors must be a mapping {26: (x, y, z) world mm}")
+        raise VertebraError("anchors must be a mapping {26: (x, y, z) world mm}")
     bad = [k for k in anchors if k != vlabels.SACRUM]
     if bad:
-        raise DrrkitError(f"anchor labels {bad} are not supported (only {vlabels.SACRUM}, "
+        raise VertebraError(f"anchor labels {bad} are not supported (only {vlabels.SACRUM}, "
                           "the sacrum)")
     labels = np.array(sorted(anchors), dtype=np.int64)
     classes = np.full(len(labels), vlabels.SACRUM_CLASS, dtype=np.int64)
@@ -223,7 +223,7 @@ def default_isocenter(geometry: Geometry, volume=None) -> np.ndarray:
     a = proj.sum(axis=0)
     b = np.einsum("kij,kj->i", proj, geometry.sources)
     if np.linalg.cond(a) > 1e8:
-        raise DrrkitError("cannot infer an isocentre from parallel central rays; "
+        raise VertebraError("cannot infer an isocentre from parallel central rays; "
                           "pass isocenter= or the volume")
     return np.linalg.solve(a, b)
 
@@ -237,7 +237,7 @@ def pixel_size_at_isocenter(geometry: Geometry, isocenter) -> np.ndarray:
     iso = np.asarray(isocenter, dtype=np.float64).reshape(3)
     depth = project_points(iso[None], geometry).depth[:, 0]
     if np.any(depth <= 0):
-        raise DrrkitError("the isocentre lies behind a view's source")
+        raise VertebraError("the isocentre lies behind a view's source")
     magnification = geometry.source_to_detector / depth
     return geometry.pixel_spacing / magnification[:, None]
 
@@ -246,7 +246,7 @@ def pixel_size_at_isocenter(geometry: Geometry, isocenter) -> np.ndarray:
 def _mm_to_px(value_mm: float, pixel_mm: np.ndarray, name: str) -> np.ndarray:
     value = float(value_mm)
     if not np.isfinite(value) or value <= 0:
-        raise DrrkitError(f"{name} must be a positive number of mm, got {value_mm}")
+        raise VertebraError(f"{name} must be a positive number of mm, got {value_mm}")
     return value / pixel_mm
 
 
@@ -278,7 +278,7 @@ def gaussian_heatmaps(projected: ProjectedCentroids, geometry: Geometry, sigma_p
     n = len(projected.labels)
     sigma = np.broadcast_to(np.asarray(sigma_px, dtype=np.float64), (k, 2))
     if not np.all(sigma > 0):
-        raise DrrkitError("sigma must be positive")
+        raise VertebraError("sigma must be positive")
     out = np.zeros((k, n, h, w) if per_vertebra else (k, h, w), dtype=np.float32)
     drawn = projected.drawn
     for view in range(k):
@@ -316,13 +316,13 @@ def identification_maps(projected: ProjectedCentroids, geometry: Geometry, half_
         (K, H, W) int64, 0 = background, else the class of :mod:`vertebra.labels`.
     """
     if overlap not in OVERLAP_RULES:
-        raise DrrkitError(f"unknown overlap rule {overlap!r}; choose one of "
+        raise VertebraError(f"unknown overlap rule {overlap!r}; choose one of "
                           f"{', '.join(OVERLAP_RULES)}")
     k, h, w = geometry.shape
     half = np.broadcast_to(np.asarray(half_square_px, dtype=np.float64), (k, 2))
     pmm = np.broadcast_to(np.asarray(pixel_mm, dtype=np.float64), (k, 2))
     if not np.all(half > 0):
-        raise DrrkitError("the identification square must have a positive size")
+        raise VertebraError("the identification square must have a positive size")
     drawn = projected.drawn
     out = np.zeros((k, h, w), dtype=np.int64)
     best = np.full((k, h, w), np.inf)   # primary key of the current owner
@@ -393,7 +393,7 @@ def make_targets(
         ((2, 64, 64), 21, [1.0, 1.0])
     """
     if not isinstance(geometry, Geometry):
-        raise DrrkitError(f"geometry must be a drrkit.Geometry, got {type(geometry).__name__}")
+        raise VertebraError(f"geometry must be a drrkit.Geometry, got {type(geometry).__name__}")
     projected = project_centroids(centroids, geometry, volume)
     iso = default_isocenter(geometry, volume) if isocenter is None else isocenter
     pixel_mm = pixel_size_at_isocenter(geometry, iso)

@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 import drrkit
-from drrkit.errors import DrrkitError
 from drrkit.volume import check_bone_enhancement
+from vertebra.errors import VertebraError
 
 
 @dataclass(frozen=True)
@@ -58,13 +58,13 @@ class ViewConfig:
 
     def __post_init__(self) -> None:
         if self.views < 1 or int(self.views) != self.views:
-            raise DrrkitError(f"views must be a positive integer, got {self.views}")
+            raise VertebraError(f"views must be a positive integer, got {self.views}")
         if not 0 < self.sad < self.sid:
-            raise DrrkitError(f"need 0 < sad < sid, got {self.sad}, {self.sid}")
+            raise VertebraError(f"need 0 < sad < sid, got {self.sad}, {self.sid}")
         if not self.mm_per_pixel > 0 or not self.intensity_scale > 0:
-            raise DrrkitError("mm_per_pixel and intensity_scale must be positive")
+            raise VertebraError("mm_per_pixel and intensity_scale must be positive")
         if self.multiple < 1 or self.max_size < self.multiple:
-            raise DrrkitError("need 1 <= multiple <= max_size")
+            raise VertebraError("need 1 <= multiple <= max_size")
         check_bone_enhancement(self.bone_threshold_hu, self.bone_gain)
 
     @property

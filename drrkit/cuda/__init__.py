@@ -71,7 +71,7 @@ def _cupy():
             "the CUDA backend needs CuPy (pip install 'drrkit[cuda]'); "
             "use backend='cpu' (or 'auto')"
         ) from None
-    from drrkit.render import cuda_available
+    from drrkit.backends import cuda_available
 
     if not cuda_available():
         raise DrrkitError(
@@ -305,15 +305,14 @@ class CudaProjector:
             (K, H, W) float32 line integrals (dimensionless) on the projector's device,
             or on the host for ``out="numpy"``.
         """
-        from drrkit._cpu import prepare_rays
+        from drrkit.backends import check_step, prepare_rays
         from drrkit.geometry import Geometry
-        from drrkit.render import _check_step
 
         if not isinstance(geometry, Geometry):
             raise DrrkitError("geometry must be a drrkit.Geometry (see drrkit.circular_orbit)")
         if out not in OUTPUTS:
             raise DrrkitError(f"unknown out {out!r}; choose one of {', '.join(OUTPUTS)}")
-        step = _check_step(self.volume, step)
+        step = check_step(self.volume, step)
         check_pieces(self.volume, step)
         cupy = self._cupy
         k, h, w = geometry.shape

@@ -44,7 +44,7 @@ def build_defines(storage, n_voxels: int) -> tuple[tuple[str, int | float], ...]
     if dtype not in STORAGE_DEFINES:
         names = ", ".join(str(d) for d in STORAGE_DEFINES)
         raise DrrkitError(f"unsupported voxel storage {dtype}; choose one of {names}")
-    from drrkit._cpu import PIECE_SLACK
+    from drrkit.backends import PIECE_SLACK
 
     return (
         ("DRRKIT_HALF", STORAGE_DEFINES[dtype]),

@@ -34,12 +34,13 @@ import drrkit
 from drrkit import DrrkitError, Volume, circular_orbit, phantoms
 from drrkit import bench as bench_module
 from drrkit import cuda as dcuda
-from drrkit._cpu import prepare_rays, render_cpu
+from drrkit._cpu import render_cpu
+from drrkit.backends import prepare_rays
 from drrkit.cuda import _build
 from drrkit.reference import piece_count_margins
 
 KERNEL_FILES = _build.kernel_files()
-RENDER_MODULE = sys.modules["drrkit.render"]  # drrkit.render is also the function
+BACKENDS_MODULE = sys.modules["drrkit.backends"]
 OPTION_SETS = [(half, index64) for half in (0, 1) for index64 in (0, 1)]
 
 
@@ -470,7 +471,7 @@ def fake_gpu(host, monkeypatch):
     """Install the CuPy stand-in and report a GPU; returns the stand-in module."""
     cp = _fake_cupy(host)
     monkeypatch.setitem(sys.modules, "cupy", cp)
-    monkeypatch.setattr(RENDER_MODULE, "cuda_available", lambda: True)
+    monkeypatch.setattr(BACKENDS_MODULE, "cuda_available", lambda: True)
     _build.clear_cache()
     yield cp
     _build.clear_cache()
@@ -516,7 +517,7 @@ def test_render_dispatch_and_labels_with_cupy_stand_in(fake_gpu):
 
 
 def test_projector_limits_with_cupy_stand_in(host, monkeypatch):
-    monkeypatch.setattr(RENDER_MODULE, "cuda_available", lambda: True)
+    monkeypatch.setattr(BACKENDS_MODULE, "cuda_available", lambda: True)
     vol = Volume(np.ones((20, 30, 40), np.float32))
     monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(host, texture_limit=32))
     with pytest.raises(DrrkitError, match=r"40x30x20 volume exceeds .*maxTexture3D=32x32x32"):
@@ -611,7 +612,7 @@ def test_limit_checks_name_the_limit():
 
 # ============================================================== bench (CPU)
 def test_count_samples_matches_per_ray_rule():
-    from drrkit._cpu import PIECE_SLACK
+    from drrkit.backends import PIECE_SLACK
     from drrkit.reference import _index_rays
 
     vol, g, step = _random_case(5)

@@ -11,6 +11,7 @@ from drrkit.errors import DrrkitError
 from vertebra import pipeline, weights
 from vertebra.cli import app
 from vertebra.views import ViewConfig
+from vertebra.weights.export import export_networks
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -99,12 +100,12 @@ def test_export_refusals_leave_nothing(exported, tmp_path):
     bundle, _, _ = exported
     out = tmp_path / "out"
     with pytest.raises(DrrkitError, match="more than the 0.01 MB allowed"):
-        weights.export_networks(bundle, out, recipe="r", training_data="d", max_mb=0.01)
+        export_networks(bundle, out, recipe="r", training_data="d", max_mb=0.01)
     assert not out.exists()
     with pytest.raises(DrrkitError, match="recipe"):
-        weights.export_networks(bundle, out, recipe=" ", training_data="d")
+        export_networks(bundle, out, recipe=" ", training_data="d")
     with pytest.raises(DrrkitError, match="holds only a localization network"):
-        weights.export_networks(bundle.parent / "loc.pt", out, recipe="r", training_data="d")
+        export_networks(bundle.parent / "loc.pt", out, recipe="r", training_data="d")
     assert not out.exists()
 
 

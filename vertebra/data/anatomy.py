@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from drrkit.errors import DrrkitError
+from vertebra.errors import VertebraError
 
 #: The 24 standard vertebrae, cranio-caudal.
 STANDARD = (
@@ -115,7 +115,7 @@ def level_names(transitional: str | None = None) -> tuple[str, ...]:
         return STANDARD[:i] + ("T13",) + STANDARD[i:]
     if transitional == "l6":
         return STANDARD + ("L6",)
-    raise DrrkitError(f"unknown transitional anatomy {transitional!r}; "
+    raise VertebraError(f"unknown transitional anatomy {transitional!r}; "
                       f"choose none, {', '.join(TRANSITIONAL)}")
 
 
@@ -209,7 +209,7 @@ class Spine:
         try:
             return self.names.index(name)
         except ValueError:
-            raise DrrkitError(f"level {name!r} is not in this spine ({', '.join(self.names)})"
+            raise VertebraError(f"level {name!r} is not in this spine ({', '.join(self.names)})"
                               ) from None
 
 

@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from drrkit.errors import DrrkitError
 from vertebra import labels as vlabels
 from vertebra.data.verse import read_centroids
+from vertebra.errors import VertebraError
 
 _CT = re.compile(r"^(?P<stem>.+)_ct\.nii(\.gz)?$")
 _MASK = re.compile(r"^(?P<stem>.+?)_seg-(?P<kind>[A-Za-z0-9]+)_msk\.nii(\.gz)?$")
@@ -71,7 +71,7 @@ class VerseCase:
     def load_mask(self):
         """The vertebra mask as a ``drrkit.Volume`` holding int32 VerSe ids."""
         if self.mask is None:
-            raise DrrkitError(f"case {self.name} has no vertebra mask")
+            raise VertebraError(f"case {self.name} has no vertebra mask")
         return _load_label_volume(self.mask)
 
     def centroids(self, *, source: str = "auto", format: str = "verse20",
@@ -86,17 +86,17 @@ class VerseCase:
                 volume boundary.
         """
         if source not in ("auto", "json", "mask"):
-            raise DrrkitError(f"unknown centroid source {source!r}; choose auto, json or mask")
+            raise VertebraError(f"unknown centroid source {source!r}; choose auto, json or mask")
         if source == "json" or (source == "auto" and self.centroid_file is not None):
             if self.centroid_file is None:
-                raise DrrkitError(f"case {self.name} has no centroid file")
+                raise VertebraError(f"case {self.name} has no centroid file")
             # the JSON refers to the CT's (= the mask's) voxel grid; read the header only
             out = read_centroids(self.centroid_file, self.ct, format=format)
         elif self.mask is not None:
             out = centroids_from_mask(self.mask, truncated=truncated,
                                       vertebrae_only=vertebrae_only)
         else:
-            raise DrrkitError(f"case {self.name} has neither a centroid file nor a mask")
+            raise VertebraError(f"case {self.name} has neither a centroid file nor a mask")
         if vertebrae_only:
             out = {k: v for k, v in out.items() if vlabels.is_vertebra(k)}
         return {k: out[k] for k in _anatomical_keys(out)}
@@ -124,7 +124,7 @@ class VerseDataset:
 
     def __init__(self, root: str | Path, *, require: str = "none") -> None:
         if require not in ("none", "mask", "centroids", "json"):
-            raise DrrkitError(
+            raise VertebraError(
                 f"unknown requirement {require!r}; choose none, mask, centroids or json")
         self.root = Path(root)
         cases = index_verse(self.root)
@@ -159,7 +159,7 @@ def index_verse(root: str | Path) -> list[VerseCase]:
     """All CTs under ``root`` with their derivatives, sorted by name (see module docstring)."""
     root = Path(root)
     if not root.is_dir():
-        raise DrrkitError(f"no such folder: {root}")
+        raise VertebraError(f"no such folder: {root}")
     raw = root / "rawdata"
     ct_root = raw if raw.is_dir() else root
     deriv = root / "derivatives"
@@ -195,7 +195,7 @@ def index_verse(root: str | Path) -> list[VerseCase]:
     names = [c.name for c in cases]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise DrrkitError(f"{root}: more than one CT named {dup[0]}_ct")
+        raise VertebraError(f"{root}: more than one CT named {dup[0]}_ct")
     return sorted(cases, key=lambda c: c.name)
 
 
@@ -224,7 +224,7 @@ def _load_label_volume(mask: Any):
     if hasattr(mask, "GetSize"):
         mask = drrkit.Volume.from_sitk(mask)
     if not isinstance(mask, drrkit.Volume):
-        raise DrrkitError(
+        raise VertebraError(
             f"expected a mask as a drrkit.Volume, SimpleITK image or path, got {type(mask).__name__}")
     data = np.asarray(mask.data)
     if not np.issubdtype(data.dtype, np.integer):
@@ -233,7 +233,7 @@ def _load_label_volume(mask: Any):
             data = np.where(finite, data, 0)
         rounded = np.rint(data)
         if np.any(np.abs(rounded - data) > 1e-3):
-            raise DrrkitError("a label mask must hold whole numbers")
+            raise VertebraError("a label mask must hold whole numbers")
         data = rounded
     return mask.with_data(data.astype(np.int32, copy=False))
 
@@ -296,7 +296,7 @@ def centroids_from_mask(
         {VerSe id: (3,) world mm}, in anatomical order.
     """
     if truncated not in ("keep", "drop"):
-        raise DrrkitError(f"truncated must be 'keep' or 'drop', got {truncated!r}")
+        raise VertebraError(f"truncated must be 'keep' or 'drop', got {truncated!r}")
     vol = _load_label_volume(mask)
     labs, counts, centres, touches = label_centers(vol)
     keep = counts >= min_voxels

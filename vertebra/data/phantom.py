@@ -40,13 +40,13 @@ from pathlib import Path
 
 import numpy as np
 
-from drrkit.errors import DrrkitError
 from drrkit.volume import Volume
 from vertebra import labels as vlabels
 from vertebra.data import _sdf
 from vertebra.data._clinical import bone_texture, fov_cut
 from vertebra.data._scene import Scene, build_scene
 from vertebra.data.anatomy import Spine, build_spine, level_names
+from vertebra.errors import VertebraError
 
 #: Size presets: (max slices, max rows, max columns) of the canonical grid, in-plane
 #: spacing range (mm) and slice spacing range (mm).
@@ -120,16 +120,16 @@ def _parse_levels(levels, names) -> tuple[int, int]:
         parts = levels.replace("-", ":").split(":")
         levels = tuple(p.strip() for p in parts)
     if len(levels) != 2:
-        raise DrrkitError(f"levels must be two names like ('T10', 'L3'), got {levels!r}")
+        raise VertebraError(f"levels must be two names like ('T10', 'L3'), got {levels!r}")
     a, b = (str(v).strip().upper() for v in levels)
     for v in (a, b):
         if v not in names:
             extra = ("; T13 needs transitional='t13'" if v == "T13" else
                      "; L6 needs transitional='l6'" if v == "L6" else "")
-            raise DrrkitError(f"unknown or absent level {v!r}{extra}")
+            raise VertebraError(f"unknown or absent level {v!r}{extra}")
     i, j = names.index(a), names.index(b)
     if i > j:
-        raise DrrkitError(f"levels must run cranio-caudally, got {a} below {b}")
+        raise VertebraError(f"levels must run cranio-caudally, got {a} below {b}")
     return i, j
 
 
@@ -149,23 +149,23 @@ def _choose_transitional(transitional, levels, rng) -> str | None:
     if t in ("none", "", "false"):
         return None
     if t not in ("t13", "l6"):
-        raise DrrkitError(f"transitional must be None, 'none', 't13' or 'l6', got {transitional!r}")
+        raise VertebraError(f"transitional must be None, 'none', 't13' or 'l6', got {transitional!r}")
     return t
 
 
 def _size_preset(size):
     if isinstance(size, str):
         if size not in SIZES:
-            raise DrrkitError(f"unknown size {size!r}; choose one of {', '.join(SIZES)} "
+            raise VertebraError(f"unknown size {size!r}; choose one of {', '.join(SIZES)} "
                               "or give a (Z, Y, X) shape")
         return SIZES[size]
     try:
         cap = tuple(int(v) for v in size)
     except TypeError:
-        raise DrrkitError(f"size must be 'small', 'full' or a (Z, Y, X) shape, got {size!r}"
+        raise VertebraError(f"size must be 'small', 'full' or a (Z, Y, X) shape, got {size!r}"
                           ) from None
     if len(cap) != 3 or min(cap) < 16:
-        raise DrrkitError(f"a size shape needs 3 values of at least 16, got {size!r}")
+        raise VertebraError(f"a size shape needs 3 values of at least 16, got {size!r}")
     return cap, SIZES["full"][1], SIZES["full"][2]
 
 
@@ -179,7 +179,7 @@ def _choose_grid(spine: Spine, levels, size, spacing, fov, rng, min_fov=None):
     else:
         sp = np.broadcast_to(np.asarray(spacing, dtype=np.float64).reshape(-1), (3,)).copy()
         if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
-            raise DrrkitError(f"spacing must be positive mm, got {spacing!r}")
+            raise VertebraError(f"spacing must be positive mm, got {spacing!r}")
     names = spine.names
     n = len(names)
     explicit = levels is not None
@@ -223,7 +223,7 @@ def _choose_grid(spine: Spine, levels, size, spacing, fov, rng, min_fov=None):
     if fov is None:
         fov = max(fov_draw, 2 * need_x, 2 * need_y)
     elif not fov > 0:
-        raise DrrkitError(f"the field of view must be a positive number of mm, got {fov!r}")
+        raise VertebraError(f"the field of view must be a positive number of mm, got {fov!r}")
     if min_fov is not None and fov < min_fov:
         fov = min_fov
         sp[:2] = max(sp[0], fov / cap[2])
@@ -488,13 +488,13 @@ def make_spine_phantom(
     try:
         seed = int(seed)
     except (TypeError, ValueError):
-        raise DrrkitError(f"seed must be an integer, got {seed!r}") from None
+        raise VertebraError(f"seed must be an integer, got {seed!r}") from None
     if seed < 0:
-        raise DrrkitError(f"seed must be non-negative, got {seed}")
+        raise VertebraError(f"seed must be non-negative, got {seed}")
     if orientation not in ("random", "canonical"):
-        raise DrrkitError(f"orientation must be 'random' or 'canonical', got {orientation!r}")
+        raise VertebraError(f"orientation must be 'random' or 'canonical', got {orientation!r}")
     if not (math.isfinite(float(voxel_scale)) and float(voxel_scale) >= 1.0):
-        raise DrrkitError(f"voxel_scale must be a number >= 1, got {voxel_scale!r}")
+        raise VertebraError(f"voxel_scale must be a number >= 1, got {voxel_scale!r}")
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(8)]
     r_anat, r_fov, r_build, r_metal, r_noise, r_orient, r_clinical, r_look = streams
     trans = _choose_transitional(transitional, levels, r_anat)
@@ -634,7 +634,7 @@ def save_phantom(phantom: SpinePhantom, out_dir: str | Path, name: str) -> dict[
 
     name = str(name)
     if not name or any(c in name for c in "/\\ ") or name.startswith("."):
-        raise DrrkitError(f"a case name must be a plain word without spaces or slashes, "
+        raise VertebraError(f"a case name must be a plain word without spaces or slashes, "
                           f"got {name!r}")
     out = Path(out_dir)
     raw = out / "rawdata" / f"sub-{name}"
@@ -665,7 +665,7 @@ def write_phantoms(out_dir: str | Path, seeds, *, prefix: str = "phantom", **opt
     """
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DrrkitError(f"{out} already exists and is not an empty folder")
+        raise VertebraError(f"{out} already exists and is not an empty folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     names = []

@@ -61,6 +61,7 @@ from typing import Any
 import numpy as np
 
 from drrkit.errors import DrrkitError
+from vertebra.errors import VertebraError
 
 #: Centroid file formats; see the module docstring.
 FORMATS = ("verse20", "verse19")
@@ -114,11 +115,11 @@ def image_grid(image: Any) -> ImageGrid:
             image.shape_xyz, image.spacing, image.origin, image.direction)
     elif hasattr(image, "GetSize") and hasattr(image, "GetDirection"):  # SimpleITK
         if image.GetDimension() != 3:
-            raise DrrkitError(f"expected a 3-D image, got {image.GetDimension()}-D")
+            raise VertebraError(f"expected a 3-D image, got {image.GetDimension()}-D")
         size, spacing, origin = image.GetSize(), image.GetSpacing(), image.GetOrigin()
         direction = np.reshape(image.GetDirection(), (3, 3))
     else:
-        raise DrrkitError(
+        raise VertebraError(
             f"expected a drrkit.Volume, a SimpleITK image or an image path, got {type(image).__name__}"
         )
     grid = ImageGrid(
@@ -128,7 +129,7 @@ def image_grid(image: Any) -> ImageGrid:
         np.asarray(direction, dtype=np.float64).reshape(3, 3),
     )
     if np.any(grid.size < 1) or np.any(~(grid.spacing > 0)):
-        raise DrrkitError("the image must have positive voxel counts and spacing")
+        raise VertebraError("the image must have positive voxel counts and spacing")
     return grid
 
 
@@ -140,15 +141,15 @@ def _read_header(path: Path):
 
         return image_grid(_read_sitk(path))
     if not path.is_file():
-        raise DrrkitError(f"no such image file: {path}")
+        raise VertebraError(f"no such image file: {path}")
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError:
-        raise DrrkitError(f"cannot read {path} as an image") from None
+        raise VertebraError(f"cannot read {path} as an image") from None
     if reader.GetDimension() != 3:
-        raise DrrkitError(f"{path} is {reader.GetDimension()}-D; expected a 3-D image")
+        raise VertebraError(f"{path} is {reader.GetDimension()}-D; expected a 3-D image")
     return ImageGrid(
         np.asarray(reader.GetSize(), dtype=np.int64),
         np.asarray(reader.GetSpacing(), dtype=np.float64),
@@ -166,13 +167,13 @@ def check_direction(direction) -> tuple[str, str, str]:
         try:
             codes = tuple(str(c).strip().upper() for c in direction)
         except TypeError:
-            raise DrrkitError(f"an orientation code must be 3 letters, got {direction!r}") from None
+            raise VertebraError(f"an orientation code must be 3 letters, got {direction!r}") from None
     if len(codes) != 3 or any(c not in _CODE_AXIS for c in codes):
-        raise DrrkitError(
+        raise VertebraError(
             f"an orientation code must be 3 letters from L/R, A/P, S/I, got {direction!r}"
         )
     if len({_CODE_AXIS[c][0] for c in codes}) != 3:
-        raise DrrkitError(
+        raise VertebraError(
             f"orientation code {direction!r} must name each of L/R, A/P and S/I once"
         )
     return codes  # type: ignore[return-value]
@@ -244,7 +245,7 @@ def verse_to_world(coords, image: Any, direction=DEFAULT_DIRECTION, format: str 
     m = image_grid(image).index_to_world @ verse_to_index_affine(image, direction, format)
     c = np.asarray(coords, dtype=np.float64)
     if c.shape[-1:] != (3,):
-        raise DrrkitError(f"coordinates must have shape (..., 3), got {c.shape}")
+        raise VertebraError(f"coordinates must have shape (..., 3), got {c.shape}")
     return c @ m[:3, :3].T + m[:3, 3]
 
 
@@ -255,13 +256,13 @@ def world_to_verse(points, image: Any, direction=DEFAULT_DIRECTION, format: str 
         image_grid(image).index_to_world @ verse_to_index_affine(image, direction, format))
     p = np.asarray(points, dtype=np.float64)
     if p.shape[-1:] != (3,):
-        raise DrrkitError(f"points must have shape (..., 3), got {p.shape}")
+        raise VertebraError(f"points must have shape (..., 3), got {p.shape}")
     return p @ m[:3, :3].T + m[:3, 3]
 
 
 def _check_format(format: str) -> str:
     if format not in FORMATS:
-        raise DrrkitError(f"unknown centroid format {format!r}; choose one of {', '.join(FORMATS)}")
+        raise VertebraError(f"unknown centroid format {format!r}; choose one of {', '.join(FORMATS)}")
     return format
 
 
@@ -289,36 +290,36 @@ def load_centroid_file(path: str | Path) -> CentroidFile:
     """
     path = Path(path)
     if not path.is_file():
-        raise DrrkitError(f"no such centroid file: {path}")
+        raise VertebraError(f"no such centroid file: {path}")
     try:
         items = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DrrkitError(f"{path} is not valid JSON: {error}") from None
+        raise VertebraError(f"{path} is not valid JSON: {error}") from None
     if not isinstance(items, list):
-        raise DrrkitError(f"{path}: expected a JSON list of centroids")
+        raise VertebraError(f"{path}: expected a JSON list of centroids")
     direction = None
     labels, coords, skipped = [], [], []
     for n, item in enumerate(items):
         if not isinstance(item, dict):
-            raise DrrkitError(f"{path}: entry {n} is not a JSON object")
+            raise VertebraError(f"{path}: entry {n} is not a JSON object")
         if "direction" in item:
             try:
                 direction = check_direction(item["direction"])
             except DrrkitError as error:
-                raise DrrkitError(f"{path}: {error}") from None
+                raise VertebraError(f"{path}: {error}") from None
             continue
         if "label" not in item:
-            raise DrrkitError(f"{path}: entry {n} has neither 'direction' nor 'label'")
+            raise VertebraError(f"{path}: entry {n} has neither 'direction' nor 'label'")
         try:
             label = int(item["label"])
             xyz = [float(item[k]) for k in ("X", "Y", "Z")]
         except KeyError as error:
-            raise DrrkitError(f"{path}: entry {n} lacks coordinate {error}") from None
+            raise VertebraError(f"{path}: entry {n} lacks coordinate {error}") from None
         except (TypeError, ValueError):
             skipped.append(item.get("label"))
             continue
         if label != float(item["label"]):
-            raise DrrkitError(f"{path}: entry {n} has a non-integer label {item['label']!r}")
+            raise VertebraError(f"{path}: entry {n} has a non-integer label {item['label']!r}")
         if not all(math.isfinite(v) for v in xyz):
             skipped.append(label)
             continue
@@ -329,7 +330,7 @@ def load_centroid_file(path: str | Path) -> CentroidFile:
                       f"(labels {skipped})", stacklevel=2)
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
-        raise DrrkitError(f"{path}: label(s) {dup} appear more than once")
+        raise VertebraError(f"{path}: label(s) {dup} appear more than once")
     return CentroidFile(direction, np.asarray(labels, dtype=np.int64),
                         np.asarray(coords, dtype=np.float64).reshape(-1, 3))
 
@@ -358,7 +359,7 @@ def read_centroids(
     codes = f.direction
     if codes is None:
         if direction is None:
-            raise DrrkitError(
+            raise VertebraError(
                 f"{path} has no 'direction' header; pass the orientation code it was written in")
         codes = check_direction(direction)
     world = verse_to_world(f.coords, image, codes, format)
@@ -415,13 +416,13 @@ def write_centroids(
 def _as_arrays(centroids: dict[int, Any]) -> tuple[np.ndarray, np.ndarray]:
     """{label: (3,)} -> labels (N,) int64, points (N, 3) float64, checked."""
     if not isinstance(centroids, dict):
-        raise DrrkitError("centroids must be a mapping {VerSe label: (x, y, z) mm}")
+        raise VertebraError("centroids must be a mapping {VerSe label: (x, y, z) mm}")
     labels = np.array([int(k) for k in centroids], dtype=np.int64)
     try:
         points = np.array([np.asarray(v, dtype=np.float64).reshape(3) for v in centroids.values()],
                           dtype=np.float64).reshape(-1, 3)
     except (TypeError, ValueError):
-        raise DrrkitError("every centroid must be 3 numbers (x, y, z) in mm") from None
+        raise VertebraError("every centroid must be 3 numbers (x, y, z) in mm") from None
     if not np.all(np.isfinite(points)):
-        raise DrrkitError("centroid coordinates must be finite")
+        raise VertebraError("centroid coordinates must be finite")
     return labels, points

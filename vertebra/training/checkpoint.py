@@ -24,7 +24,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from drrkit.errors import DrrkitError
+from vertebra.errors import VertebraError
 
 FORMAT = "vertebra.train-checkpoint"
 
@@ -97,7 +97,7 @@ def read_training_checkpoint(path: str | Path) -> dict:
 
     ckpt = read_checkpoint(path)
     if ckpt.get("format") != FORMAT:
-        raise DrrkitError(f"{path} is not a vertebra training checkpoint")
+        raise VertebraError(f"{path} is not a vertebra training checkpoint")
     return ckpt
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from drrkit.errors import DrrkitError
+from vertebra.errors import VertebraError
 from vertebra.views import ViewConfig
 
 TASKS = ("localization", "identification")
@@ -67,18 +67,18 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         if self.gamma[0] <= 0 or self.blur_px[0] < 0 or self.distractors < 0:
-            raise DrrkitError("augment gamma must be > 0, blur_px and distractors >= 0")
+            raise VertebraError("augment gamma must be > 0, blur_px and distractors >= 0")
         for name in ("scale", "offset", "noise", "gamma", "blur_px"):
             lo, hi = getattr(self, name)
             object.__setattr__(self, name, (float(lo), float(hi)))
             if not lo <= hi:
-                raise DrrkitError(f"augment.{name} must be a (lo, hi) range, got {(lo, hi)}")
+                raise VertebraError(f"augment.{name} must be a (lo, hi) range, got {(lo, hi)}")
         if self.noise[0] < 0 or self.scale[0] <= 0:
-            raise DrrkitError("augment noise must be >= 0 and scale > 0")
+            raise VertebraError("augment noise must be >= 0 and scale > 0")
         if not 0 <= self.crop_on_vertebra <= 1:
-            raise DrrkitError("augment.crop_on_vertebra must be a probability")
+            raise VertebraError("augment.crop_on_vertebra must be a probability")
         if self.angle_jitter_deg < 0:
-            raise DrrkitError("augment.angle_jitter_deg must be >= 0")
+            raise VertebraError("augment.angle_jitter_deg must be >= 0")
 
     @classmethod
     def strong(cls, **changes) -> AugmentConfig:
@@ -188,7 +188,7 @@ class TrainConfig:
         if self.decoder_channels is not None:
             widths = tuple(int(c) for c in self.decoder_channels)
             if not widths or min(widths) < 1:
-                raise DrrkitError(f"decoder_channels must be positive widths, got "
+                raise VertebraError(f"decoder_channels must be positive widths, got "
                                   f"{self.decoder_channels!r}")
             object.__setattr__(self, "decoder_channels", widths)
         if isinstance(self.views, dict):
@@ -197,28 +197,28 @@ class TrainConfig:
             object.__setattr__(self, "augment", AugmentConfig(**{
                 k: tuple(v) if isinstance(v, list) else v for k, v in self.augment.items()}))
         if not isinstance(self.views, ViewConfig) or not isinstance(self.augment, AugmentConfig):
-            raise DrrkitError("views must be a ViewConfig and augment an AugmentConfig")
+            raise VertebraError("views must be a ViewConfig and augment an AugmentConfig")
         if self.task not in TASKS:
-            raise DrrkitError(f"unknown task {self.task!r}; choose {' or '.join(TASKS)}")
+            raise VertebraError(f"unknown task {self.task!r}; choose {' or '.join(TASKS)}")
         if self.heatmap_loss not in HEATMAP_LOSSES:
-            raise DrrkitError(f"unknown heatmap loss {self.heatmap_loss!r}; choose "
+            raise VertebraError(f"unknown heatmap loss {self.heatmap_loss!r}; choose "
                               f"{', '.join(HEATMAP_LOSSES)}")
         for name in ("iterations", "batch_size", "lr_step", "crop_size", "log_every",
                      "checkpoint_every", "ct_cache"):
             if int(getattr(self, name)) < 1:
-                raise DrrkitError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise VertebraError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.crop_size % 32:
-            raise DrrkitError(f"crop_size must be a multiple of 32, got {self.crop_size}")
+            raise VertebraError(f"crop_size must be a multiple of 32, got {self.crop_size}")
         if self.workers < 0:
-            raise DrrkitError(f"workers must be >= 0, got {self.workers}")
+            raise VertebraError(f"workers must be >= 0, got {self.workers}")
         if not self.lr > 0 or not 0 < self.lr_gamma <= 1:
-            raise DrrkitError("need lr > 0 and 0 < lr_gamma <= 1")
+            raise VertebraError("need lr > 0 and 0 < lr_gamma <= 1")
         if self.gamma < 0 or self.heatmap_fg_weight < 0 or self.weight_decay < 0:
-            raise DrrkitError("gamma, heatmap_fg_weight and weight_decay must be >= 0")
+            raise VertebraError("gamma, heatmap_fg_weight and weight_decay must be >= 0")
         if not self.background_weight > 0:
-            raise DrrkitError("background_weight must be positive")
+            raise VertebraError("background_weight must be positive")
         if not self.sigma_mm > 0 or not self.square_mm > 0:
-            raise DrrkitError("sigma_mm and square_mm must be positive")
+            raise VertebraError("sigma_mm and square_mm must be positive")
         parse_init(self.init)
 
     # ------------------------------------------------------------------ presets
@@ -286,7 +286,7 @@ class TrainConfig:
             return cls.paper(task, **changes)
         if name in ("cpu-demo", "cpu_demo"):
             return cls.cpu_demo(task, **changes)
-        raise DrrkitError(f"unknown preset {name!r}; choose paper or cpu-demo")
+        raise VertebraError(f"unknown preset {name!r}; choose paper or cpu-demo")
 
     # ------------------------------------------------------------------ I/O
     def replace(self, **changes) -> TrainConfig:
@@ -322,4 +322,4 @@ def parse_init(init: str) -> tuple[str, str | None]:
     kind, sep, path = text.partition(":")
     if sep and kind.lower() in ("imagenet", "simsiam") and path:
         return kind.lower(), path
-    raise DrrkitError(f"bad --init {init!r}; use none, imagenet:PATH or simsiam:PATH")
+    raise VertebraError(f"bad --init {init!r}; use none, imagenet:PATH or simsiam:PATH")

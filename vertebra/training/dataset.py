@@ -26,7 +26,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from drrkit.errors import DrrkitError
+from vertebra.errors import VertebraError
 from vertebra.training.config import TrainConfig
 from vertebra.training.rendered import RenderedCache, RenderedViews, render_views
 
@@ -38,10 +38,10 @@ class _ViewSource:
         from vertebra.training.sources import CTSource
 
         if not isinstance(data, (RenderedCache, CTSource)):
-            raise DrrkitError(f"cannot train from a {type(data).__name__}; pass a CT source "
+            raise VertebraError(f"cannot train from a {type(data).__name__}; pass a CT source "
                               "or a RenderedCache")
         if len(data) == 0:
-            raise DrrkitError("the training data holds no CTs")
+            raise VertebraError("the training data holds no CTs")
         self.data = data
         self.config = config
         self.cached = isinstance(data, RenderedCache)
@@ -56,12 +56,12 @@ class _ViewSource:
         if self.cached:
             rv = self.data.load(ct)
             if count > len(rv):
-                raise DrrkitError(f"{rv.name} has {len(rv)} views, {count} needed")
+                raise VertebraError(f"{rv.name} has {len(rv)} views, {count} needed")
             picks = rng.choice(len(rv), size=count, replace=False)
             return [(rv, int(v)) for v in picks]
         vc = self.config.views
         if count > vc.views:
-            raise DrrkitError(f"need {count} distinct views but the orbit has {vc.views}")
+            raise VertebraError(f"need {count} distinct views but the orbit has {vc.views}")
         ks = rng.choice(vc.views, size=count, replace=False)
         jitter = self.config.augment.angle_jitter_deg
         angles = ks * (360.0 / vc.views) + rng.uniform(-jitter, jitter, size=count)
@@ -254,7 +254,7 @@ class StreamSampler(torch.utils.data.Sampler):
 
     def __init__(self, batch_size: int, start: int = 0, rank: int = 0, world: int = 1) -> None:
         if batch_size < 1 or start < 0 or not 0 <= rank < world:
-            raise DrrkitError("need batch_size >= 1, start >= 0 and 0 <= rank < world")
+            raise VertebraError("need batch_size >= 1, start >= 0 and 0 <= rank < world")
         self.batch_size, self.start, self.rank, self.world = batch_size, start, rank, world
 
     def __iter__(self) -> Iterator[int]:

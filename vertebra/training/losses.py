@@ -27,8 +27,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from drrkit.errors import DrrkitError
 from vertebra import labels as vlabels
+from vertebra.errors import VertebraError
 from vertebra.sequence import SequenceDP
 
 
@@ -45,7 +45,7 @@ def heatmap_loss(pred: torch.Tensor, target: torch.Tensor, fg_weight: float = 0.
         scalar tensor (float32).
     """
     if pred.shape != target.shape:
-        raise DrrkitError(f"heatmap shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
+        raise VertebraError(f"heatmap shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
     err = (pred.float() - target.float()) ** 2
     if fg_weight:
         err = err * (1.0 + fg_weight * target.float())
@@ -73,7 +73,7 @@ def focal_heatmap_loss(logits: torch.Tensor, target: torch.Tensor, *, positive: 
         scalar tensor (float32).
     """
     if logits.shape != target.shape:
-        raise DrrkitError(f"heatmap shapes differ: {tuple(logits.shape)} vs "
+        raise VertebraError(f"heatmap shapes differ: {tuple(logits.shape)} vs "
                           f"{tuple(target.shape)}")
     x, t = logits.float(), target.float()
     p = torch.sigmoid(x)
@@ -110,7 +110,7 @@ def square_rows(probs: torch.Tensor, id_maps: torch.Tensor) -> SquareRows:
     """
     b, c, h, w = probs.shape
     if id_maps.shape != (b, h, w):
-        raise DrrkitError(f"id_maps must be (B, H, W) = {(b, h, w)}, got {tuple(id_maps.shape)}")
+        raise VertebraError(f"id_maps must be (B, H, W) = {(b, h, w)}, got {tuple(id_maps.shape)}")
     ids = id_maps.clamp(0, c - 1)
     fg = ids > 0                                                       # (B, H, W)
     # row of every square pixel: image * (C-1) + class - 1; only square pixels are summed

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from drrkit.errors import DrrkitError
+from vertebra.errors import VertebraError
 from vertebra.training.config import TrainConfig
 
 
@@ -42,7 +42,7 @@ def pretrain_views(data, out: str | Path | None, config: TrainConfig, *, steps: 
     from vertebra.training.trainer import _adopt_cache_settings, resolve_device
 
     if steps < 1 or batch_size < 2:
-        raise DrrkitError(f"need steps >= 1 and batch_size >= 2, got {steps}, {batch_size}")
+        raise VertebraError(f"need steps >= 1 and batch_size >= 2, got {steps}, {batch_size}")
     if isinstance(data, (str, Path)):
         data = open_data(data, cache=config.ct_cache)
     config = _adopt_cache_settings(config, data, targets=False)

@@ -42,8 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-from drrkit.errors import DrrkitError
-from vertebra.training.sources import LazyCollection, TrainingCT
+from vertebra.errors import VertebraError
+from vertebra.training.collection import LazyCollection, TrainingCT
 from vertebra.views import ViewConfig
 
 CACHE_FORMAT = "vertebra.prerender"
@@ -150,11 +150,11 @@ class RenderedViews:
                 arrays = {k: z[k] for k in z.files}
             meta = json.loads(str(arrays.pop("meta")))
         except (OSError, ValueError, KeyError) as exc:
-            raise DrrkitError(f"cannot read rendered views {path}: {exc}") from None
+            raise VertebraError(f"cannot read rendered views {path}: {exc}") from None
         if meta.get("format") != CACHE_FORMAT:
-            raise DrrkitError(f"{path} is not a vertebra prerender file")
+            raise VertebraError(f"{path} is not a vertebra prerender file")
         if meta.get("version") != CACHE_VERSION:
-            raise DrrkitError(f"{path} was written by prerender cache version "
+            raise VertebraError(f"{path} was written by prerender cache version "
                               f"{meta.get('version')}, not {CACHE_VERSION}; run vertebra "
                               "prerender again")
         return cls(
@@ -175,7 +175,7 @@ def concat_geometries(parts):
 
     first = parts[0]
     if any((g.height, g.width) != (first.height, first.width) for g in parts):
-        raise DrrkitError("cannot join geometries of different detector sizes")
+        raise VertebraError("cannot join geometries of different detector sizes")
     cat = [np.concatenate([getattr(g, a) for g in parts]) for a in
            ("sources", "detector_origins", "u", "v")]
     return Geometry(*cat, first.height, first.width,
@@ -202,7 +202,7 @@ def render_views(ct: TrainingCT, view_config: ViewConfig, start_angles=(0.0,), *
 
     angles = np.atleast_1d(np.asarray(start_angles, dtype=np.float64))
     if angles.ndim != 1 or len(angles) == 0 or not np.all(np.isfinite(angles)):
-        raise DrrkitError("start_angles must be a non-empty list of finite degrees")
+        raise VertebraError("start_angles must be a non-empty list of finite degrees")
     size = view_config.detector_size(ct.volume)
     parts = [view_config.geometry(ct.volume, start_angle=float(a), size=size) for a in angles]
     if views is not None:
@@ -226,9 +226,9 @@ def read_manifest(root: str | Path) -> dict:
     try:
         data = json.loads(manifest.read_text())
     except (OSError, ValueError) as exc:
-        raise DrrkitError(f"cannot read {manifest}: {exc}") from None
+        raise VertebraError(f"cannot read {manifest}: {exc}") from None
     if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
-        raise DrrkitError(f"{manifest} is not a vertebra prerender manifest")
+        raise VertebraError(f"{manifest} is not a vertebra prerender manifest")
     return data
 
 
@@ -250,7 +250,7 @@ class RenderedCache(LazyCollection):
         self._items = items
         if items is not None:
             if not items:
-                raise DrrkitError("no rendered views given")
+                raise VertebraError("no rendered views given")
             self.names = [v.name for v in items]
             first = items[0]
             self.view_config = first.view_config
@@ -258,15 +258,15 @@ class RenderedCache(LazyCollection):
             return
         data = read_manifest(self.root)
         if data.get("version") != CACHE_VERSION:
-            raise DrrkitError(f"{self.root} was made by another vertebra version (prerender "
+            raise VertebraError(f"{self.root} was made by another vertebra version (prerender "
                               f"cache version {data.get('version')}, this one reads "
                               f"{CACHE_VERSION}); run vertebra prerender again")
         self.names = list(data["cases"])
         if not self.names:
-            raise DrrkitError(f"{self.root}: the prerender cache holds no cases")
+            raise VertebraError(f"{self.root}: the prerender cache holds no cases")
         missing = [n for n in self.names if not (self.root / f"{n}.npz").is_file()]
         if missing:
-            raise DrrkitError(f"{self.root}: {len(missing)} cached files missing, e.g. "
+            raise VertebraError(f"{self.root}: {len(missing)} cached files missing, e.g. "
                               f"{missing[0]}.npz (run vertebra prerender again)")
         self.view_config = ViewConfig.from_dict(data["view_config"])
         self.sigma_mm, self.square_mm = float(data["sigma_mm"]), float(data["square_mm"])
@@ -387,14 +387,14 @@ def prerender_many(source, outputs: dict, *, orbits: int = 1, seed: int = 0,
     from drrkit.io import write_json
 
     if int(orbits) < 1:
-        raise DrrkitError(f"orbits must be >= 1, got {orbits}")
+        raise VertebraError(f"orbits must be >= 1, got {orbits}")
     if not outputs:
-        raise DrrkitError("prerender needs at least one output folder")
+        raise VertebraError("prerender needs at least one output folder")
     folders = {}
     for out, view_config in outputs.items():
         out = Path(out)
         if out.exists() and not out.is_dir():
-            raise DrrkitError(f"{out} exists and is not a folder")
+            raise VertebraError(f"{out} exists and is not a folder")
         manifest = {"format": CACHE_FORMAT, "version": CACHE_VERSION,
                     "view_config": view_config.to_dict(), "orbits": int(orbits),
                     "seed": int(seed), "sigma_mm": float(sigma_mm),
@@ -407,13 +407,13 @@ def prerender_many(source, outputs: dict, *, orbits: int = 1, seed: int = 0,
                               f"{previous.get('version')}, not {CACHE_VERSION} (another "
                               "vertebra version): rendering it again", stacklevel=2)
             elif differs:
-                raise DrrkitError(f"{out} holds a cache made with other settings "
+                raise VertebraError(f"{out} holds a cache made with other settings "
                                   f"({', '.join(differs)}); use a new folder")
         out.mkdir(parents=True, exist_ok=True)
         folders[out] = (view_config, manifest)
     limit = {Path(k): int(v) for k, v in (counts or {}).items()}
     if any(out not in folders or not 1 <= n <= len(source) for out, n in limit.items()):
-        raise DrrkitError(f"counts must name output folders, each with 1..{len(source)} CTs")
+        raise VertebraError(f"counts must name output folders, each with 1..{len(source)} CTs")
     names, stale = [], {out: [] for out in folders}
     for i in range(len(source)):
         name = source.name(i)
@@ -436,7 +436,7 @@ def prerender_many(source, outputs: dict, *, orbits: int = 1, seed: int = 0,
         if progress is not None:
             progress(i + 1, len(source))
     if len(set(names)) != len(names):
-        raise DrrkitError("two CTs of the source share a name")
+        raise VertebraError("two CTs of the source share a name")
     for out, files in stale.items():
         if files:
             warnings.warn(f"{out}: rendered {len(files)} cached file(s) again (made with "

@@ -15,88 +15,15 @@ its centroids) loaded on demand; :func:`open_data` turns the ``DATA`` argument o
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from drrkit.errors import DrrkitError
+from vertebra.errors import VertebraError
+from vertebra.training.collection import LazyCollection, TrainingCT
 
 _PHANTOMS = re.compile(r"^phantoms:(?P<a>\d+)(:(?P<b>\d+))?$")
-
-
-@dataclass(frozen=True, eq=False)
-class TrainingCT:
-    """One CT ready for rendering.
-
-    Attributes:
-        name: case name.
-        volume: ``drrkit.Volume`` of linear attenuation in 1/mm (``drrkit.hu_to_mu``).
-        centroids: {VerSe id: (3,) world LPS mm}, vertebra targets only.
-        t13: whether the spine has a thirteenth thoracic vertebra (decides the Sequence
-            Loss columns, :func:`vertebra.labels.chain_classes`).
-        anchors: {26: (3,) world LPS mm of the first sacral body} when known (phantoms),
-            drawn as the identifier's sacrum class (:func:`vertebra.targets.make_targets`);
-            empty otherwise.
-    """
-
-    name: str
-    volume: object
-    centroids: dict
-    t13: bool
-    anchors: dict = field(default_factory=dict)
-
-
-class LazyCollection:
-    """Base class: ``len(c)`` items, ``c.name(i)``, ``c.load(i)`` loaded on demand.
-
-    Loaded items are kept in a least-recently-used cache (emptied when the collection is
-    sent to a DataLoader worker) of ``cache`` units of :meth:`_weight`: one per item unless
-    a subclass weighs its items (e.g. by their bytes). The last item loaded always stays.
-    """
-
-    def __init__(self, cache: float = 8) -> None:
-        self._cache: OrderedDict[int, object] = OrderedDict()
-        self._weights: dict[int, float] = {}
-        self._held = 0.0
-        self._cache_size = max(1.0, float(cache))
-
-    def _weight(self, item) -> float:
-        """How much of the cache ``item`` takes (1: the cache counts items)."""
-        return 1.0
-
-    def __len__(self) -> int:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def name(self, index: int) -> str:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def _load(self, index: int):  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def load(self, index: int):
-        """The item at ``index`` (0 <= index < len), from the cache when present."""
-        index = int(index)
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        item = self._cache.get(index)
-        if item is None:
-            item = self._load(index)
-            self._cache[index] = item
-            self._weights[index] = self._weight(item)
-            self._held += self._weights[index]
-            while len(self._cache) > 1 and self._held > self._cache_size:
-                old, _ = self._cache.popitem(last=False)
-                self._held -= self._weights.pop(old)
-        else:
-            self._cache.move_to_end(index)
-        return item
-
-    def __getstate__(self):  # DataLoader workers start with an empty cache
-        state = dict(self.__dict__)
-        state["_cache"], state["_weights"], state["_held"] = OrderedDict(), {}, 0.0
-        return state
 
 
 class CTSource(LazyCollection):
@@ -138,20 +65,20 @@ class PhantomSource(CTSource):
         super().__init__(cache)
         self.seeds = [int(s) for s in seeds]
         if not self.seeds:
-            raise DrrkitError("no phantom seeds given")
+            raise VertebraError("no phantom seeds given")
         for name, share in (("c1_share", c1_share), ("sacrum_share", sacrum_share),
                             ("clinical_share", clinical_share)):
             if not 0 <= share <= 1:
-                raise DrrkitError(f"{name} must lie in [0, 1], got {share}")
+                raise VertebraError(f"{name} must lie in [0, 1], got {share}")
             if share and "levels" in options and name != "clinical_share":
-                raise DrrkitError(f"give either {name} or levels, not both")
+                raise VertebraError(f"give either {name} or levels, not both")
         if c1_share + sacrum_share > 1:
-            raise DrrkitError(f"c1_share + sacrum_share must be at most 1, got "
+            raise VertebraError(f"c1_share + sacrum_share must be at most 1, got "
                               f"{c1_share + sacrum_share}")
         self.c1_share, self.sacrum_share = float(c1_share), float(sacrum_share)
         self.clinical_share = float(clinical_share)
         if clinical_share and "clinical" in options:
-            raise DrrkitError("give either clinical_share or clinical, not both")
+            raise VertebraError("give either clinical_share or clinical, not both")
         self.options = options
 
     def clinical(self, index: int) -> bool:
@@ -219,7 +146,7 @@ class VerseSource(CTSource):
         super().__init__(cache_mib)
         self.dataset = VerseDataset(root, require="centroids")
         if len(self.dataset) == 0:
-            raise DrrkitError(
+            raise VertebraError(
                 f"{root}: no CTs with centroids found (expected a VerSe-layout folder with "
                 "*_ct.nii.gz and *_ctd.json or *_msk.nii.gz, a prerender cache with "
                 "cache.json, or phantoms:N)")
@@ -278,9 +205,9 @@ def crop_z(ct: TrainingCT, first: int, last: int, reach: tuple[float, float] = (
     """
     keys = sorted(ct.centroids)
     if not 0 <= first <= last < len(keys):
-        raise DrrkitError(f"need 0 <= first <= last < {len(keys)}, got {first}, {last}")
+        raise VertebraError(f"need 0 <= first <= last < {len(keys)}, got {first}, {last}")
     if not all(0 < r < 1 for r in reach):
-        raise DrrkitError(f"reach must lie in (0, 1), got {reach}")
+        raise VertebraError(f"reach must lie in (0, 1), got {reach}")
     vol = ct.volume
     axis = int(np.argmax(np.abs(vol.direction[2])))  # index axis closest to world z
     n = vol.shape_xyz[axis]
@@ -296,7 +223,7 @@ def crop_z(ct: TrainingCT, first: int, last: int, reach: tuple[float, float] = (
                 hi = min(hi, cut)
     start, stop = max(int(np.ceil(lo)), 0), min(int(np.floor(hi)) + 1, n)
     if stop <= start:
-        raise DrrkitError(f"the crop of {ct.name} keeps no voxel slice")
+        raise VertebraError(f"the crop of {ct.name} keeps no voxel slice")
     index = [slice(None)] * 3
     index[2 - axis] = slice(start, stop)  # data is (Z, Y, X): index axis a is array axis 2 - a
     corner = np.zeros(3)
@@ -329,7 +256,7 @@ class CroppedSource(CTSource):
                  seed: int = 0) -> None:
         super().__init__(cache=1)  # the inner source caches the CTs
         if int(crops) < 0 or int(min_vertebrae) < 1:
-            raise DrrkitError("need crops >= 0 and min_vertebrae >= 1")
+            raise VertebraError("need crops >= 0 and min_vertebrae >= 1")
         self.source, self.crops = source, int(crops)
         self.min_vertebrae, self.seed = int(min_vertebrae), int(seed)
 
@@ -365,12 +292,12 @@ def parse_phantoms(spec: str) -> list[int] | None:
     m = _PHANTOMS.match(str(spec).strip())
     if m is None:
         if str(spec).strip().startswith("phantoms"):
-            raise DrrkitError(f"bad phantom spec {spec!r}; use phantoms:N or phantoms:A:B")
+            raise VertebraError(f"bad phantom spec {spec!r}; use phantoms:N or phantoms:A:B")
         return None
     a, b = int(m["a"]), m["b"]
     seeds = list(range(a)) if b is None else list(range(a, int(b)))
     if not seeds:
-        raise DrrkitError(f"{spec!r} selects no phantoms")
+        raise VertebraError(f"{spec!r} selects no phantoms")
     return seeds
 
 
@@ -389,7 +316,7 @@ def open_data(spec: str | Path, *, cache: int = 8, cache_mib: float = 2048,
         return PhantomSource(seeds, cache=cache, **(phantom_options or {}))
     path = Path(spec)
     if not path.is_dir():
-        raise DrrkitError(f"{spec}: not a folder and not phantoms:N")
+        raise VertebraError(f"{spec}: not a folder and not phantoms:N")
     if (path / "cache.json").is_file():
         from vertebra.training.rendered import RenderedCache
 

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from drrkit.errors import DrrkitError
+from vertebra.errors import VertebraError
 from vertebra.training.config import TrainConfig, parse_init
 
 
@@ -88,9 +88,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
-        raise DrrkitError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+        raise VertebraError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise DrrkitError("device cuda requested but torch sees no CUDA GPU; use --device cpu")
+        raise VertebraError("device cuda requested but torch sees no CUDA GPU; use --device cpu")
     return device
 
 
@@ -109,9 +109,9 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
 
     kind, path = parse_init(config.init)
     if kind == "simsiam" and _kind(read_checkpoint(path)) != "encoder":
-        raise DrrkitError(f"{path} is not an encoder checkpoint from vertebra pretrain")
+        raise VertebraError(f"{path} is not an encoder checkpoint from vertebra pretrain")
     if kind == "imagenet" and _kind(read_checkpoint(path)) != "timm":
-        raise DrrkitError(f"{path} is not a plain timm / torchvision state dict")
+        raise VertebraError(f"{path} is not a plain timm / torchvision state dict")
     from vertebra import labels as vlabels
 
     activation = "sigmoid" if config.heatmap_loss == "focal" else "identity"
@@ -331,13 +331,13 @@ def train(config: TrainConfig, data, out: str | Path | None = None, *, resume: b
     ckpt = None
     if out is not None and out.exists():
         if not resume:
-            raise DrrkitError(f"{out} exists; pass resume (--resume) to continue it, or "
+            raise VertebraError(f"{out} exists; pass resume (--resume) to continue it, or "
                               "choose another path")
         ckpt = read_training_checkpoint(out)
         old = ckpt["train_config"]
         diff = [k for k in _MODEL_FIELDS if old.get(k) != getattr(config, k)]
         if diff:
-            raise DrrkitError(f"cannot resume {out}: its {diff[0]} is {old.get(diff[0])!r}, "
+            raise VertebraError(f"cannot resume {out}: its {diff[0]} is {old.get(diff[0])!r}, "
                               f"not {getattr(config, diff[0])!r}")
     elif resume and out is not None:
         warnings.warn(f"{out} does not exist yet; starting a new run", stacklevel=2)
@@ -379,7 +379,7 @@ def train(config: TrainConfig, data, out: str | Path | None = None, *, resume: b
                                 for k, v in next(loader).items()})
             values = train_step(net, optimizer, batch, config, dp, prec.autocast, prec.scaler)
             if not np.isfinite(values["loss"]):
-                raise DrrkitError(f"the loss became {values['loss']} at iteration {it}; "
+                raise VertebraError(f"the loss became {values['loss']} at iteration {it}; "
                                   "lower the learning rate")
             result.losses.append(values["loss"])
             for k, v in values.items():

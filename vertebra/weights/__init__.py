@@ -21,7 +21,8 @@ Tensors are read back as float32, so the networks run as trained, from rounded w
 The environment variable ``VERTEBRA_WEIGHTS`` names another networks file (a
 ``.safetensors`` with its record, or a bundle ``.pt``) to use as the default.
 
-Make the packaged default from a bundle (``vertebra export-default``)::
+Make the packaged default from a bundle (``vertebra export-default``, which calls
+:func:`vertebra.weights.export.export_networks`)::
 
     $ vertebra export-default runs/demo/models/networks.pt --out vertebra/weights/ \\
           --recipe cpu-demo --data "synthetic spine phantoms"
@@ -35,7 +36,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from drrkit.errors import DrrkitError
+from vertebra.errors import VertebraError
 
 #: Folder of the packaged default networks.
 WEIGHTS_DIR = Path(__file__).resolve().parent
@@ -46,7 +47,8 @@ DEFAULT_NAME = "default"
 #: Environment variable naming a networks file to use instead of the packaged default.
 ENV_VAR = "VERTEBRA_WEIGHTS"
 
-#: Largest size of a networks file that :func:`export_networks` writes by default (MB).
+#: Largest size of a networks file that :func:`vertebra.weights.export.export_networks`
+#: writes by default (MB).
 MAX_MB = 40.0
 
 #: ``format`` entry of the safetensors metadata and of the record.
@@ -55,8 +57,6 @@ FORMAT = "vertebra.networks"
 SUFFIX = ".safetensors"
 PARTS = ("localizer", "identifier")
 
-#: Largest finite float16 value: a tensor with larger magnitudes stays float32.
-_FLOAT16_MAX = 65504.0
 
 
 @dataclass(frozen=True)
@@ -113,16 +113,16 @@ def read_record(path: str | Path) -> Record:
     path = Path(path)
     where = record_path(path)
     if not where.is_file():
-        raise DrrkitError(f"{path} has no record {where.name} beside it (its checksum); "
+        raise VertebraError(f"{path} has no record {where.name} beside it (its checksum); "
                           "vertebra export-default writes both")
     try:
         data = json.loads(where.read_text())
         record = Record(**{k: data[k] for k in Record.__dataclass_fields__ if k in data})
     except (json.JSONDecodeError, TypeError, OSError) as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DrrkitError(f"{where} is not a networks record: {first}") from None
+        raise VertebraError(f"{where} is not a networks record: {first}") from None
     if record.format != FORMAT:
-        raise DrrkitError(f"{where} is not a networks record (format {record.format!r})")
+        raise VertebraError(f"{where} is not a networks record (format {record.format!r})")
     return record
 
 
@@ -130,15 +130,15 @@ def check_file(path: str | Path) -> Record:
     """Check a networks file against its record's SHA-256; returns the record.
 
     Raises:
-        DrrkitError: the file or its record is missing, or the checksum does not match.
+        VertebraError: the file or its record is missing, or the checksum does not match.
     """
     path = Path(path)
     if not path.is_file():
-        raise DrrkitError(f"networks file not found: {path}")
+        raise VertebraError(f"networks file not found: {path}")
     record = read_record(path)
     actual = sha256_of(path)
     if actual != record.sha256:
-        raise DrrkitError(f"{path} does not match its checksum (sha256 {actual[:12]}..., "
+        raise VertebraError(f"{path} does not match its checksum (sha256 {actual[:12]}..., "
                           f"record {record.sha256[:12]}...): a damaged or replaced file; "
                           "export it again")
     return record
@@ -162,7 +162,7 @@ def read_networks(path: str | Path) -> dict:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             meta = handle.metadata() or {}
             if meta.get("format") != FORMAT or "vertebra" not in meta:
-                raise DrrkitError(f"{path} is a safetensors file but not a vertebra networks "
+                raise VertebraError(f"{path} is a safetensors file but not a vertebra networks "
                                   "file (no 'vertebra' metadata)")
             info = json.loads(meta["vertebra"])
             states: dict[str, dict] = {part: {} for part in PARTS}
@@ -170,16 +170,16 @@ def read_networks(path: str | Path) -> dict:
             for key in names:
                 part, _, name = key.partition(".")
                 if part not in states or not name:
-                    raise DrrkitError(f"{path}: unexpected tensor {key!r}")
+                    raise VertebraError(f"{path}: unexpected tensor {key!r}")
                 tensor = handle.get_tensor(key)
                 states[part][name] = tensor.float() if tensor.is_floating_point() else tensor
     except (SafetensorError, json.JSONDecodeError, OSError) as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DrrkitError(f"cannot read networks file {path}: {first}") from None
+        raise VertebraError(f"cannot read networks file {path}: {first}") from None
     bundle = {key: value for key, value in info.items() if key not in PARTS}
     for part in PARTS:
         if not isinstance(info.get(part), dict):
-            raise DrrkitError(f"{path} holds no {part} network")
+            raise VertebraError(f"{path} holds no {part} network")
         bundle[part] = {**info[part], "state_dict": states[part]}
     return bundle
 
@@ -190,17 +190,17 @@ def default_path() -> Path:
     ``$VERTEBRA_WEIGHTS`` when set, else ``vertebra/weights/default.safetensors``.
 
     Raises:
-        DrrkitError: no such file (with how to make or name one).
+        VertebraError: no such file (with how to make or name one).
     """
     named = os.environ.get(ENV_VAR, "").strip()
     if named:
         path = Path(named).expanduser()
         if not path.is_file():
-            raise DrrkitError(f"{ENV_VAR} names {path}, which is not a file")
+            raise VertebraError(f"{ENV_VAR} names {path}, which is not a file")
         return path
     path = WEIGHTS_DIR / f"{DEFAULT_NAME}{SUFFIX}"
     if not path.is_file():
-        raise DrrkitError(
+        raise VertebraError(
             f"no default networks are packaged ({path} is missing): pass --model BUNDLE, "
             f"set {ENV_VAR}, or make them with `vertebra export-default BUNDLE --out "
             f"{WEIGHTS_DIR}`")
@@ -213,93 +213,3 @@ def describe(path: str | Path) -> dict:
     if is_networks_file(path):
         info.update(read_record(path).to_dict())
     return info
-
-
-def _commit_of(bundle: dict) -> str | None:
-    for part in PARTS:
-        version = bundle.get(part, {}).get("code_version")
-        if isinstance(version, dict) and version.get("git"):
-            return str(version["git"])
-    return None
-
-
-def _compact(tensor):
-    """float16 for a floating tensor whose values fit, else the tensor; contiguous, CPU."""
-    import torch
-
-    tensor = tensor.detach().cpu().contiguous()
-    if (tensor.is_floating_point() and tensor.numel() and torch.isfinite(tensor).all()
-            and float(tensor.abs().max()) <= _FLOAT16_MAX):
-        return tensor.to(torch.float16)
-    return tensor.clone()
-
-
-def export_networks(bundle: str | Path, out_dir: str | Path, *, recipe: str,
-                    training_data: str, commit: str | None = None,
-                    name: str = DEFAULT_NAME, max_mb: float = MAX_MB) -> Record:
-    """Convert a networks bundle into a compact networks file and its record.
-
-    Writes ``OUT_DIR/NAME.safetensors`` and ``OUT_DIR/NAME.json`` all or nothing (the
-    record last), after checking that the bundle loads as both networks
-    (:func:`vertebra.pipeline.load_networks`) and that the new file reads back.
-
-    Args:
-        bundle: a file written by :func:`vertebra.pipeline.bundle_networks` (both networks).
-        out_dir: output folder (created if missing); ``vertebra/weights/`` for the default.
-        recipe: name of the training recipe.
-        training_data: what the networks were trained on, in words.
-        commit: git commit of the training code (default: the one the bundle's checkpoints
-            record, else "unknown").
-        name: file name without suffix.
-        max_mb: refuse to write a file larger than this many MB (10^6 bytes).
-
-    Returns:
-        the :class:`Record` written.
-    """
-    from safetensors.torch import save_file
-
-    from drrkit.io import json_safe, staged_directory, write_json
-    from vertebra.models import read_checkpoint
-    from vertebra.pipeline import load_networks
-
-    bundle = Path(bundle)
-    for label, value in (("recipe", recipe), ("training data", training_data)):
-        if not str(value).strip():
-            raise DrrkitError(f"give the {label} of the networks (it is stored with them)")
-    if not name or Path(name).name != name or name.startswith("."):
-        raise DrrkitError(f"bad file name {name!r}")
-    if is_networks_file(bundle):
-        raise DrrkitError(f"{bundle} is already a networks file")
-    load_networks(bundle, device="cpu")  # both networks, the classes the pipeline needs
-    ckpt = read_checkpoint(bundle)
-    if not all(isinstance(ckpt.get(part), dict) for part in PARTS):
-        raise DrrkitError(f"{bundle} is not a bundle of both networks (see "
-                          "vertebra.pipeline.bundle_networks)")
-    commit = str(commit or _commit_of(ckpt) or "unknown")
-    provenance = {"recipe": str(recipe), "training_data": str(training_data),
-                  "commit": commit, "source": bundle.name}
-    tensors, info = {}, {}
-    for key, value in ckpt.items():
-        if key in PARTS:
-            info[key] = json_safe({k: v for k, v in value.items()
-                                   if k not in ("state_dict", "optimizer")})
-            for tensor_name, tensor in value["state_dict"].items():
-                tensors[f"{key}.{tensor_name}"] = _compact(tensor)
-        else:
-            info[key] = json_safe(value)
-    info["format"] = FORMAT
-    info["provenance"] = provenance
-    metadata = {"format": FORMAT, "vertebra": json.dumps(info)}
-    file_name = f"{name}{SUFFIX}"
-    with staged_directory(out_dir, last=(f"{name}.json",)) as tmp:
-        save_file(tensors, str(tmp / file_name), metadata=metadata)
-        (tmp / file_name).chmod(0o644)  # a package data file: readable by every user
-        size = (tmp / file_name).stat().st_size
-        if size > max_mb * 1e6:
-            raise DrrkitError(f"the networks take {size / 1e6:.1f} MB in {file_name}, more "
-                              f"than the {max_mb:g} MB allowed (smaller networks, or max_mb)")
-        record = Record(weights=file_name, sha256=sha256_of(tmp / file_name), bytes=size,
-                        **provenance)
-        write_json(tmp / f"{name}.json", record.to_dict())
-        read_networks(tmp / file_name)  # reads back
-    return record
