@@ -98,7 +98,7 @@ def evaluate(
             for name, value in zip(("--pred-format", "--format"), formats):
                 if value not in verse.FORMATS:
                     raise VertebraError(f"unknown format {value!r} ({name}); choose one of "
-                                      f"{', '.join(verse.FORMATS)}")
+                                        f"{', '.join(verse.FORMATS)}")
             files = [verse.load_centroid_file(p) for p in (pred, gt)]
             fallback = verse.check_direction(direction) if direction else None
             if fallback is not None:
@@ -108,7 +108,7 @@ def evaluate(
                 grid = verse.image_grid(image)
                 if any(f.direction is None for f in files):
                     raise VertebraError("a centroid file has no 'direction' header; "
-                                      "pass --direction (e.g. PIR)")
+                                        "pass --direction (e.g. PIR)")
                 maps = [{int(lab): xyz for lab, xyz in zip(
                     f.labels, verse.verse_to_world(f.coords, grid, f.direction, fmt))}
                     for f, fmt in zip(files, formats)]
@@ -120,8 +120,8 @@ def evaluate(
                         "or --pred-format verse19 --format verse19 if both files hold mm")
                 if files[0].direction != files[1].direction:
                     raise VertebraError(f"the files use different orientations "
-                                      f"({files[0].direction} and {files[1].direction}); "
-                                      "pass --image CT to convert both")
+                                        f"({files[0].direction} and {files[1].direction}); "
+                                        "pass --image CT to convert both")
                 # verse19 values are mm along the same reoriented axes: distances are exact
                 maps = [{int(lab): np.asarray(xyz) for lab, xyz in zip(f.labels, f.coords)}
                         for f in files]
@@ -224,7 +224,7 @@ def phantom(
             raise VertebraError(f"--seed must be non-negative, got {seed}")
         if transitional not in ("random", "none", "t13", "l6"):
             raise VertebraError(f"--transitional must be random, none, t13 or l6, "
-                              f"got {transitional!r}")
+                                f"got {transitional!r}")
         start = time.perf_counter()
         names = write_phantoms(
             out, range(seed, seed + count), levels=levels, metal=metal, size=size,

@@ -156,10 +156,10 @@ class DemoConfig:
             raise VertebraError(f"localizer_views must be >= 2, got {self.localizer_views}")
         if not float(self.identifier_voxel_scale) >= 1.0:
             raise VertebraError(f"identifier_voxel_scale must be >= 1, got "
-                              f"{self.identifier_voxel_scale}")
+                                f"{self.identifier_voxel_scale}")
         if self.augment not in AUGMENTS:
             raise VertebraError(f"augment must be one of {', '.join(AUGMENTS)}, got "
-                              f"{self.augment!r}")
+                                f"{self.augment!r}")
         if not 0 <= float(self.clinical_share) <= 1:
             raise VertebraError(f"clinical_share must lie in [0, 1], got {self.clinical_share}")
         if int(self.crops) < 0:
@@ -170,7 +170,7 @@ class DemoConfig:
         unknown = set(self.pretrained) - {"localization", "identification"}
         if unknown:
             raise VertebraError(f"pretrained names tasks: localization, identification; got "
-                              f"{', '.join(sorted(unknown))}")
+                                f"{', '.join(sorted(unknown))}")
 
     def sacrum_share_of(self, task: str) -> float:
         """``sacrum_share`` of the training phantoms of the network for ``task``."""
@@ -319,12 +319,12 @@ def prepare_data(data: Path, config: DemoConfig, log: Callable[[str], None] = pr
             reuse = False
         if reuse and differing_settings(manifest, {"source": source(task, 1).describe()}):
             raise VertebraError(f"{train_dir} holds phantoms made with other settings (scan "
-                              "shares or crops); use another --out")
+                                "shares or crops); use another --out")
         if reuse:
             caches[task] = RenderedCache(train_dir, cache_mib=config.cache_mib)
             if len(caches[task]) != config.phantoms(task) * copies:
                 raise VertebraError(f"{train_dir} holds {len(caches[task])} CTs, not "
-                                  f"{config.phantoms(task) * copies}; use another --out")
+                                    f"{config.phantoms(task) * copies}; use another --out")
             log(f"  reusing {train_dir}")
         else:  # grouped by target sizes and scans: each group builds every phantom once
             key = (base.sigma_mm, base.square_mm, config.sacrum_share_of(task),

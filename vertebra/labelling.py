@@ -28,7 +28,7 @@ def pipeline_config(networks, **changes):
     unknown = sorted(set(changes) - set(fields))
     if unknown:
         raise VertebraError(f"unknown pipeline settings: {', '.join(unknown)} (choose from "
-                          f"{', '.join(fields)})")
+                            f"{', '.join(fields)})")
     return PipelineConfig(**{**networks.settings, **changes})
 
 

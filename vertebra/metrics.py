@@ -281,10 +281,10 @@ def compare(results: list[dict], baseline: list[dict], *, samples: int = 2000,
     a, b = _scan_sums(results), _scan_sums(baseline)
     if len(a) != len(b) or not len(a):
         raise VertebraError(f"compare needs results for the same scans, got {len(a)} and "
-                          f"{len(b)}")
+                            f"{len(b)}")
     if not np.array_equal(a[:, 1], b[:, 1]):
         raise VertebraError("compare needs results for the same scans: their ground-truth "
-                          "counts differ")
+                            "counts differ")
     picks = _picks(seed, samples, len(a))
     (ida, lea), (idb, leb) = _rates(a[picks].sum(axis=1)), _rates(b[picks].sum(axis=1))
     (pa, qa), (pb, qb) = _rates(a.sum(axis=0)), _rates(b.sum(axis=0))

@@ -177,7 +177,7 @@ class UNet(nn.Module):
         task = _task(task)
         if heatmap_activation not in HEATMAP_ACTIVATIONS:
             raise VertebraError(f"unknown heatmap_activation {heatmap_activation!r}; choose "
-                              f"{' or '.join(HEATMAP_ACTIVATIONS)}")
+                                f"{' or '.join(HEATMAP_ACTIVATIONS)}")
         if num_classes is None:
             from vertebra import labels
 
@@ -307,7 +307,8 @@ def load_model(path: str | Path) -> nn.Module:
     """Rebuild a model saved by :func:`save_model` (on the CPU, training mode)."""
     ckpt = read_checkpoint(path)
     if _kind(ckpt) != "model":
-        raise VertebraError(f"{path} is not a model checkpoint written by vertebra.models.save_model")
+        raise VertebraError(f"{path} is not a model checkpoint written by "
+                            f"vertebra.models.save_model")
     config = dict(ckpt["config"])
     name = config.pop("name", ckpt["model"])
     model = create_model(name, **config)

@@ -159,12 +159,13 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         if self.voting not in VOTING:
-            raise VertebraError(f"unknown voting {self.voting!r}; choose one of {', '.join(VOTING)}")
+            raise VertebraError(f"unknown voting {self.voting!r}; choose one of "
+                                f"{', '.join(VOTING)}")
         from vertebra.correction import METHODS
 
         if self.correction not in METHODS:
             raise VertebraError(f"unknown correction {self.correction!r}; choose one of "
-                              f"{', '.join(METHODS)}")
+                                f"{', '.join(METHODS)}")
         for name in ("min_distance_mm", "tolerance_mm", "square_mm"):
             value = getattr(self, name)
             if not (np.isfinite(value) and value > 0):
@@ -176,19 +177,20 @@ class PipelineConfig:
         if self.refine_mm is not None and not (np.isfinite(self.refine_mm)
                                                and self.refine_mm >= REFINE_STEP_MM):
             raise VertebraError(f"refine_mm must be >= {REFINE_STEP_MM} mm (or None), "
-                              f"got {self.refine_mm}")
+                                f"got {self.refine_mm}")
         if not self.box_margin_mm >= 0 or not self.min_separation_mm >= 0:
             raise VertebraError("box_margin_mm and min_separation_mm must be >= 0")
         if self.extend_threshold is not None and not np.isfinite(self.extend_threshold):
             raise VertebraError("extend_threshold must be finite (or None: no extension)")
         if self.localizer_views is not None and not (
                 int(self.localizer_views) == self.localizer_views and self.localizer_views >= 2):
-            raise VertebraError(f"localizer_views must be an integer >= 2, got {self.localizer_views}")
+            raise VertebraError(f"localizer_views must be an integer >= 2, got "
+                                f"{self.localizer_views}")
         if int(self.max_drops) < 0:
             raise VertebraError(f"max_drops must be >= 0, got {self.max_drops}")
         if self.sacrum_threshold is not None and not 0 < self.sacrum_threshold <= 1:
             raise VertebraError(f"sacrum_threshold must lie in (0, 1] (or None), "
-                              f"got {self.sacrum_threshold}")
+                                f"got {self.sacrum_threshold}")
         if int(self.extend_min_views) < 2 or not 0 < self.extend_tolerance < 1:
             raise VertebraError("need extend_min_views >= 2 and 0 < extend_tolerance < 1")
 
@@ -731,7 +733,7 @@ class TorchNetwork:
         out = heat if self.output == "heatmap" else prob
         if out is None:
             raise VertebraError(f"the model has no {self.output} head "
-                              f"(task {getattr(self.model, 'config', {}).get('task')!r})")
+                                f"(task {getattr(self.model, 'config', {}).get('task')!r})")
         return out
 
 
@@ -837,7 +839,7 @@ def _model_from_state(ckpt: dict, where: str):
 
     if _kind(ckpt) != "model":
         raise VertebraError(f"{where} is not a vertebra model checkpoint (no model/config/"
-                          "state_dict)")
+                            "state_dict)")
     config = dict(ckpt["config"])
     name = config.pop("name", ckpt["model"])
     model = create_model(name, **config)
@@ -845,7 +847,7 @@ def _model_from_state(ckpt: dict, where: str):
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as error:
         raise VertebraError(f"{where}: weights do not fit the stored config: "
-                          f"{str(error).splitlines()[0]}") from None
+                            f"{str(error).splitlines()[0]}") from None
     return model
 
 
@@ -953,10 +955,10 @@ def load_networks(model=None, localizer=None, identifier=None, *, device: str | 
 
     if model is not None and (localizer is not None or identifier is not None):
         raise VertebraError("give either one checkpoint holding both networks, or a localizer "
-                          "and an identifier checkpoint, not both")
+                            "and an identifier checkpoint, not both")
     if model is None and (localizer is None) != (identifier is None):
         raise VertebraError("need a checkpoint holding both networks, or both a localizer and "
-                          "an identifier checkpoint")
+                            "an identifier checkpoint")
     if model is None and localizer is None:
         model = weights.default_path()
     device = resolve_device(device)
@@ -968,7 +970,7 @@ def load_networks(model=None, localizer=None, identifier=None, *, device: str | 
         if loc_key not in found or ide_key not in found:
             have = ", ".join(sorted(found))
             raise VertebraError(f"{model} holds only a {have} network; pass --localizer and "
-                              "--identifier checkpoints instead")
+                                "--identifier checkpoints instead")
         loc, ide = found[loc_key], found[ide_key]
         views_l, views_i = views[loc_key], views[ide_key]
     else:
@@ -985,8 +987,8 @@ def load_networks(model=None, localizer=None, identifier=None, *, device: str | 
         views_l, views_i = all_l[loc_key], all_i[ide_key]
     if ide.config["num_classes"] not in (vlabels.NUM_CLASSES, vlabels.NUM_CLASSES_WITH_SACRUM):
         raise VertebraError(f"the identification network has {ide.config['num_classes']} classes;"
-                          f" the pipeline needs {vlabels.NUM_CLASSES} (background + 26) or "
-                          f"{vlabels.NUM_CLASSES_WITH_SACRUM} (and the sacrum)")
+                            f" the pipeline needs {vlabels.NUM_CLASSES} (background + 26) or "
+                            f"{vlabels.NUM_CLASSES_WITH_SACRUM} (and the sacrum)")
     views = views_l or views_i
     if views is None:
         warnings.warn("the checkpoint carries no view_config; using the default ViewConfig()",

@@ -508,11 +508,11 @@ def score_folder(pred: str | Path, gt: str | Path, *, format: str = "verse20",
     pred, gt = Path(pred), Path(gt)
     if not (pred.is_dir() and gt.is_dir()):
         raise VertebraError("to score folders, give a folder of predictions and a "
-                          "VerSe-layout ground-truth folder")
+                            "VerSe-layout ground-truth folder")
     for value in (format, pred_format):
         if value not in verse.FORMATS:
             raise VertebraError(f"unknown format {value!r}; choose one of "
-                              f"{', '.join(verse.FORMATS)}")
+                                f"{', '.join(verse.FORMATS)}")
     cases = VerseDataset(gt, require="centroids").cases
     if not cases:
         raise VertebraError(f"{gt} holds no CT with ground-truth centroids")

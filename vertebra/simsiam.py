@@ -150,7 +150,8 @@ def set_lr(optimizer: torch.optim.Optimizer, step: int, steps: int) -> None:
 def pretrain_step(model: SimSiam, optimizer, x1: torch.Tensor, x2: torch.Tensor) -> float:
     """One SGD step on a batch of pairs (B, C, H, W) x 2 (B >= 2); returns the loss."""
     if x1.shape != x2.shape:
-        raise VertebraError(f"the two views differ in shape: {tuple(x1.shape)} vs {tuple(x2.shape)}")
+        raise VertebraError(f"the two views differ in shape: {tuple(x1.shape)} vs "
+                            f"{tuple(x2.shape)}")
     if x1.ndim != 4 or x1.shape[0] < 2:
         raise VertebraError(f"a pair batch needs shape (B >= 2, C, H, W), got {tuple(x1.shape)}")
     model.train()

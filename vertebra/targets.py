@@ -203,7 +203,7 @@ def _anchor_arrays(anchors) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     bad = [k for k in anchors if k != vlabels.SACRUM]
     if bad:
         raise VertebraError(f"anchor labels {bad} are not supported (only {vlabels.SACRUM}, "
-                          "the sacrum)")
+                            "the sacrum)")
     labels = np.array(sorted(anchors), dtype=np.int64)
     classes = np.full(len(labels), vlabels.SACRUM_CLASS, dtype=np.int64)
     return labels, classes, _points(anchors, labels, "anchor")
@@ -224,7 +224,7 @@ def default_isocenter(geometry: Geometry, volume=None) -> np.ndarray:
     b = np.einsum("kij,kj->i", proj, geometry.sources)
     if np.linalg.cond(a) > 1e8:
         raise VertebraError("cannot infer an isocentre from parallel central rays; "
-                          "pass isocenter= or the volume")
+                            "pass isocenter= or the volume")
     return np.linalg.solve(a, b)
 
 
@@ -317,7 +317,7 @@ def identification_maps(projected: ProjectedCentroids, geometry: Geometry, half_
     """
     if overlap not in OVERLAP_RULES:
         raise VertebraError(f"unknown overlap rule {overlap!r}; choose one of "
-                          f"{', '.join(OVERLAP_RULES)}")
+                            f"{', '.join(OVERLAP_RULES)}")
     k, h, w = geometry.shape
     half = np.broadcast_to(np.asarray(half_square_px, dtype=np.float64), (k, 2))
     pmm = np.broadcast_to(np.asarray(pixel_mm, dtype=np.float64), (k, 2))

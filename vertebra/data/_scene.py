@@ -512,8 +512,9 @@ def _organs(soft, m, spine: Spine, locs, width, rng, lungs=(1.0, 1.0, 0.0)):
         step = d.height + d.disc
         rx, ry = 0.42 * A * fx, 0.74 * B * fy
         for s in (-1, 1):
-            soft.ellipsoid(lung, locs[i].p(s * (0.52 * A + 2 - (rx - 0.42 * A)), yc - 0.05 * B, -0.2 * step),
-                           locs[i].F, (rx, ry, 0.95 * step), smooth=10.0)
+            x = s * (0.52 * A + 2 - (rx - 0.42 * A))
+            soft.ellipsoid(lung, locs[i].p(x, yc - 0.05 * B, -0.2 * step), locs[i].F,
+                           (rx, ry, 0.95 * step), smooth=10.0)
     top = locs[rib_levels[0]]
     low, mid = locs[rib_levels[8]], locs[rib_levels[7]]
     for s in (-1, 1):  # diaphragm domes

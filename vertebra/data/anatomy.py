@@ -116,7 +116,7 @@ def level_names(transitional: str | None = None) -> tuple[str, ...]:
     if transitional == "l6":
         return STANDARD + ("L6",)
     raise VertebraError(f"unknown transitional anatomy {transitional!r}; "
-                      f"choose none, {', '.join(TRANSITIONAL)}")
+                        f"choose none, {', '.join(TRANSITIONAL)}")
 
 
 def _value(param: str, position: float) -> float:
@@ -210,7 +210,7 @@ class Spine:
             return self.names.index(name)
         except ValueError:
             raise VertebraError(f"level {name!r} is not in this spine ({', '.join(self.names)})"
-                              ) from None
+                                ) from None
 
 
 def rot_x(deg: float) -> np.ndarray:

@@ -149,7 +149,8 @@ def _choose_transitional(transitional, levels, rng) -> str | None:
     if t in ("none", "", "false"):
         return None
     if t not in ("t13", "l6"):
-        raise VertebraError(f"transitional must be None, 'none', 't13' or 'l6', got {transitional!r}")
+        raise VertebraError(f"transitional must be None, 'none', 't13' or 'l6', got "
+                            f"{transitional!r}")
     return t
 
 
@@ -157,13 +158,13 @@ def _size_preset(size):
     if isinstance(size, str):
         if size not in SIZES:
             raise VertebraError(f"unknown size {size!r}; choose one of {', '.join(SIZES)} "
-                              "or give a (Z, Y, X) shape")
+                                "or give a (Z, Y, X) shape")
         return SIZES[size]
     try:
         cap = tuple(int(v) for v in size)
     except TypeError:
         raise VertebraError(f"size must be 'small', 'full' or a (Z, Y, X) shape, got {size!r}"
-                          ) from None
+                            ) from None
     if len(cap) != 3 or min(cap) < 16:
         raise VertebraError(f"a size shape needs 3 values of at least 16, got {size!r}")
     return cap, SIZES["full"][1], SIZES["full"][2]
@@ -635,7 +636,7 @@ def save_phantom(phantom: SpinePhantom, out_dir: str | Path, name: str) -> dict[
     name = str(name)
     if not name or any(c in name for c in "/\\ ") or name.startswith("."):
         raise VertebraError(f"a case name must be a plain word without spaces or slashes, "
-                          f"got {name!r}")
+                            f"got {name!r}")
     out = Path(out_dir)
     raw = out / "rawdata" / f"sub-{name}"
     der = out / "derivatives" / f"sub-{name}"

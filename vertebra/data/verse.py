@@ -167,7 +167,8 @@ def check_direction(direction) -> tuple[str, str, str]:
         try:
             codes = tuple(str(c).strip().upper() for c in direction)
         except TypeError:
-            raise VertebraError(f"an orientation code must be 3 letters, got {direction!r}") from None
+            raise VertebraError(f"an orientation code must be 3 letters, got "
+                                f"{direction!r}") from None
     if len(codes) != 3 or any(c not in _CODE_AXIS for c in codes):
         raise VertebraError(
             f"an orientation code must be 3 letters from L/R, A/P, S/I, got {direction!r}"
@@ -262,7 +263,8 @@ def world_to_verse(points, image: Any, direction=DEFAULT_DIRECTION, format: str 
 
 def _check_format(format: str) -> str:
     if format not in FORMATS:
-        raise VertebraError(f"unknown centroid format {format!r}; choose one of {', '.join(FORMATS)}")
+        raise VertebraError(f"unknown centroid format {format!r}; choose one of "
+                            f"{', '.join(FORMATS)}")
     return format
 
 

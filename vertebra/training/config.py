@@ -189,7 +189,7 @@ class TrainConfig:
             widths = tuple(int(c) for c in self.decoder_channels)
             if not widths or min(widths) < 1:
                 raise VertebraError(f"decoder_channels must be positive widths, got "
-                                  f"{self.decoder_channels!r}")
+                                    f"{self.decoder_channels!r}")
             object.__setattr__(self, "decoder_channels", widths)
         if isinstance(self.views, dict):
             object.__setattr__(self, "views", ViewConfig.from_dict(self.views))
@@ -202,7 +202,7 @@ class TrainConfig:
             raise VertebraError(f"unknown task {self.task!r}; choose {' or '.join(TASKS)}")
         if self.heatmap_loss not in HEATMAP_LOSSES:
             raise VertebraError(f"unknown heatmap loss {self.heatmap_loss!r}; choose "
-                              f"{', '.join(HEATMAP_LOSSES)}")
+                                f"{', '.join(HEATMAP_LOSSES)}")
         for name in ("iterations", "batch_size", "lr_step", "crop_size", "log_every",
                      "checkpoint_every", "ct_cache"):
             if int(getattr(self, name)) < 1:

@@ -39,7 +39,7 @@ class _ViewSource:
 
         if not isinstance(data, (RenderedCache, CTSource)):
             raise VertebraError(f"cannot train from a {type(data).__name__}; pass a CT source "
-                              "or a RenderedCache")
+                                "or a RenderedCache")
         if len(data) == 0:
             raise VertebraError("the training data holds no CTs")
         self.data = data

@@ -74,7 +74,7 @@ def focal_heatmap_loss(logits: torch.Tensor, target: torch.Tensor, *, positive: 
     """
     if logits.shape != target.shape:
         raise VertebraError(f"heatmap shapes differ: {tuple(logits.shape)} vs "
-                          f"{tuple(target.shape)}")
+                            f"{tuple(target.shape)}")
     x, t = logits.float(), target.float()
     p = torch.sigmoid(x)
     pos = t >= positive

@@ -155,8 +155,8 @@ class RenderedViews:
             raise VertebraError(f"{path} is not a vertebra prerender file")
         if meta.get("version") != CACHE_VERSION:
             raise VertebraError(f"{path} was written by prerender cache version "
-                              f"{meta.get('version')}, not {CACHE_VERSION}; run vertebra "
-                              "prerender again")
+                                f"{meta.get('version')}, not {CACHE_VERSION}; run vertebra "
+                                "prerender again")
         return cls(
             name=meta["name"], images=arrays["images"], heatmaps=arrays["heatmaps"],
             id_maps=arrays["id_maps"], pixel_mm=arrays["pixel_mm"], labels=arrays["labels"],
@@ -259,15 +259,15 @@ class RenderedCache(LazyCollection):
         data = read_manifest(self.root)
         if data.get("version") != CACHE_VERSION:
             raise VertebraError(f"{self.root} was made by another vertebra version (prerender "
-                              f"cache version {data.get('version')}, this one reads "
-                              f"{CACHE_VERSION}); run vertebra prerender again")
+                                f"cache version {data.get('version')}, this one reads "
+                                f"{CACHE_VERSION}); run vertebra prerender again")
         self.names = list(data["cases"])
         if not self.names:
             raise VertebraError(f"{self.root}: the prerender cache holds no cases")
         missing = [n for n in self.names if not (self.root / f"{n}.npz").is_file()]
         if missing:
             raise VertebraError(f"{self.root}: {len(missing)} cached files missing, e.g. "
-                              f"{missing[0]}.npz (run vertebra prerender again)")
+                                f"{missing[0]}.npz (run vertebra prerender again)")
         self.view_config = ViewConfig.from_dict(data["view_config"])
         self.sigma_mm, self.square_mm = float(data["sigma_mm"]), float(data["square_mm"])
 
@@ -408,7 +408,7 @@ def prerender_many(source, outputs: dict, *, orbits: int = 1, seed: int = 0,
                               "vertebra version): rendering it again", stacklevel=2)
             elif differs:
                 raise VertebraError(f"{out} holds a cache made with other settings "
-                                  f"({', '.join(differs)}); use a new folder")
+                                    f"({', '.join(differs)}); use a new folder")
         out.mkdir(parents=True, exist_ok=True)
         folders[out] = (view_config, manifest)
     limit = {Path(k): int(v) for k, v in (counts or {}).items()}

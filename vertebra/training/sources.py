@@ -74,7 +74,7 @@ class PhantomSource(CTSource):
                 raise VertebraError(f"give either {name} or levels, not both")
         if c1_share + sacrum_share > 1:
             raise VertebraError(f"c1_share + sacrum_share must be at most 1, got "
-                              f"{c1_share + sacrum_share}")
+                                f"{c1_share + sacrum_share}")
         self.c1_share, self.sacrum_share = float(c1_share), float(sacrum_share)
         self.clinical_share = float(clinical_share)
         if clinical_share and "clinical" in options:

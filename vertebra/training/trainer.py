@@ -332,13 +332,13 @@ def train(config: TrainConfig, data, out: str | Path | None = None, *, resume: b
     if out is not None and out.exists():
         if not resume:
             raise VertebraError(f"{out} exists; pass resume (--resume) to continue it, or "
-                              "choose another path")
+                                "choose another path")
         ckpt = read_training_checkpoint(out)
         old = ckpt["train_config"]
         diff = [k for k in _MODEL_FIELDS if old.get(k) != getattr(config, k)]
         if diff:
             raise VertebraError(f"cannot resume {out}: its {diff[0]} is {old.get(diff[0])!r}, "
-                              f"not {getattr(config, diff[0])!r}")
+                                f"not {getattr(config, diff[0])!r}")
     elif resume and out is not None:
         warnings.warn(f"{out} does not exist yet; starting a new run", stacklevel=2)
 
@@ -380,7 +380,7 @@ def train(config: TrainConfig, data, out: str | Path | None = None, *, resume: b
             values = train_step(net, optimizer, batch, config, dp, prec.autocast, prec.scaler)
             if not np.isfinite(values["loss"]):
                 raise VertebraError(f"the loss became {values['loss']} at iteration {it}; "
-                                  "lower the learning rate")
+                                    "lower the learning rate")
             result.losses.append(values["loss"])
             for k, v in values.items():
                 window.setdefault(k, []).append(v)

@@ -114,7 +114,7 @@ def read_record(path: str | Path) -> Record:
     where = record_path(path)
     if not where.is_file():
         raise VertebraError(f"{path} has no record {where.name} beside it (its checksum); "
-                          "vertebra export-default writes both")
+                            "vertebra export-default writes both")
     try:
         data = json.loads(where.read_text())
         record = Record(**{k: data[k] for k in Record.__dataclass_fields__ if k in data})
@@ -139,8 +139,8 @@ def check_file(path: str | Path) -> Record:
     actual = sha256_of(path)
     if actual != record.sha256:
         raise VertebraError(f"{path} does not match its checksum (sha256 {actual[:12]}..., "
-                          f"record {record.sha256[:12]}...): a damaged or replaced file; "
-                          "export it again")
+                            f"record {record.sha256[:12]}...): a damaged or replaced file; "
+                            "export it again")
     return record
 
 
@@ -163,7 +163,7 @@ def read_networks(path: str | Path) -> dict:
             meta = handle.metadata() or {}
             if meta.get("format") != FORMAT or "vertebra" not in meta:
                 raise VertebraError(f"{path} is a safetensors file but not a vertebra networks "
-                                  "file (no 'vertebra' metadata)")
+                                    "file (no 'vertebra' metadata)")
             info = json.loads(meta["vertebra"])
             states: dict[str, dict] = {part: {} for part in PARTS}
             names = handle.keys()  # a safe_open handle is not iterable

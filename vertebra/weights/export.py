@@ -85,7 +85,7 @@ def export_networks(bundle: str | Path, out_dir: str | Path, *, recipe: str,
     ckpt = read_checkpoint(bundle)
     if not all(isinstance(ckpt.get(part), dict) for part in PARTS):
         raise VertebraError(f"{bundle} is not a bundle of both networks (see "
-                          "vertebra.pipeline.bundle_networks)")
+                            "vertebra.pipeline.bundle_networks)")
     commit = str(commit or _commit_of(ckpt) or "unknown")
     provenance = {"recipe": str(recipe), "training_data": str(training_data),
                   "commit": commit, "source": bundle.name}
@@ -108,7 +108,7 @@ def export_networks(bundle: str | Path, out_dir: str | Path, *, recipe: str,
         size = (tmp / file_name).stat().st_size
         if size > max_mb * 1e6:
             raise VertebraError(f"the networks take {size / 1e6:.1f} MB in {file_name}, more "
-                              f"than the {max_mb:g} MB allowed (smaller networks, or max_mb)")
+                                f"than the {max_mb:g} MB allowed (smaller networks, or max_mb)")
         record = Record(weights=file_name, sha256=sha256_of(tmp / file_name), bytes=size,
                         **provenance)
         write_json(tmp / f"{name}.json", record.to_dict())
