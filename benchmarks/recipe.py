@@ -49,7 +49,6 @@ temporary folder that is removed at the end.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import os
@@ -58,6 +57,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from _common import (
@@ -137,9 +137,8 @@ def make_config(args: argparse.Namespace):
                if getattr(args, arg) is not None}
     config = TrainConfig.preset(args.preset, args.task, device=args.device, **changes)
     if args.mm_per_pixel is not None:
-        config = config.replace(views=dataclasses.replace(config.views,
-                                                          mm_per_pixel=args.mm_per_pixel))
-    return config.replace(iterations=args.stage_list[-1])
+        config = replace(config, views=replace(config.views, mm_per_pixel=args.mm_per_pixel))
+    return replace(config, iterations=args.stage_list[-1])
 
 
 def overrides(args: argparse.Namespace) -> dict:
@@ -182,7 +181,7 @@ def scoring_model(result):
     """
     from vertebra.training.trainer import build_model
 
-    model = build_model(result.config.replace(init="none"))
+    model = build_model(replace(result.config, init="none"))
     model.load_state_dict(result.model.state_dict())
     return model.to(next(result.model.parameters()).device)
 
@@ -270,7 +269,7 @@ def main(argv=None) -> int:
         train_s = 0.0
         for stage in args.stage_list:
             t_stage = time.perf_counter()
-            res = train(config.replace(iterations=stage), cache, checkpoint,
+            res = train(replace(config, iterations=stage), cache, checkpoint,
                         resume=checkpoint.exists(), progress=False)
             stage_wall = time.perf_counter() - t_stage
             train_s += res.seconds

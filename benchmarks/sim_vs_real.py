@@ -54,8 +54,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="2024,2031", help="phantom seeds (comma-separated)")
     args = parser.parse_args(argv)
 
-    import drrkit
     from PIL import Image, ImageDraw
+
+    import drrkit
     from vertebra.data.phantom import make_spine_phantom
     from vertebra.training.config import TrainConfig
 

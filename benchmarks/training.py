@@ -35,6 +35,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from _common import RESULTS, commit, cpu_model, quartiles, slug, utc_now, write_json
@@ -73,7 +74,7 @@ def time_steps(config, batch, device, warmup: int, repeats: int, amp: bool) -> d
     from vertebra.training.trainer import build_model, make_optimizer, precision, train_step
 
     torch.manual_seed(0)
-    config = config.replace(amp=amp, cpu_bf16=amp)
+    config = replace(config, amp=amp, cpu_bf16=amp)
     model = build_model(config).to(device)
     prec = precision(device, config)
     model = prec.model(model)

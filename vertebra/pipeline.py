@@ -98,9 +98,6 @@ class PipelineConfig:
         max_detections: keep at most this many detections (the highest) per view.
         max_peak_pixels: density-peak clustering uses at most this many of the highest
             heatmap pixels per view (bounds the cost of a poor heatmap).
-        peak_refine_mm: a detection averages only its cluster's pixels within this
-            distance of the peak (None: the whole cluster); see
-            :func:`vertebra.peaks.density_peaks`.
         refine_mm: each triangulated track moves to the maximum of the mean heatmap over
             all K views within this distance along each axis (1 mm grid, two searches,
             :func:`drrkit.refinement.refine_points`); None keeps the least-squares point.
@@ -137,7 +134,6 @@ class PipelineConfig:
     min_distance_mm: float = 10.0
     max_detections: int = 40
     max_peak_pixels: int = 4000
-    peak_refine_mm: float | None = None
     refine_mm: float | None = 3.0
     tolerance_mm: float = 6.0
     localizer_views: int | None = None
@@ -299,8 +295,7 @@ def detect_peaks(heatmaps: np.ndarray, pixel_mm: np.ndarray, config: PipelineCon
     for k, h in enumerate(heatmaps):
         p = density_peaks(h, float(np.mean(pixel_mm[k])), threshold=config.peak_threshold,
                           min_distance_mm=config.min_distance_mm,
-                          max_points=int(config.max_peak_pixels),
-                          refine_mm=config.peak_refine_mm)
+                          max_points=int(config.max_peak_pixels))
         n = int(config.max_detections)
         out.append(Peaks(p.pixels[:n], p.scores[:n]) if len(p) > n else p)
     return out

@@ -1,6 +1,7 @@
 """Training: data items, Sequence Loss plumbing, a short run whose loss falls, resume, CLI."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -78,7 +79,7 @@ def test_config_decoder_channels_build_that_decoder():
     cfg = TrainConfig.cpu_demo("localization", decoder_channels=[32, 16, 16, 8, 8])
     assert cfg.decoder_channels == (32, 16, 16, 8, 8)
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
-    model = build_model(cfg.replace(init="none"))
+    model = build_model(replace(cfg, init="none"))
     assert model.config["decoder_channels"] == [32, 16, 16, 8, 8]
     assert build_model(TrainConfig.cpu_demo("localization")).config["decoder_channels"] == [
         256, 128, 64, 32, 16]
@@ -601,7 +602,7 @@ def test_a_resumed_focal_run_keeps_its_sigmoid(rendered, tmp_path):
 
     cfg = tiny_config("localization", heatmap_loss="focal", iterations=2)
     out = tmp_path / "loc.pt"
-    train(cfg.replace(iterations=1), RenderedCache.from_views(rendered), out, progress=False)
+    train(replace(cfg, iterations=1), RenderedCache.from_views(rendered), out, progress=False)
     res = train(cfg, RenderedCache.from_views(rendered), out, resume=True, progress=False)
     assert res.model.config["heatmap_activation"] == "sigmoid"
     assert load_model(out).config["heatmap_activation"] == "sigmoid"
@@ -640,7 +641,7 @@ def test_cpu_bfloat16_training(rendered, tmp_path, monkeypatch):
         assert all(p.dtype == torch.float32 for p in loaded.parameters())
     monkeypatch.setattr(trainer, "cpu_has_bf16", lambda: False)
     with pytest.warns(UserWarning, match="no native bfloat16"):
-        res = trainer.train(cfg.replace(iterations=2), data, None, progress=False)
+        res = trainer.train(replace(cfg, iterations=2), data, None, progress=False)
     assert all(p.is_contiguous() for p in res.model.parameters())
 
 
@@ -653,12 +654,12 @@ def test_checkpoint_resume_continues_the_same_run(rendered, tmp_path):
     cfg = tiny_config("localization", iterations=4, heatmap_fg_weight=5.0)
     straight = train(cfg, data, None, progress=False)
     out = tmp_path / "loc.pt"
-    part = train(cfg.replace(iterations=2), data, out, progress=False)
+    part = train(replace(cfg, iterations=2), data, out, progress=False)
     assert part.iteration == 2
     with pytest.raises(DrrkitError, match="exists"):
         train(cfg, data, out, progress=False)
     with pytest.raises(DrrkitError, match="task"):
-        train(cfg.replace(task="identification"), data, out, resume=True, progress=False)
+        train(replace(cfg, task="identification"), data, out, resume=True, progress=False)
     rest = train(cfg, data, out, resume=True, progress=False)
     assert rest.iteration == 4 and len(rest.losses) == 2
     assert np.allclose(rest.losses, straight.losses[2:], rtol=1e-4, atol=1e-6)

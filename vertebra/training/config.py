@@ -20,7 +20,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 
 from vertebra.errors import VertebraError
 from vertebra.views import ViewConfig
@@ -277,6 +277,7 @@ class TrainConfig:
         base.update(changes)
         return cls(**base)
 
+    #: Names :meth:`preset` takes.
     PRESETS = ("paper", "cpu-demo")
 
     @classmethod
@@ -286,13 +287,9 @@ class TrainConfig:
             return cls.paper(task, **changes)
         if name in ("cpu-demo", "cpu_demo"):
             return cls.cpu_demo(task, **changes)
-        raise VertebraError(f"unknown preset {name!r}; choose paper or cpu-demo")
+        raise VertebraError(f"unknown preset {name!r}; choose {' or '.join(cls.PRESETS)}")
 
     # ------------------------------------------------------------------ I/O
-    def replace(self, **changes) -> TrainConfig:
-        """A copy with some fields changed (validated again)."""
-        return replace(self, **changes)
-
     def to_dict(self) -> dict:
         """Plain nested dict (lists for tuples) for checkpoints and JSON."""
         out = asdict(self)

@@ -38,7 +38,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -193,7 +193,7 @@ def _adopt_cache_settings(config: TrainConfig, data, targets: bool = True) -> Tr
             warnings.warn(f"the prerender cache was made with {name}={getattr(data, name)};"
                           f" using it instead of {getattr(config, name)}", stacklevel=3)
             changes[name] = getattr(data, name)
-    return config.replace(**changes) if changes else config
+    return replace(config, **changes) if changes else config
 
 
 _MODEL_FIELDS = ("task", "encoder")
@@ -344,7 +344,7 @@ def train(config: TrainConfig, data, out: str | Path | None = None, *, resume: b
 
     torch.manual_seed(config.seed)
     if ckpt is not None:  # the same network as a new run builds (heatmap activation too)
-        model = build_model(config.replace(init="none"))
+        model = build_model(replace(config, init="none"))
         model.load_state_dict(ckpt["state_dict"])
     else:
         model = build_model(config)
