@@ -18,12 +18,13 @@ import contextlib
 import math
 import re
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from drrkit.cli_errors import cli_errors, fail
 
 app = typer.Typer(
     name="drrkit",
@@ -33,8 +34,6 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-#: Exit status for bad input (the same as a command-line usage error).
-EXIT_BAD_INPUT = 2
 #: Renders of at least this many pixels (K * H * W) show a progress bar, view chunk by chunk.
 PROGRESS_PIXELS = 1 << 22
 #: Pixels rendered per chunk when showing progress (at least one view per chunk).
@@ -43,45 +42,8 @@ UNITS = ("hu", "mu")
 NAN_POLICIES = ("zero", "raise")
 VIEW_PNG = re.compile(r"view_\d+\.png")
 CONTACT_SHEET = "contact_sheet.png"
-
-
-# ---------------------------------------------------------------------- error handling
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(EXIT_BAD_INPUT)
-
-
-def _os_message(error: OSError) -> str:
-    text = error.strerror or str(error) or type(error).__name__
-    return f"{text}: {error.filename}" if error.filename else text
-
-
-@contextlib.contextmanager
-def _cli_errors() -> Iterator[None]:
-    """Turn bad-input exceptions into ``error: ...`` on stderr and exit status 2.
-
-    Python warnings raised inside (e.g. NaN voxels replaced by 0) are printed as one line
-    ``warning: ...`` each.
-    """
-    from drrkit.errors import DrrkitError
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        typer.echo(f"warning: {message}", err=True)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("default")
-        warnings.showwarning = show
-        try:
-            yield
-        except DrrkitError as error:
-            _fail(str(error))
-        except MemoryError:
-            _fail("not enough memory for this request; try fewer views or a smaller --size")
-        except OSError as error:
-            _fail(_os_message(error))
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
-            raise typer.Exit(130) from None
+#: What to try when a render does not fit in memory.
+MEMORY_HINT = "try fewer views or a smaller --size"
 
 
 def _version(value: bool) -> None:
@@ -109,9 +71,9 @@ def main(
 # ---------------------------------------------------------------------- helpers
 def _choose_input(ct: Path | None, phantom: bool) -> None:
     if ct is not None and phantom:
-        _fail("give either a CT file or folder, or --phantom, not both")
+        fail("give either a CT file or folder, or --phantom, not both")
     if ct is None and not phantom:
-        _fail("give a CT file or folder to read (e.g. ct.nii.gz), or --phantom")
+        fail("give a CT file or folder to read (e.g. ct.nii.gz), or --phantom")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
@@ -292,7 +254,7 @@ def render(
     drrkit render --phantom --out out/;
     drrkit render ct.nii.gz --out out/ --bone-gain 8   (bone-enhanced, as the networks see it)
     """
-    with _cli_errors():
+    with cli_errors(MEMORY_HINT):
         _render(ct, out, phantom, views, sad, sid, size, pixel_spacing, step, input_units,
                 (backend, method), start_angle, arc, nan, (bone_gain, bone_threshold), png,
                 quiet)
@@ -437,7 +399,7 @@ def info(
 
     Example: drrkit info ct.nii.gz
     """
-    with _cli_errors():
+    with cli_errors(MEMORY_HINT):
         _info(ct, phantom)
 
 
@@ -531,7 +493,7 @@ def bench(
 
     Examples: drrkit bench --backend cpu; drrkit bench --backend cuda --json bench.json
     """
-    with _cli_errors():
+    with cli_errors(MEMORY_HINT):
         from drrkit import bench as benchmarks
         from drrkit.errors import DrrkitError
         from drrkit.render import resolve_backend

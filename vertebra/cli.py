@@ -15,6 +15,8 @@ from typing import Annotated
 
 import typer
 
+from drrkit.cli_errors import cli_errors, fail
+
 app = typer.Typer(
     name="vertebra",
     help="Vertebra localisation and identification from multi-view DRRs.",
@@ -27,13 +29,6 @@ app = typer.Typer(
 @app.callback()
 def main() -> None:
     """Vertebra localisation and identification from multi-view DRRs."""
-
-
-def fail(message: str) -> None:
-    """Print ``error: message`` on one line to stderr and exit with status 2."""
-    first = str(message).strip().splitlines()[0] if str(message).strip() else "unknown error"
-    typer.echo(f"error: {first}", err=True)
-    raise typer.Exit(2)
 
 
 # ====================================================================== evaluate
@@ -82,55 +77,46 @@ def evaluate(
     if against is not None:
         fail("--against compares two folders of predictions; give folders")
         return
-    import warnings
 
     import numpy as np
 
-    from drrkit.errors import DrrkitError
     from vertebra.data import verse
     from vertebra.errors import VertebraError
     from vertebra.metrics import evaluate as score
 
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            formats = (pred_format, format)  # of the files (pred, gt)
-            for name, value in zip(("--pred-format", "--format"), formats):
-                if value not in verse.FORMATS:
-                    raise VertebraError(f"unknown format {value!r} ({name}); choose one of "
-                                        f"{', '.join(verse.FORMATS)}")
-            files = [verse.load_centroid_file(p) for p in (pred, gt)]
-            fallback = verse.check_direction(direction) if direction else None
-            if fallback is not None:
-                files = [verse.CentroidFile(f.direction or fallback, f.labels, f.coords)
-                         for f in files]
-            if image is not None:
-                grid = verse.image_grid(image)
-                if any(f.direction is None for f in files):
-                    raise VertebraError("a centroid file has no 'direction' header; "
-                                        "pass --direction (e.g. PIR)")
-                maps = [{int(lab): xyz for lab, xyz in zip(
-                    f.labels, verse.verse_to_world(f.coords, grid, f.direction, fmt))}
-                    for f, fmt in zip(files, formats)]
-            else:
-                if formats != ("verse19", "verse19"):
-                    raise VertebraError(
-                        f"voxel coordinates (verse20) need --image to be turned into mm "
-                        f"(--pred-format {pred_format}, --format {format}); pass --image CT, "
-                        "or --pred-format verse19 --format verse19 if both files hold mm")
-                if files[0].direction != files[1].direction:
-                    raise VertebraError(f"the files use different orientations "
-                                        f"({files[0].direction} and {files[1].direction}); "
-                                        "pass --image CT to convert both")
-                # verse19 values are mm along the same reoriented axes: distances are exact
-                maps = [{int(lab): np.asarray(xyz) for lab, xyz in zip(f.labels, f.coords)}
-                        for f in files]
-            result = score(maps[0], maps[1], radius_mm=radius)
-        for w in caught:
-            typer.echo(f"warning: {w.message}", err=True)
-    except (DrrkitError, OSError) as error:
-        fail(str(error))
-        return
+    with cli_errors(every_warning=True):
+        formats = (pred_format, format)  # of the files (pred, gt)
+        for name, value in zip(("--pred-format", "--format"), formats):
+            if value not in verse.FORMATS:
+                raise VertebraError(f"unknown format {value!r} ({name}); choose one of "
+                                    f"{', '.join(verse.FORMATS)}")
+        files = [verse.load_centroid_file(p) for p in (pred, gt)]
+        fallback = verse.check_direction(direction) if direction else None
+        if fallback is not None:
+            files = [verse.CentroidFile(f.direction or fallback, f.labels, f.coords)
+                     for f in files]
+        if image is not None:
+            grid = verse.image_grid(image)
+            if any(f.direction is None for f in files):
+                raise VertebraError("a centroid file has no 'direction' header; "
+                                    "pass --direction (e.g. PIR)")
+            maps = [{int(lab): xyz for lab, xyz in zip(
+                f.labels, verse.verse_to_world(f.coords, grid, f.direction, fmt))}
+                for f, fmt in zip(files, formats)]
+        else:
+            if formats != ("verse19", "verse19"):
+                raise VertebraError(
+                    f"voxel coordinates (verse20) need --image to be turned into mm "
+                    f"(--pred-format {pred_format}, --format {format}); pass --image CT, "
+                    "or --pred-format verse19 --format verse19 if both files hold mm")
+            if files[0].direction != files[1].direction:
+                raise VertebraError(f"the files use different orientations "
+                                    f"({files[0].direction} and {files[1].direction}); "
+                                    "pass --image CT to convert both")
+            # verse19 values are mm along the same reoriented axes: distances are exact
+            maps = [{int(lab): np.asarray(xyz) for lab, xyz in zip(f.labels, f.coords)}
+                    for f in files]
+        result = score(maps[0], maps[1], radius_mm=radius)
 
     if as_json:
         from drrkit.io import json_safe
@@ -213,11 +199,10 @@ def phantom(
     """
     import time
 
-    from drrkit.errors import DrrkitError
     from vertebra.data.phantom import write_phantoms
     from vertebra.errors import VertebraError
 
-    try:
+    with cli_errors(every_warning=True):
         if count < 1:
             raise VertebraError(f"--count must be at least 1, got {count}")
         if seed < 0:
@@ -230,9 +215,6 @@ def phantom(
             out, range(seed, seed + count), levels=levels, metal=metal, size=size,
             transitional=None if transitional == "random" else transitional, noise=noise,
             clinical=clinical)
-    except (DrrkitError, OSError) as error:
-        fail(str(error))
-        return
     typer.echo(f"wrote {len(names)} case(s) to {out} in {time.perf_counter() - start:.1f} s: "
                f"{', '.join(names)}")
 
@@ -308,36 +290,29 @@ def label(
     from drrkit.errors import DrrkitError
     from vertebra.errors import VertebraError
 
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            if not ct.exists():
-                raise VertebraError(f"no such file or folder: {ct}")
-            batch = ct.is_dir() and bool(_find_cts(ct))
-            cases = _find_cts(ct) if batch else [ct]
-            if ct.is_dir() and not batch and not any(p.is_file() for p in ct.iterdir()):
-                raise VertebraError(f"{ct} holds no CT files")
-            if views is not None and views < 2:
-                raise VertebraError(f"--views must be at least 2, got {views}")
-            if nan not in ("zero", "raise"):
-                raise VertebraError(f"unknown --nan {nan!r}; choose zero or raise")
-            from vertebra.labelling import pipeline_config
-            from vertebra.pipeline import load_networks
+    with cli_errors(every_warning=True):
+        if not ct.exists():
+            raise VertebraError(f"no such file or folder: {ct}")
+        batch = ct.is_dir() and bool(_find_cts(ct))
+        cases = _find_cts(ct) if batch else [ct]
+        if ct.is_dir() and not batch and not any(p.is_file() for p in ct.iterdir()):
+            raise VertebraError(f"{ct} holds no CT files")
+        if views is not None and views < 2:
+            raise VertebraError(f"--views must be at least 2, got {views}")
+        if nan not in ("zero", "raise"):
+            raise VertebraError(f"unknown --nan {nan!r}; choose zero or raise")
+        from vertebra.labelling import pipeline_config
+        from vertebra.pipeline import load_networks
 
-            nets = load_networks(model, localizer, identifier, device=device)
-            changes = {"correction": correction, "voting": voting}
-            if not extend_ends:
-                changes["extend_threshold"] = None
-            if views is not None:
-                changes["localizer_views"] = views
-            if t13 is not None:
-                changes["allow_t13"] = t13
-            config = pipeline_config(nets, **changes)
-        for w in caught:
-            typer.echo(f"warning: {w.message}", err=True)
-    except (DrrkitError, OSError) as error:
-        fail(str(error))
-        return
+        nets = load_networks(model, localizer, identifier, device=device)
+        changes = {"correction": correction, "voting": voting}
+        if not extend_ends:
+            changes["extend_threshold"] = None
+        if views is not None:
+            changes["localizer_views"] = views
+        if t13 is not None:
+            changes["allow_t13"] = t13
+        config = pipeline_config(nets, **changes)
 
     from rich.console import Console
     from rich.progress import (
@@ -398,29 +373,21 @@ def _evaluate_folders(pred: Path, gt: Path, *, format: str, pred_format: str, ra
     """``vertebra evaluate PRED_DIR GT_DIR``: score every ground-truth case, pooled."""
     import warnings
 
-    from drrkit.errors import DrrkitError
     from vertebra.metrics import compare
     from vertebra.report import score_folder
 
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            folders = (pred,) if against is None else (pred, against)
-            scored = {f: score_folder(f, gt, format=format, pred_format=pred_format,
-                                      radius_mm=radius) for f in folders}
-            for folder, (_, _, missing) in scored.items():
-                if missing:
-                    warnings.warn(f"{len(missing)} case(s) have no prediction in {folder} "
-                                  f"(scored as nothing found): {', '.join(missing[:5])}"
-                                  + (" ..." if len(missing) > 5 else ""), stacklevel=2)
-            pooled, results, _ = scored[pred]
-            difference = None if against is None else compare(
-                list(results.values()), list(scored[against][1].values()))
-        for w in caught:
-            typer.echo(f"warning: {w.message}", err=True)
-    except (DrrkitError, OSError) as error:
-        fail(str(error))
-        return
+    with cli_errors(every_warning=True):
+        folders = (pred,) if against is None else (pred, against)
+        scored = {f: score_folder(f, gt, format=format, pred_format=pred_format,
+                                  radius_mm=radius) for f in folders}
+        for folder, (_, _, missing) in scored.items():
+            if missing:
+                warnings.warn(f"{len(missing)} case(s) have no prediction in {folder} "
+                              f"(scored as nothing found): {', '.join(missing[:5])}"
+                              + (" ..." if len(missing) > 5 else ""), stacklevel=2)
+        pooled, results, _ = scored[pred]
+        difference = None if against is None else compare(
+            list(results.values()), list(scored[against][1].values()))
     if as_json:
         from drrkit.io import json_safe
 
@@ -476,22 +443,6 @@ def _train_config(preset: str, task: str, **changes):
     return TrainConfig.preset(preset, task, **given)
 
 
-def _echo_warnings():
-    """Context: show warnings at once as one ``warning: ...`` line on stderr."""
-    import contextlib
-    import warnings
-
-    @contextlib.contextmanager
-    def show():
-        with warnings.catch_warnings():
-            warnings.simplefilter("default")
-            warnings.showwarning = lambda message, *rest, **kw: typer.echo(
-                f"warning: {message}", err=True)
-            yield
-
-    return show()
-
-
 def _check_data_spec(data: str) -> None:
     from vertebra.errors import VertebraError
     from vertebra.training.sources import parse_phantoms
@@ -535,13 +486,12 @@ def prerender(
     """
     from dataclasses import replace
 
-    from drrkit.errors import DrrkitError
     from vertebra.errors import VertebraError
     from vertebra.training.rendered import RenderedCache
     from vertebra.training.rendered import prerender as run_prerender
     from vertebra.training.sources import open_data
 
-    try:
+    with cli_errors(every_warning=True):
         _check_data_spec(data)
         config = _train_config(preset, task)
         vc = config.views
@@ -552,15 +502,12 @@ def prerender(
             raise VertebraError(f"{data} is already a prerender cache")
         from rich.progress import Progress
 
-        with _echo_warnings(), Progress(transient=True) as bar:
+        with Progress(transient=True) as bar:
             task = bar.add_task("rendering", total=len(source))
             cache = run_prerender(source, out, vc, orbits=orbits, seed=seed,
                                   sigma_mm=config.sigma_mm, square_mm=config.square_mm,
                                   backend=backend,
                                   progress=lambda done, total: bar.update(task, completed=done))
-    except (DrrkitError, OSError) as error:
-        fail(str(error))
-        return
     typer.echo(f"wrote {len(cache)} cases x {orbits * vc.views} views to {out}")
 
 
@@ -589,23 +536,19 @@ def pretrain(
 
         $ vertebra pretrain cache/ --out simsiam.pt --steps 2000
     """
-    from drrkit.errors import DrrkitError
     from vertebra.training.pretraining import pretrain_views
 
-    try:
+    with cli_errors(every_warning=True):
         _check_data_spec(data)
         config = _train_config(preset, "localization", encoder=encoder, crop_size=crop_size,
                                device=device, workers=workers, seed=seed)
         from rich.progress import Progress
 
-        with _echo_warnings(), Progress(disable=not progress) as bar:
+        with Progress(disable=not progress) as bar:
             task = bar.add_task("pretrain", total=steps)
             res = pretrain_views(data, out, config, steps=steps, batch_size=batch_size, lr=lr,
                                  callback=lambda step, loss: bar.update(
                                      task, completed=step + 1, description=f"loss {loss:.3f}"))
-    except (DrrkitError, OSError) as error:
-        fail(str(error))
-        return
     typer.echo(f"{len(res.losses)} steps, final loss {res.losses[-1]:.4f}; encoder "
                f"{config.encoder} saved to {out}")
 
@@ -652,22 +595,17 @@ def train(
 
         $ vertebra train phantoms:40 --task identification --preset cpu-demo --out id.pt
     """
-    from drrkit.errors import DrrkitError
     from vertebra.training.trainer import log_path
     from vertebra.training.trainer import train as run_train
 
-    try:
+    with cli_errors(every_warning=True):
         _check_data_spec(data)
         config = _train_config(preset, task, iterations=iterations, batch_size=batch_size,
                                crop_size=crop_size, lr=lr, init=init,
                                heatmap_loss=heatmap_loss,
                                sequence_loss=sequence_loss, sacrum_class=sacrum_class,
                                encoder=encoder, device=device, workers=workers, seed=seed)
-        with _echo_warnings():
-            res = run_train(config, data, out, resume=resume, progress=progress)
-    except (DrrkitError, OSError) as error:
-        fail(str(error))
-        return
+        res = run_train(config, data, out, resume=resume, progress=progress)
     last = res.history[-1] if res.history else {}
     loss = f", final loss {last['loss']:.4f}" if "loss" in last else ""
     typer.echo(f"{res.iteration} iterations{loss} in {res.seconds:.0f} s; checkpoint {out}, "
@@ -721,16 +659,12 @@ def demo(
     """
     import time
 
-    from drrkit.errors import DrrkitError
     from vertebra.demo import TARGET_ERROR_MM, TARGET_ID_RATE, run_demo
 
     start = time.perf_counter()
-    try:
+    with cli_errors(every_warning=True):
         config = _run_config(recipe, device, threads, quick=quick)
         result = run_demo(out, config, log=typer.echo, progress=progress)
-    except (DrrkitError, OSError) as error:
-        fail(str(error))
-        return
     print_pooled(result.pooled, title=f"{result.pooled['n_scans']} held-out phantoms, "
                                       "VerSe 20 mm")
     steps = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
@@ -767,21 +701,16 @@ def export_default(
 
         $ vertebra export-default demo/models/networks.pt --recipe cpu-demo --data "phantoms"
     """
-    from drrkit.errors import DrrkitError
     from vertebra import weights
     from vertebra.errors import VertebraError
     from vertebra.weights.export import export_networks
 
-    try:
+    with cli_errors(every_warning=True):
         if not bundle.is_file():
             raise VertebraError(f"no such file: {bundle}")
-        with _echo_warnings():
-            record = export_networks(bundle, weights.WEIGHTS_DIR if out is None else out,
-                                             recipe=recipe, training_data=data, commit=commit,
-                                             name=name, max_mb=max_mb)
-    except (DrrkitError, OSError) as error:
-        fail(str(error))
-        return
+        record = export_networks(bundle, weights.WEIGHTS_DIR if out is None else out,
+                                         recipe=recipe, training_data=data, commit=commit,
+                                         name=name, max_mb=max_mb)
     folder = weights.WEIGHTS_DIR if out is None else out
     typer.echo(f"wrote {folder / record.weights} ({record.bytes / 1e6:.1f} MB, sha256 "
                f"{record.sha256[:16]}...) and its record {name}.json; recipe {record.recipe}, "
@@ -813,12 +742,11 @@ def train_default(
     """
     from dataclasses import asdict
 
-    from drrkit.errors import DrrkitError
     from vertebra import weights
     from vertebra.demo import run_demo
     from vertebra.weights.export import export_networks
 
-    try:
+    with cli_errors(every_warning=True):
         config = _run_config(recipe, device, threads)
         result = run_demo(out, config, log=typer.echo, progress=progress)
         shares = {k: v for k, v in asdict(config).items()
@@ -826,12 +754,8 @@ def train_default(
         data = ("synthetic spine phantoms only (vertebra.data.phantom), no real CT; "
                 + ", ".join(f"{k}={v}" for k, v in shares.items()))
         folder = weights.WEIGHTS_DIR if weights_out is None else weights_out
-        with _echo_warnings():
-            record = export_networks(out / "models" / "networks.pt", folder,
-                                             recipe=config.recipe, training_data=data)
-    except (DrrkitError, OSError) as error:
-        fail(str(error))
-        return
+        record = export_networks(out / "models" / "networks.pt", folder,
+                                         recipe=config.recipe, training_data=data)
     print_pooled(result.pooled, title=f"{result.pooled['n_scans']} held-out phantoms, "
                                       "VerSe 20 mm")
     typer.echo(f"wrote {folder / record.weights} ({record.bytes / 1e6:.1f} MB, sha256 "
