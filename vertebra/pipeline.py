@@ -1,6 +1,10 @@
 """CT -> labelled 3-D vertebra centroids (Wu et al., MICCAI 2023), stage by stage.
 
-Stages (each timed, seconds in :attr:`LabelResult.timings`):
+Stages (each timed, seconds in :attr:`LabelResult.timings`; :func:`label_ct` calls them
+in turn, each a function of this module passing a typed result to the next:
+:func:`detect_peaks` -> :func:`match_tracks` and :func:`extend_tracks` (:class:`Tracks`)
+-> :func:`identify_tracks` (:class:`Identification`) -> :func:`vote` (:class:`Votes`) ->
+:func:`correct` (:class:`Labels`)):
 
 1. ``render``: K DRRs of the CT with the network's :class:`vertebra.views.ViewConfig`
    (drrkit; CUDA when available), normalised to network inputs (K, H, W).
@@ -466,6 +470,311 @@ def _separated(points: np.ndarray, views: np.ndarray, scores: np.ndarray,
     return np.sort(np.array(kept, dtype=np.int64))
 
 
+@dataclass(frozen=True, eq=False)
+class Tracks:
+    """The 3-D tracks of one CT after matching (T tracks, superior first, K views).
+
+    Attributes:
+        points: (T, 3) world mm.
+        assign: (T, K) index of each track's detection in each view (-1: none).
+        scores: (T,) mean heatmap value of the track's detections.
+        rms: (T,) RMS distance of the least-squares point from its rays, mm.
+        kept: (T,) index of the track in ``correspondence`` (-1: added by the weaker
+            second pass at an end).
+        extended: (T,) bool, added at an end by :func:`extend_tracks`.
+        correspondence: the first pass's :class:`drrkit.correspondence.Correspondence`.
+    """
+
+    points: np.ndarray
+    assign: np.ndarray
+    scores: np.ndarray
+    rms: np.ndarray
+    kept: np.ndarray
+    extended: np.ndarray
+    correspondence: object
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+
+@dataclass(frozen=True, eq=False)
+class Identification:
+    """What the identifier saw in each of its K' views around each of T tracks.
+
+    Attributes:
+        view_probs: (K', T, 26) ``P_k``, mean vertebra-class probabilities in each
+            square (background and sacrum excluded).
+        covered: (K', T) bool, the square lies (at least partly) on view k's detector.
+        sacrum_views: (K', T) mean sacrum probability of each square (None: the
+            identifier has no sacrum class).
+        probs: (K', C, H, W) the identifier's output (None without tracks).
+        geometry: the K' identifier views.
+        half_px: (K', 2) half the square's side in pixels.
+    """
+
+    view_probs: np.ndarray
+    covered: np.ndarray
+    sacrum_views: np.ndarray | None
+    probs: np.ndarray | None
+    geometry: drrkit.Geometry
+    half_px: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class Votes:
+    """The views' weighted vote (T tracks, K' views).
+
+    Attributes:
+        weights: (K',) view weights ``W_k``.
+        voted: (T, 26) ``V = sum_k W_k P_k``.
+        sacrum: (T,) voted sacrum probability of each track's square (zeros without the
+            class).
+        below: voted sacrum probability just below the last track (NaN without the
+            class or with fewer than two tracks).
+    """
+
+    weights: np.ndarray
+    voted: np.ndarray
+    sacrum: np.ndarray
+    below: float
+
+
+@dataclass(frozen=True, eq=False)
+class Labels:
+    """The corrected labels of T tracks.
+
+    Attributes:
+        classes: (T,) network class (0: unlabelled).
+        confidence: (T,) label confidence.
+        dropped: (T,) bool, judged not to be a vertebra (or the sacrum).
+        correction: the correction of the (gap-filled) table (None without tracks).
+        above_sacrum: the sacrum anchored the chain's lower end.
+    """
+
+    classes: np.ndarray
+    confidence: np.ndarray
+    dropped: np.ndarray
+    correction: Correction | None
+    above_sacrum: bool
+
+
+def _tolerance_px(config: PipelineConfig, pixel_mm: np.ndarray) -> float:
+    return config.tolerance_mm / float(np.mean(pixel_mm))
+
+
+def match_tracks(detections, heatmaps: np.ndarray, geometry: drrkit.Geometry,
+                 volume: drrkit.Volume, pixel_mm: np.ndarray, config: PipelineConfig
+                 ) -> Tracks:
+    """Stage ``match``, first pass: K views' detections -> 3-D tracks.
+
+    Correspondence and triangulation (:func:`drrkit.correspondence.match_views`), the
+    heatmap refinement of each point, then tracks outside the CT's box (with
+    ``box_margin_mm``) and the worse of two tracks closer than ``min_separation_mm`` in
+    height are left out.
+    """
+    from drrkit.correspondence import match_views
+
+    k = len(geometry)
+    min_views = config.min_views
+    if min_views is not None:
+        min_views = int(min(max(min_views, 2), k))
+    match = match_views([d.pixels for d in detections], geometry,
+                        tolerance_px=_tolerance_px(config, pixel_mm), min_views=min_views)
+    found = _refined(match.points, heatmaps, geometry, config)
+    scores = _track_scores(match.assignments, detections)
+    kept = np.flatnonzero(_inside_box(volume, found, config.box_margin_mm))
+    kept = kept[_separated(found[kept], match.views[kept], scores[kept],
+                           config.min_separation_mm)]
+    return Tracks(points=found[kept], assign=match.assignments[kept], scores=scores[kept],
+                  rms=match.rms[kept], kept=kept, extended=np.zeros(len(kept), dtype=bool),
+                  correspondence=match)
+
+
+def extend_tracks(tracks: Tracks, heatmaps: np.ndarray, geometry: drrkit.Geometry,
+                  volume: drrkit.Volume, pixel_mm: np.ndarray, config: PipelineConfig
+                  ) -> Tracks:
+    """Stage ``match``, second pass: tracks of a weaker threshold (``extend_threshold``,
+    ``extend_min_views`` views) added one at a time above the top and below the bottom
+    track where the next vertebra should be (:func:`extend_ends`)."""
+    if config.extend_threshold is None or len(tracks) < 2:
+        return tracks
+    from drrkit.correspondence import match_views
+
+    weak = detect_peaks(heatmaps, pixel_mm, replace(config,
+                                                    peak_threshold=config.extend_threshold))
+    more = match_views([d.pixels for d in weak], geometry,
+                       tolerance_px=_tolerance_px(config, pixel_mm),
+                       min_views=int(min(config.extend_min_views, len(geometry))))
+    more_points = _refined(more.points, heatmaps, geometry, config)
+    inside = np.flatnonzero(_inside_box(volume, more_points, config.box_margin_mm))
+    above, below = extend_ends(tracks.points, more_points[inside], config.extend_tolerance)
+    top, bottom = inside[above[::-1]], inside[below]
+    new = np.concatenate([top, bottom])
+    if not len(new):
+        return tracks
+    order = np.r_[np.arange(len(top)), len(new) + np.arange(len(tracks)),
+                  len(top) + np.arange(len(bottom))]
+
+    def stack(added, original):
+        return np.concatenate([added, original])[order]
+
+    return Tracks(points=stack(more_points[new], tracks.points),
+                  assign=stack(more.assignments[new], tracks.assign),
+                  scores=stack(_track_scores(more.assignments[new], weak), tracks.scores),
+                  rms=stack(more.rms[new], tracks.rms),
+                  kept=stack(np.full(len(new), -1), tracks.kept),
+                  extended=stack(np.ones(len(new), dtype=bool), tracks.extended),
+                  correspondence=tracks.correspondence)
+
+
+def identify_tracks(points: np.ndarray, volume: drrkit.Volume, identifier: Identifier,
+                    inputs: np.ndarray, geometry: drrkit.Geometry, views: ViewConfig,
+                    identifier_views: ViewConfig | None, attenuation: drrkit.Volume,
+                    config: PipelineConfig, backend: str = "auto") -> Identification:
+    """Stage ``identify``: the identifier's class probabilities averaged over the
+    ``square_mm`` square around each track's re-projection in each of its views.
+
+    The identifier runs on the localizer's ``inputs`` unless it has views of its own
+    (``identifier_views``), which are then rendered from ``attenuation`` (the CT as the
+    localizer's views integrate it, re-enhanced when the two differ).
+    """
+    id_geometry, id_inputs = geometry, inputs
+    if identifier_views is not None and identifier_views != views:
+        id_geometry = identifier_views.geometry(volume)
+    k_id = len(id_geometry)
+    id_mm = pixel_size_at_isocenter(id_geometry, volume.center)
+    id_half = config.square_mm / 2.0 / id_mm
+    if not len(points):
+        return Identification(np.zeros((k_id, 0, len(vlabels.VERTEBRAE))),
+                              np.zeros((k_id, 0), dtype=bool), None, None, id_geometry,
+                              id_half)
+    if id_geometry is not geometry:
+        if not identifier_views.same_attenuation(views):
+            attenuation = identifier_views.attenuation(volume)
+        id_inputs = identifier_views.render(attenuation, id_geometry, backend=backend,
+                                            enhanced=True)
+    probs = np.asarray(identifier(id_inputs), dtype=np.float32)
+    channels = vlabels.NUM_CLASSES
+    if probs.ndim == 4 and probs.shape[1] == vlabels.NUM_CLASSES_WITH_SACRUM:
+        channels = vlabels.NUM_CLASSES_WITH_SACRUM
+    probs = _check_output("identifier", probs, (k_id, channels) + id_geometry.shape[1:])
+    pixels = drrkit.project_points(points, id_geometry).pixels  # (K', T, 2)
+    means, covered = square_means(probs, pixels, id_half)
+    has_sacrum = channels == vlabels.NUM_CLASSES_WITH_SACRUM
+    return Identification(
+        view_probs=means[:, :, 1:vlabels.NUM_CLASSES],  # background (and sacrum) excluded
+        covered=covered,
+        sacrum_views=means[:, :, vlabels.SACRUM_CLASS] if has_sacrum else None,
+        probs=probs, geometry=id_geometry, half_px=id_half)
+
+
+def vote(points: np.ndarray, ident: Identification, config: PipelineConfig) -> Votes:
+    """Stage ``vote``: view weights from each view's sequence loss (or equal weights with
+    ``voting="mean"``), the voted class map and the sacrum evidence."""
+    t = len(points)
+    view_probs = ident.view_probs
+    k_id = view_probs.shape[0]
+    if config.fill_gaps and t:
+        rows, m = gap_rows(points)
+    else:
+        rows, m = np.arange(t), t
+    table = np.zeros((k_id, m, view_probs.shape[2]))
+    table[:, rows] = view_probs
+    if t and config.voting == "weighted":
+        from vertebra.correction import sequence_losses
+        from vertebra.sequence import SequenceDP, view_weights
+
+        losses = sequence_losses(table, SequenceDP(config.alpha, config.beta),
+                                 config.allow_t13)
+        weights = np.asarray(view_weights(losses), dtype=np.float64)
+    else:
+        weights = np.full(k_id, 1.0 / k_id)
+    voted = np.einsum("k,ktc->tc", weights, view_probs)  # (T, 26)
+    sacrum, below = np.zeros(t), float("nan")
+    if ident.sacrum_views is not None and config.sacrum_threshold is not None:
+        sacrum = weights @ ident.sacrum_views  # (T,)
+        if t >= 2:
+            below = sacrum_below(points, ident.probs, ident.geometry, ident.half_px, weights)
+    return Votes(weights=weights, voted=voted, sacrum=sacrum, below=below)
+
+
+def correct(tracks: Tracks, votes: Votes, config: PipelineConfig) -> Labels:
+    """Stage ``correct``: consecutive labels from the voted map, anchored at the sacrum
+    when the identifier sees it (the last track is the sacrum and leaves, or the sacrum
+    lies just below it), with suspect tracks possibly dropped
+    (:func:`vertebra.correction.correct_tracks`)."""
+    from vertebra.sequence import SequenceDP
+
+    t = len(tracks)
+    classes = np.zeros(t, dtype=np.int64)
+    confidence = np.zeros(t)
+    dropped = np.zeros(t, dtype=bool)
+    correction = None
+    threshold = config.sacrum_threshold
+    vertebra_tracks = np.arange(t)
+    above_sacrum = False
+    if threshold is not None and t >= 2 and votes.sacrum[-1] >= threshold:
+        vertebra_tracks, above_sacrum = vertebra_tracks[:-1], True
+    elif threshold is not None and votes.below >= threshold:
+        above_sacrum = True
+    if len(vertebra_tracks):
+        v = vertebra_tracks
+        points = tracks.points[v]
+        labels = correct_tracks(points, votes.voted[v],
+                                suspects=tracks.extended[v] | crowded(points),
+                                max_drops=config.max_drops, method=config.correction,
+                                dp=SequenceDP(config.alpha, config.beta),
+                                allow_t13=config.allow_t13, fill_gaps=config.fill_gaps,
+                                above_sacrum=above_sacrum)
+        correction = labels.correction
+        classes[v], confidence[v] = labels.classes, labels.confidence
+        dropped[:] = True
+        dropped[v] = labels.dropped
+    return Labels(classes=classes, confidence=confidence, dropped=dropped,
+                  correction=correction, above_sacrum=above_sacrum)
+
+
+def labelled_vertebrae(tracks: Tracks, labels: Labels) -> tuple[LabelledVertebra, ...]:
+    """The labelled tracks as :class:`LabelledVertebra`, superior first; warns about
+    tracks left without a label and when none is labelled."""
+    n_views = (tracks.assign >= 0).sum(axis=1)
+    vertebrae = []
+    for i in range(len(tracks)):
+        if labels.classes[i] == 0:
+            continue
+        row = vlabels.by_class(int(labels.classes[i]))
+        vertebrae.append(LabelledVertebra(
+            row.verse_id, row.name, row.region, tracks.points[i].copy(),
+            float(labels.confidence[i]), float(tracks.scores[i]), int(n_views[i]),
+            float(tracks.rms[i])))
+    unlabelled = int(np.sum((labels.classes == 0) & ~labels.dropped))
+    if unlabelled:
+        warnings.warn(f"{unlabelled} detected vertebrae could not be given a label "
+                      "(more detections than vertebra classes)", stacklevel=3)
+    if not vertebrae:
+        warnings.warn("no spine found: no vertebra was detected in enough views",
+                      stacklevel=3)
+    return tuple(vertebrae)
+
+
+class _Clock:
+    """Seconds per stage, and the progress callback called as each stage starts."""
+
+    def __init__(self, progress: Callable[[str], None] | None) -> None:
+        self.progress = progress
+        self.timings: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def start(self, name: str) -> None:
+        if self.progress is not None:
+            self.progress(name)
+
+    def done(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = now - self._last
+        self._last = now
+
+
 def label_ct(
     volume: drrkit.Volume,
     localizer: Localizer,
@@ -477,7 +786,7 @@ def label_ct(
     backend: str = "auto",
     progress: Callable[[str], None] | None = None,
 ) -> LabelResult:
-    """Label the vertebrae of one CT.
+    """Label the vertebrae of one CT: the stages of the module docstring, in turn.
 
     Args:
         volume: the CT as attenuation in 1/mm (``drrkit.load_volume(path)``), any
@@ -506,185 +815,51 @@ def label_ct(
         views = replace(views, views=int(config.localizer_views))
     if views.views < 2:
         raise VertebraError("labelling needs at least two views")
-    timings: dict[str, float] = {}
-    clock = [time.perf_counter()]
+    clock = _Clock(progress)
 
-    def stage(name: str) -> None:
-        if progress is not None:
-            progress(name)
-
-    def done(name: str) -> None:
-        now = time.perf_counter()
-        timings[name] = now - clock[0]
-        clock[0] = now
-
-    stage("render")
+    clock.start("render")
     geometry = views.geometry(volume)
     attenuation = views.attenuation(volume)  # bone-enhanced once for both networks' views
     inputs = views.render(attenuation, geometry, backend=backend, enhanced=True)
-    done("render")
+    clock.done("render")
 
-    stage("localize")
+    clock.start("localize")
     heatmaps = _check_output("localizer", localizer(inputs), geometry.shape)
-    done("localize")
+    clock.done("localize")
 
-    stage("peaks")
+    clock.start("peaks")
     pixel_mm = pixel_size_at_isocenter(geometry, volume.center)  # (K, 2)
     detections = detect_peaks(heatmaps, pixel_mm, config)
-    done("peaks")
+    clock.done("peaks")
 
-    stage("match")
-    from drrkit.correspondence import match_views
+    clock.start("match")
+    tracks = match_tracks(detections, heatmaps, geometry, volume, pixel_mm, config)
+    tracks = extend_tracks(tracks, heatmaps, geometry, volume, pixel_mm, config)
+    clock.done("match")
 
-    k = len(geometry)
-    min_views = config.min_views
-    if min_views is not None:
-        min_views = int(min(max(min_views, 2), k))
-    match = match_views([d.pixels for d in detections], geometry,
-                        tolerance_px=config.tolerance_mm / float(np.mean(pixel_mm)),
-                        min_views=min_views)
-    found = _refined(match.points, heatmaps, geometry, config)
-    scores = _track_scores(match.assignments, detections)
-    kept = np.flatnonzero(_inside_box(volume, found, config.box_margin_mm))
-    kept = kept[_separated(found[kept], match.views[kept], scores[kept],
-                           config.min_separation_mm)]
-    points = found[kept]
-    assign = match.assignments[kept]
-    scores = scores[kept]
-    rms = match.rms[kept]
-    extended = np.zeros(len(points), dtype=bool)
-    if config.extend_threshold is not None and len(points) >= 2:
-        weak = detect_peaks(heatmaps, pixel_mm, replace(config,
-                                                        peak_threshold=config.extend_threshold))
-        more = match_views([d.pixels for d in weak], geometry,
-                           tolerance_px=config.tolerance_mm / float(np.mean(pixel_mm)),
-                           min_views=int(min(config.extend_min_views, k)))
-        more_points = _refined(more.points, heatmaps, geometry, config)
-        inside = np.flatnonzero(_inside_box(volume, more_points, config.box_margin_mm))
-        above, below = extend_ends(points, more_points[inside], config.extend_tolerance)
-        top, bottom = inside[above[::-1]], inside[below]
-        new = np.concatenate([top, bottom])
-        if len(new):
-            order = np.r_[np.arange(len(top)), len(new) + np.arange(len(points)),
-                          len(top) + np.arange(len(bottom))]
+    clock.start("identify")
+    ident = identify_tracks(tracks.points, volume, identifier, inputs, geometry, views,
+                            identifier_views, attenuation, config, backend)
+    clock.done("identify")
 
-            def stack(added, original):
-                return np.concatenate([added, original])[order]
+    clock.start("vote")
+    votes = vote(tracks.points, ident, config)
+    clock.done("vote")
 
-            points = stack(more_points[new], points)
-            assign = stack(more.assignments[new], assign)
-            scores = stack(_track_scores(more.assignments[new], weak), scores)
-            rms = stack(more.rms[new], rms)
-            kept = stack(np.full(len(new), -1), kept)
-            extended = stack(np.ones(len(new), dtype=bool), extended)
-    t = len(points)
-    done("match")
-
-    stage("identify")
-    id_geometry, id_inputs = geometry, inputs
-    if identifier_views is not None and identifier_views != views:
-        id_geometry = identifier_views.geometry(volume)
-    k_id = len(id_geometry)
-    if t:
-        if id_geometry is not geometry:
-            if not identifier_views.same_attenuation(views):
-                attenuation = identifier_views.attenuation(volume)
-            id_inputs = identifier_views.render(attenuation, id_geometry, backend=backend,
-                                                enhanced=True)
-        probs = np.asarray(identifier(id_inputs), dtype=np.float32)
-        channels = vlabels.NUM_CLASSES
-        if probs.ndim == 4 and probs.shape[1] == vlabels.NUM_CLASSES_WITH_SACRUM:
-            channels = vlabels.NUM_CLASSES_WITH_SACRUM
-        probs = _check_output("identifier", probs, (k_id, channels) + id_geometry.shape[1:])
-        pixels = drrkit.project_points(points, id_geometry).pixels  # (K', T, 2)
-        id_mm = pixel_size_at_isocenter(id_geometry, volume.center)
-        id_half = config.square_mm / 2.0 / id_mm
-        means, covered = square_means(probs, pixels, id_half)
-        view_probs = means[:, :, 1:vlabels.NUM_CLASSES]  # background (and sacrum) excluded
-        has_sacrum = channels == vlabels.NUM_CLASSES_WITH_SACRUM
-        sacrum_views = means[:, :, vlabels.SACRUM_CLASS] if has_sacrum else None  # (K', T)
-    else:
-        view_probs = np.zeros((k_id, 0, len(vlabels.VERTEBRAE)))
-        covered = np.zeros((k_id, 0), dtype=bool)
-        sacrum_views = None
-    done("identify")
-
-    stage("vote")
-    if config.fill_gaps and t:
-        rows, m = gap_rows(points)
-    else:
-        rows, m = np.arange(t), t
-    table = np.zeros((k_id, m, view_probs.shape[2]))
-    table[:, rows] = view_probs
-    if t and config.voting == "weighted":
-        from vertebra.correction import sequence_losses
-        from vertebra.sequence import SequenceDP, view_weights
-
-        losses = sequence_losses(table, SequenceDP(config.alpha, config.beta),
-                                 config.allow_t13)
-        weights = np.asarray(view_weights(losses), dtype=np.float64)
-    else:
-        weights = np.full(k_id, 1.0 / k_id)
-    voted = np.einsum("k,ktc->tc", weights, view_probs)  # (T, 26)
-    sacrum, below = np.zeros(t), float("nan")
-    if sacrum_views is not None and config.sacrum_threshold is not None:
-        sacrum = weights @ sacrum_views  # (T,)
-        if t >= 2:
-            below = sacrum_below(points, probs, id_geometry, id_half, weights)
-    done("vote")
-
-    stage("correct")
-    from vertebra.sequence import SequenceDP
-
-    correction = None
-    classes = np.zeros(t, dtype=np.int64)
-    confidence = np.zeros(t)
-    dropped = np.zeros(t, dtype=bool)
-    # the sacrum anchor: a last track that is the sacrum leaves; the one above it is L5/L6
-    threshold = config.sacrum_threshold
-    vertebra_tracks = np.arange(t)
-    above_sacrum = False
-    if threshold is not None and t >= 2 and sacrum[-1] >= threshold:
-        vertebra_tracks, above_sacrum = vertebra_tracks[:-1], True
-    elif threshold is not None and below >= threshold:
-        above_sacrum = True
-    if len(vertebra_tracks):
-        v = vertebra_tracks
-        labels = correct_tracks(points[v], voted[v], suspects=extended[v] | crowded(points[v]),
-                                max_drops=config.max_drops, method=config.correction,
-                                dp=SequenceDP(config.alpha, config.beta),
-                                allow_t13=config.allow_t13, fill_gaps=config.fill_gaps,
-                                above_sacrum=above_sacrum)
-        correction = labels.correction
-        classes[v], confidence[v] = labels.classes, labels.confidence
-        dropped[:] = True
-        dropped[v] = labels.dropped
-    n_views = (assign >= 0).sum(axis=1)
-    vertebrae = []
-    for i in range(t):
-        if classes[i] == 0:
-            continue
-        row = vlabels.by_class(int(classes[i]))
-        vertebrae.append(LabelledVertebra(row.verse_id, row.name, row.region, points[i].copy(),
-                                          float(confidence[i]), float(scores[i]),
-                                          int(n_views[i]), float(rms[i])))
-    unlabelled = int(np.sum((classes == 0) & ~dropped))
-    if unlabelled:
-        warnings.warn(f"{unlabelled} detected vertebrae could not be given a label "
-                      "(more detections than vertebra classes)", stacklevel=2)
-    status = "ok" if vertebrae else NO_SPINE
-    if not vertebrae:
-        warnings.warn("no spine found: no vertebra was detected in enough views",
-                      stacklevel=2)
-    done("correct")
+    clock.start("correct")
+    labels = correct(tracks, votes, config)
+    vertebrae = labelled_vertebrae(tracks, labels)
+    clock.done("correct")
     return LabelResult(
-        vertebrae=tuple(vertebrae), status=status, points=points, classes=classes,
-        confidence=confidence, n_views=n_views, view_probs=view_probs, covered=covered,
-        weights=weights, voted=voted, dropped=dropped,
-        correction=correction, detections=tuple(detections), correspondence=match,
-        kept=kept, extended=extended, geometry=geometry, inputs=inputs, heatmaps=heatmaps,
-        timings=timings, sacrum=sacrum, sacrum_below=below,
-        above_sacrum=bool(above_sacrum and len(vertebrae)))
+        vertebrae=vertebrae, status="ok" if vertebrae else NO_SPINE, points=tracks.points,
+        classes=labels.classes, confidence=labels.confidence,
+        n_views=(tracks.assign >= 0).sum(axis=1), view_probs=ident.view_probs,
+        covered=ident.covered, weights=votes.weights, voted=votes.voted,
+        dropped=labels.dropped, correction=labels.correction, detections=tuple(detections),
+        correspondence=tracks.correspondence, kept=tracks.kept, extended=tracks.extended,
+        geometry=geometry, inputs=inputs, heatmaps=heatmaps, timings=clock.timings,
+        sacrum=votes.sacrum, sacrum_below=votes.below,
+        above_sacrum=bool(labels.above_sacrum and len(vertebrae)))
 
 
 # ---------------------------------------------------------------------- torch networks
