@@ -757,6 +757,19 @@ def labelled_vertebrae(tracks: Tracks, labels: Labels) -> tuple[LabelledVertebra
     return tuple(vertebrae)
 
 
+def _orbits(views: ViewConfig | None, identifier_views: ViewConfig | None,
+            config: PipelineConfig) -> tuple[ViewConfig, ViewConfig | None]:
+    """The localizer's and the identifier's views: ``config.localizer_views`` changes the
+    localizer's K, and the identifier then keeps the views it was trained on."""
+    views = ViewConfig() if views is None else views
+    if config.localizer_views is not None and config.localizer_views != views.views:
+        identifier_views = views if identifier_views is None else identifier_views
+        views = replace(views, views=int(config.localizer_views))
+    if views.views < 2:
+        raise VertebraError("labelling needs at least two views")
+    return views, identifier_views
+
+
 class _Clock:
     """Seconds per stage, and the progress callback called as each stage starts."""
 
@@ -808,13 +821,8 @@ def label_ct(
     """
     if not isinstance(volume, drrkit.Volume):
         raise VertebraError("volume must be a drrkit.Volume (see drrkit.load_volume)")
-    views = ViewConfig() if views is None else views
     config = PipelineConfig() if config is None else config
-    if config.localizer_views is not None and config.localizer_views != views.views:
-        identifier_views = views if identifier_views is None else identifier_views
-        views = replace(views, views=int(config.localizer_views))
-    if views.views < 2:
-        raise VertebraError("labelling needs at least two views")
+    views, identifier_views = _orbits(views, identifier_views, config)
     clock = _Clock(progress)
 
     clock.start("render")

@@ -486,16 +486,7 @@ def make_spine_phantom(
     Returns:
         :class:`SpinePhantom`.
     """
-    try:
-        seed = int(seed)
-    except (TypeError, ValueError):
-        raise VertebraError(f"seed must be an integer, got {seed!r}") from None
-    if seed < 0:
-        raise VertebraError(f"seed must be non-negative, got {seed}")
-    if orientation not in ("random", "canonical"):
-        raise VertebraError(f"orientation must be 'random' or 'canonical', got {orientation!r}")
-    if not (math.isfinite(float(voxel_scale)) and float(voxel_scale) >= 1.0):
-        raise VertebraError(f"voxel_scale must be a number >= 1, got {voxel_scale!r}")
+    seed = _check_options(seed, orientation, voxel_scale)
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(8)]
     r_anat, r_fov, r_build, r_metal, r_noise, r_orient, r_clinical, r_look = streams
     trans = _choose_transitional(transitional, levels, r_anat)
@@ -508,18 +499,7 @@ def make_spine_phantom(
     grid, (i0, i1) = _choose_grid(spine, levels, size, spacing, fov, r_fov, wide)
     grid = _coarser(grid, float(voxel_scale))
 
-    # metal on 2-6 consecutive thoracolumbar levels inside the run
-    metal_draw = r_metal.random()
-    use_metal = bool(metal_draw < 0.15) if metal is None else bool(metal)
-    metal_levels: list[int] = []
-    candidates = [i for i in range(i0, i1 + 1) if spine.dims[i].region != "cervical"]
-    if use_metal and len(candidates) >= 2:
-        length = int(r_metal.integers(2, min(6, len(candidates)) + 1))
-        start = int(r_metal.integers(0, len(candidates) - length + 1))
-        metal_levels = candidates[start:start + length]
-    if metal and not metal_levels:
-        warnings.warn("metal=True but fewer than two thoracic or lumbar vertebrae are in the "
-                      "field of view; no screws placed", stacklevel=2)
+    metal_levels = _metal_levels(spine, (i0, i1), metal, r_metal)
     use_metal = bool(metal_levels)
 
     # clinical looks drawn after the first seven streams were: lung size, bone texture
@@ -533,17 +513,56 @@ def make_spine_phantom(
     if clinical:
         fov_cut(hu, grid.origin, grid.spacing, r_clinical)
 
-    # ground truth from the mask
+    return _stored(hu, lab, scene, grid, r_orient, orientation, seed=seed, metal=use_metal,
+                   transitional=trans, anatomy=spine)
+
+
+def _stored(hu, lab, scene: Scene, grid: _Grid, rng, orientation: str, **fields
+            ) -> SpinePhantom:
+    """The phantom with its ground truth from the mask (centroids of the vertebrae at
+    least :data:`MIN_VISIBLE` in view), stored in its (random or canonical) orientation;
+    ``fields``: seed, metal, transitional, anatomy."""
     full = _full_counts(scene.bone, scene.vertebra_objects, grid, float(np.max(grid.spacing)))
     centroids, visible = _mask_centroids(lab, grid, full)
-    ct_data, lab_data, spacing_o, origin_o, direction_o = _orient(hu, lab, grid, r_orient,
-                                                                  orientation)
+    ct_data, lab_data, spacing, origin, direction = _orient(hu, lab, grid, rng, orientation)
     return SpinePhantom(
-        ct=Volume(ct_data, spacing_o, origin_o, direction_o),
-        labels=Volume(lab_data, spacing_o, origin_o, direction_o),
+        ct=Volume(ct_data, spacing, origin, direction),
+        labels=Volume(lab_data, spacing, origin, direction),
         centroids=centroids, visible=visible,
-        levels=tuple(vlabels.name_of(v) for v in centroids), seed=seed, metal=use_metal,
-        transitional=trans, rib_levels=scene.rib_levels, anatomy=spine)
+        levels=tuple(vlabels.name_of(v) for v in centroids),
+        rib_levels=scene.rib_levels, **fields)
+
+
+def _check_options(seed, orientation: str, voxel_scale) -> int:
+    """The seed as an int, after checking the options a phantom cannot be built without."""
+    try:
+        seed = int(seed)
+    except (TypeError, ValueError):
+        raise VertebraError(f"seed must be an integer, got {seed!r}") from None
+    if seed < 0:
+        raise VertebraError(f"seed must be non-negative, got {seed}")
+    if orientation not in ("random", "canonical"):
+        raise VertebraError(f"orientation must be 'random' or 'canonical', got {orientation!r}")
+    if not (math.isfinite(float(voxel_scale)) and float(voxel_scale) >= 1.0):
+        raise VertebraError(f"voxel_scale must be a number >= 1, got {voxel_scale!r}")
+    return seed
+
+
+def _metal_levels(spine: Spine, run: tuple[int, int], metal: bool | None, rng) -> list[int]:
+    """Indices of the vertebrae with screws: 2-6 consecutive thoracolumbar levels inside
+    the scanned ``run`` (first, last index) on 15 % of the scans (``metal=None``), on
+    every scan (True, where two such levels are in view) or none (False)."""
+    use_metal = bool(rng.random() < 0.15) if metal is None else bool(metal)
+    levels: list[int] = []
+    candidates = [i for i in range(run[0], run[1] + 1) if spine.dims[i].region != "cervical"]
+    if use_metal and len(candidates) >= 2:
+        length = int(rng.integers(2, min(6, len(candidates)) + 1))
+        start = int(rng.integers(0, len(candidates) - length + 1))
+        levels = candidates[start:start + length]
+    if metal and not levels:
+        warnings.warn("metal=True but fewer than two thoracic or lumbar vertebrae are in the "
+                      "field of view; no screws placed", stacklevel=3)
+    return levels
 
 
 def _rasterise(scene: Scene, spine: Spine, grid: _Grid, habitus, rng, r_metal,
