@@ -78,44 +78,12 @@ def evaluate(
         fail("--against compares two folders of predictions; give folders")
         return
 
-    import numpy as np
-
-    from vertebra.data import verse
-    from vertebra.errors import VertebraError
+    from vertebra.data.verse import world_centroid_pair
     from vertebra.metrics import evaluate as score
 
     with cli_errors(every_warning=True):
-        formats = (pred_format, format)  # of the files (pred, gt)
-        for name, value in zip(("--pred-format", "--format"), formats):
-            if value not in verse.FORMATS:
-                raise VertebraError(f"unknown format {value!r} ({name}); choose one of "
-                                    f"{', '.join(verse.FORMATS)}")
-        files = [verse.load_centroid_file(p) for p in (pred, gt)]
-        fallback = verse.check_direction(direction) if direction else None
-        if fallback is not None:
-            files = [verse.CentroidFile(f.direction or fallback, f.labels, f.coords)
-                     for f in files]
-        if image is not None:
-            grid = verse.image_grid(image)
-            if any(f.direction is None for f in files):
-                raise VertebraError("a centroid file has no 'direction' header; "
-                                    "pass --direction (e.g. PIR)")
-            maps = [{int(lab): xyz for lab, xyz in zip(
-                f.labels, verse.verse_to_world(f.coords, grid, f.direction, fmt))}
-                for f, fmt in zip(files, formats)]
-        else:
-            if formats != ("verse19", "verse19"):
-                raise VertebraError(
-                    f"voxel coordinates (verse20) need --image to be turned into mm "
-                    f"(--pred-format {pred_format}, --format {format}); pass --image CT, "
-                    "or --pred-format verse19 --format verse19 if both files hold mm")
-            if files[0].direction != files[1].direction:
-                raise VertebraError(f"the files use different orientations "
-                                    f"({files[0].direction} and {files[1].direction}); "
-                                    "pass --image CT to convert both")
-            # verse19 values are mm along the same reoriented axes: distances are exact
-            maps = [{int(lab): np.asarray(xyz) for lab, xyz in zip(f.labels, f.coords)}
-                    for f in files]
+        maps = world_centroid_pair(pred, gt, image=image, formats=(pred_format, format),
+                                   direction=direction)
         result = score(maps[0], maps[1], radius_mm=radius)
 
     if as_json:
@@ -284,23 +252,8 @@ def label(
 
         $ vertebra label verse19/test --localizer loc.pt --identifier id.pt --out pred/
     """
-    import time
-    import warnings
-
-    from drrkit.errors import DrrkitError
-    from vertebra.errors import VertebraError
-
     with cli_errors(every_warning=True):
-        if not ct.exists():
-            raise VertebraError(f"no such file or folder: {ct}")
-        batch = ct.is_dir() and bool(_find_cts(ct))
-        cases = _find_cts(ct) if batch else [ct]
-        if ct.is_dir() and not batch and not any(p.is_file() for p in ct.iterdir()):
-            raise VertebraError(f"{ct} holds no CT files")
-        if views is not None and views < 2:
-            raise VertebraError(f"--views must be at least 2, got {views}")
-        if nan not in ("zero", "raise"):
-            raise VertebraError(f"unknown --nan {nan!r}; choose zero or raise")
+        cases, batch = _label_cases(ct, views, nan)
         from vertebra.labelling import pipeline_config
         from vertebra.pipeline import load_networks
 
@@ -313,16 +266,45 @@ def label(
         if t13 is not None:
             changes["allow_t13"] = t13
         config = pipeline_config(nets, **changes)
+    failed = _label_all(cases, batch, nets, config, out,
+                        {"backend": backend, "nan": nan, "pictures": pictures})
+    if failed:
+        if len(cases) == 1:
+            raise typer.Exit(2)
+        typer.echo(f"error: {failed} of {len(cases)} CTs failed", err=True)
+        raise typer.Exit(2)
+
+
+def _label_cases(ct: Path, views: int | None, nan: str) -> tuple[list[Path], bool]:
+    """The CTs ``vertebra label`` was given, and whether they are a batch (a folder of
+    CTs); checks the options that need no file."""
+    from vertebra.errors import VertebraError
+
+    if not ct.exists():
+        raise VertebraError(f"no such file or folder: {ct}")
+    batch = ct.is_dir() and bool(_find_cts(ct))
+    cases = _find_cts(ct) if batch else [ct]
+    if ct.is_dir() and not batch and not any(p.is_file() for p in ct.iterdir()):
+        raise VertebraError(f"{ct} holds no CT files")
+    if views is not None and views < 2:
+        raise VertebraError(f"--views must be at least 2, got {views}")
+    if nan not in ("zero", "raise"):
+        raise VertebraError(f"unknown --nan {nan!r}; choose zero or raise")
+    return cases, batch
+
+
+def _label_all(cases: list[Path], batch: bool, nets, config, out: Path, options: dict
+               ) -> int:
+    """Label every CT in turn with a progress bar; a CT that fails is reported in one line
+    and the others go on. ``options``: backend, nan, pictures of
+    :func:`vertebra.labelling.label_file`. Returns the number of CTs that failed."""
+    import time
+    import warnings
 
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from drrkit.errors import DrrkitError
     from vertebra.labelling import label_file
     from vertebra.pipeline import STAGES
     from vertebra.report import case_stem
@@ -346,8 +328,7 @@ def label(
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
                     result, _ = label_file(path, nets, config, out=dest, stem=stem,
-                                           backend=backend, nan=nan, pictures=pictures,
-                                           progress=step)
+                                           progress=step, **options)
                 for w in caught:
                     console.print(f"warning: {stem}: {w.message}", markup=False,
                                   highlight=False)
@@ -361,11 +342,7 @@ def label(
             span = f"{names[0]}-{names[-1]}" if names else "-"
             typer.echo(f"{stem}: {len(names)} vertebrae {span} ({result.status}) in "
                        f"{time.perf_counter() - start:.1f} s -> {dest}")
-    if failed:
-        if len(cases) == 1:
-            raise typer.Exit(2)
-        typer.echo(f"error: {failed} of {len(cases)} CTs failed", err=True)
-        raise typer.Exit(2)
+    return failed
 
 
 def _evaluate_folders(pred: Path, gt: Path, *, format: str, pred_format: str, radius: float,

@@ -510,9 +510,7 @@ def score_folder(pred: str | Path, gt: str | Path, *, format: str = "verse20",
         raise VertebraError("to score folders, give a folder of predictions and a "
                             "VerSe-layout ground-truth folder")
     for value in (format, pred_format):
-        if value not in verse.FORMATS:
-            raise VertebraError(f"unknown format {value!r}; choose one of "
-                                f"{', '.join(verse.FORMATS)}")
+        verse.check_format(value)
     cases = VerseDataset(gt, require="centroids").cases
     if not cases:
         raise VertebraError(f"{gt} holds no CT with ground-truth centroids")

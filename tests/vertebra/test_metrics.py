@@ -277,7 +277,7 @@ def test_cli_evaluate_folders_take_the_prediction_format(files):
     pooled = json.loads(res.stdout)["pooled"]
     assert pooled["l_error"] == pytest.approx(json.loads(single.stdout)["l_error"], abs=1e-2)
     res = run("evaluate", pred, gt, "--pred-format", "v3")
-    assert res.exit_code == 2 and "unknown format 'v3'" in res.stderr
+    assert res.exit_code == 2 and "unknown centroid format 'v3'" in res.stderr
 
 
 def test_cli_evaluate_table(files):
@@ -300,7 +300,7 @@ def test_cli_help_lists_evaluate():
      (lambda d: ["evaluate", d / "pred.json", d / "gt.json", "--image", d / "nope.nii.gz"],
       "no such image"),
      (lambda d: ["evaluate", d / "pred.json", d / "gt.json", "--format", "v3"],
-      "unknown format"),
+      "unknown centroid format"),
      (lambda d: ["evaluate", d / "bad.json", d / "gt.json", "--image", d / "ct.nii.gz"],
       "not valid JSON"),
      (lambda d: ["evaluate", d / "pred.json", d / "gt.json", "--image", d / "ct.nii.gz",
@@ -310,7 +310,7 @@ def test_cli_help_lists_evaluate():
      (lambda d: ["evaluate", d / "pred19.json", d / "lps19.json", "--format", "verse19",
                  "--pred-format", "verse19"], "different orientations"),
      (lambda d: ["evaluate", d / "pred.json", d / "gt.json", "--pred-format", "v3"],
-      "unknown format 'v3' (--pred-format)")],
+      "unknown centroid format 'v3' (--pred-format)")],
 )
 def test_cli_bad_input_is_one_line_exit_2(files, make_args, match):
     (files / "bad.json").write_text("{oops")

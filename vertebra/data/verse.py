@@ -224,7 +224,7 @@ def reorientation(image: Any, direction) -> tuple[np.ndarray, np.ndarray]:
 def verse_to_index_affine(image: Any, direction=DEFAULT_DIRECTION, format: str = "verse20"
                           ) -> np.ndarray:
     """(4, 4) affine from file coordinates (X, Y, Z, 1) to the image's voxel index (i, j, k, 1)."""
-    fmt = _check_format(format)
+    fmt = check_format(format)
     grid = image_grid(image)
     perm, flip = reorientation(grid, direction)
     m = np.zeros((4, 4))
@@ -261,9 +261,12 @@ def world_to_verse(points, image: Any, direction=DEFAULT_DIRECTION, format: str 
     return p @ m[:3, :3].T + m[:3, 3]
 
 
-def _check_format(format: str) -> str:
+def check_format(format: str, option: str | None = None) -> str:
+    """``format`` if it is one of :data:`FORMATS`, else a VertebraError (naming the
+    command-line ``option`` it came from, if given)."""
     if format not in FORMATS:
-        raise VertebraError(f"unknown centroid format {format!r}; choose one of "
+        where = f" ({option})" if option else ""
+        raise VertebraError(f"unknown centroid format {format!r}{where}; choose one of "
                             f"{', '.join(FORMATS)}")
     return format
 
@@ -428,3 +431,47 @@ def _as_arrays(centroids: dict[int, Any]) -> tuple[np.ndarray, np.ndarray]:
     if not np.all(np.isfinite(points)):
         raise VertebraError("centroid coordinates must be finite")
     return labels, points
+
+
+def world_centroid_pair(pred, gt, *, image=None, formats=("verse20", "verse20"),
+                        direction: str | None = None) -> tuple[dict, dict]:
+    """Two centroid files (predictions, ground truth) as {VerSe id: (3,) mm} maps that can
+    be compared.
+
+    With ``image`` (the CT both refer to), each file's coordinates become world mm through
+    its own format and orientation; without it, both must be verse19 (mm) files along the
+    same orientation, whose distances are then exact as they stand.
+
+    Args:
+        pred, gt: centroid JSON files.
+        image: the CT (for its voxel grid), or None.
+        formats: (pred's, gt's) format, each one of :data:`FORMATS`.
+        direction: orientation code for files without a "direction" header.
+    """
+    for option, value in zip(("--pred-format", "--format"), formats):
+        check_format(value, option)
+    files = [load_centroid_file(p) for p in (pred, gt)]
+    fallback = check_direction(direction) if direction else None
+    if fallback is not None:
+        files = [CentroidFile(f.direction or fallback, f.labels, f.coords) for f in files]
+    if image is not None:
+        grid = image_grid(image)
+        if any(f.direction is None for f in files):
+            raise VertebraError("a centroid file has no 'direction' header; "
+                                "pass --direction (e.g. PIR)")
+        maps = [{int(lab): xyz for lab, xyz in zip(
+            f.labels, verse_to_world(f.coords, grid, f.direction, fmt))}
+            for f, fmt in zip(files, formats)]
+        return maps[0], maps[1]
+    if tuple(formats) != ("verse19", "verse19"):
+        raise VertebraError(
+            f"voxel coordinates (verse20) need --image to be turned into mm "
+            f"(--pred-format {formats[0]}, --format {formats[1]}); pass --image CT, "
+            "or --pred-format verse19 --format verse19 if both files hold mm")
+    if files[0].direction != files[1].direction:
+        raise VertebraError(f"the files use different orientations "
+                            f"({files[0].direction} and {files[1].direction}); "
+                            "pass --image CT to convert both")
+    maps = [{int(lab): np.asarray(xyz) for lab, xyz in zip(f.labels, f.coords)}
+            for f in files]
+    return maps[0], maps[1]
