@@ -301,6 +301,64 @@ def _progress(enabled: bool, total: int, start: int, task: str):
     return bar, handle
 
 
+def _checkpoint_to_resume(out: Path | None, resume: bool, config: TrainConfig) -> dict | None:
+    """The checkpoint at ``out`` to continue (None: a new run), after checking that
+    resuming was asked for and that it holds the same network as ``config``."""
+    from vertebra.training.checkpoint import read_training_checkpoint
+
+    if out is None:
+        return None
+    if not out.exists():
+        if resume:
+            warnings.warn(f"{out} does not exist yet; starting a new run", stacklevel=3)
+        return None
+    if not resume:
+        raise VertebraError(f"{out} exists; pass resume (--resume) to continue it, or "
+                            "choose another path")
+    ckpt = read_training_checkpoint(out)
+    old = ckpt["train_config"]
+    diff = [k for k in _MODEL_FIELDS if old.get(k) != getattr(config, k)]
+    if diff:
+        raise VertebraError(f"cannot resume {out}: its {diff[0]} is {old.get(diff[0])!r}, "
+                            f"not {getattr(config, diff[0])!r}")
+    return ckpt
+
+
+def _start(config: TrainConfig, ckpt: dict | None, device):
+    """(model on ``device`` in its training precision, the precision policy, the optimiser,
+    the first iteration): a new network from ``config.seed``, or the checkpoint's."""
+    torch.manual_seed(config.seed)
+    if ckpt is not None:  # the same network as a new run builds (heatmap activation too)
+        model = build_model(replace(config, init="none"))
+        model.load_state_dict(ckpt["state_dict"])
+    else:
+        model = build_model(config)
+    model = model.to(device)
+    prec = precision(device, config)
+    model = prec.model(model)
+    optimizer = make_optimizer(model, config, device)
+    start = 0
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start = int(ckpt["iteration"])
+    return model, prec, optimizer, start
+
+
+def _summary(done: int, window: dict, lr: float, clocks: tuple[float, float],
+             log: Path | None) -> dict:
+    """The mean losses of the steps since the last summary, the learning rate and the
+    speed, appended to ``log`` (JSON lines) when given. ``clocks``: when training and the
+    window started (``time.perf_counter``)."""
+    now = time.perf_counter()
+    n = len(window["loss"])
+    record = {"iteration": done, **{k: float(np.mean(v)) for k, v in window.items()},
+              "lr": lr, "it_per_s": n / max(now - clocks[1], 1e-9), "elapsed_s": now - clocks[0]}
+    if log is not None:
+        with open(log, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+    return record
+
+
 def train(config: TrainConfig, data, out: str | Path | None = None, *, resume: bool = False,
           progress: bool = True, callback=None) -> TrainResult:
     """Train a localization or identification U-Net (see the module docstring).
@@ -319,7 +377,7 @@ def train(config: TrainConfig, data, out: str | Path | None = None, *, resume: b
         :class:`TrainResult`.
     """
     from vertebra.sequence import SequenceDP
-    from vertebra.training.checkpoint import read_training_checkpoint, save_checkpoint
+    from vertebra.training.checkpoint import save_checkpoint
     from vertebra.training.dataset import ViewDataset, make_loader
 
     d = _setup_distributed(config)
@@ -328,35 +386,9 @@ def train(config: TrainConfig, data, out: str | Path | None = None, *, resume: b
     dataset = ViewDataset(data, config)
 
     out = None if out is None else Path(out)
-    ckpt = None
-    if out is not None and out.exists():
-        if not resume:
-            raise VertebraError(f"{out} exists; pass resume (--resume) to continue it, or "
-                                "choose another path")
-        ckpt = read_training_checkpoint(out)
-        old = ckpt["train_config"]
-        diff = [k for k in _MODEL_FIELDS if old.get(k) != getattr(config, k)]
-        if diff:
-            raise VertebraError(f"cannot resume {out}: its {diff[0]} is {old.get(diff[0])!r}, "
-                                f"not {getattr(config, diff[0])!r}")
-    elif resume and out is not None:
-        warnings.warn(f"{out} does not exist yet; starting a new run", stacklevel=2)
-
-    torch.manual_seed(config.seed)
-    if ckpt is not None:  # the same network as a new run builds (heatmap activation too)
-        model = build_model(replace(config, init="none"))
-        model.load_state_dict(ckpt["state_dict"])
-    else:
-        model = build_model(config)
-    model = model.to(d.device)
-    prec = precision(d.device, config)
-    model = prec.model(model)
+    ckpt = _checkpoint_to_resume(out, resume, config)
+    model, prec, optimizer, start = _start(config, ckpt, d.device)
     net = _wrap(model, d)
-    optimizer = make_optimizer(model, config, d.device)
-    start = 0
-    if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start = int(ckpt["iteration"])
     log = log_path(out) if out is not None and d.main else None
     if log is not None and ckpt is None:
         log.unlink(missing_ok=True)
@@ -389,16 +421,9 @@ def train(config: TrainConfig, data, out: str | Path | None = None, *, resume: b
                 callback(done, values)
             last = done == config.iterations
             if done % config.log_every == 0 or last:
-                now = time.perf_counter()
-                n = len(window["loss"])
-                record = {"iteration": done, **{k: float(np.mean(v)) for k, v in window.items()},
-                          "lr": lr, "it_per_s": n / max(now - t_window, 1e-9),
-                          "elapsed_s": now - t0}
-                window, t_window = {}, now
+                record = _summary(done, window, lr, (t0, t_window), log)
+                window, t_window = {}, time.perf_counter()
                 result.history.append(record)
-                if log is not None:
-                    with open(log, "a") as fh:
-                        fh.write(json.dumps(record) + "\n")
                 bar.update(handle, info=f"loss {record['loss']:.4f}")
             bar.update(handle, completed=done)
             if out is not None and d.main and (done % config.checkpoint_every == 0 or last):
