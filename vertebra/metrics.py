@@ -116,48 +116,14 @@ def evaluate(pred: dict, gt: dict, *, radius_mm: float = RADIUS_MM) -> dict:
     g_lab, g_pts, g_ignored = _points(gt, "ground truth")
     n_gt, n_pred = len(g_lab), len(p_lab)
     dist = np.linalg.norm(g_pts[:, None, :] - p_pts[None, :, :], axis=-1)  # (G, P)
-    p_index = {int(lab): i for i, lab in enumerate(p_lab)}
-
-    vertebrae: dict[int, dict] = {}
-    hits, misses = [], []
-    both = np.flatnonzero(np.isin(g_lab, p_lab))  # ground truths whose label was predicted
-    for g, lab in enumerate(g_lab.tolist()):
-        same = p_index.get(lab)
-        nearest = None if same is None else int(g_lab[both[np.argmin(dist[both, same])]])
-        distance = math.nan if same is None else float(dist[g, same])
-        identified = bool(nearest == lab and distance <= radius)
-        vertebrae[lab] = {
-            "name": vlabels.name_of(lab),
-            "region": vlabels.region_of(lab),
-            "identified": identified,
-            "distance": distance,
-            "nearest_gt_label": nearest,
-        }
-        (hits if identified else misses).append(lab)
+    vertebrae = _per_ground_truth(dist, g_lab, p_lab, radius)
+    hits = [lab for lab, v in vertebrae.items() if v["identified"]]
+    misses = [lab for lab, v in vertebrae.items() if not v["identified"]]
 
     gt_set = set(g_lab.tolist())
     localized = [v["distance"] for v in vertebrae.values() if not math.isnan(v["distance"])]
-    regions = {}
-    for region in vlabels.REGIONS:
-        rows = [v for v in vertebrae.values() if v["region"] == region]
-        d = [v["distance"] for v in rows if not math.isnan(v["distance"])]
-        regions[region] = {
-            "n_gt": len(rows),
-            "identified": sum(v["identified"] for v in rows),
-            "id_rate": _rate(sum(v["identified"] for v in rows), len(rows)),
-            "l_error": _mean(d),
-            "n_without_prediction": len(rows) - len(d),
-        }
-
-    # the paper code's variant: per prediction, closest ground truth
-    correct, near = 0, []
-    for p, lab in enumerate(p_lab.tolist()):
-        if not n_gt:
-            continue
-        g = int(np.argmin(dist[:, p]))
-        if dist[g, p] < radius:
-            near.append(float(dist[g, p]))
-            correct += int(g_lab[g] == lab)
+    regions = _by_region(vertebrae)
+    correct, near = _per_prediction(dist, g_lab, p_lab, radius)
 
     return {
         "n_gt": n_gt,
@@ -181,6 +147,68 @@ def evaluate(pred: dict, gt: dict, *, radius_mm: float = RADIUS_MM) -> dict:
         "ignored_labels": sorted(set(p_ignored) | set(g_ignored)),
         "radius_mm": radius,
     }
+
+
+def _per_ground_truth(dist: np.ndarray, g_lab: np.ndarray, p_lab: np.ndarray,
+                      radius: float) -> dict[int, dict]:
+    """VerSe's rule per ground-truth vertebra: identified when the prediction of its label
+    lies within ``radius`` and no other ground truth (of a label both files hold) is
+    nearer to it. ``dist``: (G, P) distances, mm. Rows as :func:`evaluate`'s
+    ``vertebrae``, in ground-truth order."""
+    p_index = {int(lab): i for i, lab in enumerate(p_lab)}
+    vertebrae: dict[int, dict] = {}
+    both = np.flatnonzero(np.isin(g_lab, p_lab))  # ground truths whose label was predicted
+    for g, lab in enumerate(g_lab.tolist()):
+        same = p_index.get(lab)
+        nearest = None if same is None else int(g_lab[both[np.argmin(dist[both, same])]])
+        distance = math.nan if same is None else float(dist[g, same])
+        vertebrae[lab] = {
+            "name": vlabels.name_of(lab),
+            "region": vlabels.region_of(lab),
+            "identified": bool(nearest == lab and distance <= radius),
+            "distance": distance,
+            "nearest_gt_label": nearest,
+        }
+    return vertebrae
+
+
+def _by_region(vertebrae: dict[int, dict]) -> dict:
+    """{region: n_gt, identified, id_rate, l_error, n_without_prediction} of the per
+    ground-truth rows of :func:`evaluate`."""
+    regions = {}
+    for region in vlabels.REGIONS:
+        rows = [v for v in vertebrae.values() if v["region"] == region]
+        d = [v["distance"] for v in rows if not math.isnan(v["distance"])]
+        regions[region] = {
+            "n_gt": len(rows),
+            "identified": sum(v["identified"] for v in rows),
+            "id_rate": _rate(sum(v["identified"] for v in rows), len(rows)),
+            "l_error": _mean(d),
+            "n_without_prediction": len(rows) - len(d),
+        }
+    return regions
+
+
+def _per_prediction(dist: np.ndarray, g_lab: np.ndarray, p_lab: np.ndarray, radius: float
+                    ) -> tuple[int, list[float]]:
+    """The paper code's variant: each prediction against its closest ground truth.
+
+    Args:
+        dist: (G, P) distances, mm.
+
+    Returns:
+        (predictions within ``radius`` of a ground truth of their label, the distances
+        of all predictions within ``radius`` of any ground truth).
+    """
+    correct, near = 0, []
+    for p, lab in enumerate(p_lab.tolist()):
+        if not len(g_lab):
+            continue
+        g = int(np.argmin(dist[:, p]))
+        if dist[g, p] < radius:
+            near.append(float(dist[g, p]))
+            correct += int(g_lab[g] == lab)
+    return correct, near
 
 
 def error_summary(distances) -> dict:
