@@ -253,23 +253,17 @@ def sacrum_dims(scale: float) -> list[LevelDims]:
     return out
 
 
-def build_spine(names: tuple[str, ...], rng: np.random.Generator, scale: float = 1.0
-                ) -> Spine:
-    """Place every vertebra along a random, realistically curved spine.
+def _sagittal_angles(dims: list[LevelDims], rng: np.random.Generator
+                     ) -> tuple[np.ndarray, float]:
+    """(N,) sagittal joint angles in degrees (positive lordotic) and the sacral slope.
 
-    Starting from S1 (tilted by a random sacral slope) the levels are stacked upwards:
-    each disc rotates the next frame by a sagittal angle (lumbar and cervical lordosis,
-    thoracic kyphosis), a coronal angle (mild scoliosis, one C-curve with compensation)
-    and a small axial twist. The sagittal angles are set so that S1, L1, T1 and C2 lean
-    by random but typical amounts (sacral slope 28-48 deg; L1 -20..2, T1 5..30, C2
-    -15..10 deg forward), then the whole spine is tilted by a few degrees about S1, which
-    sits at the world origin.
+    Joint i sits below level i (the last level's joint is with S1). The profile follows
+    from random target tilts of S1, L1, T1 and C2 (the forward lean of the upward spine
+    tangent): lumbar lordosis growing caudally, a thoracic kyphosis bump, a cervical
+    lordosis, a few degrees of noise per joint.
     """
-    dims = level_dims(names, rng, scale)
     n = len(dims)
-    sac = sacrum_dims(scale)
-    # sagittal joint angles, indexed by the upper vertebra of each joint (joint i sits
-    # below level i; the last level's joint is with S1); positive = lordotic
+    names = tuple(d.name for d in dims)
     sagittal = np.zeros(n)
     regions = [d.region for d in dims]
     lumbar = [i for i in range(n) if regions[i] == "lumbar"]
@@ -297,7 +291,12 @@ def build_spine(names: tuple[str, ...], rng: np.random.Generator, scale: float =
     cj = [i for i in cervical if dims[i].name in ("C2", "C3", "C4", "C5", "C6")]
     sagittal[cj] = cerv * _bump(len(cj), rng, 0.5)
     sagittal += rng.normal(0, 1.0, n)
-    # coronal: one mild C-curve (Cobb up to ~18 deg) with compensation
+    return sagittal, slope
+
+
+def _coronal_angles(n: int, rng: np.random.Generator) -> np.ndarray:
+    """(N,) coronal joint angles in degrees: noise and, on 60 % of spines, one mild
+    C-curve (Cobb angle up to about 18 degrees) with compensation above and below."""
     coronal = rng.normal(0, 0.4, n)
     if rng.random() < 0.6:
         cobb = rng.uniform(4, 18) * rng.choice([-1, 1])
@@ -311,6 +310,26 @@ def build_spine(names: tuple[str, ...], rng: np.random.Generator, scale: float =
             coronal[comp_up] -= 0.5 * cobb / len(comp_up)
         if len(comp_dn):
             coronal[comp_dn] -= 0.5 * cobb / len(comp_dn)
+    return coronal
+
+
+def build_spine(names: tuple[str, ...], rng: np.random.Generator, scale: float = 1.0
+                ) -> Spine:
+    """Place every vertebra along a random, realistically curved spine.
+
+    Starting from S1 (tilted by a random sacral slope) the levels are stacked upwards:
+    each disc rotates the next frame by a sagittal angle (lumbar and cervical lordosis,
+    thoracic kyphosis), a coronal angle (mild scoliosis, one C-curve with compensation)
+    and a small axial twist. The sagittal angles are set so that S1, L1, T1 and C2 lean
+    by random but typical amounts (sacral slope 28-48 deg; L1 -20..2, T1 5..30, C2
+    -15..10 deg forward), then the whole spine is tilted by a few degrees about S1, which
+    sits at the world origin.
+    """
+    dims = level_dims(names, rng, scale)
+    n = len(dims)
+    sac = sacrum_dims(scale)
+    sagittal, slope = _sagittal_angles(dims, rng)
+    coronal = _coronal_angles(n, rng)
     twist = rng.normal(0, 0.8, n)
 
     sac_centres = np.zeros((5, 3))
