@@ -381,6 +381,60 @@ def _distances2(ops: _Ops, points, o, d):
     return xp.where(ok[:, None, :], r2, float("inf"))
 
 
+def _check_robust_options(threshold, min_inliers, refinements) -> None:
+    if not (np.isfinite(threshold) and threshold > 0):
+        raise DrrkitError(f"threshold must be a positive distance in mm, got {threshold}")
+    if int(min_inliers) != min_inliers or min_inliers < 2:
+        raise DrrkitError(f"min_inliers must be an integer >= 2, got {min_inliers}")
+    if int(refinements) != refinements or refinements < 1:
+        raise DrrkitError(f"refinements must be an integer >= 1, got {refinements}")
+
+
+def _robust_chunk(ops, oc, dc, wc, pairs, dtype, t2: float, settings):
+    """:func:`triangulate_robust` on m problems (oc, dc: (m, K, 3), wc: (m, K)).
+
+    Args:
+        pairs: (first ray, second ray, count) of every ray pair, as ``ops`` arrays.
+        t2: squared inlier threshold, mm^2.
+        settings: (conditioning limit, accumulate, refinements, min_inliers).
+
+    Returns:
+        points (m, 3) (NaN where invalid), rms (m,), valid (m,), inliers (m, K).
+    """
+    xp = ops.xp
+    pi_a, pj_a, n_pairs = pairs
+    limit, accumulate, refinements, min_inliers = settings
+    m = oc.shape[0]
+    if n_pairs:
+        pair_o = xp.stack([oc[:, pi_a], oc[:, pj_a]], -2)  # (m, P, 2, 3)
+        pair_d = xp.stack([dc[:, pi_a], dc[:, pj_a]], -2)
+        pair_w = ((wc[:, pi_a] > 0) & (wc[:, pj_a] > 0))
+        pair_w = xp.stack([pair_w, pair_w], -1)
+        cand, _, cand_ok = _solve(ops, pair_o, pair_d, ops.astype(pair_w, dtype), limit,
+                                  accumulate)
+        cand = xp.where(cand_ok[..., None], cand, 0.0)
+        r2 = _distances2(ops, cand, oc, dc)  # (m, P, K)
+        loss = xp.where(r2 < t2, r2, t2)
+        cost = (wc[:, None, :] * loss).sum(-1)
+        cost = xp.where(cand_ok, cost, float("inf"))
+        best = cost.argmin(-1)
+        rows = ops.arange(m)
+        inliers = (r2[rows, best] < t2) & (wc > 0) & cand_ok[rows, best][:, None]
+    else:
+        inliers = wc < 0  # fewer than two rays: no candidate, all False
+    for _ in range(refinements):
+        points, rms, valid = _solve(ops, oc, dc, xp.where(inliers, wc, 0.0), limit,
+                                    accumulate)
+        safe = xp.where(valid[:, None], points, 0.0)
+        r2 = _distances2(ops, safe[:, None, :], oc, dc)[:, 0]
+        inliers = (r2 < t2) & (wc > 0) & valid[:, None]
+    points, rms, valid = _solve(ops, oc, dc, xp.where(inliers, wc, 0.0), limit, accumulate)
+    valid = valid & (inliers.sum(-1) >= min_inliers)
+    inliers = inliers & valid[:, None]
+    return (xp.where(valid[:, None], points, float("nan")), xp.where(valid, rms, float("nan")),
+            valid, inliers)
+
+
 def triangulate_robust(
     origins,
     directions,
@@ -418,12 +472,7 @@ def triangulate_robust(
         valid (...,), inliers (..., K) bool.
     """
     limit = _check_options(accumulate, min_angle_deg)
-    if not (np.isfinite(threshold) and threshold > 0):
-        raise DrrkitError(f"threshold must be a positive distance in mm, got {threshold}")
-    if int(min_inliers) != min_inliers or min_inliers < 2:
-        raise DrrkitError(f"min_inliers must be an integer >= 2, got {min_inliers}")
-    if int(refinements) != refinements or refinements < 1:
-        raise DrrkitError(f"refinements must be an integer >= 1, got {refinements}")
+    _check_robust_options(threshold, min_inliers, refinements)
     kind = _resolve_backend(backend, origins, directions, weights)
     ops = _Ops(kind, like=origins if _kind(origins) == kind else directions)
     xp = ops.xp
@@ -443,38 +492,11 @@ def triangulate_robust(
     out_points, out_rms, out_valid, out_inliers = [], [], [], []
     t2 = float(threshold) ** 2
     for start in range(0, max(n_problems, 1), chunk):
-        oc, dc, wc = o[start:start + chunk], d[start:start + chunk], w[start:start + chunk]
-        m = oc.shape[0]
-        if n_pairs:
-            pair_o = xp.stack([oc[:, pi_a], oc[:, pj_a]], -2)  # (m, P, 2, 3)
-            pair_d = xp.stack([dc[:, pi_a], dc[:, pj_a]], -2)
-            pair_w = ((wc[:, pi_a] > 0) & (wc[:, pj_a] > 0))
-            pair_w = xp.stack([pair_w, pair_w], -1)
-            cand, _, cand_ok = _solve(ops, pair_o, pair_d, ops.astype(pair_w, dtype), limit,
-                                      accumulate)
-            cand = xp.where(cand_ok[..., None], cand, 0.0)
-            r2 = _distances2(ops, cand, oc, dc)  # (m, P, K)
-            loss = xp.where(r2 < t2, r2, t2)
-            cost = (wc[:, None, :] * loss).sum(-1)
-            cost = xp.where(cand_ok, cost, float("inf"))
-            best = cost.argmin(-1)
-            rows = ops.arange(m)
-            inliers = (r2[rows, best] < t2) & (wc > 0) & cand_ok[rows, best][:, None]
-        else:
-            inliers = wc < 0  # fewer than two rays: no candidate, all False
-        for _ in range(int(refinements)):
-            points, rms, valid = _solve(ops, oc, dc, xp.where(inliers, wc, 0.0), limit,
-                                        accumulate)
-            safe = xp.where(valid[:, None], points, 0.0)
-            r2 = _distances2(ops, safe[:, None, :], oc, dc)[:, 0]
-            inliers = (r2 < t2) & (wc > 0) & valid[:, None]
-        points, rms, valid = _solve(ops, oc, dc, xp.where(inliers, wc, 0.0), limit, accumulate)
-        valid = valid & (inliers.sum(-1) >= int(min_inliers))
-        inliers = inliers & valid[:, None]
-        out_points.append(xp.where(valid[:, None], points, float("nan")))
-        out_rms.append(xp.where(valid, rms, float("nan")))
-        out_valid.append(valid)
-        out_inliers.append(inliers)
+        part = _robust_chunk(ops, o[start:start + chunk], d[start:start + chunk],
+                             w[start:start + chunk], (pi_a, pj_a, n_pairs), dtype, t2,
+                             (limit, accumulate, int(refinements), int(min_inliers)))
+        for out, value in zip((out_points, out_rms, out_valid, out_inliers), part):
+            out.append(value)
     points = ops.cat(out_points)[:n_problems].reshape(shape + (3,))
     rms = ops.cat(out_rms)[:n_problems].reshape(shape)
     valid = ops.cat(out_valid)[:n_problems].reshape(shape)
