@@ -179,6 +179,53 @@ def _cost(d2: np.ndarray, tol2: float) -> np.ndarray:
     return np.minimum(d2 / tol2, 1.0).sum(axis=-1)
 
 
+def _check_options(geometry, tolerance_px, min_views, refinements) -> int:
+    """``min_views`` (its default for None: half the views, at least 3) after checking
+    the options of :func:`match_views`."""
+    if not isinstance(geometry, Geometry):
+        raise DrrkitError("geometry must be a drrkit.Geometry (see drrkit.circular_orbit)")
+    if not (np.isfinite(tolerance_px) and tolerance_px > 0):
+        raise DrrkitError(f"tolerance_px must be a positive number, got {tolerance_px}")
+    if min_views is None:
+        min_views = min(len(geometry), max(3, -(-len(geometry) // 2)))
+    if int(min_views) != min_views or not 2 <= min_views <= len(geometry):
+        raise DrrkitError(f"min_views must be an integer in [2, {len(geometry)}], got {min_views}")
+    if int(refinements) != refinements or refinements < 1:
+        raise DrrkitError(f"refinements must be an integer >= 1, got {refinements}")
+    return min_views
+
+
+def _claim(views, points: np.ndarray, tol2: float, refinements: int, min_views: int
+           ) -> list[np.ndarray]:
+    """Candidate points claim detections greedily, cheapest first: each takes the
+    detections still free within the tolerance, is refitted, and is kept as a track when
+    it keeps ``min_views`` views; a candidate whose cost rose because others claimed its
+    detections goes back into the queue at its new cost.
+
+    Returns:
+        the tracks' (K,) detection indices (-1: none), in the order they were taken.
+    """
+    usable = views.present.copy()
+    _, d2 = _assign(views, points, usable, tol2)
+    heap = [(float(c), i) for i, c in enumerate(_cost(d2, tol2))]
+    heapq.heapify(heap)
+    tracks = []
+    while heap:
+        _, i = heapq.heappop(heap)
+        _, d2 = _assign(views, points[i:i + 1], usable, tol2)
+        now = float(_cost(d2, tol2)[0])
+        if heap and now > heap[0][0] + 1e-12:
+            heapq.heappush(heap, (now, i))  # claimed detections made it worse: re-rank
+            continue
+        _, track, ok = _refit(views, points[i:i + 1], usable, tol2, refinements)
+        if not ok[0] or (track[0] >= 0).sum() < min_views:
+            continue
+        tracks.append(track[0])
+        chosen = track[0] >= 0
+        usable[np.flatnonzero(chosen), track[0][chosen]] = False
+    return tracks
+
+
 def match_views(
     detections: Sequence,
     geometry: Geometry,
@@ -214,16 +261,7 @@ def match_views(
         >>> drrkit.match_views(dets, g).assignments[:, 0]
         array([2, 1, 0])
     """
-    if not isinstance(geometry, Geometry):
-        raise DrrkitError("geometry must be a drrkit.Geometry (see drrkit.circular_orbit)")
-    if not (np.isfinite(tolerance_px) and tolerance_px > 0):
-        raise DrrkitError(f"tolerance_px must be a positive number, got {tolerance_px}")
-    if min_views is None:
-        min_views = min(len(geometry), max(3, -(-len(geometry) // 2)))
-    if int(min_views) != min_views or not 2 <= min_views <= len(geometry):
-        raise DrrkitError(f"min_views must be an integer in [2, {len(geometry)}], got {min_views}")
-    if int(refinements) != refinements or refinements < 1:
-        raise DrrkitError(f"refinements must be an integer >= 1, got {refinements}")
+    min_views = _check_options(geometry, tolerance_px, min_views, refinements)
     views = _Views(detections, geometry)
     tol2 = float(tolerance_px) ** 2
     k = views.k
@@ -236,25 +274,7 @@ def match_views(
         assign, first = np.unique(assign, axis=0, return_index=True)
         points = points[first]
 
-    usable = views.present.copy()
-    _, d2 = _assign(views, points, usable, tol2)
-    heap = [(float(c), i) for i, c in enumerate(_cost(d2, tol2))]
-    heapq.heapify(heap)
-    tracks = []
-    while heap:
-        _, i = heapq.heappop(heap)
-        _, d2 = _assign(views, points[i:i + 1], usable, tol2)
-        now = float(_cost(d2, tol2)[0])
-        if heap and now > heap[0][0] + 1e-12:
-            heapq.heappush(heap, (now, i))  # claimed detections made it worse: re-rank
-            continue
-        _, track, ok = _refit(views, points[i:i + 1], usable, tol2, refinements)
-        if not ok[0] or (track[0] >= 0).sum() < min_views:
-            continue
-        tracks.append(track[0])
-        chosen = track[0] >= 0
-        usable[np.flatnonzero(chosen), track[0][chosen]] = False
-
+    tracks = _claim(views, points, tol2, refinements, min_views)
     if not tracks:
         return Correspondence(np.zeros((0, 3)), np.zeros((0, k), np.int64), np.zeros(0),
                               np.zeros((0, k)))
