@@ -354,6 +354,30 @@ def _tables(points: np.ndarray, fill_gaps: bool, maybe_gap_ratio: float | None):
             yield *gap_rows(points, flip=flip), k
 
 
+def _best_reading(pts: np.ndarray, cand: np.ndarray, max_drops: int, label,
+                  min_confidence: float, gaps: dict):
+    """The best (correction, kept track indices, their table rows) over every way of
+    dropping at most ``max_drops`` of the suspect tracks ``cand`` and every reading of
+    the doubtful gaps (:func:`_tables`; ``gaps``: fill_gaps, maybe), as
+    :func:`correct_tracks` ranks them. ``label(keep, rows, m)`` corrects one table."""
+    from itertools import combinations
+
+    t = len(pts)
+    suspect = np.zeros(t, dtype=bool)
+    suspect[cand] = True
+    best, best_key = None, None
+    for n_drop in range(min(max_drops, len(cand), max(t - 1, 0)) + 1):
+        for drop in combinations(cand.tolist(), n_drop):
+            keep = np.setdiff1d(np.arange(t), np.asarray(drop, dtype=np.int64))
+            for rows, m, n_gaps in _tables(pts[keep], gaps["fill_gaps"], gaps["maybe"]):
+                corr = label(keep, rows, m)
+                doubtful = corr.confidence[rows][suspect[keep]] < min_confidence
+                key = (not doubtful.any(), round(float(corr.score), 9), -n_drop, -n_gaps)
+                if best_key is None or key > best_key:
+                    best, best_key = (corr, keep, rows), key
+    return best
+
+
 def correct_tracks(points, probs, *, suspects=None, max_drops: int = 2,
                    min_confidence: float = MIN_SUSPECT_CONFIDENCE, method: str = "dp",
                    dp: SequenceDP | None = None, allow_t13: bool = True,
@@ -397,8 +421,6 @@ def correct_tracks(points, probs, *, suspects=None, max_drops: int = 2,
     Returns:
         :class:`TrackLabels`.
     """
-    from itertools import combinations
-
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     p = _check_probs(probs)
     t = len(pts)
@@ -409,24 +431,15 @@ def correct_tracks(points, probs, *, suspects=None, max_drops: int = 2,
     if above_sacrum and t:
         cand = cand[cand != t - 1]
         last_classes = ABOVE_SACRUM
-    if method != "dp":
-        max_drops = 0
-    suspect = np.zeros(t, dtype=bool)
-    suspect[cand] = True
-    best, best_key = None, None
-    for n_drop in range(min(int(max_drops), len(cand), max(t - 1, 0)) + 1):
-        for drop in combinations(cand.tolist(), n_drop):
-            keep = np.setdiff1d(np.arange(t), np.asarray(drop, dtype=np.int64))
-            for rows, m, n_gaps in _tables(pts[keep], fill_gaps, maybe_gap_ratio):
-                table = np.zeros((m, p.shape[1]))
-                table[rows] = p[keep]
-                corr = correct_labels(table, method, dp=dp, allow_t13=allow_t13,
-                                      last_classes=last_classes)
-                doubtful = corr.confidence[rows][suspect[keep]] < min_confidence
-                key = (not doubtful.any(), round(float(corr.score), 9), -n_drop, -n_gaps)
-                if best_key is None or key > best_key:
-                    best, best_key = (corr, keep, rows), key
-    corr, keep, rows = best
+    def label(keep, rows, m):
+        table = np.zeros((m, p.shape[1]))
+        table[rows] = p[keep]
+        return correct_labels(table, method, dp=dp, allow_t13=allow_t13,
+                              last_classes=last_classes)
+
+    corr, keep, rows = _best_reading(pts, cand, int(max_drops) if method == "dp" else 0,
+                                     label, min_confidence,
+                                     {"fill_gaps": fill_gaps, "maybe": maybe_gap_ratio})
     classes = np.zeros(t, dtype=np.int64)
     confidence = np.zeros(t)
     where = np.full(t, -1, dtype=np.int64)
