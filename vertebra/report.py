@@ -61,6 +61,46 @@ def _marker(draw, x: float, y: float, r: float, colour, *, ring: bool = False) -
 
 
 # ---------------------------------------------------------------------- views
+def _marker_radius(geometry: drrkit.Geometry, scale: float) -> float:
+    """Marker radius in picture pixels: about 3 mm at the isocentre, 3 to 6 pixels."""
+    from vertebra.targets import default_isocenter, pixel_size_at_isocenter
+
+    try:
+        mm = float(np.mean(pixel_size_at_isocenter(geometry, default_isocenter(geometry))))
+        return float(np.clip(3.0 / mm * scale, 3.0, 6.0))
+    except DrrkitError:
+        return 4.0
+
+
+def _mark_tile(draw, marks, to_sheet, on_tile, radius: float, font) -> None:
+    """Draw one view's detections (crosses), ground truth (white rings) and labelled
+    centroids (filled, named) on its tile.
+
+    Args:
+        marks: ((D, 2) detection pixels, (G, 2) ground-truth pixels, (VerSe id, (2,)
+            pixel) pairs of the labelled vertebrae), all in view pixels.
+        to_sheet, on_tile: view pixel -> picture point, and whether a point is on the tile.
+    """
+    detections, truth, labelled = marks
+    for p in detections:
+        x, y = to_sheet(p)
+        if on_tile(x, y):
+            s = radius * 0.8
+            draw.line((x - s, y - s, x + s, y + s), fill=DETECTION_COLOUR, width=1)
+            draw.line((x - s, y + s, x + s, y - s), fill=DETECTION_COLOUR, width=1)
+    for p in truth:
+        x, y = to_sheet(p)
+        if np.isfinite(x) and on_tile(x, y):
+            _marker(draw, x, y, radius + 3, TRUTH_COLOUR, ring=True)
+    for vid, p in labelled:
+        x, y = to_sheet(p)
+        if not (np.isfinite(x) and on_tile(x, y)):
+            continue
+        _marker(draw, x, y, radius, _colour(vid))
+        draw.text((x + radius + 3, y - 7), vlabels.name_of(vid), fill=_colour(vid),
+                  font=font, stroke_width=1, stroke_fill=(0, 0, 0))
+
+
 def views_figure(result, *, truth: dict | None = None, columns: int | None = None,
                  tile: int = 400, gap: int = 4):
     """The K views with detections and labelled centroids, as one RGB picture.
@@ -99,13 +139,7 @@ def views_figure(result, *, truth: dict | None = None, columns: int | None = Non
         truth_px = drrkit.project_points(
             np.array([truth[i] for i in truth_ids], dtype=np.float64).reshape(-1, 3),
             geometry).pixels
-    from vertebra.targets import default_isocenter, pixel_size_at_isocenter
-
-    try:  # markers about 3 mm (at the isocentre) in radius, 3 to 6 picture pixels
-        mm = float(np.mean(pixel_size_at_isocenter(geometry, default_isocenter(geometry))))
-        radius = float(np.clip(3.0 / mm * scale, 3.0, 6.0))
-    except DrrkitError:
-        radius = 4.0
+    radius = _marker_radius(geometry, scale)
     for view in range(k):
         r, c = divmod(view, columns)
         x0 = gap + c * (tw + gap)
@@ -126,23 +160,8 @@ def views_figure(result, *, truth: dict | None = None, columns: int | None = Non
         def on_tile(x, y, x0=x0, y0=y0):
             return x0 <= x < x0 + tw and y0 + caption <= y < y0 + caption + th
 
-        for p in result.detections[view].pixels:
-            x, y = to_sheet(p)
-            if on_tile(x, y):
-                s = radius * 0.8
-                draw.line((x - s, y - s, x + s, y + s), fill=DETECTION_COLOUR, width=1)
-                draw.line((x - s, y + s, x + s, y - s), fill=DETECTION_COLOUR, width=1)
-        for n, vid in enumerate(truth_ids):
-            x, y = to_sheet(truth_px[view, n])
-            if np.isfinite(x) and on_tile(x, y):
-                _marker(draw, x, y, radius + 3, TRUTH_COLOUR, ring=True)
-        for n, vid in enumerate(ids):
-            x, y = to_sheet(proj[view, n])
-            if not (np.isfinite(x) and on_tile(x, y)):
-                continue
-            _marker(draw, x, y, radius, _colour(vid))
-            draw.text((x + radius + 3, y - 7), vlabels.name_of(vid), fill=_colour(vid),
-                      font=font, stroke_width=1, stroke_fill=(0, 0, 0))
+        marks = (result.detections[view].pixels, truth_px[view], zip(ids, proj[view]))
+        _mark_tile(draw, marks, to_sheet, on_tile, radius, font)
     if getattr(result, "status", "ok") != "ok":
         draw.text((gap + 4, gap + caption + 4), result.status, fill=(255, 80, 80), font=font,
                   stroke_width=1, stroke_fill=(0, 0, 0))

@@ -262,19 +262,11 @@ def pretrain(
     device = torch.device(device)
     model = SimSiam(encoder, in_chans=in_chans, dim=dim, pred_dim=pred_dim).to(device)
     optimizer = make_optimizer(model, lr, momentum, weight_decay, fix_pred_lr)
-    config = {
-        "method": "simsiam-multiview",
-        "steps": int(steps),
-        "batch_size": int(batch_size),
-        "lr": lr,
-        "momentum": momentum,
-        "weight_decay": weight_decay,
-        "fix_pred_lr": bool(fix_pred_lr),
-        "dim": int(dim),
-        "pred_dim": int(pred_dim),
-        "in_chans": int(in_chans),
-        "seed": int(seed),
-    }
+    config = {"method": "simsiam-multiview", "steps": int(steps),
+              "batch_size": int(batch_size), "lr": lr, "momentum": momentum,
+              "weight_decay": weight_decay, "fix_pred_lr": bool(fix_pred_lr),
+              "dim": int(dim), "pred_dim": int(pred_dim), "in_chans": int(in_chans),
+              "seed": int(seed)}
     result = PretrainResult(model=model, config=config)
     batches = _batches(source, batch_size, generator)
     for step in range(steps):
