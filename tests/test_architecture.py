@@ -111,3 +111,35 @@ def test_drrkit_does_not_import_vertebra():
     reached = {(m, t) for m, targets in graph.items() if m.startswith("drrkit")
                for t in targets if t.startswith("vertebra")}
     assert reached == set()
+
+
+#: Longest function (lines, docstring included) outside the compiled Numba kernels.
+MAX_FUNCTION_LINES = 80
+
+
+def long_functions(root: Path, packages, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """``path:name (lines)`` of every function longer than ``limit`` lines, except those
+    compiled by Numba (their loops are written out by hand for speed)."""
+    found = []
+    for package in packages:
+        for path in sorted((root / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    continue
+                compiled = any("njit" in ast.unparse(d) for d in node.decorator_list)
+                lines = node.end_lineno - node.lineno + 1
+                if lines > limit and not compiled:
+                    found.append(f"{path.relative_to(root)}:{node.name} ({lines})")
+    return found
+
+
+def test_long_function_finder(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    body = "\n".join(f"    x{i} = {i}" for i in range(10))
+    (pkg / "m.py").write_text(f"def short():\n{body}\n\n\n@numba.njit\ndef kernel():\n{body}\n")
+    assert long_functions(tmp_path, ["pkg"], limit=5) == ["pkg/m.py:short (11)"]
+
+
+def test_no_function_is_longer_than_80_lines():
+    assert long_functions(ROOT, PACKAGES) == []

@@ -419,6 +419,26 @@ def label_folder(networks: Path, held_dir: Path, labels: Path, *, pictures: bool
     return pooled, scores, {k: v / max(len(cases), 1) for k, v in totals.items()}
 
 
+def _write_report(path: Path, config: DemoConfig, result: DemoResult, device: str) -> None:
+    """``report.json``: the configuration, pooled and per-case scores, the time of each
+    step, the machine and whether the targets are met."""
+    from drrkit.io import json_safe, write_json
+
+    report = {
+        "config": asdict(config),
+        "pooled": result.pooled,
+        "cases": {name: {k: r[k] for k in ("n_gt", "identified", "id_rate", "l_error",
+                                           "misses", "false_positives")}
+                  for name, r in result.cases.items()},
+        "seconds": result.seconds,
+        "labelling_seconds_per_ct": result.labelling_seconds,
+        "machine": _machine(device),
+        "targets": {"id_rate": TARGET_ID_RATE, "l_error_mm": TARGET_ERROR_MM,
+                    "met": result.meets_targets},
+    }
+    write_json(path, json_safe(report))
+
+
 def run_demo(out: str | Path, config: DemoConfig | None = None, *,
              log: Callable[[str], None] = print, progress: bool = True) -> DemoResult:
     """Run the demo into ``out`` (see the module docstring).
@@ -485,19 +505,5 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *,
                                          pictures=config.pictures, log=log, device=device)
     seconds["label"] = time.perf_counter() - t
     result = DemoResult(pooled, cases, seconds, per_ct, out)
-    report = {
-        "config": asdict(config),
-        "pooled": pooled,
-        "cases": {name: {k: r[k] for k in ("n_gt", "identified", "id_rate", "l_error",
-                                           "misses", "false_positives")}
-                  for name, r in cases.items()},
-        "seconds": seconds,
-        "labelling_seconds_per_ct": per_ct,
-        "machine": _machine(device),
-        "targets": {"id_rate": TARGET_ID_RATE, "l_error_mm": TARGET_ERROR_MM,
-                    "met": result.meets_targets},
-    }
-    from drrkit.io import json_safe, write_json
-
-    write_json(out / "report.json", json_safe(report))
+    _write_report(out / "report.json", config, result, device)
     return result

@@ -362,6 +362,26 @@ def differing_settings(previous: dict, wanted: dict) -> list[str]:
             if (k != "source" or "source" in previous) and previous.get(k) != v]
 
 
+def _cache_folder(out, manifest: dict) -> Path:
+    """``out`` as a Path, created, after checking that a cache already there was made
+    with ``manifest``'s settings (one of another cache version is rendered again)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise VertebraError(f"{out} exists and is not a folder")
+    if (out / "cache.json").is_file():
+        previous = read_manifest(out)
+        differs = differing_settings(previous, manifest)
+        if previous.get("version") != CACHE_VERSION:
+            warnings.warn(f"{out} holds a prerender cache of version "
+                          f"{previous.get('version')}, not {CACHE_VERSION} (another "
+                          "vertebra version): rendering it again", stacklevel=3)
+        elif differs:
+            raise VertebraError(f"{out} holds a cache made with other settings "
+                                f"({', '.join(differs)}); use a new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def prerender_many(source, outputs: dict, *, orbits: int = 1, seed: int = 0,
                    sigma_mm: float = 3.0, square_mm: float = 22.0, backend: str = "auto",
                    progress=None, counts: dict | None = None, cache_mib: float = 2048
@@ -392,25 +412,11 @@ def prerender_many(source, outputs: dict, *, orbits: int = 1, seed: int = 0,
         raise VertebraError("prerender needs at least one output folder")
     folders = {}
     for out, view_config in outputs.items():
-        out = Path(out)
-        if out.exists() and not out.is_dir():
-            raise VertebraError(f"{out} exists and is not a folder")
         manifest = {"format": CACHE_FORMAT, "version": CACHE_VERSION,
                     "view_config": view_config.to_dict(), "orbits": int(orbits),
                     "seed": int(seed), "sigma_mm": float(sigma_mm),
                     "square_mm": float(square_mm), "source": source.describe()}
-        if (out / "cache.json").is_file():
-            previous = read_manifest(out)
-            differs = differing_settings(previous, manifest)
-            if previous.get("version") != CACHE_VERSION:
-                warnings.warn(f"{out} holds a prerender cache of version "
-                              f"{previous.get('version')}, not {CACHE_VERSION} (another "
-                              "vertebra version): rendering it again", stacklevel=2)
-            elif differs:
-                raise VertebraError(f"{out} holds a cache made with other settings "
-                                    f"({', '.join(differs)}); use a new folder")
-        out.mkdir(parents=True, exist_ok=True)
-        folders[out] = (view_config, manifest)
+        folders[_cache_folder(out, manifest)] = (view_config, manifest)
     limit = {Path(k): int(v) for k, v in (counts or {}).items()}
     if any(out not in folders or not 1 <= n <= len(source) for out, n in limit.items()):
         raise VertebraError(f"counts must name output folders, each with 1..{len(source)} CTs")
