@@ -2,13 +2,15 @@
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 from scipy import ndimage
 
 import drrkit
 from drrkit.errors import DrrkitError
 from vertebra.data import VerseDataset, centroids_from_mask, index_verse, write_centroids
 from vertebra.data.dataset import label_centers
+
+# a GPU machine may lack SimpleITK (its wheel is too large to carry there)
+sitk = pytest.importorskip("SimpleITK")
 
 # a stored orientation that is neither LPS nor RAS (permuted and flipped), anisotropic
 DIRECTION = np.array([[0, 0, -1], [-1, 0, 0], [0, 1, 0]], dtype=float)

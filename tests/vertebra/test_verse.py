@@ -6,13 +6,15 @@ import warnings
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import drrkit
 from drrkit.errors import DrrkitError
 from vertebra.data import verse
+
+# a GPU machine may lack SimpleITK (its wheel is too large to carry there)
+sitk = pytest.importorskip("SimpleITK")
 
 # the 48 axis-aligned direction-cosine matrices (6 permutations x 8 sign patterns)
 ORIENTATIONS = [
