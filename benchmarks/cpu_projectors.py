@@ -56,9 +56,10 @@ PHANTOM_SCALE = 0.8
 SIGNAL_FRACTION = 0.01
 #: "Interior" rays pass at least this many voxels from every ellipsoid surface tangent.
 INTERIOR_MARGIN_VOXELS = 2.0
-#: drrkit.render keyword sets timed by default ("voxel" = one voxel spacing); add more
-#: with --drrkit-variant '{"step": "voxel"}'.
-DRRKIT_VARIANTS = ({"step": None}, {"step": "voxel"}, {"method": "joseph"})
+#: drrkit.render keyword sets timed by default: the default (Joseph on the CPU), trilinear
+#: every half voxel (the CUDA backend's rule) and every voxel ("voxel" = one voxel
+#: spacing); add more with --drrkit-variant '{"step": 0.25}'.
+DRRKIT_VARIANTS = ({}, {"method": "trilinear"}, {"step": "voxel"})
 #: Mean relative error (interior rays) above which a geometry conversion is called wrong.
 CONVERSION_TOLERANCE = 0.05
 
@@ -165,7 +166,7 @@ def drrkit_runners(scene, case, threads, variants) -> list[Runner]:
     import numba
 
     import drrkit
-    from drrkit.render import default_step
+    from drrkit.render import default_step, resolve_method
 
     numba.set_num_threads(threads)
     volume, geometry = scene["volume"], scene["cases"][case]["geometry"]
@@ -175,14 +176,19 @@ def drrkit_runners(scene, case, threads, variants) -> list[Runner]:
         kwargs = dict(variant)
         if kwargs.get("step") == "voxel":
             kwargs["step"] = voxel
-        step = kwargs.get("step") or default_step(volume)
-        label = ("half voxel (default)" if kwargs.get("step") is None
-                 else "1 voxel" if step == voxel else f"{step / voxel:g} voxel")
-        if kwargs.get("method") == "joseph":
+        method = resolve_method(kwargs.get("method", "auto"), "cpu", kwargs.get("step"))
+        default = "method" not in kwargs and "step" not in kwargs
+        if method == "joseph":
             settings = "method = joseph (one bilinear sample per slice)"
         else:
-            settings = ", ".join([f"step = {label} = {step:g} mm"]
-                                 + [f"{k}={v!r}" for k, v in kwargs.items() if k != "step"])
+            step = kwargs.get("step") or default_step(volume)
+            label = ("half voxel (trilinear's default)" if kwargs.get("step") is None
+                     else "1 voxel" if step == voxel else f"{step / voxel:g} voxel")
+            settings = ", ".join([f"trilinear, step = {label} = {step:g} mm"]
+                                 + [f"{k}={v!r}" for k, v in kwargs.items()
+                                    if k not in ("step", "method")])
+        if default:
+            settings += " (the default)"
         runners.append(Runner(
             "drrkit", "drrkit.render(backend='cpu'), Numba", settings,
             lambda kwargs=kwargs: drrkit.render(volume, geometry, backend="cpu", **kwargs),
