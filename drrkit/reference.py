@@ -1,7 +1,9 @@
 """Plain, slow, obviously correct NumPy references the fast backends are tested against.
 
-Same ray rule as :mod:`drrkit._cpu` (clip to the voxel box, equal pieces no longer than
-``step``, midpoint trilinear samples with edge clamping), in float64, one ray at a time.
+Public and kept apart from the runtime code (only the tests and :mod:`drrkit.bench`'s
+chord lengths use it). The ray rule of :mod:`drrkit.backends` (clip to the voxel box,
+equal pieces no longer than ``step``, midpoint trilinear samples with edge clamping) and
+Joseph's method, in float64, one ray at a time.
 """
 
 from __future__ import annotations

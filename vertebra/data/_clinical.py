@@ -159,11 +159,16 @@ def _heart(p: _Patient) -> None:
 
 
 def _aorta(p: _Patient) -> None:
-    """Ascending aorta, arch, descending along the left of the bodies, iliac bifurcation,
-    and calcified plaques on its wall in half of the patients."""
+    """Ascending aorta, arch, descending along the left of the bodies (beside them or over
+    their left half), iliac bifurcation, and calcified plaques on its wall in half of the
+    patients."""
     rng, locs, dims, hw, spine = p.rng, p.locs, p.dims, p.hw, p.spine
     aorta = p.add(p.blood["arterial"])
     r_aorta = rng.uniform(0.8, 1.3)
+    # how far left of the bodies it runs: from beside them to over their left half, as
+    # the descending aorta does from patient to patient (it then overlaps the spine in
+    # frontal views)
+    lateral, gap = rng.uniform(0.15, 0.5), rng.uniform(0.0, 12.0)
     t4 = p.thor[3]
     path = [p.mid.p(5 * hw, -85 * hw, 45), locs[p.thor[2]].p(-5 * hw, -70 * hw, 10),
             locs[t4].p(12 * hw, -38, 18)]
@@ -173,7 +178,7 @@ def _aorta(p: _Patient) -> None:
         if i > _level(spine, "L4", len(dims) - 1):
             break
         if d.region == "thoracic":
-            path.append(locs[i].p(0.5 * d.width + 12 * r_aorta, -0.4 * d.depth, 0))
+            path.append(locs[i].p(lateral * d.width + gap * r_aorta, -0.4 * d.depth, 0))
         else:
             path.append(locs[i].p(0.15 * d.width, -0.55 * d.depth - 13, 0))
         radii.append(12.0 if d.region == "thoracic" else 10.0)
@@ -203,7 +208,8 @@ def _veins(p: _Patient) -> None:
         ivc.append(locs[i].p(-0.55 * d.width - 8, -0.55 * d.depth - 10, 0))
     if len(ivc) >= 2:
         p.organs.chain(ven, np.array(ivc), 11.0 * rng.uniform(0.8, 1.2))
-    svc = [p.mid.p(-30 * hw, -85 * hw, 40), locs[p.thor[1]].p(-28 * hw, -60 * hw, 0)]
+    right = rng.uniform(16.0, 32.0)  # the superior vena cava's distance right of the spine
+    svc = [p.mid.p(-right * hw, -85 * hw, 40), locs[p.thor[1]].p(-right * hw, -60 * hw, 0)]
     arm_side = 1 if rng.random() < 0.5 else -1
     bolus = p.blood["bolus"]
     dense = p.add(bolus) if bolus else ven
