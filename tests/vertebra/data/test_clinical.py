@@ -92,9 +92,9 @@ def test_bone_texture_touches_only_its_voxels_at_its_drawn_strength(seed, cell):
     amp = twin.uniform(20.0, 90.0)
     bone_texture(hu, inside, (cell, cell, 1.5 * cell), rng)
     assert np.all(hu[~inside] == 100.0)
-    # scaled to the drawn standard deviation over the textured voxels
+    # scaled to the drawn standard deviation over the textured voxels, and not constant
     assert np.std(hu[inside]) == pytest.approx(amp, rel=1e-3)
-    assert abs(np.mean(hu[inside]) - 100.0) < amp
+    assert len(np.unique(hu[inside])) > 100
 
 
 def test_clinical_lungs_are_larger_than_the_plain_phantoms():
