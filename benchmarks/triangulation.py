@@ -248,32 +248,6 @@ def correspondence_accuracy(subjects: int, seed: int = 0) -> dict:
 
 
 # ---------------------------------------------------------------------------- main
-def table(result: dict) -> str:
-    """Markdown table of one results file."""
-    m = result["machine"]
-    caption = (f"**{m['gpu'] or m['cpu']}**, {m['threads']} threads, commit "
-               f"`{result['commit'][:8]}`, load average "
-               f"{result['load_average']['before'][0]:.1f} at start; "
-               f"{result['rays']} rays per problem")
-    lines = [caption, "",
-             "| Method | Backend | Problems | Median ms | IQR ms | ns / problem | vs baseline |",
-             "|---|---|---:|---:|---:|---:|---:|"]
-    for r in result["results"]:
-        lines.append(f"| {r['name']} | {r['backend']} | {r['problems']:,} | "
-                     f"{1e3 * r['median_s']:.1f} | {1e3 * r['iqr_s']:.1f} | "
-                     f"{1e9 * r['median_s'] / r['problems']:.0f} | "
-                     f"{r.get('speedup_vs_baseline', float('nan')):.1f}x |")
-    c = result.get("correspondence")
-    if c:
-        lines += ["", (f"match_views on {c['subjects']} synthetic spines: detection accuracy "
-                       f"{c['detection_accuracy']:.4f}, {c['extra_tracks']} extra and "
-                       f"{c['missing_tracks']} missing tracks, point error median "
-                       f"{c['point_error_mm_median']:.2f} mm (max "
-                       f"{c['point_error_mm_max']:.2f}), "
-                       f"{1e3 * c['seconds_per_subject_median']:.0f} ms per subject")]
-    return "\n".join(lines)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     set_threads(args.threads)
@@ -331,7 +305,9 @@ def main(argv=None) -> int:
     name = slug(gpu) if gpu else f"{slug(cpu_model())}-{args.threads}t"
     out = args.out or RESULTS / f"triangulation-{name}.json"
     write_json(out, result)
-    print(table(result))
+    from make_table import triangulation_table
+
+    print(triangulation_table([result]))
     print(f"\nwrote {out}")
     return 0
 
