@@ -11,10 +11,8 @@ import math
 
 import numpy as np
 
+from drrkit.config import TRIANGULATION_THREADS as THREADS
 from drrkit.errors import DrrkitError
-
-#: threads per block of the triangulation kernel
-THREADS = 256
 
 _DTYPES = {np.dtype(np.float32): 0, np.dtype(np.float64): 1}
 

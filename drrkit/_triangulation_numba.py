@@ -31,9 +31,6 @@ from drrkit import config
 #: status codes written per problem
 VALID, DEGENERATE, BAD_WEIGHT = 0, 1, 2
 
-#: batches smaller than this run on the calling thread: starting the thread pool costs
-#: more than solving them (a problem of 10 rays takes ~0.2 us)
-PARALLEL_MIN_PROBLEMS = 20_000
 
 
 #: LLVM fast-math flags of the kernel: reassociation, reciprocals and fused multiply-add
@@ -207,7 +204,7 @@ def triangulate_numba(origins: np.ndarray, directions: np.ndarray, weights: np.n
     status = np.empty(n, dtype=np.int8)
     has_weights = weights is not None
     w = weights if has_weights else np.empty((0, 0), dtype=dtype)
-    if n < PARALLEL_MIN_PROBLEMS:
+    if n < config.PARALLEL_MIN_PROBLEMS:
         _kernel_serial(origins, directions, w, has_weights, float(limit), points, rms, status)
         return points, rms, status
     previous = numba.get_num_threads()

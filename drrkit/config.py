@@ -7,6 +7,13 @@ import os
 #: CUDA block shape (x = detector columns, y = rows) for the ray-marching kernels.
 CUDA_BLOCK = (32, 8)
 
+#: CUDA threads per block of the triangulation kernel.
+TRIANGULATION_THREADS = 256
+
+#: Triangulation batches smaller than this run on the calling thread: starting Numba's
+#: thread pool costs more than solving them (a problem of 10 rays takes ~0.2 us).
+PARALLEL_MIN_PROBLEMS = 20_000
+
 
 def cpu_threads() -> int:
     """Threads for the Numba backend: ``DRRKIT_NUM_THREADS`` or Numba's default."""

@@ -128,7 +128,7 @@ def test_numba_kernel_matches_the_array_version():
 
 
 def test_parallel_and_serial_kernels_agree():
-    from drrkit._triangulation_numba import PARALLEL_MIN_PROBLEMS
+    from drrkit.config import PARALLEL_MIN_PROBLEMS
 
     rng = np.random.default_rng(2)
     n = PARALLEL_MIN_PROBLEMS + 10
