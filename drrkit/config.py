@@ -11,7 +11,7 @@ CUDA_BLOCK = (32, 8)
 TRIANGULATION_THREADS = 256
 
 #: Triangulation batches smaller than this run on the calling thread: starting Numba's
-#: thread pool costs more than solving them (a problem of 10 rays takes ~0.2 us).
+#: thread pool costs more than solving them (see benchmarks/triangulation.py).
 PARALLEL_MIN_PROBLEMS = 20_000
 
 
