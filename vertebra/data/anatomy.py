@@ -13,7 +13,7 @@ vertebral body (for C1, the centre of the atlas ring around the dens).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -313,8 +313,8 @@ def _coronal_angles(n: int, rng: np.random.Generator) -> np.ndarray:
     return coronal
 
 
-def build_spine(names: tuple[str, ...], rng: np.random.Generator, scale: float = 1.0
-                ) -> Spine:
+def build_spine(names: tuple[str, ...], rng: np.random.Generator, scale: float = 1.0,
+                disc_scale: float = 1.0) -> Spine:
     """Place every vertebra along a random, realistically curved spine.
 
     Starting from S1 (tilted by a random sacral slope) the levels are stacked upwards:
@@ -324,8 +324,13 @@ def build_spine(names: tuple[str, ...], rng: np.random.Generator, scale: float =
     by random but typical amounts (sacral slope 28-48 deg; L1 -20..2, T1 5..30, C2
     -15..10 deg forward), then the whole spine is tilted by a few degrees about S1, which
     sits at the world origin.
+
+    ``disc_scale`` multiplies every disc's height after the draws (thin, degenerated discs
+    of older patients below 1); the random draws, and so the curvature, do not change.
     """
     dims = level_dims(names, rng, scale)
+    if disc_scale != 1.0:
+        dims = [replace(d, disc=d.disc * disc_scale) for d in dims]
     n = len(dims)
     sac = sacrum_dims(scale)
     sagittal, slope = _sagittal_angles(dims, rng)

@@ -43,7 +43,7 @@ import numpy as np
 from drrkit.volume import Volume
 from vertebra import labels as vlabels
 from vertebra.data import _sdf
-from vertebra.data._clinical import bone_texture, fov_cut
+from vertebra.data._clinical import bone_texture, fov_cut, scanner_blur, sclerotic_endplates
 from vertebra.data._scene import Scene, build_scene
 from vertebra.data.anatomy import Spine, build_spine, level_names
 from vertebra.errors import VertebraError
@@ -477,11 +477,13 @@ def make_spine_phantom(
             that of a line integral through the noise stays about the same.
         clinical: also draw what a clinical scan holds besides the skeleton (organs at
             their CT numbers, a contrast phase, arms, leads, bone from dense to
-            osteoporotic, the reconstruction circle; :mod:`vertebra.data._clinical`),
-            from a random stream of its own, and a field of view of 330-480 mm (unless
-            ``fov`` is given) that holds the whole trunk, in coarser in-plane voxels
-            where the size cap needs them: the skeleton and the centroids of a seed are
-            those of the plain phantom.
+            osteoporotic with sclerotic endplates, discs 0.45-1.05 times their healthy
+            height, the scanner's blur and reconstruction circle;
+            :mod:`vertebra.data._clinical`), from a random stream of its own, and a
+            field of view of 330-480 mm (unless ``fov`` is given) that holds the whole
+            trunk, in coarser in-plane voxels where the size cap needs them: the
+            curvature and vertebra sizes of a seed are those of the plain phantom, the
+            positions differ by the discs' heights.
 
     Returns:
         :class:`SpinePhantom`.
@@ -492,7 +494,10 @@ def make_spine_phantom(
     trans = _choose_transitional(transitional, levels, r_anat)
     names = level_names(trans)
     scale = r_anat.uniform(0.88, 1.12)
-    spine = build_spine(names, r_anat, scale)
+    # clinical looks come from a stream of their own (r_look): thin, degenerated discs,
+    # lung size, endplates, bone texture, the scanner's blur
+    discs = r_look.uniform(0.45, 1.05) if clinical else 1.0
+    spine = build_spine(names, r_anat, scale, disc_scale=discs)
     habitus = (r_anat.uniform(0.88, 1.12), r_anat.uniform(0.9, 1.12),
                max(0.0, r_anat.normal(8, 12)), r_anat.uniform(5, 22))
     wide = r_clinical.uniform(330, 480) if clinical and fov is None else None
@@ -502,12 +507,13 @@ def make_spine_phantom(
     metal_levels = _metal_levels(spine, (i0, i1), metal, r_metal)
     use_metal = bool(metal_levels)
 
-    # clinical looks drawn after the first seven streams were: lung size, bone texture
     lungs = ((r_look.uniform(1.0, 1.25), r_look.uniform(1.0, 1.18), r_look.uniform(10.0, 60.0))
              if clinical else (1.0, 1.0, 0.0))
     scene = build_scene(spine, r_build, metal_levels, r_clinical if clinical else None, lungs)
     hu, lab = _rasterise(scene, spine, grid, habitus, r_build, r_metal if use_metal else None,
                          r_look if clinical else None)
+    if clinical:
+        scanner_blur(hu, grid.spacing, r_look)
     sigma = r_noise.uniform(8, 30) / math.sqrt(float(voxel_scale)) if noise else 0.0
     _sdf.noise_and_clip(hu, int(r_noise.integers(0, 2**62)), sigma, -1024.0, 3071.0)
     if clinical:
@@ -568,7 +574,8 @@ def _metal_levels(spine: Spine, run: tuple[int, int], metal: bool | None, rng) -
 def _rasterise(scene: Scene, spine: Spine, grid: _Grid, habitus, rng, r_metal,
                r_texture=None):
     """Background, soft, bone and (with ``r_metal``) metal passes -> (HU, labels); with
-    ``r_texture``, the bones get a random texture (:func:`_clinical.bone_texture`)."""
+    ``r_texture``, the bodies get denser endplates and the bones a random texture
+    (:func:`_clinical.sclerotic_endplates`, :func:`_clinical.bone_texture`)."""
     blur = float(np.max(grid.spacing))
     hu = np.empty(grid.zyx, dtype=np.float32)
     lab = np.zeros(grid.zyx, dtype=np.uint8)
@@ -598,6 +605,7 @@ def _rasterise(scene: Scene, spine: Spine, grid: _Grid, habitus, rng, r_metal,
     _pass(scene.bone, grid, sdf, obj, blur)
     _sdf.composite(hu, lab, sdf, obj, core, shell, thick, label_of, grid.spacing)
     if r_texture is not None:
+        sclerotic_endplates(hu, lab, spine, grid.origin, grid.spacing, r_texture)
         bone_texture(hu, sdf < 0, grid.spacing, r_texture)
     if r_metal is not None:
         _pass(scene.metal, grid, sdf, obj, blur)
