@@ -202,7 +202,7 @@ class DemoConfig:
 
     @classmethod
     def real_ct(cls, **changes) -> DemoConfig:
-        """The ``real-ct`` recipe: the cpu-demo networks trained on phantoms of which 60 %
+        """The ``real-ct`` recipe: the cpu-demo networks trained on phantoms of which 70 %
         are clinical, with strong augmentation, more phantoms and more steps, for real
         scans (decision ``real-ct-recipe`` in ``benchmarks/decisions.md``)."""
         values = {"recipe": "real-ct", "clinical_share": 0.7, "augment": "strong",

@@ -393,3 +393,20 @@ def test_speed_of_a_256_cubed_class_phantom():
           f"(runs {', '.join(f'{t:.2f}' for t in times)})")
     assert ph.ct.data.size > 12e6
     assert np.median(times) < 30.0
+
+
+def test_disc_scale_thins_every_disc_and_keeps_the_rest():
+    names = anatomy.level_names()
+    plain = anatomy.build_spine(names, np.random.default_rng(5))
+    thin = anatomy.build_spine(names, np.random.default_rng(5), disc_scale=0.5)
+    for a, b in zip(plain.dims, thin.dims):
+        assert b.disc == pytest.approx(0.5 * a.disc)
+        assert (a.height, a.width, a.depth) == (b.height, b.width, b.depth)
+    # closed form, up to the turns at each disc: a vertebra sits its own disc's height above
+    # the one below, so each gap shrinks by half the upper vertebra's disc (the atlas sits
+    # on C2 without one)
+    gap = [np.linalg.norm(np.diff(s.centres, axis=0), axis=1) for s in (plain, thin)]
+    discs = np.array([d.disc for d in plain.dims])
+    np.testing.assert_allclose(gap[0][0], gap[1][0])
+    np.testing.assert_allclose(gap[0][1:] - gap[1][1:], 0.5 * discs[1:-1], atol=0.15)
+    np.testing.assert_allclose(plain.frames, thin.frames)  # the curvature is unchanged
