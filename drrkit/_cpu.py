@@ -61,6 +61,19 @@ def _pixel_ray(rays, k, r, c, hix, hiy, hiz):  # pragma: no cover - compiled
     return d0, d1, d2, length_mm, a0, a1
 
 
+@numba.njit(inline="always", **_JIT)
+def _row_and_view(line, n_views):  # pragma: no cover - compiled
+    """Work item ``line`` -> (detector row, view), rows outermost.
+
+    Row r of every view of an orbit about the volume sees nearly the same slab of it (the
+    slab at the row's height), so marching all views of a row one after the other reuses
+    that slab from cache; view by view, a volume larger than the last-level cache is read
+    from memory once per view (decision ``cpu-row-order`` in ``benchmarks/decisions.md``).
+    """
+    r = line // n_views
+    return r, line - r * n_views
+
+
 @numba.njit(parallel=True, **_JIT)
 def _march(vol, rays, height, width, step, out):  # pragma: no cover - compiled
     """Line integrals of ``vol`` along every pixel's ray.
@@ -84,8 +97,7 @@ def _march(vol, rays, height, width, step, out):  # pragma: no cover - compiled
     n_views = rays.shape[0]
     zero = np.float32(0.0)
     for line in numba.prange(n_views * height):
-        k = line // height
-        r = line - k * height
+        r, k = _row_and_view(line, n_views)
         s0, s1, s2 = rays[k, 0], rays[k, 1], rays[k, 2]
         for c in range(width):
             d0, d1, d2, length_mm, a0, a1 = _pixel_ray(rays, k, r, c, hix, hiy, hiz)
@@ -147,8 +159,7 @@ def _march_joseph(vol, rays, height, width, out):  # pragma: no cover - compiled
     hiy = np.float32(shape[1] - 0.5)
     hiz = np.float32(shape[0] - 0.5)
     for line in numba.prange(n_views * height):
-        k = line // height
-        r = line - k * height
+        r, k = _row_and_view(line, n_views)
         src = (rays[k, 0], rays[k, 1], rays[k, 2])
         for c in range(width):
             d0, d1, d2, length_mm, a0, a1 = _pixel_ray(rays, k, r, c, hix, hiy, hiz)

@@ -103,6 +103,18 @@ def test_joseph_matches_its_reference(seed):
     np.testing.assert_allclose(fast, ref, atol=2e-4 * np.abs(ref).max())
 
 
+@given(st.integers(0, 2**31 - 1), st.integers(1, 6), st.sampled_from(["joseph", "trilinear"]))
+def test_a_batch_is_its_views_rendered_one_by_one(seed, views, method):
+    """The CPU kernels march rows of all views together: the order must not change a pixel."""
+    rng = np.random.default_rng(seed)
+    vol = Volume(rng.random((5, 6, 7)).astype(np.float32), spacing=rng.uniform(0.5, 2.0, 3))
+    g = circular_orbit(vol, views=views, sad=40, sid=80, size=(int(rng.integers(2, 7)), 5),
+                       pixel_spacing=3.0, start_angle=rng.uniform(0, 360))
+    batch = render(vol, g, backend="cpu", method=method)
+    for k in range(views):
+        np.testing.assert_array_equal(batch[k], render(vol, g[k], backend="cpu", method=method)[0])
+
+
 def test_joseph_closed_form_and_agreement_with_trilinear():
     e = phantoms.Ellipsoid((3.0, -2.0, 1.0), (30.0, 22.0, 40.0), 0.02, phantoms.rotation_z(25))
     vol = phantoms.voxelize([e], (80, 64, 64), spacing=(1.25, 1.25, 1.25), supersample=3)
