@@ -206,8 +206,8 @@ class DemoConfig:
         are clinical, with strong augmentation, more phantoms and more steps, for real
         scans (decision ``real-ct-recipe`` in ``benchmarks/decisions.md``)."""
         values = {"recipe": "real-ct", "clinical_share": 0.7, "augment": "strong",
-                  "train_phantoms": 96, "identifier_phantoms": 400,
-                  "localizer_iterations": 14000, "identifier_iterations": 7000,
+                  "train_phantoms": 192, "identifier_phantoms": 400,
+                  "localizer_iterations": 18000, "identifier_iterations": 7000,
                   "cache_mib": 8192.0}
         values.update(changes)
         return cls(**values)
