@@ -512,15 +512,23 @@ def make_spine_phantom(
     scene = build_scene(spine, r_build, metal_levels, r_clinical if clinical else None, lungs)
     hu, lab = _rasterise(scene, spine, grid, habitus, r_build, r_metal if use_metal else None,
                          r_look if clinical else None)
-    if clinical:
-        scanner_blur(hu, grid.spacing, r_look)
-    sigma = r_noise.uniform(8, 30) / math.sqrt(float(voxel_scale)) if noise else 0.0
-    _sdf.noise_and_clip(hu, int(r_noise.integers(0, 2**62)), sigma, -1024.0, 3071.0)
-    if clinical:
-        fov_cut(hu, grid.origin, grid.spacing, r_clinical)
-
+    _scanner(hu, grid, r_noise if noise else None, float(voxel_scale),
+             (r_look, r_clinical) if clinical else None)
     return _stored(hu, lab, scene, grid, r_orient, orientation, seed=seed, metal=use_metal,
                    transitional=trans, anatomy=spine)
+
+
+def _scanner(hu, grid: _Grid, r_noise, voxel_scale: float, clinical) -> None:
+    """What the scanner adds, in place: with ``clinical`` = (r_look, r_clinical) its blur
+    first and its reconstruction circle last; with ``r_noise`` near-Gaussian noise of
+    8-30 HU (divided by ``sqrt(voxel_scale)``); then the CT-number range is clipped."""
+    if clinical is not None:
+        scanner_blur(hu, grid.spacing, clinical[0])
+    sigma = r_noise.uniform(8, 30) / math.sqrt(voxel_scale) if r_noise is not None else 0.0
+    seed = int(r_noise.integers(0, 2**62)) if r_noise is not None else 0
+    _sdf.noise_and_clip(hu, seed, sigma, -1024.0, 3071.0)
+    if clinical is not None:
+        fov_cut(hu, grid.origin, grid.spacing, clinical[1])
 
 
 def _stored(hu, lab, scene: Scene, grid: _Grid, rng, orientation: str, **fields
