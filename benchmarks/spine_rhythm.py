@@ -44,7 +44,13 @@ PICTURE_VIEWS = (0, 3, 5, 10, 13, 15)
 
 
 def heatmap_offsets(result, truth: dict[int, np.ndarray], pixel_mm: float):
-    """(N, K) offsets (mm, + superior) and heights of the heatmap maxima near each truth."""
+    """The heatmap maxima near each projected truth.
+
+    Returns:
+        (ids (N,) VerSe ids, projected truth (K, N, 2) pixels (col, row), offsets (N, K) mm
+        at the isocentre along the projected spine (+ superior), heights (N, K)); NaN
+        where the truth projects off the detector.
+    """
     import drrkit
 
     ids = list(truth)
@@ -134,8 +140,10 @@ def junction_summary(z, mean, label) -> dict[str, float]:
     """
     change = np.nonzero(np.diff(label) != 0)[0]
     edges = 0.5 * (z[change] + z[change + 1])
-    near = [np.abs(z - e) <= 3.0 for e in edges]
-    inside = np.any(near, axis=0) if near else np.zeros(len(z), dtype=bool)
+    near = [m for m in (np.abs(z - e) <= 3.0 for e in edges) if m.any()]
+    if not near:
+        raise ValueError("no slice lies within 3 mm of a change of vertebra label")
+    inside = np.any(near, axis=0)
     core = mean[~inside]
     core = core[core < np.percentile(core, 75)]
     return {"core_hu": float(np.median(core)),

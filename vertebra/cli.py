@@ -155,8 +155,9 @@ def phantom(
         "for tests).")] = "full",
     noise: Annotated[bool, typer.Option("--noise/--no-noise", help="Add CT noise.")] = True,
     clinical: Annotated[bool, typer.Option(
-        "--clinical", help="Organs, contrast, arms, leads, varied bone density and a wide "
-        "field of view, as in clinical scans (the same skeleton as without).")] = False,
+        "--clinical", help="Organs, contrast, arms, leads, varied bone density, sclerotic "
+        "endplates, thin discs, the scanner's blur and a wide field of view, as in clinical "
+        "scans (the same levels, curvature and vertebra sizes as without).")] = False,
 ) -> None:
     """Write synthetic spine CTs with VerSe ground truth (mask and centroid JSON).
 

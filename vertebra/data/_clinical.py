@@ -15,8 +15,10 @@ at random per scan so that no single appearance is learnt:
 * aortic wall calcification, ECG electrodes and leads, sternal wires;
 * the bone itself at a per-scan density, from dense to osteoporotic (trabecular core
   80-250 HU, cortex 300-800 HU, ribs fainter), drawn in :func:`restyle_bone`;
-* the scanner: the reconstruction circle that cuts a large patient's outline
-  (:func:`fov_cut`).
+* sclerotic endplates (:func:`sclerotic_endplates`) and, drawn in
+  :func:`vertebra.data.phantom.make_spine_phantom`, thin degenerated discs;
+* the scanner: its blur (:func:`scanner_blur`) and the reconstruction circle that cuts a
+  large patient's outline (:func:`fov_cut`).
 
 All positions are world LPS mm, written in the local frames of the placed spine (x left,
 y posterior, z along the spine; see :mod:`vertebra.data.anatomy`).
@@ -45,7 +47,7 @@ class Clinical:
         vessels: composited after the lungs and before the skeleton (lung vessels, the
             great vessels of the mediastinum, a dense contrast bolus, calcification, arm
             bones, electrodes and wires): the skeleton's pass and its label mask are
-            those of the plain phantom.
+            built as in the plain phantom.
         tissue_hu: CT number of the trunk's soft tissue (muscle and fat mixed).
     """
 
@@ -374,15 +376,18 @@ def bone_texture(hu: np.ndarray, inside: np.ndarray, spacing, rng) -> None:
 def sclerotic_endplates(hu: np.ndarray, lab: np.ndarray, spine: Spine, origin, spacing,
                         rng) -> None:
     """Make the top and bottom of every vertebral body denser, in place, as the endplates
-    and the subchondral bone under them show in real scans (brightest where discs have
-    degenerated): in a clinical CT the junction of two vertebrae is the densest part of
-    the column, while the phantom's uniform shell makes it a dark gap between two thin
+    and the subchondral bone under them show in real scans (where degenerated discs make
+    them brightest): in a clinical CT the junction of two vertebrae is the densest part
+    of the column, while the phantom's uniform shell makes it a dark gap between two thin
     lines, which teaches a localizer to mark the wrong rhythm along the spine.
 
     Per scan, a band 1-3.5 mm deep gets 80-450 HU more, with a 0.6-1.3 spread per
-    vertebra. The band is the part of a vertebra's label within that depth of its body's
-    superior or inferior plane, in front of the body's posterior wall (so not the
-    pedicles or the posterior elements). Labels are unchanged.
+    vertebra. The band is every voxel of a vertebra's label in front of its body's
+    posterior wall (local y < 0.45 depth) and farther from the body's centre along the
+    spine than half its height less that depth: the endplates, and with them whatever
+    of the vertebra reaches past the body's planes in front of that wall (C2's dens, the
+    roots of the cervical transverse processes). The atlas, which has no body, is left
+    as it is. Labels are unchanged.
 
     Args:
         hu: (Z, Y, X) float32 CT numbers on the canonical grid.
@@ -411,17 +416,19 @@ def sclerotic_endplates(hu: np.ndarray, lab: np.ndarray, spine: Spine, origin, s
         hu[tuple(i[band] for i in idx)] += gain
 
 
-def scanner_blur(hu: np.ndarray, spacing, rng) -> None:
+def scanner_blur(hu: np.ndarray, rng) -> None:
     """Blur the CT numbers, in place, by a per-scan point spread: a real reconstruction
     is smoother than one voxel's box (its kernel in plane, its slice profile along z),
     which merges thin discs and endplates into one band in thick-slice scans.
 
-    Gaussian standard deviations: 0-0.45 of the in-plane spacing, 0.1-0.6 of the slice
-    spacing.
+    Sampled Gaussian kernels (``exp(-i^2 / 2 sigma^2)`` at the integer offsets
+    ``|i| <= 3 sigma + 0.5``), sigma in voxels drawn per scan: 0-0.45 along the two
+    in-plane axes, 0.1-0.6 along the slice axis (axis 0). Below half a voxel a sampled
+    kernel spreads less than sigma, and below about 0.17 voxel it is a single tap that
+    leaves the axis as it is: the blur is at most about half a voxel.
 
     Args:
-        hu: (Z, Y, X) float32 CT numbers.
-        spacing: (3,) mm along x, y, z.
+        hu: (Z, Y, X) float32 CT numbers, axis 0 along the slices.
         rng: random generator.
     """
     from scipy.ndimage import gaussian_filter

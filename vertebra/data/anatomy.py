@@ -328,6 +328,8 @@ def build_spine(names: tuple[str, ...], rng: np.random.Generator, scale: float =
     ``disc_scale`` multiplies every disc's height after the draws (thin, degenerated discs
     of older patients below 1); the random draws, and so the curvature, do not change.
     """
+    if not disc_scale > 0:
+        raise VertebraError(f"disc_scale must be positive, got {disc_scale}")
     dims = level_dims(names, rng, scale)
     if disc_scale != 1.0:
         dims = [replace(d, disc=d.disc * disc_scale) for d in dims]

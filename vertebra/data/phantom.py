@@ -523,7 +523,7 @@ def _scanner(hu, grid: _Grid, r_noise, voxel_scale: float, clinical) -> None:
     first and its reconstruction circle last; with ``r_noise`` near-Gaussian noise of
     8-30 HU (divided by ``sqrt(voxel_scale)``); then the CT-number range is clipped."""
     if clinical is not None:
-        scanner_blur(hu, grid.spacing, clinical[0])
+        scanner_blur(hu, clinical[0])
     sigma = r_noise.uniform(8, 30) / math.sqrt(voxel_scale) if r_noise is not None else 0.0
     seed = int(r_noise.integers(0, 2**62)) if r_noise is not None else 0
     _sdf.noise_and_clip(hu, seed, sigma, -1024.0, 3071.0)

@@ -12,6 +12,7 @@ import pytest
 from drrkit.errors import DrrkitError
 from vertebra import labels as vlabels
 from vertebra.data import _sdf, anatomy
+from vertebra.errors import VertebraError
 from vertebra.data.phantom import (
     MIN_VISIBLE,
     make_spine_phantom,
@@ -410,3 +411,6 @@ def test_disc_scale_thins_every_disc_and_keeps_the_rest():
     np.testing.assert_allclose(gap[0][0], gap[1][0])
     np.testing.assert_allclose(gap[0][1:] - gap[1][1:], 0.5 * discs[1:-1], atol=0.15)
     np.testing.assert_allclose(plain.frames, thin.frames)  # the curvature is unchanged
+    for bad in (0.0, -0.5):
+        with pytest.raises(VertebraError, match="disc_scale must be positive"):
+            anatomy.build_spine(names, np.random.default_rng(5), disc_scale=bad)
