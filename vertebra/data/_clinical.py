@@ -396,19 +396,22 @@ def sclerotic_endplates(hu: np.ndarray, lab: np.ndarray, spine: Spine, origin, s
         origin: (3,) world mm of voxel (0, 0, 0); spacing: (3,) mm along x, y, z.
         rng: random generator.
     """
+    from scipy.ndimage import find_objects
+
     from vertebra import labels as vlabels
 
     depth = rng.uniform(1.0, 3.5)
     boost = rng.uniform(80.0, 450.0)
     origin = np.asarray(origin, dtype=np.float64)
     spacing = np.asarray(spacing, dtype=np.float64)
+    boxes = find_objects(lab)  # one pass: each label's bounding box (or None)
     for d, centre, frame in zip(spine.dims, spine.centres, spine.frames):
         gain = boost * rng.uniform(0.6, 1.3)
-        if d.name == "C1":  # the atlas has no body
-            continue
-        idx = np.nonzero(lab == vlabels.by_name(d.name).verse_id)
-        if not len(idx[0]):
-            continue
+        vid = vlabels.by_name(d.name).verse_id
+        if d.name == "C1" or vid > len(boxes) or boxes[vid - 1] is None:
+            continue  # the atlas has no body; a level outside the volume has no voxels
+        box = boxes[vid - 1]
+        idx = tuple(i + b.start for i, b in zip(np.nonzero(lab[box] == vid), box))
         world = origin + np.stack(idx[::-1], axis=1) * spacing  # (n, 3) x, y, z
         local = (world - centre) @ frame  # columns: left, posterior, superior
         band = ((np.abs(local[:, 2]) > d.height / 2 - depth)
