@@ -58,6 +58,14 @@ SIZES = {
 #: A vertebra gets a centroid when at least this fraction of it lies in the volume.
 MIN_VISIBLE = 0.5
 
+#: Share of the clinical phantoms reconstructed as a spine protocol does: a small field
+#: of view centred on the spine (:data:`SPINE_FOV_MM` wide) instead of the whole trunk.
+SPINE_FOV_SHARE = 0.3
+
+#: Range (mm) of a spine protocol's field of view, widened where the vertebral bodies
+#: need it.
+SPINE_FOV_MM = (90.0, 250.0)
+
 
 @dataclass(frozen=True, eq=False)
 class SpinePhantom:
@@ -170,9 +178,13 @@ def _size_preset(size):
     return cap, SIZES["full"][1], SIZES["full"][2]
 
 
-def _choose_grid(spine: Spine, levels, size, spacing, fov, rng, min_fov=None):
+def _choose_grid(spine: Spine, levels, size, spacing, fov, rng, min_fov=None, tight=None):
     """The scan's grid and covered levels (i0, i1); ``min_fov`` (mm) widens the drawn field
-    of view to at least that, coarsening the in-plane spacing to stay within the size cap."""
+    of view to at least that, coarsening the in-plane spacing to stay within the size cap;
+    ``tight`` (mm) instead centres a small field of view on the spine, as a spine
+    protocol's reconstruction does: that wide, or as much wider as the covered vertebral
+    bodies need (their centres 30 mm inside each side, the front of the bodies inside),
+    and coarser in plane where the size cap needs it."""
     cap, inplane, slices = _size_preset(size)
     sp_draw = (rng.uniform(*inplane), rng.uniform(*slices))
     if spacing is None:
@@ -221,7 +233,10 @@ def _choose_grid(spine: Spine, levels, size, spacing, fov, rng, min_fov=None):
     backs = c[:, 1] + 75.0
     need_y = float(max(np.abs(fronts - cy).max(), np.abs(backs - cy).max()))
     fov_draw = rng.uniform(150, 420) if cap[1] > 100 else rng.uniform(110, 180)
-    if fov is None:
+    if fov is None and tight is not None:
+        fov = max(tight, 2 * (need_x - 20.0), 2 * float(np.abs(c[:, 1] - 35.0 - cy).max()))
+        sp[:2] = max(sp[0], fov / cap[2])
+    elif fov is None:
         fov = max(fov_draw, 2 * need_x, 2 * need_y)
     elif not fov > 0:
         raise VertebraError(f"the field of view must be a positive number of mm, got {fov!r}")
@@ -483,14 +498,18 @@ def make_spine_phantom(
             field of view of 330-480 mm (unless ``fov`` is given) that holds the whole
             trunk, in coarser in-plane voxels where the size cap needs them: the
             curvature and vertebra sizes of a seed are those of the plain phantom, the
-            positions differ by the discs' heights.
+            positions differ by the discs' heights. A share of them
+            (:data:`SPINE_FOV_SHARE`, from a stream of its own) is reconstructed as spine
+            protocols are: a field of view of 90-250 mm centred on the spine, cutting the
+            trunk, ribs and organs, in finer voxels and without a reconstruction circle.
 
     Returns:
         :class:`SpinePhantom`.
     """
     seed = _check_options(seed, orientation, voxel_scale)
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(8)]
-    r_anat, r_fov, r_build, r_metal, r_noise, r_orient, r_clinical, r_look = streams
+    # a ninth stream leaves the first eight, and so every earlier draw, as they were
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(9)]
+    r_anat, r_fov, r_build, r_metal, r_noise, r_orient, r_clinical, r_look, r_spine_fov = streams
     trans = _choose_transitional(transitional, levels, r_anat)
     names = level_names(trans)
     scale = r_anat.uniform(0.88, 1.12)
@@ -501,7 +520,10 @@ def make_spine_phantom(
     habitus = (r_anat.uniform(0.88, 1.12), r_anat.uniform(0.9, 1.12),
                max(0.0, r_anat.normal(8, 12)), r_anat.uniform(5, 22))
     wide = r_clinical.uniform(330, 480) if clinical and fov is None else None
-    grid, (i0, i1) = _choose_grid(spine, levels, size, spacing, fov, r_fov, wide)
+    tight = None
+    if wide is not None and r_spine_fov.random() < SPINE_FOV_SHARE:
+        wide, tight = None, r_spine_fov.uniform(*SPINE_FOV_MM)
+    grid, (i0, i1) = _choose_grid(spine, levels, size, spacing, fov, r_fov, wide, tight)
     grid = _coarser(grid, float(voxel_scale))
 
     metal_levels = _metal_levels(spine, (i0, i1), metal, r_metal)
@@ -513,21 +535,22 @@ def make_spine_phantom(
     hu, lab = _rasterise(scene, spine, grid, habitus, r_build, r_metal if use_metal else None,
                          r_look if clinical else None)
     _scanner(hu, grid, r_noise if noise else None, float(voxel_scale),
-             (r_look, r_clinical) if clinical else None)
+             (r_look, r_clinical if tight is None else None) if clinical else None)
     return _stored(hu, lab, scene, grid, r_orient, orientation, seed=seed, metal=use_metal,
                    transitional=trans, anatomy=spine)
 
 
 def _scanner(hu, grid: _Grid, r_noise, voxel_scale: float, clinical) -> None:
     """What the scanner adds, in place: with ``clinical`` = (r_look, r_clinical) its blur
-    first and its reconstruction circle last; with ``r_noise`` near-Gaussian noise of
+    first and its reconstruction circle last (none when r_clinical is None: a small field
+    of view lies inside the scanner's circle); with ``r_noise`` near-Gaussian noise of
     8-30 HU (divided by ``sqrt(voxel_scale)``); then the CT-number range is clipped."""
     if clinical is not None:
         scanner_blur(hu, clinical[0])
     sigma = r_noise.uniform(8, 30) / math.sqrt(voxel_scale) if r_noise is not None else 0.0
     seed = int(r_noise.integers(0, 2**62)) if r_noise is not None else 0
     _sdf.noise_and_clip(hu, seed, sigma, -1024.0, 3071.0)
-    if clinical is not None:
+    if clinical is not None and clinical[1] is not None:
         fov_cut(hu, grid.origin, grid.spacing, clinical[1])
 
 

@@ -134,6 +134,26 @@ def test_wide_field_of_view_holds_the_trunk_within_the_size_cap():
     assert width >= 330 - 3 * ph.ct.spacing.max()
 
 
+def test_a_share_of_clinical_scans_has_a_spine_protocols_small_field_of_view():
+    small = 0
+    for seed in range(12):
+        ph = make_spine_phantom(seed, clinical=True, size="small")
+        corners = ph.ct.corners
+        lo, hi = corners.min(axis=0), corners.max(axis=0)
+        width = float(min(hi[0] - lo[0], hi[1] - lo[1]))  # world x, y extents, mm
+        if width >= 330 - 3 * ph.ct.spacing.max():
+            continue  # the whole trunk
+        small += 1
+        # centred on the spine: every covered vertebral body's centre lies inside, 20 mm
+        # or more from the sides, and each keeps its ground truth
+        covered = [vlabels.by_name(n).verse_id for n in ph.levels]
+        for d, c in zip(ph.anatomy.dims, ph.anatomy.centres):
+            if vlabels.by_name(d.name).verse_id in covered:
+                assert np.all(c[:2] - lo[:2] >= 20) and np.all(hi[:2] - c[:2] >= 20)
+        assert len(ph.centroids) >= 2
+    assert 2 <= small <= 7  # about SPINE_FOV_SHARE of 12
+
+
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 2**31), nx=st.integers(8, 40), ny=st.integers(8, 40))
 def test_fov_cut_blanks_exactly_outside_its_circle(seed, nx, ny):
