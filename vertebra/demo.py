@@ -107,6 +107,10 @@ class DemoConfig:
             and leads and vary their bone density and field of view
             (``make_spine_phantom(clinical=True)``, drawn per seed:
             ``PhantomSource(clinical_share=)``); the held-out phantoms stay plain.
+        localizer_spine_fov_share, identifier_spine_fov_share: share of each network's
+            clinical phantoms with a spine protocol's small field of view
+            (``make_spine_phantom(spine_fov_share=)``; None: the generator's default,
+            :data:`vertebra.data.phantom.SPINE_FOV_SHARE`).
         augment: "mild" (``AugmentConfig()``) or "strong" (``AugmentConfig.strong()``:
             wide intensity, gamma, blur and noise ranges and bright distractors).
         device: torch device that trains and runs the networks ("cpu", "cuda",
@@ -142,6 +146,8 @@ class DemoConfig:
     recipe: str = "cpu-demo"
     cache_mib: float = 2048.0
     clinical_share: float = 0.0
+    localizer_spine_fov_share: float | None = None
+    identifier_spine_fov_share: float | None = None
     augment: str = "mild"
 
     def __post_init__(self) -> None:
@@ -160,8 +166,11 @@ class DemoConfig:
         if self.augment not in AUGMENTS:
             raise VertebraError(f"augment must be one of {', '.join(AUGMENTS)}, got "
                                 f"{self.augment!r}")
-        if not 0 <= float(self.clinical_share) <= 1:
-            raise VertebraError(f"clinical_share must lie in [0, 1], got {self.clinical_share}")
+        for name in ("clinical_share", "localizer_spine_fov_share",
+                     "identifier_spine_fov_share"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= float(value) <= 1:
+                raise VertebraError(f"{name} must lie in [0, 1], got {value}")
         if int(self.crops) < 0:
             raise VertebraError(f"crops must be >= 0, got {self.crops}")
         if self.pretrain_steps < 0 or self.pretrain_batch < 2:
@@ -180,8 +189,13 @@ class DemoConfig:
 
     def phantom_options(self, task: str) -> dict:
         """``make_spine_phantom`` options of the training phantoms of ``task``'s network."""
-        scale = float(self.identifier_voxel_scale) if task == "identification" else 1.0
-        return {} if scale == 1.0 else {"voxel_scale": scale}
+        ident = task == "identification"
+        scale = float(self.identifier_voxel_scale) if ident else 1.0
+        share = self.identifier_spine_fov_share if ident else self.localizer_spine_fov_share
+        options = {} if scale == 1.0 else {"voxel_scale": scale}
+        if share is not None:
+            options["spine_fov_share"] = float(share)
+        return options
 
     def train_changes(self) -> dict:
         """:class:`TrainConfig` fields this recipe sets on top of ``TrainConfig.cpu_demo``."""
@@ -204,8 +218,11 @@ class DemoConfig:
     def real_ct(cls, **changes) -> DemoConfig:
         """The ``real-ct`` recipe: the cpu-demo networks trained on phantoms of which 70 %
         are clinical, with strong augmentation, more phantoms and more steps, for real
-        scans (decision ``real-ct-recipe`` in ``benchmarks/decisions.md``)."""
+        scans; the identifier's clinical phantoms include spine protocols' small fields of
+        view, the localizer's show the whole trunk (decisions ``real-ct-recipe`` and
+        ``spine-fov`` in ``benchmarks/decisions.md``)."""
         values = {"recipe": "real-ct", "clinical_share": 0.7, "augment": "strong",
+                  "localizer_spine_fov_share": 0.0,
                   "train_phantoms": 192, "identifier_phantoms": 400,
                   "localizer_iterations": 18000, "identifier_iterations": 7000,
                   "cache_mib": 8192.0}

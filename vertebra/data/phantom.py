@@ -465,6 +465,7 @@ def make_spine_phantom(
     orientation: str = "random",
     voxel_scale: float = 1.0,
     clinical: bool = False,
+    spine_fov_share: float | None = None,
 ) -> SpinePhantom:
     """A random synthetic spine CT in HU with VerSe ground truth, reproducible from ``seed``.
 
@@ -502,11 +503,17 @@ def make_spine_phantom(
             (:data:`SPINE_FOV_SHARE`, from a stream of its own) is reconstructed as spine
             protocols are: a field of view of 90-250 mm centred on the spine, cutting the
             trunk, ribs and organs, in finer voxels and without a reconstruction circle.
+        spine_fov_share: that share for this call (None: :data:`SPINE_FOV_SHARE`; 0:
+            always the whole trunk). The draw is the seed's, so a seed's scan is the
+            same at every share that does not make it a spine protocol's.
 
     Returns:
         :class:`SpinePhantom`.
     """
     seed = _check_options(seed, orientation, voxel_scale)
+    share = SPINE_FOV_SHARE if spine_fov_share is None else float(spine_fov_share)
+    if not 0.0 <= share <= 1.0:
+        raise VertebraError(f"spine_fov_share must lie in [0, 1], got {spine_fov_share!r}")
     # a ninth stream leaves the first eight, and so every earlier draw, as they were
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(9)]
     r_anat, r_fov, r_build, r_metal, r_noise, r_orient, r_clinical, r_look, r_spine_fov = streams
@@ -521,7 +528,7 @@ def make_spine_phantom(
                max(0.0, r_anat.normal(8, 12)), r_anat.uniform(5, 22))
     wide = r_clinical.uniform(330, 480) if clinical and fov is None else None
     tight = None
-    if wide is not None and r_spine_fov.random() < SPINE_FOV_SHARE:
+    if wide is not None and r_spine_fov.random() < share:
         wide, tight = None, r_spine_fov.uniform(*SPINE_FOV_MM)
     grid, (i0, i1) = _choose_grid(spine, levels, size, spacing, fov, r_fov, wide, tight)
     grid = _coarser(grid, float(voxel_scale))

@@ -135,7 +135,7 @@ def test_wide_field_of_view_holds_the_trunk_within_the_size_cap():
 
 
 def test_a_share_of_clinical_scans_has_a_spine_protocols_small_field_of_view():
-    small = 0
+    small, small_seeds = 0, []
     for seed in range(12):
         ph = make_spine_phantom(seed, clinical=True, size="small")
         corners = ph.ct.corners
@@ -151,7 +151,18 @@ def test_a_share_of_clinical_scans_has_a_spine_protocols_small_field_of_view():
             if vlabels.by_name(d.name).verse_id in covered:
                 assert np.all(c[:2] - lo[:2] >= 20) and np.all(hi[:2] - c[:2] >= 20)
         assert len(ph.centroids) >= 2
+        # the same seed at share 0 is the whole-trunk scan, the others stay as they are
+        whole = make_spine_phantom(seed, clinical=True, size="small", spine_fov_share=0.0)
+        extent = np.ptp(whole.ct.corners, axis=0)
+        assert min(extent[0], extent[1]) >= 330 - 3 * whole.ct.spacing.max()
+        small_seeds.append(seed)
     assert 2 <= small <= 7  # about SPINE_FOV_SHARE of 12
+    for seed in set(range(4)) - set(small_seeds):  # not drawn as spine protocols
+        np.testing.assert_array_equal(
+            make_spine_phantom(seed, clinical=True, size="small", spine_fov_share=0.0).ct.data,
+            make_spine_phantom(seed, clinical=True, size="small").ct.data)
+    with pytest.raises(DrrkitError, match="spine_fov_share"):
+        make_spine_phantom(0, clinical=True, size="small", spine_fov_share=1.5)
 
 
 @settings(max_examples=20, deadline=None)
@@ -242,6 +253,12 @@ def test_recipes_registry_and_schedule():
     assert real.train_changes()["augment"] == AugmentConfig.strong()
     with pytest.raises(DrrkitError, match="clinical_share"):
         DemoConfig(clinical_share=1.5)
+    # the localizer's clinical phantoms show the whole trunk, the identifier's the
+    # generator's share of spine protocols
+    assert real.phantom_options("localization") == {"spine_fov_share": 0.0}
+    assert "spine_fov_share" not in real.phantom_options("identification")
+    with pytest.raises(DrrkitError, match="identifier_spine_fov_share"):
+        DemoConfig(identifier_spine_fov_share=-0.1)
     assert set(RECIPES) >= {"cpu-demo", "real-ct"}
     with pytest.raises(DrrkitError, match="unknown recipe"):
         recipe_config("nope")
