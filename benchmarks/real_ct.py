@@ -273,7 +273,9 @@ def score_case(result, truth: Truth) -> dict:
     Returns:
         :func:`vertebra.metrics.evaluate`'s dict with ``predictions``: a list, superior
         first, of {label, name, confidence, detection, n_views, world_mm, nearest_gt,
-        nearest_gt_mm (distance to the nearest whole ground-truth centroid), identified}.
+        nearest_gt_mm (distance to the nearest whole ground-truth centroid), identified},
+        and ``mean_offset_lps_mm``: (3,) mean of prediction minus truth over the
+        identified vertebrae (None when none is).
     """
     from vertebra import labels as vlabels
     from vertebra.metrics import evaluate
@@ -293,7 +295,11 @@ def score_case(result, truth: Truth) -> dict:
             "nearest_gt_mm": math.nan if near is None else round(float(d[near]), 3),
             "identified": v.verse_id in scores["hits"],
         })
-    return {**scores, "predictions": rows}
+    # a localizer that is off the same way on every vertebra shows here, not in l_error
+    hits = [v.world - truth.centroids[v.verse_id] for v in result.vertebrae
+            if v.verse_id in scores["hits"]]
+    bias = _rounded(np.mean(hits, axis=0), 2) if hits else None
+    return {**scores, "mean_offset_lps_mm": bias, "predictions": rows}
 
 
 # ---------------------------------------------------------------------------- output
@@ -329,6 +335,10 @@ def print_case(console, name: str, truth: Truth, scores: dict, result, seconds: 
         f"{mm(scores['l_error'])} mm; labelled in {seconds:.0f} s")
     console.print(f"  missed: {_names(scores['misses'])}; labels not in the GT: "
                   f"{_names(scores['false_positives'])}")
+    if scores["mean_offset_lps_mm"] is not None:
+        x, y, z = scores["mean_offset_lps_mm"]
+        console.print(f"  identified predictions minus truth, mean (LPS mm): x {x:+.2f}, "
+                      f"y {y:+.2f}, z {z:+.2f} (+z superior)")
     by_faces: dict[tuple[str, ...], list[int]] = {}
     for lab, faces in truth.cut.items():
         by_faces.setdefault(tuple(faces), []).append(lab)
