@@ -329,7 +329,9 @@ def print_case(console, name: str, truth: Truth, scores: dict, result, seconds: 
     console.print(table)
     rate = scores["id_rate"]
     console.print(
-        f"  {name}: {scores['n_gt']} GT, {scores['n_pred']} predicted ({result.status}), "
+        f"  {name}: {scores['n_gt']} GT, {scores['n_pred']} predicted ({result.status}"
+        f"{', labels uncertain' if result.uncertain else ''}; median confidence "
+        f"{result.median_confidence:.2f}), "
         f"{scores['identified']} identified, id rate "
         f"{'-' if not math.isfinite(rate) else f'{100 * rate:.1f} %'}, l_error "
         f"{mm(scores['l_error'])} mm; labelled in {seconds:.0f} s")
@@ -441,6 +443,8 @@ def case_record(files: CaseFiles, truth: Truth, scores: dict, result, volume, pa
         "misses": [vlabels.name_of(i) for i in scores["misses"]],
         "false_positives": [vlabels.name_of(i) for i in scores["false_positives"]],
         "status": result.status,
+        "uncertain": result.uncertain,
+        "median_confidence": round(result.median_confidence, 4) if result.vertebrae else None,
         "label_seconds": round(seconds, 3),
         "stage_seconds": {k: round(float(v), 3) for k, v in result.timings.items()},
         "predictions": scores["predictions"],

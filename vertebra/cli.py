@@ -341,7 +341,8 @@ def _label_all(cases: list[Path], batch: bool, nets, config, out: Path, options:
                 continue
             names = [v.name for v in result.vertebrae]
             span = f"{names[0]}-{names[-1]}" if names else "-"
-            typer.echo(f"{stem}: {len(names)} vertebrae {span} ({result.status}) in "
+            status = result.status + (", labels uncertain" if result.uncertain else "")
+            typer.echo(f"{stem}: {len(names)} vertebrae {span} ({status}) in "
                        f"{time.perf_counter() - start:.1f} s -> {dest}")
     return failed
 

@@ -51,7 +51,10 @@ channel 0 background; or 28 with the sacrum class last). :class:`TorchNetwork` w
 
 Fails soft: views without detections, a partial field of view or a single vertebra still
 give an answer with per-vertebra confidences; a CT in which no vertebra is found gives an
-empty result whose ``status`` is ``"no spine found"`` (and a warning).
+empty result whose ``status`` is ``"no spine found"`` (and a warning). Labels whose median
+confidence is below :data:`UNCERTAIN_CONFIDENCE` are flagged as uncertain (and warned
+about): the identifier did not recognise the region, as in a short crop with nothing to
+count from.
 """
 
 from __future__ import annotations
@@ -87,6 +90,11 @@ SACRUM_STEPS = (0.7, 0.85, 1.0, 1.15, 1.3)
 STAGES = ("render", "localize", "peaks", "match", "identify", "vote", "correct")
 VOTING = ("weighted", "mean")
 NO_SPINE = "no spine found"
+
+#: A labelling whose vertebrae have a median label confidence below this is flagged as
+#: uncertain (:attr:`LabelResult.uncertain`, with a warning): the labels may be a region
+#: or several levels off (decision ``uncertain-labels``).
+UNCERTAIN_CONFIDENCE = 0.3
 
 Localizer = Callable[[np.ndarray], np.ndarray]
 Identifier = Callable[[np.ndarray], np.ndarray]
@@ -227,7 +235,7 @@ class LabelResult:
 
     Attributes:
         vertebrae: the labelled vertebrae, superior first.
-        status: "ok" or "no spine found".
+        status: "ok" or "no spine found" (see also :attr:`uncertain`).
         points: (T, 3) world mm of every track, superior first (labelled or not).
         classes: (T,) network class per track (0 = unlabelled).
         confidence: (T,) label confidence per track.
@@ -285,6 +293,19 @@ class LabelResult:
     def centroids(self) -> dict[int, np.ndarray]:
         """{VerSe id: (3,) world mm} of the labelled vertebrae, superior first."""
         return {v.verse_id: v.world for v in self.vertebrae}
+
+    @property
+    def median_confidence(self) -> float:
+        """Median label confidence of the vertebrae, [0, 1] (NaN without vertebrae)."""
+        if not self.vertebrae:
+            return float("nan")
+        return float(np.median([v.confidence for v in self.vertebrae]))
+
+    @property
+    def uncertain(self) -> bool:
+        """Vertebrae were labelled, with a median confidence below
+        :data:`UNCERTAIN_CONFIDENCE`."""
+        return bool(self.vertebrae) and self.median_confidence < UNCERTAIN_CONFIDENCE
 
     @property
     def total_seconds(self) -> float:
@@ -754,6 +775,12 @@ def labelled_vertebrae(tracks: Tracks, labels: Labels) -> tuple[LabelledVertebra
     if not vertebrae:
         warnings.warn("no spine found: no vertebra was detected in enough views",
                       stacklevel=3)
+    else:
+        median = float(np.median([v.confidence for v in vertebrae]))
+        if median < UNCERTAIN_CONFIDENCE:
+            warnings.warn(f"labels uncertain: median label confidence {median:.2f} (below "
+                          f"{UNCERTAIN_CONFIDENCE}); the levels may be off, check them",
+                          stacklevel=3)
     return tuple(vertebrae)
 
 

@@ -328,6 +328,9 @@ def result_summary(result, **extra) -> dict:
     return {
         **extra,
         "status": result.status,
+        "uncertain": result.uncertain,
+        "median_confidence": (None if not result.vertebrae
+                              else round(result.median_confidence, 4)),
         "timings_s": {k: round(float(v), 4) for k, v in result.timings.items()},
         "total_s": round(result.total_seconds, 4),
         "views": len(result.geometry),

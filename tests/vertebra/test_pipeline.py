@@ -383,3 +383,28 @@ def test_identifier_on_its_own_coarser_views(thoracic, thoracic_maps):
     with pytest.raises(DrrkitError, match="identifier"):
         label_ct(vol, lambda x: heat, lambda x: thoracic_maps[1][1], views=VIEWS,
                  identifier_views=coarse, backend="cpu")
+
+
+def test_labels_an_identifier_does_not_recognise_are_flagged_uncertain(thoracic,
+                                                                       thoracic_maps):
+    from vertebra.pipeline import UNCERTAIN_CONFIDENCE
+    from vertebra.report import result_summary
+
+    vol, (heat, probs, _) = thoracic_maps
+    sure = run(vol, heat, probs)
+    assert not sure.uncertain and sure.median_confidence > 0.8
+    assert result_summary(sure)["uncertain"] is False
+    # every foreground pixel equally likely to be any vertebra: the vertebrae are still
+    # found, but their labels are a guess, and the result says so
+    flat = probs.copy()
+    fg = probs[:, 1:].sum(axis=1, keepdims=True)
+    flat[:, 1:] = fg / (flat.shape[1] - 1)
+    with pytest.warns(UserWarning, match="labels uncertain"):
+        guess = run(vol, heat, flat)
+    assert guess.status == "ok" and len(guess.vertebrae) >= 5
+    assert guess.uncertain and guess.median_confidence < UNCERTAIN_CONFIDENCE
+    summary = result_summary(guess)
+    assert summary["uncertain"] is True
+    assert summary["median_confidence"] == pytest.approx(guess.median_confidence, abs=1e-4)
+    empty = dataclasses.replace(guess, vertebrae=())
+    assert not empty.uncertain and np.isnan(empty.median_confidence)
