@@ -156,8 +156,9 @@ def phantom(
     noise: Annotated[bool, typer.Option("--noise/--no-noise", help="Add CT noise.")] = True,
     clinical: Annotated[bool, typer.Option(
         "--clinical", help="Organs, contrast, arms, leads, varied bone density, sclerotic "
-        "endplates, thin discs, the scanner's blur and a wide field of view, as in clinical "
-        "scans (the same levels, curvature and vertebra sizes as without).")] = False,
+        "endplates, thin discs, the scanner's blur and a wide field of view (on 30 % a spine "
+        "protocol's small one), as in clinical scans (the same levels, curvature and "
+        "vertebra sizes as without).")] = False,
 ) -> None:
     """Write synthetic spine CTs with VerSe ground truth (mask and centroid JSON).
 

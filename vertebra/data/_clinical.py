@@ -18,7 +18,9 @@ at random per scan so that no single appearance is learnt:
 * sclerotic endplates (:func:`sclerotic_endplates`) and, drawn in
   :func:`vertebra.data.phantom.make_spine_phantom`, thin degenerated discs;
 * the scanner: its blur (:func:`scanner_blur`) and the reconstruction circle that cuts a
-  large patient's outline (:func:`fov_cut`).
+  large patient's outline (:func:`fov_cut`), or, drawn in
+  :func:`vertebra.data.phantom.make_spine_phantom`, a spine protocol's small field of view
+  centred on the spine.
 
 All positions are world LPS mm, written in the local frames of the placed spine (x left,
 y posterior, z along the spine; see :mod:`vertebra.data.anatomy`).

@@ -487,33 +487,24 @@ def make_spine_phantom(
             direction).
         voxel_scale: voxels this many times larger along each axis than drawn (>= 1),
             over the same box: the same spine, scan and field of view in
-            ``voxel_scale**3`` times fewer voxels, built about as many times faster. For
-            training data seen through coarse pixels (the cpu-demo identifier's 4 mm
-            views). The noise standard deviation is divided by ``sqrt(voxel_scale)``, so
-            that of a line integral through the noise stays about the same.
-        clinical: also draw what a clinical scan holds besides the skeleton (organs at
-            their CT numbers, a contrast phase, arms, leads, bone from dense to
-            osteoporotic with sclerotic endplates, discs 0.45-1.05 times their healthy
-            height, the scanner's blur and reconstruction circle;
-            :mod:`vertebra.data._clinical`), from a random stream of its own, and a
-            field of view of 330-480 mm (unless ``fov`` is given) that holds the whole
-            trunk, in coarser in-plane voxels where the size cap needs them: the
-            curvature and vertebra sizes of a seed are those of the plain phantom, the
-            positions differ by the discs' heights. A share of them
-            (:data:`SPINE_FOV_SHARE`, from a stream of its own) is reconstructed as spine
-            protocols are: a field of view of 90-250 mm centred on the spine, cutting the
-            trunk, ribs and organs, in finer voxels and without a reconstruction circle.
-        spine_fov_share: that share for this call (None: :data:`SPINE_FOV_SHARE`; 0:
-            always the whole trunk). The draw is the seed's, so a seed's scan is the
-            same at every share that does not make it a spine protocol's.
+            ``voxel_scale**3`` times fewer voxels, built as many times faster, for data
+            seen through coarse pixels (the cpu-demo identifier's 4 mm views); the noise
+            is divided by ``sqrt(voxel_scale)`` so that in a line integral stays put.
+        clinical: also draw what a clinical scan holds besides the skeleton (organs,
+            contrast, arms, leads, bone from dense to osteoporotic with sclerotic
+            endplates, discs 0.45-1.05 times their healthy height, the scanner's blur
+            and reconstruction circle; :mod:`vertebra.data._clinical`), from a random
+            stream of its own, and (unless ``fov`` is given) a 330-480 mm field of view
+            holding the whole trunk, in coarser in-plane voxels where the size cap needs
+            them, or on ``spine_fov_share`` of the seeds a spine protocol's 90-250 mm one
+            centred on the spine, without the circle. A seed's curvature and vertebra
+            sizes are those of its plain phantom; positions differ by the discs' heights.
+        spine_fov_share: that share (None: :data:`SPINE_FOV_SHARE`), drawn per seed.
 
     Returns:
         :class:`SpinePhantom`.
     """
-    seed = _check_options(seed, orientation, voxel_scale)
-    share = SPINE_FOV_SHARE if spine_fov_share is None else float(spine_fov_share)
-    if not 0.0 <= share <= 1.0:
-        raise VertebraError(f"spine_fov_share must lie in [0, 1], got {spine_fov_share!r}")
+    seed, share = _check_options(seed, orientation, voxel_scale, spine_fov_share)
     # a ninth stream leaves the first eight, and so every earlier draw, as they were
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(9)]
     r_anat, r_fov, r_build, r_metal, r_noise, r_orient, r_clinical, r_look, r_spine_fov = streams
@@ -526,16 +517,12 @@ def make_spine_phantom(
     spine = build_spine(names, r_anat, scale, disc_scale=discs)
     habitus = (r_anat.uniform(0.88, 1.12), r_anat.uniform(0.9, 1.12),
                max(0.0, r_anat.normal(8, 12)), r_anat.uniform(5, 22))
-    wide = r_clinical.uniform(330, 480) if clinical and fov is None else None
-    tight = None
-    if wide is not None and r_spine_fov.random() < share:
-        wide, tight = None, r_spine_fov.uniform(*SPINE_FOV_MM)
+    wide, tight = _field_of_view(clinical and fov is None, share, r_clinical, r_spine_fov)
     grid, (i0, i1) = _choose_grid(spine, levels, size, spacing, fov, r_fov, wide, tight)
     grid = _coarser(grid, float(voxel_scale))
 
     metal_levels = _metal_levels(spine, (i0, i1), metal, r_metal)
     use_metal = bool(metal_levels)
-
     lungs = ((r_look.uniform(1.0, 1.25), r_look.uniform(1.0, 1.18), r_look.uniform(10.0, 60.0))
              if clinical else (1.0, 1.0, 0.0))
     scene = build_scene(spine, r_build, metal_levels, r_clinical if clinical else None, lungs)
@@ -577,8 +564,22 @@ def _stored(hu, lab, scene: Scene, grid: _Grid, rng, orientation: str, **fields
         rib_levels=scene.rib_levels, **fields)
 
 
-def _check_options(seed, orientation: str, voxel_scale) -> int:
-    """The seed as an int, after checking the options a phantom cannot be built without."""
+def _field_of_view(draw: bool, share: float, r_clinical, r_spine_fov):
+    """(wide, tight): the field-of-view draws (mm or None) of :func:`_choose_grid` for a
+    clinical scan (``draw``): the whole trunk, 330-480 mm, or with probability ``share``
+    a spine protocol's small field of view (:data:`SPINE_FOV_MM`)."""
+    if not draw:
+        return None, None
+    wide = r_clinical.uniform(330, 480)  # drawn either way: the stream stays in step
+    if r_spine_fov.random() < share:
+        return None, r_spine_fov.uniform(*SPINE_FOV_MM)
+    return wide, None
+
+
+def _check_options(seed, orientation: str, voxel_scale, spine_fov_share=None
+                   ) -> tuple[int, float]:
+    """The seed as an int and the spine-protocol share (None: :data:`SPINE_FOV_SHARE`),
+    after checking the options a phantom cannot be built without."""
     try:
         seed = int(seed)
     except (TypeError, ValueError):
@@ -589,7 +590,10 @@ def _check_options(seed, orientation: str, voxel_scale) -> int:
         raise VertebraError(f"orientation must be 'random' or 'canonical', got {orientation!r}")
     if not (math.isfinite(float(voxel_scale)) and float(voxel_scale) >= 1.0):
         raise VertebraError(f"voxel_scale must be a number >= 1, got {voxel_scale!r}")
-    return seed
+    share = SPINE_FOV_SHARE if spine_fov_share is None else float(spine_fov_share)
+    if not 0.0 <= share <= 1.0:
+        raise VertebraError(f"spine_fov_share must lie in [0, 1], got {spine_fov_share!r}")
+    return seed, share
 
 
 def _metal_levels(spine: Spine, run: tuple[int, int], metal: bool | None, rng) -> list[int]:
