@@ -75,14 +75,12 @@ def main(argv=None) -> int:
     kinds = ([(seed, {}, "plain") for seed in seeds]
              + [(seed, {"clinical": True, "spine_fov_share": 0.0}, "clinical")
                 for seed in seeds]
-             + [(seeds[0], {"clinical": True, "spine_fov_share": 1.0},
-                 "clinical, spine protocol")])
+             + [(seeds[0], {"clinical": True, "spine_fov_share": 1.0}, "spine-protocol")])
     for seed, options, kind in kinds:
         ph = make_spine_phantom(seed, **options)
         mu = ph.ct.with_data(drrkit.hu_to_mu(ph.ct.data))
         rows.append(_row(_views(mu, view_config)))
-        names.append(f"{kind} phantom {seed}".replace(" phantom", "\nphantom", 1)
-                     if kind.startswith("clinical,") else f"{kind} phantom {seed}")
+        names.append(f"{kind} phantom {seed}")
     tops = np.cumsum([0] + [r.shape[0] + 8 for r in rows])
     canvas = np.zeros((tops[-1], max(r.shape[1] for r in rows) + 150))
     for top, r in zip(tops, rows):

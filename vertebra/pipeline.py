@@ -297,9 +297,7 @@ class LabelResult:
     @property
     def median_confidence(self) -> float:
         """Median label confidence of the vertebrae, [0, 1] (NaN without vertebrae)."""
-        if not self.vertebrae:
-            return float("nan")
-        return float(np.median([v.confidence for v in self.vertebrae]))
+        return _median_confidence(self.vertebrae)
 
     @property
     def uncertain(self) -> bool:
@@ -755,6 +753,13 @@ def correct(tracks: Tracks, votes: Votes, config: PipelineConfig) -> Labels:
                   correction=correction, above_sacrum=above_sacrum)
 
 
+def _median_confidence(vertebrae) -> float:
+    """Median label confidence of :class:`LabelledVertebra` items (NaN for none)."""
+    if not vertebrae:
+        return float("nan")
+    return float(np.median([v.confidence for v in vertebrae]))
+
+
 def labelled_vertebrae(tracks: Tracks, labels: Labels) -> tuple[LabelledVertebra, ...]:
     """The labelled tracks as :class:`LabelledVertebra`, superior first; warns about
     tracks left without a label and when none is labelled."""
@@ -776,7 +781,7 @@ def labelled_vertebrae(tracks: Tracks, labels: Labels) -> tuple[LabelledVertebra
         warnings.warn("no spine found: no vertebra was detected in enough views",
                       stacklevel=3)
     else:
-        median = float(np.median([v.confidence for v in vertebrae]))
+        median = _median_confidence(vertebrae)
         if median < UNCERTAIN_CONFIDENCE:
             warnings.warn(f"labels uncertain: median label confidence {median:.2f} (below "
                           f"{UNCERTAIN_CONFIDENCE}); the levels may be off, check them",
