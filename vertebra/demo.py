@@ -76,6 +76,9 @@ class DemoConfig:
             ``identifier-voxel-scale``).
         crops: shorter scans cut from each training phantom, each prerendered too
             (:class:`vertebra.training.sources.CroppedSource`; 0: none).
+        localizer_crops: the same for the localizer's phantoms (None: ``crops``).
+        crop_min_vertebrae, crop_reach: the fewest vertebrae a crop keeps and the range
+            of its cuts' reaches (``CroppedSource``'s ``min_vertebrae`` and ``reach``).
         held_out: held-out phantoms (seeds ``held_out_start`` ..).
         held_out_start: first held-out seed (far from the training seeds).
         pretrain_steps: SimSiam steps (0 skips pre-training).
@@ -129,6 +132,9 @@ class DemoConfig:
     identifier_sacrum_share: float | None = 0.3
     identifier_voxel_scale: float = 2.0
     crops: int = 0
+    localizer_crops: int | None = None
+    crop_min_vertebrae: int = 4
+    crop_reach: tuple[float, float] = (0.3, 0.7)
     held_out: int = 24
     held_out_start: int = 3000
     pretrain_steps: int = 40
@@ -171,8 +177,15 @@ class DemoConfig:
             value = getattr(self, name)
             if value is not None and not 0 <= float(value) <= 1:
                 raise VertebraError(f"{name} must lie in [0, 1], got {value}")
-        if int(self.crops) < 0:
-            raise VertebraError(f"crops must be >= 0, got {self.crops}")
+        for name in ("crops", "localizer_crops"):
+            value = getattr(self, name)
+            if value is not None and int(value) < 0:
+                raise VertebraError(f"{name} must be >= 0, got {value}")
+        if int(self.crop_min_vertebrae) < 1:
+            raise VertebraError(f"crop_min_vertebrae must be >= 1, got {self.crop_min_vertebrae}")
+        object.__setattr__(self, "crop_reach", tuple(float(r) for r in self.crop_reach))
+        if not (len(self.crop_reach) == 2 and 0 < self.crop_reach[0] <= self.crop_reach[1] < 1):
+            raise VertebraError(f"crop_reach must be a range inside (0, 1), got {self.crop_reach}")
         if self.pretrain_steps < 0 or self.pretrain_batch < 2:
             raise VertebraError("need pretrain_steps >= 0 and pretrain_batch >= 2")
         object.__setattr__(self, "pretrained", tuple(self.pretrained))
@@ -186,6 +199,12 @@ class DemoConfig:
         if task == "identification" and self.identifier_sacrum_share is not None:
             return float(self.identifier_sacrum_share)
         return float(self.sacrum_share)
+
+    def crops_of(self, task: str) -> int:
+        """Shorter scans cut from each training phantom of ``task``'s network."""
+        if task == "localization" and self.localizer_crops is not None:
+            return int(self.localizer_crops)
+        return int(self.crops)
 
     def phantom_options(self, task: str) -> dict:
         """``make_spine_phantom`` options of the training phantoms of ``task``'s network."""
@@ -316,14 +335,16 @@ def prepare_data(data: Path, config: DemoConfig, log: Callable[[str], None] = pr
     )
     from vertebra.training.sources import CroppedSource, PhantomSource
 
-    copies = int(config.crops) + 1
+    def copies(task: str) -> int:  # items per phantom: the whole scan and its crops
+        return config.crops_of(task) + 1
 
     def source(task: str, n: int) -> CroppedSource:  # n phantoms as ``task``'s network sees them
         return CroppedSource(PhantomSource(range(n), c1_share=config.c1_share,
                                            sacrum_share=config.sacrum_share_of(task),
                                            clinical_share=config.clinical_share,
                                            **config.phantom_options(task)),
-                             crops=config.crops)
+                             crops=config.crops_of(task),
+                             min_vertebrae=config.crop_min_vertebrae, reach=config.crop_reach)
 
     caches, todo = {}, {}
     for task in ("localization", "identification"):
@@ -339,18 +360,18 @@ def prepare_data(data: Path, config: DemoConfig, log: Callable[[str], None] = pr
                                 "shares or crops); use another --out")
         if reuse:
             caches[task] = RenderedCache(train_dir, cache_mib=config.cache_mib)
-            if len(caches[task]) != config.phantoms(task) * copies:
+            if len(caches[task]) != config.phantoms(task) * copies(task):
                 raise VertebraError(f"{train_dir} holds {len(caches[task])} CTs, not "
-                                    f"{config.phantoms(task) * copies}; use another --out")
+                                    f"{config.phantoms(task) * copies(task)}; use another --out")
             log(f"  reusing {train_dir}")
         else:  # grouped by target sizes and scans: each group builds every phantom once
             key = (base.sigma_mm, base.square_mm, config.sacrum_share_of(task),
-                   tuple(config.phantom_options(task).items()))
+                   tuple(config.phantom_options(task).items()), config.crops_of(task))
             todo.setdefault(key, {})[train_dir] = (task, base.views)
-    for (sigma_mm, square_mm, _, _), group in todo.items():  # a group's tasks share a source
-        counts = {d: config.phantoms(task) * copies for d, (task, _) in group.items()}
+    for (sigma_mm, square_mm, *_), group in todo.items():  # a group's tasks share a source
         task = next(iter(group.values()))[0]
-        made = prerender_many(source(task, max(counts.values()) // copies),
+        counts = {d: config.phantoms(t) * copies(t) for d, (t, _) in group.items()}
+        made = prerender_many(source(task, max(counts.values()) // copies(task)),
                               {d: views for d, (_, views) in group.items()},
                               orbits=config.orbits, sigma_mm=sigma_mm, square_mm=square_mm,
                               counts=counts, cache_mib=config.cache_mib)

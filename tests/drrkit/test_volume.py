@@ -210,3 +210,36 @@ def test_resample_isotropic_keeps_world_positions(rng):
     expected = iso.voxel_to_world(idx)[..., 0] * 0.1
     got = iso.data[1:-1, 1:-1, 1:-1]
     np.testing.assert_allclose(got[ok], expected[ok], atol=1e-4)
+
+
+def test_crop_keeps_each_voxel_at_its_world_position():
+    # closed form: voxel (i, j, k) of the crop is voxel (i, j, k) + start of the volume
+    vol = oblique_volume(np.random.default_rng(4))
+    part = vol.crop([1, 2, 3], [6, 5, 5])
+    assert part.shape_xyz == (5, 3, 2)
+    np.testing.assert_array_equal(part.data, vol.data[3:5, 2:5, 1:6])
+    np.testing.assert_allclose(part.voxel_to_world([0, 0, 0]), vol.voxel_to_world([1, 2, 3]))
+    np.testing.assert_allclose(part.spacing, vol.spacing)
+    np.testing.assert_allclose(part.direction, vol.direction)
+    whole = vol.crop([-4, 0, 0], [99, 99, 99])  # clipped to the volume, as slices are
+    np.testing.assert_array_equal(whole.data, vol.data)
+    np.testing.assert_allclose(whole.origin, vol.origin)
+    with pytest.raises(DrrkitError, match="keeps no voxel"):
+        vol.crop([2, 0, 0], [2, 6, 5])
+
+
+@given(st.lists(st.integers(0, 7), min_size=3, max_size=3),
+       st.lists(st.integers(1, 8), min_size=3, max_size=3), st.integers(0, 2 ** 32 - 1))
+def test_crop_voxels_match_the_volume_at_the_same_world_point(start, size, seed):
+    vol = oblique_volume(np.random.default_rng(seed))
+    stop = np.minimum(np.add(start, size), vol.shape_xyz)
+    if np.any(stop <= np.minimum(start, vol.shape_xyz)):
+        with pytest.raises(DrrkitError):
+            vol.crop(start, stop)
+        return
+    part = vol.crop(start, stop)
+    rng = np.random.default_rng(seed)
+    for _ in range(5):
+        ijk = np.array([rng.integers(0, n) for n in part.shape_xyz])
+        back = np.rint(vol.world_to_voxel(part.voxel_to_world(ijk))).astype(int)
+        assert part.data[ijk[2], ijk[1], ijk[0]] == vol.data[back[2], back[1], back[0]]

@@ -126,3 +126,36 @@ def test_prepare_data_refuses_a_cache_of_other_phantoms(tmp_path, monkeypatch):
     monkeypatch.setattr(rendered, "prerender_many", lambda *a, **k: pytest.fail("rendered"))
     with pytest.raises(DrrkitError, match="other settings.*another --out"):
         demo.prepare_data(tmp_path, config, log=lambda line: None)
+
+
+def test_prepare_data_crops_each_network_as_configured(tmp_path, monkeypatch):
+    """``localizer_crops`` gives the localizer's cache its own crops; the identifier keeps
+    ``crops``; the crops' shape settings reach the source."""
+    from vertebra import demo
+    from vertebra.training import rendered
+
+    asked = {}
+
+    def prerender_many(source, outputs, *, counts, **options):
+        for out in outputs:
+            asked[out.name] = (source.describe(), counts[out])
+        return {out: f"cache {out.name}" for out in outputs}
+
+    monkeypatch.setattr(rendered, "prerender_many", prerender_many)
+    (tmp_path / "held_out").mkdir()
+    config = DemoConfig(train_phantoms=3, identifier_phantoms=4, held_out=1,
+                        localizer_crops=1, crop_min_vertebrae=2, crop_reach=(0.1, 0.9))
+    demo.prepare_data(tmp_path, config, log=lambda line: None)
+    loc, n_loc = asked["train_localization"]
+    ident, n_ident = asked["train_identification"]
+    assert (n_loc, n_ident) == (3 * 2, 4)  # three phantoms whole and cut; four whole
+    assert loc["kind"] == "cropped" and loc["crops"] == 1 and loc["min_vertebrae"] == 2
+    assert loc["reach"] == [0.1, 0.9] and ident["kind"] == "phantoms"
+    assert config.crops_of("localization") == 1 and config.crops_of("identification") == 0
+    assert DemoConfig(crops=2).crops_of("localization") == 2
+    for bad, word in (({"localizer_crops": -1}, "localizer_crops"),
+                      ({"crop_min_vertebrae": 0}, "crop_min_vertebrae"),
+                      ({"crop_reach": (0.6, 0.4)}, "crop_reach"),
+                      ({"crop_reach": (0.0, 0.5)}, "crop_reach")):
+        with pytest.raises(DrrkitError, match=word):
+            DemoConfig(**bad)

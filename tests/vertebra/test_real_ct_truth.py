@@ -130,3 +130,39 @@ def test_pipeline_settings_from_the_command_line(real_ct):
                    "correction": "dp"}
     with pytest.raises(DrrkitError, match="NAME=VALUE"):
         real_ct.parse_settings(["peak_threshold"])
+
+
+# ---------------------------------------------------------------------- the variants
+def test_cut_bounds_closed_form(real_ct):
+    # 20 x 30 x 10 voxels (i, j, k), 1 x 2 x 3 mm, index k runs superior (LPS +z)
+    vol = drrkit.Volume(np.zeros((10, 30, 20), np.float32), spacing=(1.0, 2.0, 3.0))
+    start, stop = real_ct.cut_bounds(vol, {"fov_mm": 10.0}, centre=(8.0, 20.0, 0.0))
+    # x: 8 +- 5 mm -> i 3 .. 13; y: 20 +- 5 mm -> j 7.5 .. 12.5 -> 8 .. 12; k untouched
+    assert start.tolist() == [3, 8, 0] and stop.tolist() == [14, 13, 10]
+    start, stop = real_ct.cut_bounds(vol, {"keep": (0.0, 0.5)}, centre=(0, 0, 0))
+    assert start.tolist() == [0, 0, 0] and stop.tolist() == [20, 30, 5]  # the inferior half
+    flipped = drrkit.Volume(vol.data, spacing=(1.0, 2.0, 3.0),
+                            direction=np.diag([1.0, 1.0, -1.0]))  # k runs inferior
+    start, stop = real_ct.cut_bounds(flipped, {"keep": (0.0, 0.4)}, centre=(0, 0, 0))
+    assert start.tolist() == [0, 0, 6] and stop.tolist() == [20, 30, 10]  # still inferior
+
+
+def test_chest_variants_keep_the_world_positions_of_their_whole_vertebrae(real_ct, chest):
+    """Cut CT and mask share a grid; a vertebra the cut misses keeps its centroid exactly,
+    one it passes through is left out as cut."""
+    _, full = chest
+    names, about = {}, {}
+    for variant in ("chest-spine", "chest-lower"):
+        case = real_ct.load_case(variant)
+        about[variant] = real_ct.describe_cut(case)
+        for a, b in ((case.ct.spacing, case.mask.spacing), (case.ct.origin, case.mask.origin)):
+            np.testing.assert_allclose(a, b)
+        assert case.ct.data.shape == case.mask.data.shape
+        truth = real_ct.truth_from_mask(case.mask)
+        names[variant] = [vlabels.name_of(k) for k in truth.centroids]
+        for k, point in truth.centroids.items():
+            np.testing.assert_allclose(point, full.centroids[k], atol=1e-6)
+        assert set(truth.centroids) | set(truth.cut) <= set(full.centroids) | set(full.cut)
+    assert names["chest-spine"] == [vlabels.name_of(k) for k in full.centroids]
+    assert 3 <= len(names["chest-lower"]) <= 6 and names["chest-lower"][-1] == "L1"
+    assert about["chest-spine"].startswith("the chest CT cut to a 150 mm field of view")

@@ -224,12 +224,9 @@ def crop_z(ct: TrainingCT, first: int, last: int, reach: tuple[float, float] = (
     start, stop = max(int(np.ceil(lo)), 0), min(int(np.floor(hi)) + 1, n)
     if stop <= start:
         raise VertebraError(f"the crop of {ct.name} keeps no voxel slice")
-    index = [slice(None)] * 3
-    index[2 - axis] = slice(start, stop)  # data is (Z, Y, X): index axis a is array axis 2 - a
-    corner = np.zeros(3)
-    corner[axis] = start
-    cropped = type(vol)(np.ascontiguousarray(vol.data[tuple(index)]), vol.spacing,
-                        vol.voxel_to_world(corner), vol.direction)
+    first_voxel, end_voxel = np.zeros(3, np.int64), np.asarray(vol.shape_xyz, np.int64)
+    first_voxel[axis], end_voxel[axis] = start, stop
+    cropped = vol.crop(first_voxel, end_voxel)
     keep = {k: v for k, v in ct.centroids.items()
             if start - 0.5 <= along.get(k, -np.inf) <= stop - 0.5}
     return TrainingCT(ct.name, cropped, keep, ct.t13, dict(ct.anchors))  # drawn if inside
@@ -242,7 +239,11 @@ class CroppedSource(CTSource):
     cutting long training scans short teaches the networks to label those. Item
     ``i * (crops + 1)`` is CT ``i`` whole, the next ``crops`` items its crops, named
     ``<name>-z1`` ...; each crop keeps ``min_vertebrae`` or more consecutive vertebrae
-    (fewer than the whole), chosen by a generator seeded with ``(seed, i, copy)``.
+    (fewer than the whole), chosen by a generator seeded with ``(seed, i, copy)``, and
+    cuts each side at a reach (see :func:`crop_z`) drawn uniformly from ``reach``. Reaches
+    near 0 cut into the outermost kept vertebrae, reaches near 1 keep most of the
+    next vertebra outside (its centroid is not in the scan, so it is no target): real
+    scans end anywhere along a vertebra.
 
     Args:
         source: the CT source.
@@ -250,15 +251,20 @@ class CroppedSource(CTSource):
         min_vertebrae: fewest vertebrae a crop keeps (a CT with no more than this is
             repeated whole).
         seed: seed of the crops.
+        reach: (low, high) range of the reaches, inside (0, 1).
     """
 
     def __init__(self, source: CTSource, crops: int = 1, min_vertebrae: int = 4,
-                 seed: int = 0) -> None:
+                 seed: int = 0, reach: tuple[float, float] = (0.3, 0.7)) -> None:
         super().__init__(cache=1)  # the inner source caches the CTs
         if int(crops) < 0 or int(min_vertebrae) < 1:
             raise VertebraError("need crops >= 0 and min_vertebrae >= 1")
+        low, high = (float(r) for r in reach)
+        if not 0 < low <= high < 1:
+            raise VertebraError(f"reach must be a range inside (0, 1), got {tuple(reach)}")
         self.source, self.crops = source, int(crops)
         self.min_vertebrae, self.seed = int(min_vertebrae), int(seed)
+        self.reach = (low, high)
 
     def __len__(self) -> int:
         return len(self.source) * (self.crops + 1)
@@ -267,7 +273,7 @@ class CroppedSource(CTSource):
         if not self.crops:
             return self.source.describe()
         return {"kind": "cropped", "crops": self.crops, "min_vertebrae": self.min_vertebrae,
-                "seed": self.seed, "source": self.source.describe()}
+                "seed": self.seed, "reach": list(self.reach), "source": self.source.describe()}
 
     def name(self, index: int) -> str:
         i, copy = divmod(int(index), self.crops + 1)
@@ -283,7 +289,7 @@ class CroppedSource(CTSource):
             rng = np.random.default_rng([self.seed, i, copy])
             length = int(rng.integers(self.min_vertebrae, n))
             first = int(rng.integers(0, n - length + 1))
-            ct = crop_z(ct, first, first + length - 1, tuple(rng.uniform(0.3, 0.7, 2)))
+            ct = crop_z(ct, first, first + length - 1, tuple(rng.uniform(*self.reach, 2)))
         return replace(ct, name=self.name(index))
 
 

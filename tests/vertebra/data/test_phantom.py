@@ -347,7 +347,8 @@ def test_cli_phantom(tmp_path):
     assert "phantom0005" in result.output and "phantom0006" in result.output
     assert (out / "derivatives" / "sub-phantom0006" / "sub-phantom0006_seg-vert_msk.nii.gz"
             ).is_file()
-    for args in (["--transitional", "t14"], ["--levels", "L3:T10"], ["--count", "0"]):
+    for args in (["--transitional", "t14"], ["--levels", "L3:T10"], ["--count", "0"],
+                 ["--spine-fov", "1"], ["--clinical", "--spine-fov", "1.5"]):
         bad = runner.invoke(app, ["phantom", str(tmp_path / "x"), "--size", "small", *args])
         assert bad.exit_code == 2
         assert bad.output.strip().startswith("error:") and len(bad.output.strip().splitlines()) == 1

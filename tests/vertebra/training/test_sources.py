@@ -126,6 +126,24 @@ def test_cropped_source_adds_named_deterministic_crops(phantoms):
     assert len(CroppedSource(phantoms, crops=0)) == len(phantoms)
     with pytest.raises(DrrkitError, match="crops"):
         CroppedSource(phantoms, crops=-1)
+    for reach in ((0.5, 0.4), (0.0, 0.5), (0.5, 1.0)):
+        with pytest.raises(DrrkitError, match="reach"):
+            CroppedSource(phantoms, reach=reach)
+
+
+def test_cropped_source_reach_sets_where_the_cuts_fall(phantoms):
+    """The same vertebrae kept, a cut near the kept ones (reach 0.1) gives a shorter scan
+    than a cut near the next ones outside (reach 0.9); both keep the same centroids."""
+    from vertebra.training.sources import CroppedSource
+
+    def crop(reach):
+        return CroppedSource(phantoms, crops=1, min_vertebrae=2, seed=3, reach=reach).load(1)
+
+    near, far = crop((0.1, 0.1)), crop((0.9, 0.9))
+    assert near.centroids.keys() <= far.centroids.keys() and len(near.centroids) >= 2
+    axis = int(np.argmax(np.abs(near.volume.direction[2])))  # the axis the cut runs along
+    assert near.volume.shape_xyz[axis] < far.volume.shape_xyz[axis]
+    assert CroppedSource(phantoms, reach=(0.2, 0.8)).describe()["reach"] == [0.2, 0.8]
 
 
 def test_verse_source_reads_ct_numbers_as_attenuation(phantoms, tmp_path):
