@@ -18,7 +18,6 @@ Writes ``benchmarks/results/slice-thickness-NAME.json`` (NAME: ``RUN_DIR``'s nam
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -85,9 +84,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import drrkit
     from _common import RESULTS, commit, write_json
     from real_ct import truth_from_mask
+
+    import drrkit
     from vertebra.labelling import label_file
     from vertebra.pipeline import load_networks
 

@@ -185,8 +185,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import drrkit
     import real_ct
+
+    import drrkit
     from vertebra import labels as vlabels
     from vertebra.pipeline import PipelineConfig, label_ct, load_networks
 

@@ -9,9 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drrkit.errors import DrrkitError
-from vertebra.data._clinical import (OUTSIDE_FOV_HU, bone_texture, fov_cut, scanner_blur,
-                                     sclerotic_endplates)
 from vertebra import labels as vlabels
+from vertebra.data._clinical import (
+    OUTSIDE_FOV_HU,
+    bone_texture,
+    fov_cut,
+    scanner_blur,
+    sclerotic_endplates,
+)
 from vertebra.data.phantom import make_spine_phantom
 from vertebra.training.config import AugmentConfig
 from vertebra.training.dataset import augment_image

@@ -12,13 +12,13 @@ import pytest
 from drrkit.errors import DrrkitError
 from vertebra import labels as vlabels
 from vertebra.data import _sdf, anatomy
-from vertebra.errors import VertebraError
 from vertebra.data.phantom import (
     MIN_VISIBLE,
     make_spine_phantom,
     save_phantom,
     write_phantoms,
 )
+from vertebra.errors import VertebraError
 
 NON_TARGETS = {vlabels.SACRUM, vlabels.COCCYX}
 
