@@ -310,11 +310,17 @@ def cut_bounds(volume, cut: dict, centre) -> tuple[np.ndarray, np.ndarray]:
     return start, stop
 
 
-def load_case(name: str) -> Case:
-    """Read a case's CT (attenuation) and mask (VerSe ids), cut for a variant."""
+def load_case(name: str, cut: dict | None = None) -> Case:
+    """Read a case's CT (attenuation) and mask (VerSe ids), cut for a variant.
+
+    Args:
+        name: a key of :data:`CASES` or :data:`VARIANTS`.
+        cut: a cut as in :data:`VARIANTS` instead of the variant's own (None: its own).
+    """
     import drrkit
 
-    base, cut = VARIANTS.get(name, (name, {}))
+    base, own = VARIANTS.get(name, (name, {}))
+    cut = own if cut is None else cut
     files = case_files(base)
     ct, mask = drrkit.load_volume(files.ct), load_mask(files)
     if cut:

@@ -166,3 +166,14 @@ def test_chest_variants_keep_the_world_positions_of_their_whole_vertebrae(real_c
     assert names["chest-spine"] == [vlabels.name_of(k) for k in full.centroids]
     assert 3 <= len(names["chest-lower"]) <= 6 and names["chest-lower"][-1] == "L1"
     assert about["chest-spine"].startswith("the chest CT cut to a 150 mm field of view")
+
+
+def test_fov_sweep_refuses_bad_sides_before_any_work(capsys):
+    spec = importlib.util.spec_from_file_location(
+        "benchmarks_fov_sweep", SCRIPT.with_name("fov_sweep.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for bad in ("x", "300,-5", ""):
+        assert module.main(["--fovs", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: --fovs") and len(err.splitlines()) == 1
