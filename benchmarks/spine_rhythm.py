@@ -10,7 +10,10 @@ Run::
    16 mm of it is found. Printed per vertebra: the median over the views of that maximum's
    offset along the projected spine (mm at the isocentre, + = superior) and of its
    height. A localizer that marks the junctions between vertebrae instead of the
-   vertebrae shows offsets near half a vertebra (10-13 mm) and low heights. The picture
+   vertebrae shows offsets near half a vertebra (10-13 mm) and low heights. Beside them,
+   the mean over the views of the heatmap at each projected centroid and at the point
+   midway to the next vertebra: where the two are alike, the heatmaps are a ridge along
+   the spine with no vertebra to pick out. The picture
    (``--out``, default ``runs/spine_rhythm/heatmaps.png``) shows six views of the lower
    spine with the heatmap and the projected truth.
 2. **CT numbers along the spine.** Per axial slice, the mean CT number in a 10 x 10 mm
@@ -75,6 +78,22 @@ def heatmap_offsets(result, truth: dict[int, np.ndarray], pixel_mm: float):
             offsets[n, k] = np.dot([c0 - c, r0 - r], spine) * pixel_mm
             heights[n, k] = heat[r0, c0]
     return ids, at, offsets, heights
+
+
+def mean_heat(result, points: np.ndarray) -> np.ndarray:
+    """(N,) mean over the views of the heatmap at the pixel each point projects to (views
+    where it falls off the detector left out)."""
+    import drrkit
+
+    at = np.rint(drrkit.project_points(points, result.geometry).pixels).astype(int)
+    n_views, height, width = result.heatmaps.shape
+    col, row = at[..., 0], at[..., 1]  # (K, N)
+    inside = (row >= 0) & (row < height) & (col >= 0) & (col < width)
+    views = np.arange(n_views)[:, None]
+    values = result.heatmaps[views, np.clip(row, 0, height - 1), np.clip(col, 0, width - 1)]
+    count = inside.sum(axis=0)
+    total = np.where(inside, values, 0.0).sum(axis=0)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 def picture(result, ids, at, out: Path, names: dict[int, str]) -> None:
@@ -199,12 +218,19 @@ def main(argv=None) -> int:
                       config=PipelineConfig(**nets.settings))
     names = {v: vlabels.name_of(v) for v in truth}
     ids, at, offsets, heights = heatmap_offsets(result, truth, nets.views.mm_per_pixel)
+    points = np.array([truth[v] for v in ids])
+    at_centroid = mean_heat(result, points)
+    midway = mean_heat(result, 0.5 * (points[:-1] + points[1:]))
     print("chest CT: heatmap maximum within 16 mm of each projected centroid, median over "
-          f"{offsets.shape[1]} views")
-    print(f"{'vertebra':>8} {'offset mm (+ superior)':>24} {'|offset| mm':>12} {'height':>7}")
+          f"{offsets.shape[1]} views; mean heatmap over the views at the centroid and midway "
+          "to the next vertebra")
+    print(f"{'vertebra':>8} {'offset mm (+ superior)':>24} {'|offset| mm':>12} {'height':>7} "
+          f"{'at centroid':>12} {'midway below':>13}")
     for n, v in enumerate(ids):
+        below = f"{midway[n]:>13.2f}" if n < len(midway) else f"{'-':>13}"
         print(f"{names[v]:>8} {np.nanmedian(offsets[n]):>24.1f} "
-              f"{np.nanmedian(np.abs(offsets[n])):>12.1f} {np.nanmedian(heights[n]):>7.2f}")
+              f"{np.nanmedian(np.abs(offsets[n])):>12.1f} {np.nanmedian(heights[n]):>7.2f} "
+              f"{at_centroid[n]:>12.2f} {below}")
     picture(result, ids, at, args.out, names)
     print(f"picture: {args.out}")
 
