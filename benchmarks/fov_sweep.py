@@ -56,8 +56,8 @@ def main(argv=None) -> int:
     import torch
     from _common import RESULTS, commit, utc_now, write_json
 
-    from vertebra.labelling import pipeline_config
-    from vertebra.pipeline import label_ct, load_networks
+    from vertebra.labelling import label_file, pipeline_config
+    from vertebra.pipeline import load_networks
     from vertebra.weights import default_path
 
     torch.set_num_threads(args.threads)
@@ -70,9 +70,7 @@ def main(argv=None) -> int:
         truth = rc.truth_from_mask(case.mask)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the uncertain flag shows in the row
-            result = label_ct(case.ct, nets.localizer, nets.identifier, views=nets.views,
-                              identifier_views=nets.identifier_views, config=config,
-                              backend="cpu")
+            result, _ = label_file(case.ct, nets, config, backend="cpu")
         scores = rc.score_case(result, truth)
         pairs = " ".join(f"{p['name']}@{p['nearest_gt']}" for p in scores["predictions"])
         print(f"{fov:5.0f} mm  voxels {case.ct.shape_xyz}  {scores['identified']}/"

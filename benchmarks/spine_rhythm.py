@@ -206,16 +206,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import real_ct
 
-    import drrkit
     from vertebra import labels as vlabels
-    from vertebra.pipeline import PipelineConfig, label_ct, load_networks
+    from vertebra.labelling import label_file
+    from vertebra.pipeline import load_networks
 
     nets = load_networks(args.model, device="cpu")
     files = real_ct.case_files("chest")
     truth = real_ct.load_truth(files).centroids
-    result = label_ct(drrkit.load_volume(files.ct), nets.localizer, nets.identifier,
-                      views=nets.views, identifier_views=nets.identifier_views,
-                      config=PipelineConfig(**nets.settings))
+    result, _ = label_file(files.ct, nets)
     names = {v: vlabels.name_of(v) for v in truth}
     ids, at, offsets, heights = heatmap_offsets(result, truth, nets.views.mm_per_pixel)
     points = np.array([truth[v] for v in ids])

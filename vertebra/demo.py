@@ -183,9 +183,9 @@ class DemoConfig:
                 raise VertebraError(f"{name} must be >= 0, got {value}")
         if int(self.crop_min_vertebrae) < 1:
             raise VertebraError(f"crop_min_vertebrae must be >= 1, got {self.crop_min_vertebrae}")
-        object.__setattr__(self, "crop_reach", tuple(float(r) for r in self.crop_reach))
-        if not (len(self.crop_reach) == 2 and 0 < self.crop_reach[0] <= self.crop_reach[1] < 1):
-            raise VertebraError(f"crop_reach must be a range inside (0, 1), got {self.crop_reach}")
+        from vertebra.training.sources import check_reach
+
+        object.__setattr__(self, "crop_reach", check_reach(self.crop_reach, "crop_reach"))
         if self.pretrain_steps < 0 or self.pretrain_batch < 2:
             raise VertebraError("need pretrain_steps >= 0 and pretrain_batch >= 2")
         object.__setattr__(self, "pretrained", tuple(self.pretrained))

@@ -232,6 +232,18 @@ def crop_z(ct: TrainingCT, first: int, last: int, reach: tuple[float, float] = (
     return TrainingCT(ct.name, cropped, keep, ct.t13, dict(ct.anchors))  # drawn if inside
 
 
+def check_reach(reach, name: str = "reach") -> tuple[float, float]:
+    """``reach`` as a (low, high) tuple of floats with ``0 < low <= high < 1`` (see
+    :class:`CroppedSource`); VertebraError naming ``name`` otherwise."""
+    try:
+        low, high = (float(r) for r in reach)
+    except (TypeError, ValueError):
+        raise VertebraError(f"{name} must be a (low, high) pair, got {reach!r}") from None
+    if not 0 < low <= high < 1:
+        raise VertebraError(f"{name} must be a range inside (0, 1), got {tuple(reach)}")
+    return low, high
+
+
 class CroppedSource(CTSource):
     """Each CT of a source, then ``crops`` shorter scans cut from it (:func:`crop_z`).
 
@@ -259,12 +271,9 @@ class CroppedSource(CTSource):
         super().__init__(cache=1)  # the inner source caches the CTs
         if int(crops) < 0 or int(min_vertebrae) < 1:
             raise VertebraError("need crops >= 0 and min_vertebrae >= 1")
-        low, high = (float(r) for r in reach)
-        if not 0 < low <= high < 1:
-            raise VertebraError(f"reach must be a range inside (0, 1), got {tuple(reach)}")
         self.source, self.crops = source, int(crops)
         self.min_vertebrae, self.seed = int(min_vertebrae), int(seed)
-        self.reach = (low, high)
+        self.reach = check_reach(reach)
 
     def __len__(self) -> int:
         return len(self.source) * (self.crops + 1)
