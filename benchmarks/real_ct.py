@@ -102,7 +102,8 @@ VARIANTS = {
 
 #: ``blood_hu`` variants: the words naming a vessel in ``structures.csv``, and the CT
 #: numbers (HU) above which a vessel's voxels, and a voxel no structure claims, count as
-#: undiluted contrast (blood with contrast lies near 150-500 HU, bone in the masks).
+#: undiluted contrast. Mixed contrast-enhanced blood stays below the first; bone above
+#: the second is left alone because the mask claims it (vertebrae, ribs, scapulae).
 VESSEL_WORDS = ("vena", "vein", "aorta", "subclavian", "brachiocephalic")
 DENSE_VESSEL_HU, DENSE_UNLABELLED_HU = 450.0, 900.0
 
