@@ -186,6 +186,25 @@ _RIB_B = (40, 55, 65, 72, 78, 82, 85, 88, 90, 92, 90, 88, 86)
 _RIB_DROP = (30, 45, 60, 72, 76, 78, 78, 76, 74, 70, 60, 50, 40)
 
 
+def _rib_joint_heights(d: LevelDims) -> tuple[float, float]:
+    """Height of a rib's head above its vertebra's body centre, and of its tubercle
+    above the transverse process's tip, mm (local z).
+
+    Ribs 2 to 10 articulate across the disc above their vertebra (demifacets), so the
+    head lies at that disc and the neck runs level to the tubercle, which rests on the
+    upper side of the transverse process; the first rib and the floating ribs
+    articulate with their own body only, and the floating ribs have no costotransverse
+    joint, so their necks fall from the middle of the body (``benchmarks/decisions.md``,
+    ``rib-joints``).
+    """
+    hh = d.height / 2
+    if d.rib_index == 1:
+        return 0.5 * hh, 3.0
+    if d.ribs in ("floating", "short"):
+        return 0.0, -4.0
+    return hh + 0.4 * d.disc, 3.0
+
+
 def _rib_path(loc: _Local, d: LevelDims, side: int, width: float, rng) -> tuple:
     """World points (N, 3) and radii (N,) of one rib from head to bony end, plus its
     lateral-anterior ellipse parameters for the cartilage."""
@@ -196,8 +215,9 @@ def _rib_path(loc: _Local, d: LevelDims, side: int, width: float, rng) -> tuple:
     w2, hh = d.width / 2, d.height / 2
     back = 0.45 * d.depth
     tp = np.array([side * d.tp_span / 2, back + 0.5 * d.canal_d + 14, 0.1 * d.height + 3])
-    head = np.array([side * (w2 - 1), back - 4, hh])
-    tub = tp + np.array([0.0, 6.0, -2.0])
+    head_z, tub_dz = _rib_joint_heights(d)
+    head = np.array([side * (w2 - 1), back - 4, head_z])
+    tub = tp + np.array([0.0, 6.0, tub_dz])
     x_t = abs(tub[0])
     off = min(x_t + 15.0, 0.6 * A)
     a_ = A - off
