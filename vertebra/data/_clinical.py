@@ -14,7 +14,8 @@ at random per scan so that no single appearance is learnt:
 * arms down at the sides or raised above the head, with humerus, radius and ulna;
 * aortic wall calcification, ECG electrodes and leads, sternal wires;
 * the bone itself at a per-scan density, from dense to osteoporotic (trabecular core
-  80-250 HU, cortex 300-800 HU, ribs fainter), drawn in :func:`restyle_bone`;
+  80-250 HU, cortex 300-800 HU, ribs from a little fainter to denser than the
+  vertebrae), drawn in :func:`restyle_bone`;
 * sclerotic endplates (:func:`sclerotic_endplates`) and, drawn in
   :func:`vertebra.data.phantom.make_spine_phantom`, thin degenerated discs;
 * the scanner: its blur (:func:`scanner_blur`) and the reconstruction circle that cuts a
@@ -61,7 +62,7 @@ class Clinical:
 def restyle_bone(objs, vertebra_objects: dict[int, int], m: dict, rng) -> None:
     """Redraw the bones' CT numbers in place: one density per scan, from dense to
     osteoporotic, with per-vertebra spread, thinner and fainter cortices than the plain
-    phantom's."""
+    phantom's, and the ribs' density against the vertebrae's drawn per scan."""
     trab = rng.uniform(80.0, 250.0)
     cort = rng.uniform(300.0, 800.0)
     thick = rng.uniform(0.7, 1.6)
@@ -69,12 +70,15 @@ def restyle_bone(objs, vertebra_objects: dict[int, int], m: dict, rng) -> None:
         objs.core[o] = trab + rng.normal(0.0, 25.0)
         objs.shell[o] = cort * rng.uniform(0.85, 1.15)
         objs.thick[o] = thick
-    rib = rng.uniform(0.45, 0.8)  # thin ribs show fainter than the plain phantom's
-    for name, dc, fc in (("rib", 0, rib), ("bone", 30, 1.0), ("sacrum", 0, 0.9),
-                         ("coccyx", 0, 0.9), ("femur_head", 20, 1.1)):
+    # ribs from a little fainter than the vertebrae to clearly denser, cortex and core
+    # together (``benchmarks/decisions.md``, ``rib-density``)
+    rib = rng.uniform(0.0, 1.0)
+    for name, dc, fc in (("rib", 40 + 160 * rib, 0.7 + 0.9 * rib), ("bone", 30, 1.0),
+                         ("sacrum", 0, 0.9), ("coccyx", 0, 0.9), ("femur_head", 20, 1.1)):
         o = m[name]
         objs.core[o] = trab + dc
         objs.shell[o] = cort * fc
+    objs.thick[m["rib"]] = 1.2 + rib  # mm of cortex
     objs.core[m["disc"]] = rng.uniform(50.0, 110.0)
 
 
