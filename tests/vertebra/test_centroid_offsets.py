@@ -68,3 +68,22 @@ def test_local_frame_follows_the_spine_and_keeps_measures_under_rotation(script)
     a, b = script.offsets(points)["T6"], script.offsets(tilted)["T6"]
     for key in ("y_mm", "z_mm", "extent_mm", "tip_y_mm", "tip_z_mm", "arch_z_mm"):
         assert a[key] == pytest.approx(b[key], abs=0.1), key  # ties among rows: 0.05 mm
+
+
+def test_rib_heights_find_bars_beside_each_level_at_their_height(script):
+    # five levels 30 mm apart; beside each, bars 38 mm to both sides, 10 mm behind and
+    # 7 mm above its centroid (what a rib's neck is to its vertebra)
+    zs = [60.0, 30.0, 0.0, -30.0, -60.0]
+    points = {f"T{i + 4}": _vertebra(z) for i, z in enumerate(zs)}
+    centres = {n: p.mean(0) for n, p in points.items()}
+    bars = [_grid((s * 38 - 4, c[1] + 6, c[2] + 5), (s * 38 + 4, c[1] + 14, c[2] + 9))
+            for c in centres.values() for s in (-1, 1)]
+    got = script.rib_heights(points, np.vstack(bars))
+    assert set(got) == {"T5", "T6", "T7"}  # the ends have one neighbour only
+    for name in got:
+        assert got[name] == pytest.approx(7.0, abs=0.01)
+    # heights wrap into (-7.5, 22.5] mm, a quarter of the 30 mm spacing below to three
+    # quarters above: 22 stays, 32 reads as 2, -3 stays, -9 reads as 21
+    for shift, want in ((15.0, 22.0), (25.0, 2.0), (-10.0, -3.0), (-16.0, 21.0)):
+        moved = np.vstack([b + np.array([0.0, 0.0, shift]) for b in bars])
+        assert script.rib_heights(points, moved)["T6"] == pytest.approx(want, abs=0.01)

@@ -204,3 +204,29 @@ def test_chest_no_bolus_keeps_the_grid_and_truth_and_dims_only_bright_voxels(rea
     changed = case.ct.data != whole.ct.data
     assert changed.sum() > 10000  # the vena cava's bolus is thousands of voxels
     assert np.all(case.ct.data[changed] < whole.ct.data[changed])  # set down to blood
+
+
+def test_keep_spine_bone_dims_only_bright_voxels_outside_the_vertebrae(real_ct):
+    from drrkit.volume import hu_to_mu
+
+    # one row of voxels: (VerSe id, HU); 19 is a vertebra (T12), 0 no vertebra
+    voxels = [(0, 700.0), (0, 149.0), (19, 900.0), (0, 151.0), (19, 100.0), (0, -500.0)]
+    ids = np.array([[[v[0] for v in voxels]]], dtype=np.float32)
+    hu = np.array([[[v[1] for v in voxels]]], dtype=np.float32)
+    ct = drrkit.Volume(hu_to_mu(hu), spacing=(1.0, 1.0, 1.0))
+    mask = drrkit.Volume(ids, spacing=(1.0, 1.0, 1.0))
+    out, count = real_ct.keep_spine_bone(ct, mask, soft_hu=40.0)
+    want = hu.copy()
+    want[0, 0, [0, 3]] = 40.0  # the bright voxels that no vertebra claims
+    np.testing.assert_allclose(out.data, hu_to_mu(want), rtol=1e-6)
+    assert count == 2
+
+
+def test_chest_spine_bone_leaves_the_vertebrae_and_the_truth_alone(real_ct, chest):
+    _, full = chest
+    case, whole = real_ct.load_case("chest-spine-bone"), real_ct.load_case("chest")
+    assert "but the vertebrae set to 40 HU" in real_ct.describe_cut(case)
+    assert real_ct.truth_from_mask(case.mask).centroids.keys() == full.centroids.keys()
+    changed = case.ct.data != whole.ct.data
+    assert changed.sum() > 100000  # ribs, sternum, scapulae and contrast
+    assert not np.any(changed & (np.rint(case.mask.data) > 0))  # no vertebra voxel moves

@@ -316,3 +316,46 @@ def test_train_default_refuses_bad_input_before_any_work(tmp_path):
                                        "--weights-out", str(tmp_path / "w"), *extra])
         assert res.exit_code == 2 and message in res.output
         assert not (tmp_path / "t").exists() and not (tmp_path / "w").exists()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**31 - 1))
+def test_clinical_ribs_range_from_fainter_to_denser_than_the_vertebrae(seed):
+    from vertebra.data._clinical import restyle_bone
+    from vertebra.data._scene import Objects
+
+    objs = Objects()
+    vertebrae = {v: objs.add(200.0, 900.0, 1.5, v) for v in (8, 9, 10)}
+    names = ("disc", "rib", "bone", "sacrum", "coccyx", "femur_head")
+    m = {name: objs.add(100.0, 500.0, 1.2, 0) for name in names}
+    restyle_bone(objs, vertebrae, m, np.random.default_rng(seed))
+    rib = m["rib"]
+    trab = objs.core[m["sacrum"]]  # the scan's trabecular density (the sacrum's core)
+    cortex = np.mean([objs.shell[o] for o in vertebrae.values()])
+    # core 40-200 HU above the scan's trabecular bone, cortex 0.7-1.6 times the scan's,
+    # 1.2-2.2 mm thick, all three rising together with one draw
+    u = (objs.core[rib] - trab - 40.0) / 160.0
+    assert 0.0 <= u <= 1.0
+    assert objs.thick[rib] == pytest.approx(1.2 + u)
+    assert 0.7 * 0.85 <= objs.shell[rib] / cortex <= 1.6 / 0.85
+    assert objs.shell[rib] == pytest.approx(objs.shell[m["bone"]] * (0.7 + 0.9 * u))
+
+
+def test_rib_heads_lie_at_the_disc_above_except_the_first_and_floating_ribs():
+    from vertebra.data._scene import _Local, _rib_path
+    from vertebra.data.anatomy import build_spine, level_names
+
+    names = level_names()
+    spine = build_spine(names, np.random.default_rng(3))
+    frame = _Local(np.zeros(3), np.eye(3))
+    for d in spine.dims:
+        if d.ribs == "none":
+            continue
+        for side in (-1, 1):
+            pts, _ = _rib_path(frame, d, side, 1.0, np.random.default_rng(0))
+            head_z, neck_z = pts[0, 2], pts[1, 2]  # local mm above the body's centre
+            if d.rib_index == 1 or d.ribs == "floating":
+                assert head_z < d.height / 2  # on its own body
+            else:
+                assert d.height / 2 < head_z < d.height / 2 + d.disc  # in the disc above
+                assert neck_z > 0.25 * d.height  # the neck runs level, in the upper half
