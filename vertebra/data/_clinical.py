@@ -71,7 +71,7 @@ def restyle_bone(objs, vertebra_objects: dict[int, int], m: dict, rng) -> None:
         objs.shell[o] = cort * rng.uniform(0.85, 1.15)
         objs.thick[o] = thick
     # ribs from a little fainter than the vertebrae to clearly denser, cortex and core
-    # together (``benchmarks/decisions.md``, ``rib-density``)
+    # together (``benchmarks/decisions.md``, ``ribs``)
     rib = rng.uniform(0.0, 1.0)
     for name, dc, fc in (("rib", 40 + 160 * rib, 0.7 + 0.9 * rib), ("bone", 30, 1.0),
                          ("sacrum", 0, 0.9), ("coccyx", 0, 0.9), ("femur_head", 20, 1.1)):

@@ -195,7 +195,7 @@ def _rib_joint_heights(d: LevelDims) -> tuple[float, float]:
     upper side of the transverse process; the first rib and the floating ribs
     articulate with their own body only, and the floating ribs have no costotransverse
     joint, so their necks fall from the middle of the body (``benchmarks/decisions.md``,
-    ``rib-joints``).
+    ``ribs``).
     """
     hh = d.height / 2
     if d.rib_index == 1:
@@ -212,7 +212,7 @@ def _rib_path(loc: _Local, d: LevelDims, side: int, width: float, rng) -> tuple:
     A = _RIB_A[min(r, 12)] * width * (1 + 0.03 * rng.standard_normal())
     B = _RIB_B[min(r, 12)] * width * (1 + 0.03 * rng.standard_normal())
     drop = _RIB_DROP[min(r, 12)] * (1 + 0.08 * rng.standard_normal())
-    w2, hh = d.width / 2, d.height / 2
+    w2 = d.width / 2
     back = 0.45 * d.depth
     tp = np.array([side * d.tp_span / 2, back + 0.5 * d.canal_d + 14, 0.1 * d.height + 3])
     head_z, tub_dz = _rib_joint_heights(d)
