@@ -87,3 +87,17 @@ def test_rib_heights_find_bars_beside_each_level_at_their_height(script):
     for shift, want in ((15.0, 22.0), (25.0, 2.0), (-10.0, -3.0), (-16.0, 21.0)):
         moved = np.vstack([b + np.array([0.0, 0.0, shift]) for b in bars])
         assert script.rib_heights(points, moved)["T6"] == pytest.approx(want, abs=0.01)
+
+
+@pytest.mark.parametrize("seed", [5, 2031])
+def test_phantom_ribs_lie_near_the_disc_above_as_in_the_real_chest(script, seed):
+    # the chest CT's ribs beside T3-T9 lie 7.9-11.5 mm above the centroids (decision ribs)
+    from vertebra import labels as vlabels
+    from vertebra.data.phantom import make_spine_phantom
+
+    phantom = make_spine_phantom(seed, levels=("T2", "T10"), size="full", clinical=True)
+    points = script._level_points(phantom.labels, vlabels)
+    bright = script._bright_points(phantom.ct, script.RIB_HU, phantom.labels)
+    heights = script.rib_heights(points, bright)
+    for level in ("T3", "T4", "T5", "T6", "T7", "T8", "T9"):
+        assert 6.0 < heights[level] < 13.0, (level, heights[level])
