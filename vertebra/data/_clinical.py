@@ -8,7 +8,8 @@ at random per scan so that no single appearance is learnt:
 
 * a contrast phase (none, arterial, venous) that sets the blood's CT number in the
   heart, aorta, venae cavae and pulmonary vessels, and sometimes a dense undiluted
-  bolus in one arm's veins up to the superior vena cava;
+  bolus in one arm's veins and the superior vena cava, diluting on its way to the right
+  atrium;
 * organs at their own CT numbers: liver, spleen, kidneys (cortex brighter in contrast),
   psoas muscles, visceral fat, bowel with or without oral contrast, lung vessels;
 * arms down at the sides or raised above the head, with humerus, radius and ulna;
@@ -38,6 +39,10 @@ from vertebra.data.anatomy import Spine
 
 #: CT number outside the reconstruction circle.
 OUTSIDE_FOV_HU = -1024.0
+
+#: Densest undiluted contrast (HU): scanners store CT numbers up to about 3000, and a
+#: bolus in the arm veins reaches it.
+BOLUS_CEILING_HU = 3000.0
 
 
 @dataclass
@@ -206,8 +211,8 @@ def _aorta(p: _Patient) -> None:
 
 def _veins(p: _Patient) -> None:
     """Inferior and superior venae cavae and the brachiocephalic veins to both shoulders,
-    one of them (and the superior vena cava) full of undiluted contrast when the phase
-    has a bolus."""
+    one of them and the superior vena cava full of contrast when the phase has a bolus
+    (:func:`_bolus`)."""
     rng, locs, dims, hw, spine = p.rng, p.locs, p.dims, p.hw, p.spine
     ven = p.add(p.blood["venous"])
     ivc = []
@@ -216,18 +221,53 @@ def _veins(p: _Patient) -> None:
         ivc.append(locs[i].p(-0.55 * d.width - 8, -0.55 * d.depth - 10, 0))
     if len(ivc) >= 2:
         p.organs.chain(ven, np.array(ivc), 11.0 * rng.uniform(0.8, 1.2))
-    right = rng.uniform(16.0, 32.0)  # the superior vena cava's distance right of the spine
+    # the superior vena cava's distance right of the spine: from over the bodies' right
+    # half (it then overlaps them in frontal views) to well beside them
+    right = 8.0 + 1.5 * (rng.uniform(16.0, 32.0) - 16.0)
     svc = [p.mid.p(-right * hw, -85 * hw, 40), locs[p.thor[1]].p(-right * hw, -60 * hw, 0)]
     arm_side = 1 if rng.random() < 0.5 else -1
     bolus = p.blood["bolus"]
-    dense = p.add(bolus) if bolus else ven
-    p.vessels.chain(dense, np.array(svc), 10.0)
+    if not bolus:
+        p.vessels.chain(ven, np.array(svc), 10.0)
     top = locs[p.thor[0]]
     for s in (-1, 1):
         brachio = [svc[-1], top.p(s * 30 * hw, -45 * hw, 5), top.p(s * 75 * hw, -40 * hw, 0),
                    p.shoulders[(s + 1) // 2] + np.array([0.0, -15.0, -5.0])]
-        p.vessels.chain(dense if (bolus and s == arm_side) else ven, np.array(brachio),
-                        np.array([9.0, 8.0, 7.0, 6.0]) * rng.uniform(0.7, 1.2))
+        radii = np.array([9.0, 8.0, 7.0, 6.0]) * rng.uniform(0.7, 1.2)
+        if bolus and s == arm_side:
+            _bolus(p, np.array(brachio[::-1] + svc[:1]), np.r_[radii[:0:-1], 10.0, 10.0])
+        else:
+            p.vessels.chain(ven, np.array(brachio), radii)
+
+
+def _bolus(p: _Patient, path: np.ndarray, radii: np.ndarray) -> None:
+    """Undiluted contrast flowing from the injected arm's shoulder down ``path`` (N, 3)
+    world mm, radii (N,) mm, to the superior vena cava's lower end, then into the right
+    atrium.
+
+    The contrast is densest in the arm and brachiocephalic veins (up to
+    :data:`BOLUS_CEILING_HU`) and mixes with unopacified blood on its way down: each
+    segment's CT number falls from the peak towards a fraction of it at the atrium, with
+    a per-segment jitter for the layering of contrast and blood. A jet of mixed contrast
+    often reaches into the right atrium. Drawn from a stream of its own (spawned from the
+    scan's), so that the rest of the scan is the same with or without a bolus.
+    """
+    rng = p.rng.spawn(1)[0]
+    bolus = p.blood["bolus"]
+    peak = min(bolus * rng.uniform(1.0, 1.6), BOLUS_CEILING_HU)
+    low = bolus * rng.uniform(0.25, 0.8)
+    n = len(path) - 1
+    bend = rng.uniform(0.5, 2.0)  # how soon along the path the contrast mixes
+    for k in range(n):
+        t = k / max(n - 1, 1)  # 0 at the shoulder, 1 in the vena cava's last segment
+        hu = (peak + (low - peak) * t ** bend) * rng.uniform(0.9, 1.1)
+        p.vessels.capsule(p.add(min(hu, BOLUS_CEILING_HU)), path[k], path[k + 1],
+                          radii[k], radii[k + 1])
+    if rng.random() < 0.8:
+        atrium = p.mid.p(-7 * p.hw, -100 * p.hw, rng.uniform(-30.0, 10.0))
+        jet = path[-1] + rng.uniform(0.4, 1.0) * (atrium - path[-1])
+        p.vessels.capsule(p.add(low * rng.uniform(0.6, 1.0)), path[-1], jet,
+                          rng.uniform(6.0, 12.0), rng.uniform(4.0, 10.0))
 
 
 def _lung_vessels(p: _Patient) -> None:

@@ -443,7 +443,7 @@ def _chest(bone, m, spine: Spine, locs, width, rng) -> tuple[tuple[str, ...], np
     ys = [rib_ends[(r, s)][1] for r in range(2, 8) for s in (-1, 1)]
     xm = float(np.mean([loc.c[0] for loc in locs[thor[0]:thor[8] + 1]]))
     y_front = float(np.min(ys)) - 6.0
-    top = np.array([xm, y_front + 14, t2.c[2] + 5])
+    top = np.array([xm, y_front + 14, t2.c[2] - 4])
     bot = np.array([xm, y_front - 6, t9.c[2] - 5])
     axis = (bot - top) / np.linalg.norm(bot - top)
     frame = np.column_stack([[1.0, 0, 0], np.cross(axis, [1.0, 0, 0]), -axis])

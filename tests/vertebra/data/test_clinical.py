@@ -359,3 +359,45 @@ def test_rib_heads_lie_at_the_disc_above_except_the_first_and_floating_ribs():
             else:
                 assert d.height / 2 < head_z < d.height / 2 + d.disc  # in the disc above
                 assert neck_z > 0.25 * d.height  # the neck runs level, in the upper half
+
+
+class _BolusPatient:
+    """What :func:`_bolus` reads of a patient: its stream, blood, vessels, heart frame."""
+
+    def __init__(self, seed: int, bolus: float) -> None:
+        from vertebra.data import _sdf
+        from vertebra.data._scene import _Local
+
+        self.rng = np.random.default_rng(seed)
+        self.blood = {"bolus": bolus}
+        self.vessels = _sdf.Shapes()
+        self.mid = _Local(np.array([0.0, 0.0, -100.0]), np.eye(3))
+        self.hw = 1.0
+        self.hu = []
+
+    def add(self, core):
+        self.hu.append(core)
+        return len(self.hu) - 1
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), bolus=st.floats(400.0, 2500.0))
+def test_bolus_dilutes_from_the_arm_to_the_vena_cava_without_touching_the_scans_stream(
+        seed, bolus):
+    from vertebra.data._clinical import BOLUS_CEILING_HU, _bolus
+
+    p = _BolusPatient(seed, bolus)
+    before = p.rng.bit_generator.state
+    path = np.array([[150.0, -40, 0], [75, -40, 0], [30, -45, 5], [-20, -60, 0],
+                     [-20, -85, -60]])  # shoulder, brachiocephalic vein, vena cava
+    _bolus(p, path, np.array([6.0, 7, 8, 10, 10]))
+    assert p.rng.bit_generator.state == before  # the scan's other draws do not move
+    segments, jet = p.hu[:4], p.hu[4:]
+    assert len(p.vessels) == len(p.hu) and len(jet) <= 1
+    assert all(0 < hu <= BOLUS_CEILING_HU for hu in p.hu)
+    # densest at the shoulder, at least the drawn bolus there (within the 10 % jitter),
+    # and diluted to at most 0.8 of it (jitter included: 0.88) in the vena cava
+    assert segments[0] >= 0.9 * min(bolus, BOLUS_CEILING_HU)
+    assert segments[-1] <= 0.88 * bolus < segments[0]
+    if jet:
+        assert jet[0] <= segments[-1] / 0.9
