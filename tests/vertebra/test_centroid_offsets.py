@@ -101,3 +101,35 @@ def test_phantom_ribs_lie_near_the_disc_above_as_in_the_real_chest(script, seed)
     heights = script.rib_heights(points, bright)
     for level in ("T3", "T4", "T5", "T6", "T7", "T8", "T9"):
         assert 6.0 < heights[level] < 13.0, (level, heights[level])
+
+
+def test_notch_height_is_the_top_of_the_bone_in_front_of_t2(script):
+    points = {"T1": _vertebra(30.0), "T2": _vertebra(0.0), "T3": _vertebra(-30.0)}
+    c = points["T2"].mean(0)
+    # a manubrium 20 mm wide whose top lies 6 mm below T2's centroid, 80 mm in front;
+    # beside it, bone that does not count: clavicles' ends 15 mm higher beyond 12 mm of
+    # the midline, and a rib head level with the centroid, 30 mm behind the front cut
+    manubrium = _grid((c[0] - 10, c[1] - 90, c[2] - 46), (c[0] + 10, c[1] - 80, c[2] - 6))
+    clavicles = [_grid((c[0] + s * 20 - 4, c[1] - 90, c[2] - 6), (c[0] + s * 20 + 4,
+                                                                c[1] - 80, c[2] + 9))
+                 for s in (-1, 1)]
+    rib = _grid((c[0] - 4, c[1] - 20, c[2]), (c[0] + 4, c[1] - 10, c[2] + 10))
+    bone = np.vstack([manubrium, *clavicles, rib])
+    # 98th percentile of the manubrium's voxels: 40 rows of 20 x 10 at -45.5 to -6.5 mm
+    want = np.quantile(np.repeat(np.arange(-45.5, -6.0), 200), script.NOTCH_QUANTILE)
+    assert script.notch_height(points, bone) == pytest.approx(want)
+    assert np.isnan(script.notch_height({k: points[k] for k in ("T1", "T3")}, bone))
+    assert np.isnan(script.notch_height(points, rib))  # nothing in front of T2
+
+
+def test_phantom_jugular_notch_lies_below_t2_as_in_the_real_chest(script):
+    # the chest CT's manubrium top lies 6.3 mm below T2's centroid (centroid-offsets.json)
+    from vertebra import labels as vlabels
+    from vertebra.data.phantom import make_spine_phantom
+
+    for seed in (5, 2031):
+        wide = make_spine_phantom(seed, levels=("T1", "T4"), size=(512, 512, 512),
+                                  spacing=1.5, fov=420.0)
+        points = script._level_points(wide.labels, vlabels)
+        bright = script._bright_points(wide.ct, script.RIB_HU, wide.labels)
+        assert -12.0 < script.notch_height(points, bright) < -1.0, seed
