@@ -9,7 +9,7 @@
 # RUN_DIR is a `vertebra demo --recipe NAME --out RUN_DIR` folder. Each SETTINGS is a
 # comma-separated list of PipelineConfig fields, e.g. peak_threshold=0.2,extend_threshold=0.1
 # or min_views=7, applied on top of the settings stored in RUN_DIR/models/networks.pt
-# ("-" for those alone). Writes RUN_DIR/sweep/ (validation phantoms, one bundle and the
+# ("-" for those alone: the bundle itself is used, so RUN_DIR may hold an ensemble's). Writes RUN_DIR/sweep/ (validation phantoms, one bundle and the
 # labels per SETTINGS) and prints each one's pooled scores.
 set -euo pipefail
 run=${1:?usage: pipeline_sweep.sh RUN_DIR SETTINGS [SETTINGS ...]}
@@ -24,6 +24,9 @@ mkdir -p "$out"
 for settings in "$@"; do
   tag=$(echo "$settings" | tr ',=' '_-')
   bundle=$out/networks_$tag.pt
+  if [ "$settings" = "-" ]; then
+    bundle=$run/models/networks.pt
+  else
   $UVR python - "$run" "$bundle" "$settings" <<'PY'
 import sys
 
@@ -38,6 +41,7 @@ bundle_networks(f"{run}/models/localizer.pt", f"{run}/models/identifier.pt", bun
                 pipeline=pipeline)
 print("settings:", pipeline)
 PY
+  fi
   for set in val_plain val_clinical val_spine; do
     rm -rf "$out/labels_${set}_$tag"
     $UVR vertebra label "$out/$set" --model "$bundle" \

@@ -63,6 +63,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -947,6 +948,36 @@ class TorchNetwork:
         return out
 
 
+class MeanNetwork:
+    """An ensemble as one pipeline callable: the mean of its members' outputs.
+
+    Each member (a :class:`TorchNetwork` or any callable of the same kind) maps the same
+    (K, H, W) inputs to maps of one shape: heatmap values (K, H, W) for localizers, class
+    probabilities (K, C, H, W) for identifiers, whose mean is again a probability map.
+    Networks trained apart err apart, so their mean is steadier than each of them on
+    scans unlike their training data.
+
+    Args:
+        members: two or more pipeline callables.
+    """
+
+    def __init__(self, members) -> None:
+        self.members = tuple(members)
+        if len(self.members) < 2:
+            raise VertebraError(f"an ensemble needs at least two networks, got "
+                                f"{len(self.members)}")
+
+    def __call__(self, inputs: np.ndarray) -> np.ndarray:
+        total = None
+        for member in self.members:
+            out = np.asarray(member(inputs), dtype=np.float32)
+            if total is not None and out.shape != total.shape:
+                raise VertebraError(f"ensemble members disagree on the output shape: "
+                                    f"{total.shape} and {out.shape}")
+            total = out if total is None else total + out
+        return total / len(self.members)
+
+
 def run_unet(model, inputs: np.ndarray, *, batch_size: int = 4, device="cpu"):
     """Run a U-Net on whole views without gradients, in eval mode.
 
@@ -1020,8 +1051,8 @@ class Networks:
     """Both networks as pipeline callables, with the views they were trained on.
 
     Attributes:
-        localizer: (K, H, W) -> (K, H, W) heatmaps.
-        identifier: (K', H', W') -> (K', C, H', W') probabilities.
+        localizer: (K, H, W) -> (K, H, W) heatmaps (an ensemble's: their mean).
+        identifier: (K', H', W') -> (K', C, H', W') probabilities (likewise).
         views: the localizer's :class:`ViewConfig` (default if none was stored).
         identifier_views: the identifier's, when it differs from ``views`` (else None);
             pass both to :func:`label_ct`.
@@ -1034,8 +1065,8 @@ class Networks:
             (:func:`vertebra.weights.describe`: recipe, training data, commit, sha256).
     """
 
-    localizer: TorchNetwork
-    identifier: TorchNetwork
+    localizer: TorchNetwork | MeanNetwork
+    identifier: TorchNetwork | MeanNetwork
     views: ViewConfig
     device: str
     settings: dict = field(default_factory=dict)
@@ -1080,29 +1111,30 @@ def _settings_of(ckpt: dict) -> dict:
 
 
 def _read_models(path) -> tuple[dict, dict, dict]:
-    """{"localization"|"identification"|"both": model}, {same key: its ViewConfig or None}
-    and the identifier's training settings of one file (a checkpoint, a bundle, or a
-    networks file of :mod:`vertebra.weights`)."""
+    """{"localization"|"identification"|"both": [model, ...]}, {same key: [its ViewConfig
+    or None, ...]} and the identifier's training settings of one file (a checkpoint, a
+    bundle, or a networks file of :mod:`vertebra.weights`). A bundle of an ensemble gives
+    several models per task, in the order of its parts."""
     from vertebra import weights
     from vertebra.models import read_checkpoint
 
     ckpt = weights.read_networks(path) if weights.is_networks_file(path) else read_checkpoint(path)
     top = _views_of(ckpt)
     found, views, settings = {}, {}, {}
-    parts = [(key, ckpt[key]) for key in ("localizer", "identifier")
-             if isinstance(ckpt.get(key), dict)]
-    if parts:  # a bundle holding both networks
+    parts = [(key, sub) for key, sub in ckpt.items()
+             if weights.is_part(key) and isinstance(sub, dict)]
+    if parts:  # a bundle holding both networks (or an ensemble of each)
         for key, sub in parts:
-            task = "localization" if key == "localizer" else "identification"
-            found[task] = _model_from_state(sub, f"{path} [{key}]")
-            views[task] = _views_of(sub) or top
+            task = "localization" if key.startswith("localizer") else "identification"
+            found.setdefault(task, []).append(_model_from_state(sub, f"{path} [{key}]"))
+            views.setdefault(task, []).append(_views_of(sub) or top)
             if key == "identifier":
                 settings = _settings_of(sub)
         settings.update(ckpt.get("pipeline") or {})
     else:
         model = _model_from_state(ckpt, str(path))
-        found[model.config["task"]] = model
-        views[model.config["task"]] = top
+        found[model.config["task"]] = [model]
+        views[model.config["task"]] = [top]
         settings = _settings_of(ckpt)
     return found, views, settings
 
@@ -1112,10 +1144,15 @@ def bundle_networks(localizer, identifier, out, pipeline: dict | None = None) ->
 
     ``{"localizer": ckpt, "identifier": ckpt, "view_config": {...}, "pipeline": {...}}``
     where each ``ckpt`` is the model checkpoint as saved (optimizer state dropped) with its
-    own views; the top ``view_config`` is the localizer's. Written atomically.
+    own views; the top ``view_config`` is the localizer's. Given several checkpoints of a
+    network, the bundle is an ensemble: the first is stored as above and the others as
+    ``"localizer_2"``, ``"localizer_3"``, ... (likewise the identifier), and
+    :func:`load_networks` averages their outputs (:class:`MeanNetwork`); the members of a
+    network must share its views. Written atomically.
 
     Args:
-        localizer, identifier: model checkpoint paths (``save_model`` / training files).
+        localizer, identifier: model checkpoint paths (``save_model`` / training files),
+            one each or a sequence of them (an ensemble).
         out: the bundle path.
         pipeline: :class:`PipelineConfig` fields these networks are best labelled with
             (e.g. ``{"localizer_views": 20}``); :func:`load_networks` returns them in
@@ -1132,11 +1169,20 @@ def bundle_networks(localizer, identifier, out, pipeline: dict | None = None) ->
         raise VertebraError(f"unknown pipeline settings: {', '.join(unknown)}")
     PipelineConfig(**pipeline)  # bad values fail here, not when labelling
     parts = {}
-    for key, path in (("localizer", localizer), ("identifier", identifier)):
-        ckpt = read_checkpoint(path)
-        _model_from_state(ckpt, str(path))  # check it loads
-        parts[key] = {k: v for k, v in ckpt.items() if k != "optimizer"}
-    views = [_views_of(c) for c in parts.values()]
+    for key, paths in (("localizer", localizer), ("identifier", identifier)):
+        paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+        if not paths:
+            raise VertebraError(f"no {key} checkpoint given")
+        for n, path in enumerate(paths, start=1):
+            ckpt = read_checkpoint(path)
+            _model_from_state(ckpt, str(path))  # check it loads
+            parts[key if n == 1 else f"{key}_{n}"] = {k: v for k, v in ckpt.items()
+                                                      if k != "optimizer"}
+        own = [_views_of(parts[k]) for k in parts if k.startswith(key)]
+        if any(v != own[0] for v in own):
+            raise VertebraError(f"the {key} checkpoints were trained on different views; "
+                                "an ensemble's members must share them")
+    views = [_views_of(parts["localizer"]), _views_of(parts["identifier"])]
     bundle = {"format": "vertebra.networks", **parts, "pipeline": pipeline}
     if views[0] or views[1]:
         bundle["view_config"] = (views[0] or views[1]).to_dict()
@@ -1181,8 +1227,8 @@ def load_networks(model=None, localizer=None, identifier=None, *, device: str | 
             have = ", ".join(sorted(found))
             raise VertebraError(f"{model} holds only a {have} network; pass --localizer and "
                                 "--identifier checkpoints instead")
-        loc, ide = found[loc_key], found[ide_key]
-        views_l, views_i = views[loc_key], views[ide_key]
+        locs, ides = found[loc_key], found[ide_key]
+        views_l, views_i = views[loc_key][0], views[ide_key][0]
     else:
         source = {"localizer": str(localizer), "identifier": str(identifier)}
         found_l, all_l, _ = _read_models(localizer)
@@ -1193,10 +1239,14 @@ def load_networks(model=None, localizer=None, identifier=None, *, device: str | 
             raise VertebraError(f"{localizer} has no localization head")
         if ide_key not in found_i:
             raise VertebraError(f"{identifier} has no identification head")
-        loc, ide = found_l[loc_key], found_i[ide_key]
-        views_l, views_i = all_l[loc_key], all_i[ide_key]
-    if ide.config["num_classes"] not in (vlabels.NUM_CLASSES, vlabels.NUM_CLASSES_WITH_SACRUM):
-        raise VertebraError(f"the identification network has {ide.config['num_classes']} classes;"
+        locs, ides = found_l[loc_key], found_i[ide_key]
+        views_l, views_i = all_l[loc_key][0], all_i[ide_key][0]
+    classes = {ide.config["num_classes"] for ide in ides}
+    if len(classes) > 1:
+        raise VertebraError(f"the identification networks disagree on the classes: "
+                            f"{sorted(classes)}")
+    if not classes <= {vlabels.NUM_CLASSES, vlabels.NUM_CLASSES_WITH_SACRUM}:
+        raise VertebraError(f"the identification network has {classes.pop()} classes;"
                             f" the pipeline needs {vlabels.NUM_CLASSES} (background + 26) or "
                             f"{vlabels.NUM_CLASSES_WITH_SACRUM} (and the sacrum)")
     views = views_l or views_i
@@ -1205,6 +1255,12 @@ def load_networks(model=None, localizer=None, identifier=None, *, device: str | 
                       stacklevel=2)
         views = ViewConfig()
     own = views_i if views_i is not None and views_i != views else None
-    return Networks(TorchNetwork(loc, "heatmap", device, batch_size),
-                    TorchNetwork(ide, "probabilities", device, batch_size), views, device,
+    return Networks(_network(locs, "heatmap", device, batch_size),
+                    _network(ides, "probabilities", device, batch_size), views, device,
                     settings, own, source)
+
+
+def _network(models: list, output: str, device: str, batch_size: int):
+    """One :class:`TorchNetwork`, or the :class:`MeanNetwork` of several (an ensemble)."""
+    nets = [TorchNetwork(m, output, device, batch_size) for m in models]
+    return nets[0] if len(nets) == 1 else MeanNetwork(nets)

@@ -155,3 +155,71 @@ def test_the_packaged_default_networks(monkeypatch):
     mu = ph.ct.with_data(drrkit.hu_to_mu(ph.ct.data))
     result = vertebra.label(mu, networks=nets, backend="cpu", pictures=False)
     assert len(result.vertebrae) >= 3  # it finds a spine (accuracy: benchmarks, not tests)
+
+
+def test_an_ensemble_bundle_and_its_networks_file_average_their_members(tiny_networks,
+                                                                         tmp_path):
+    import torch
+
+    from vertebra.models import create_model, save_model
+
+    bundle, _ = tiny_networks
+    torch.manual_seed(1)
+    small = {"encoder": "resnet10t", "decoder_channels": [16, 16, 8, 8, 8]}
+    loc2 = save_model(create_model("unet", task="localization", **small), tmp_path / "l2.pt",
+                      view_config=VIEWS.to_dict())
+    ide2 = save_model(create_model("unet", task="identification", **small),
+                      tmp_path / "i2.pt", view_config=COARSE.to_dict())
+    one = pipeline.load_networks(bundle, device="cpu")
+    two = pipeline.load_networks(localizer=loc2, identifier=ide2, device="cpu")
+    parts = {k: tmp_path / f"{k}.pt" for k in ("loc1", "ide1")}
+    for key, name in (("localizer", "loc1"), ("identifier", "ide1")):
+        torch.save(torch.load(bundle, weights_only=False)[key], parts[name])
+    ens = tmp_path / "ensemble.pt"
+    pipeline.bundle_networks([parts["loc1"], loc2], [parts["ide1"], ide2], ens,
+                             pipeline={"localizer_views": 6})
+    nets = pipeline.load_networks(ens, device="cpu")
+    assert isinstance(nets.localizer, pipeline.MeanNetwork)
+    assert nets.views == VIEWS and nets.identifier_views == COARSE
+    x = np.random.default_rng(0).random((2, 64, 64)).astype(np.float32)
+    for got, a, b in ((nets.localizer(x), one.localizer(x), two.localizer(x)),
+                      (nets.identifier(x), one.identifier(x), two.identifier(x))):
+        np.testing.assert_allclose(got, (a + b) / 2, rtol=1e-5, atol=1e-6)
+    probs = nets.identifier(x)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)  # still probabilities
+    # the networks file keeps both members (parts localizer_2, identifier_2)
+    record = export_networks(ens, tmp_path / "weights", recipe="tiny-ensemble",
+                             training_data="nothing (random weights)", max_mb=100.0)
+    stored = pipeline.load_networks(tmp_path / "weights" / record.weights, device="cpu")
+    assert len(stored.identifier.members) == 2
+    scale = float(np.abs(probs).max())
+    np.testing.assert_allclose(stored.identifier(x), probs, atol=2e-2 * scale)
+
+
+def test_ensemble_members_must_share_their_views(tiny_networks, tmp_path):
+    import torch
+
+    from vertebra.models import create_model, save_model
+
+    bundle, _ = tiny_networks
+    small = {"encoder": "resnet10t", "decoder_channels": [16, 16, 8, 8, 8]}
+    other = save_model(create_model("unet", task="localization", **small), tmp_path / "l.pt",
+                       view_config=COARSE.to_dict())
+    first = tmp_path / "first.pt"
+    ide = tmp_path / "ide.pt"
+    saved = torch.load(bundle, weights_only=False)
+    torch.save(saved["localizer"], first)
+    torch.save(saved["identifier"], ide)
+    with pytest.raises(DrrkitError, match="different views"):
+        pipeline.bundle_networks([first, other], ide, tmp_path / "bad.pt")
+    assert not (tmp_path / "bad.pt").exists()
+    with pytest.raises(DrrkitError, match="at least two"):
+        pipeline.MeanNetwork([lambda x: x])
+
+
+@pytest.mark.parametrize("key, part", [("localizer", True), ("identifier_2", True),
+                                       ("localizer_12", True), ("localizer_1", False),
+                                       ("localizer_02", False), ("pipeline", False),
+                                       ("identifier2", False)])
+def test_is_part_names_the_networks_of_a_bundle(key, part):
+    assert weights.is_part(key) is part

@@ -5,7 +5,8 @@ no model is given. A *networks file* is two files side by side (NAME = "default"
 packaged one, in this folder)::
 
     NAME.safetensors  both networks' tensors, named "localizer.KEY" and "identifier.KEY"
-                      (KEY: the model's state-dict key); floating tensors in float16 (one
+                      (KEY: the model's state-dict key; an ensemble's further members
+                      are the parts "localizer_2", "identifier_2", ...); floating tensors in float16 (one
                       whose values do not fit float16 stays float32), integer buffers as
                       they are. The safetensors metadata holds, as JSON under "vertebra",
                       every other entry of the bundle that
@@ -33,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -55,7 +57,15 @@ MAX_MB = 40.0
 FORMAT = "vertebra.networks"
 
 SUFFIX = ".safetensors"
+#: The parts every networks file and bundle holds; an ensemble adds members named
+#: "localizer_2", "identifier_2", ... (:func:`is_part`).
 PARTS = ("localizer", "identifier")
+
+
+def is_part(key: str) -> bool:
+    """Whether a bundle entry holds a network: "localizer", "identifier", or a further
+    ensemble member of either ("localizer_2", "identifier_3", ...)."""
+    return re.fullmatch(r"(localizer|identifier)(_[2-9]|_[1-9][0-9]+)?", str(key)) is not None
 
 
 
@@ -151,7 +161,8 @@ def read_networks(path: str | Path) -> dict:
 
     Returns:
         ``{"format", "localizer": ckpt, "identifier": ckpt, "view_config", "pipeline",
-        "provenance"}`` where each ``ckpt`` holds ``"model"``, ``"config"`` and a
+        "provenance"}`` (and an ensemble's further members, :func:`is_part`) where each
+        ``ckpt`` holds ``"model"``, ``"config"`` and a
         ``"state_dict"`` of float32 (floating) CPU tensors.
     """
     from safetensors import SafetensorError, safe_open
@@ -165,7 +176,7 @@ def read_networks(path: str | Path) -> dict:
                 raise VertebraError(f"{path} is a safetensors file but not a vertebra networks "
                                     "file (no 'vertebra' metadata)")
             info = json.loads(meta["vertebra"])
-            states: dict[str, dict] = {part: {} for part in PARTS}
+            states: dict[str, dict] = {part: {} for part in info if is_part(part)}
             names = handle.keys()  # a safe_open handle is not iterable
             for key in names:
                 part, _, name = key.partition(".")
@@ -176,10 +187,13 @@ def read_networks(path: str | Path) -> dict:
     except (SafetensorError, json.JSONDecodeError, OSError) as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise VertebraError(f"cannot read networks file {path}: {first}") from None
-    bundle = {key: value for key, value in info.items() if key not in PARTS}
+    bundle = {key: value for key, value in info.items() if not is_part(key)}
     for part in PARTS:
         if not isinstance(info.get(part), dict):
             raise VertebraError(f"{path} holds no {part} network")
+    for part in states:
+        if not isinstance(info[part], dict):
+            raise VertebraError(f"{path}: the entry {part!r} is not a network")
         bundle[part] = {**info[part], "state_dict": states[part]}
     return bundle
 

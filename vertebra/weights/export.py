@@ -18,6 +18,7 @@ from vertebra.weights import (
     SUFFIX,
     Record,
     is_networks_file,
+    is_part,
     read_networks,
     sha256_of,
 )
@@ -91,7 +92,7 @@ def export_networks(bundle: str | Path, out_dir: str | Path, *, recipe: str,
                   "commit": commit, "source": bundle.name}
     tensors, info = {}, {}
     for key, value in ckpt.items():
-        if key in PARTS:
+        if is_part(key):
             info[key] = json_safe({k: v for k, v in value.items()
                                    if k not in ("state_dict", "optimizer")})
             for tensor_name, tensor in value["state_dict"].items():
