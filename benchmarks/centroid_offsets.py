@@ -194,8 +194,9 @@ def real_front_bone() -> np.ndarray:
     """(M, 3) world LPS mm of the voxels the chest CT's mask calls sternum or clavicle."""
     import csv
 
-    import drrkit
     import real_ct
+
+    import drrkit
 
     files = real_ct.case_files("chest")
     with open(files.id_table, newline="") as fh:

@@ -50,8 +50,9 @@ DEFAULT_NAME = "default"
 ENV_VAR = "VERTEBRA_WEIGHTS"
 
 #: Largest size of a networks file that :func:`vertebra.weights.export.export_networks`
-#: writes by default (MB).
-MAX_MB = 40.0
+#: writes by default (MB): room for an ensemble of three ``real-ct`` networks
+#: (decision ``ensemble``).
+MAX_MB = 100.0
 
 #: ``format`` entry of the safetensors metadata and of the record.
 FORMAT = "vertebra.networks"
@@ -191,10 +192,10 @@ def read_networks(path: str | Path) -> dict:
     for part in PARTS:
         if not isinstance(info.get(part), dict):
             raise VertebraError(f"{path} holds no {part} network")
-    for part in states:
+    for part, state in states.items():
         if not isinstance(info[part], dict):
             raise VertebraError(f"{path}: the entry {part!r} is not a network")
-        bundle[part] = {**info[part], "state_dict": states[part]}
+        bundle[part] = {**info[part], "state_dict": state}
     return bundle
 
 
