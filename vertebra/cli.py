@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from drrkit.cli_errors import cli_errors, fail
+from vertebra.weights import MAX_MB  # light: the weights module imports no torch
 
 app = typer.Typer(
     name="vertebra",
@@ -680,7 +681,7 @@ def export_default(
     name: Annotated[str, typer.Option("--name", help="File name without suffix.")
                     ] = "default",
     max_mb: Annotated[float, typer.Option("--max-mb", help="Refuse a larger file (MB).")
-                      ] = 40.0,
+                      ] = MAX_MB,
 ) -> None:
     """Store a networks bundle compactly (float16 safetensors + a JSON record with its
     sha256, recipe, training data and commit): the default networks of vertebra label.
