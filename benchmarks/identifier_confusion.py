@@ -72,6 +72,9 @@ def main(argv=None) -> int:
         if args.every < 1:
             raise DrrkitError(f"--every must be >= 1, got {args.every}")
         nets = load_networks(args.model, device="cpu")
+        if not hasattr(nets.identifier, "model"):
+            raise DrrkitError(f"{args.model} holds an ensemble of identifiers; give one "
+                              "member's bundle")
         cache = RenderedCache(args.cache)
     except DrrkitError as exc:
         print(f"error: {exc}", file=sys.stderr)
