@@ -722,8 +722,9 @@ def train_default(
     device: Annotated[str, typer.Option(help="Torch device: cpu, cuda, cuda:N or auto.")
                       ] = "cpu",
 ) -> None:
-    """Train the default networks from scratch with a named recipe and store them compactly:
-    vertebra demo --recipe RECIPE, then vertebra export-default.
+    """Train default networks from scratch with a named recipe and store them compactly:
+    vertebra demo --recipe RECIPE, then vertebra export-default. One run: the packaged
+    default is an ensemble of several runs of the real-ct recipe (see bundle_networks).
 
     Example:
 
