@@ -1228,6 +1228,9 @@ def load_networks(model=None, localizer=None, identifier=None, *, device: str | 
             raise VertebraError(f"{model} holds only a {have} network; pass --localizer and "
                                 "--identifier checkpoints instead")
         locs, ides = found[loc_key], found[ide_key]
+        if any(len(set(map(repr, views[key]))) > 1 for key in (loc_key, ide_key)):
+            raise VertebraError(f"{model}: the members of its ensemble were trained on "
+                                "different views")
         views_l, views_i = views[loc_key][0], views[ide_key][0]
     else:
         source = {"localizer": str(localizer), "identifier": str(identifier)}
