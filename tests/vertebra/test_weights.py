@@ -215,6 +215,11 @@ def test_ensemble_members_must_share_their_views(tiny_networks, tmp_path):
     assert not (tmp_path / "bad.pt").exists()
     with pytest.raises(DrrkitError, match="at least two"):
         pipeline.MeanNetwork([lambda x: x])
+    # a bundle made by hand with such members is refused when it loads
+    made = tmp_path / "made.pt"
+    torch.save({**saved, "localizer_2": torch.load(other, weights_only=False)}, made)
+    with pytest.raises(DrrkitError, match="different views"):
+        pipeline.load_networks(made, device="cpu")
 
 
 @pytest.mark.parametrize("key, part", [("localizer", True), ("identifier_2", True),
