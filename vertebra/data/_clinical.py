@@ -223,7 +223,7 @@ def _veins(p: _Patient) -> None:
         p.organs.chain(ven, np.array(ivc), 11.0 * rng.uniform(0.8, 1.2))
     # the superior vena cava's distance right of the spine: from over the bodies' right
     # half (it then overlaps them in frontal views) to well beside them
-    right = 8.0 + 1.5 * (rng.uniform(16.0, 32.0) - 16.0)
+    right = rng.uniform(8.0, 32.0)
     svc = [p.mid.p(-right * hw, -85 * hw, 40), locs[p.thor[1]].p(-right * hw, -60 * hw, 0)]
     arm_side = 1 if rng.random() < 0.5 else -1
     bolus = p.blood["bolus"]
