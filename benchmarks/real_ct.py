@@ -673,6 +673,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cases", default=",".join([*CASES, *VARIANTS]),
                    help=f"comma-separated, from {', '.join([*CASES, *VARIANTS])}")
     p.add_argument("--device", default="cpu", help="torch device of the networks")
+    p.add_argument("--precision", default="auto",
+                   help="the networks' forward passes: auto, float32 or bfloat16")
     p.add_argument("--backend", default="cpu", help="drrkit render backend")
     p.add_argument("--threads", type=int, default=2)
     return p.parse_args(argv)
@@ -731,7 +733,7 @@ def main(argv=None) -> int:
             from vertebra.weights import default_path
 
             args.model = default_path()
-        nets = load_networks(args.model, device=args.device)
+        nets = load_networks(args.model, device=args.device, precision=args.precision)
         config = pipeline_config(nets, **parse_settings(args.settings))
         record_cases = {}
         for name in cases:
@@ -756,6 +758,7 @@ def main(argv=None) -> int:
         "model_recipe": recipe,
         "pipeline": dataclasses.asdict(config),
         "device": args.device,
+        "precision": nets.precision,
         "backend": args.backend,
         "threads": args.threads,
         "radius_mm": RADIUS_MM,

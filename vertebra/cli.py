@@ -226,6 +226,9 @@ def label(
         "--identifier", help="Identification network checkpoint (with --localizer).")] = None,
     device: Annotated[str, typer.Option(
         "--device", help="Torch device for the networks: auto, cpu, cuda, cuda:N.")] = "auto",
+    precision: Annotated[str, typer.Option(
+        "--precision", help="The networks' forward passes: auto (bfloat16 on a CPU that "
+        "computes it natively, else float32), float32 or bfloat16.")] = "auto",
     backend: Annotated[str, typer.Option(
         "--backend", help="DRR backend: auto, cpu or cuda.")] = "auto",
     nan: Annotated[str, typer.Option(
@@ -268,7 +271,8 @@ def label(
         from vertebra.labelling import pipeline_config
         from vertebra.pipeline import load_networks
 
-        nets = load_networks(model, localizer, identifier, device=device)
+        nets = load_networks(model, localizer, identifier, device=device,
+                             precision=precision)
         changes = {"correction": correction, "voting": voting}
         if not extend_ends:
             changes["extend_threshold"] = None
@@ -682,9 +686,12 @@ def export_default(
                     ] = "default",
     max_mb: Annotated[float, typer.Option("--max-mb", help="Refuse a larger file (MB).")
                       ] = MAX_MB,
+    dtype: Annotated[str, typer.Option(
+        "--dtype", help="Storage of the weights: float16, or int8 with a scale per output "
+        "channel (half the size, for ensembles).")] = "float16",
 ) -> None:
-    """Store a networks bundle compactly (float16 safetensors + a JSON record with its
-    sha256, recipe, training data and commit): the default networks of vertebra label.
+    """Store a networks bundle compactly (float16 or int8 safetensors + a JSON record with
+    its sha256, recipe, training data and commit): the default networks of vertebra label.
 
     Example:
 
@@ -699,7 +706,7 @@ def export_default(
             raise VertebraError(f"no such file: {bundle}")
         record = export_networks(bundle, weights.WEIGHTS_DIR if out is None else out,
                                          recipe=recipe, training_data=data, commit=commit,
-                                         name=name, max_mb=max_mb)
+                                         name=name, max_mb=max_mb, dtype=dtype)
     folder = weights.WEIGHTS_DIR if out is None else out
     typer.echo(f"wrote {folder / record.weights} ({record.bytes / 1e6:.1f} MB, sha256 "
                f"{record.sha256[:16]}...) and its record {name}.json; recipe {record.recipe}, "

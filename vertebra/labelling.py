@@ -81,7 +81,7 @@ def label_file(ct: str | Path | drrkit.Volume, networks, config=None, *,
             stem = "ct" if source is None else case_stem(source)
         paths = write_outputs(
             result, volume, out, stem, pictures=pictures, truth=truth, input=source,
-            device=networks.device,
+            device=networks.device, precision=networks.precision,
             networks=networks.source, view_config=networks.views.to_dict(),
             identifier_view_config=(networks.identifier_views.to_dict()
                                     if networks.identifier_views else None),
@@ -91,7 +91,8 @@ def label_file(ct: str | Path | drrkit.Volume, networks, config=None, *,
 
 def label(ct: str | Path | drrkit.Volume, out: str | Path | None = None, *, model=None,
           localizer=None, identifier=None, networks=None, device: str = "auto",
-          backend: str = "auto", nan: str = "zero", pictures: bool = True, **settings):
+          precision: str = "auto", backend: str = "auto", nan: str = "zero",
+          pictures: bool = True, **settings):
     """Label the vertebrae of one CT with the default (or given) networks.
 
     Example:
@@ -108,6 +109,8 @@ def label(ct: str | Path | drrkit.Volume, out: str | Path | None = None, *, mode
             :func:`vertebra.pipeline.load_networks`; none: the default networks.
         networks: networks already loaded (for many CTs); then the three above are unused.
         device: torch device of the networks ("auto", "cpu", "cuda", "cuda:N").
+        precision: their forward passes ("auto", "float32", "bfloat16";
+            :func:`vertebra.pipeline.resolve_precision`).
         backend: drrkit render backend ("auto", "cpu", "cuda").
         nan: non-finite CT voxels: "zero" (air, with a warning) or "raise".
         pictures: with ``out``, also write the PNGs.
@@ -124,7 +127,8 @@ def label(ct: str | Path | drrkit.Volume, out: str | Path | None = None, *, mode
     if not isinstance(ct, drrkit.Volume) and not Path(ct).exists():
         raise VertebraError(f"no such file or folder: {ct}")  # before loading the networks
     if networks is None:
-        networks = load_networks(model, localizer, identifier, device=device)
+        networks = load_networks(model, localizer, identifier, device=device,
+                                 precision=precision)
     config = pipeline_config(networks, **settings)
     result, _ = label_file(ct, networks, config, out=out, backend=backend, nan=nan,
                            pictures=pictures)

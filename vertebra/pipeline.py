@@ -918,23 +918,31 @@ class TorchNetwork:
         output: "heatmap" or "probabilities".
         device: torch device string ("cpu", "cuda", "cuda:1").
         batch_size: views per forward pass.
+        precision: "float32" or "bfloat16" (see :func:`run_unet`).
     """
 
-    def __init__(self, model, output: str, device: str = "cpu", batch_size: int = 4) -> None:
+    def __init__(self, model, output: str, device: str = "cpu", batch_size: int = 4,
+                 precision: str = "float32") -> None:
         if output not in ("heatmap", "probabilities"):
             raise VertebraError(f"unknown output {output!r}; choose heatmap or probabilities")
         if int(batch_size) < 1:
             raise VertebraError(f"batch_size must be >= 1, got {batch_size}")
-        self.model = model.to(device).eval()
+        _check_precision(precision)
+        import torch
+
+        layout = torch.channels_last if precision == "bfloat16" else torch.contiguous_format
+        self.model = model.to(device).to(memory_format=layout).eval()
         self.output = output
         self.device = device
         self.batch_size = int(batch_size)
+        self.precision = precision
 
     def _forward(self, inputs: np.ndarray):
         cached = getattr(self.model, "_vertebra_last", None)
         if cached is not None and cached[0] is inputs:
             return cached[1]
-        result = run_unet(self.model, inputs, batch_size=self.batch_size, device=self.device)
+        result = run_unet(self.model, inputs, batch_size=self.batch_size, device=self.device,
+                          precision=self.precision)
         if all(r is not None for r in result):  # two heads: both adapters share one pass
             self.model._vertebra_last = (inputs, result)
         return result
@@ -978,7 +986,8 @@ class MeanNetwork:
         return total / len(self.members)
 
 
-def run_unet(model, inputs: np.ndarray, *, batch_size: int = 4, device="cpu"):
+def run_unet(model, inputs: np.ndarray, *, batch_size: int = 4, device="cpu",
+             precision: str = "float32"):
     """Run a U-Net on whole views without gradients, in eval mode.
 
     Views are zero-padded at the bottom and right to a multiple of :data:`PAD_MULTIPLE`
@@ -991,6 +1000,9 @@ def run_unet(model, inputs: np.ndarray, *, batch_size: int = 4, device="cpu"):
         inputs: (K, H, W) float32 network inputs.
         batch_size: views per forward pass.
         device: torch device.
+        precision: "float32", or "bfloat16": the forward pass under ``torch.autocast``
+            with channels-last images, as the CPU recipes train (``cpu_bf16``); the
+            outputs are float32 either way.
 
     Returns:
         (heatmaps (K, H, W) float32 or None, probabilities (K, C, H, W) float32 or None),
@@ -1003,16 +1015,20 @@ def run_unet(model, inputs: np.ndarray, *, batch_size: int = 4, device="cpu"):
     x = np.asarray(inputs, dtype=np.float32)
     if x.ndim != 3:
         raise VertebraError(f"inputs must be (K, H, W), got {x.shape}")
+    _check_precision(precision)
     k, h, w = x.shape
     pad = ((0, 0), (0, -h % PAD_MULTIPLE), (0, -w % PAD_MULTIPLE))
     heat, prob = [], []
+    half = precision == "bfloat16"
+    kind = torch.device(device).type
+    layout = torch.channels_last if half else torch.contiguous_format
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(kind, dtype=torch.bfloat16, enabled=half):
             for start in range(0, k, batch_size):
                 batch = torch.from_numpy(np.pad(x[start:start + batch_size], pad))
-                out = model(batch[:, None].to(device))
+                out = model(batch[:, None].to(device).contiguous(memory_format=layout))
                 if out.heatmap is not None:
                     values = heatmap_values(model, out.heatmap[:, 0, :h, :w])
                     heat.append(values.float().cpu().numpy())
@@ -1041,6 +1057,29 @@ def resolve_device(device: str | None) -> str:
     return str(dev)
 
 
+#: Precisions of the networks' forward passes: "auto" picks one of the others.
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def resolve_precision(precision: str | None, device: str) -> str:
+    """"auto"/None -> "bfloat16" on a CPU that computes it natively (AVX-512 BF16 or AMX;
+    the CPU recipes train their forward passes in it, and it is the faster path there:
+    decision ``bf16-inference``), else "float32"; others are checked."""
+    if precision in (None, "auto"):
+        from vertebra.training.trainer import cpu_has_bf16
+
+        native = str(device).startswith("cpu") and cpu_has_bf16()
+        return "bfloat16" if native else "float32"
+    _check_precision(precision)
+    return str(precision)
+
+
+def _check_precision(precision) -> None:
+    if precision not in PRECISIONS[1:]:
+        raise VertebraError(f"unknown precision {precision!r}; choose "
+                            f"{', '.join(PRECISIONS)}")
+
+
 # ---------------------------------------------------------------------- checkpoints
 #: Keys under which a checkpoint may carry its :class:`ViewConfig` (as a dict).
 VIEW_KEYS = ("view_config", "views")
@@ -1063,6 +1102,7 @@ class Networks:
         source: where they came from: ``{"path"}`` of each file read (``"localizer"`` and
             ``"identifier"`` paths for two files), and a networks file's record
             (:func:`vertebra.weights.describe`: recipe, training data, commit, sha256).
+        precision: their forward passes' precision, "float32" or "bfloat16".
     """
 
     localizer: TorchNetwork | MeanNetwork
@@ -1072,6 +1112,7 @@ class Networks:
     settings: dict = field(default_factory=dict)
     identifier_views: ViewConfig | None = None
     source: dict = field(default_factory=dict)
+    precision: str = "float32"
 
 
 def _model_from_state(ckpt: dict, where: str):
@@ -1139,6 +1180,30 @@ def _read_models(path) -> tuple[dict, dict, dict]:
     return found, views, settings
 
 
+def _checkpoints_of(path, key: str) -> list[dict]:
+    """The ``key`` ("localizer" or "identifier") checkpoints a file holds, each checked to
+    load: a model checkpoint itself, or every such member of a bundle or networks file
+    (with the bundle's views where a member stores none)."""
+    from vertebra import weights
+    from vertebra.models import read_checkpoint
+
+    ckpt = weights.read_networks(path) if weights.is_networks_file(path) else read_checkpoint(path)
+    parts = [(name, sub) for name, sub in ckpt.items()
+             if weights.is_part(name) and name.startswith(key) and isinstance(sub, dict)]
+    if not parts:
+        if any(weights.is_part(name) for name in ckpt):
+            raise VertebraError(f"{path} is a bundle without a {key}")
+        parts = [(key, ckpt)]
+    top = _views_of(ckpt)
+    members = []
+    for name, sub in parts:
+        _model_from_state(sub, f"{path} [{name}]" if sub is not ckpt else str(path))
+        if _views_of(sub) is None and top is not None and sub is not ckpt:
+            sub = {**sub, "view_config": top.to_dict()}
+        members.append(sub)
+    return members
+
+
 def bundle_networks(localizer, identifier, out, pipeline: dict | None = None) -> None:
     """Write one file holding both networks (for ``vertebra label --model``).
 
@@ -1152,7 +1217,9 @@ def bundle_networks(localizer, identifier, out, pipeline: dict | None = None) ->
 
     Args:
         localizer, identifier: model checkpoint paths (``save_model`` / training files),
-            one each or a sequence of them (an ensemble).
+            one each or a sequence of them (an ensemble). A bundle or networks file given
+            here brings all its localizers (identifiers) as members, so an ensemble grows
+            from a shipped one.
         out: the bundle path.
         pipeline: :class:`PipelineConfig` fields these networks are best labelled with
             (e.g. ``{"localizer_views": 20}``); :func:`load_networks` returns them in
@@ -1161,7 +1228,6 @@ def bundle_networks(localizer, identifier, out, pipeline: dict | None = None) ->
     import torch
 
     from drrkit.io import atomic_write
-    from vertebra.models import read_checkpoint
 
     pipeline = dict(pipeline or {})
     unknown = sorted(set(pipeline) - set(PipelineConfig.__dataclass_fields__))
@@ -1173,9 +1239,8 @@ def bundle_networks(localizer, identifier, out, pipeline: dict | None = None) ->
         paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
         if not paths:
             raise VertebraError(f"no {key} checkpoint given")
-        for n, path in enumerate(paths, start=1):
-            ckpt = read_checkpoint(path)
-            _model_from_state(ckpt, str(path))  # check it loads
+        members = [ckpt for path in paths for ckpt in _checkpoints_of(path, key)]
+        for n, ckpt in enumerate(members, start=1):
             parts[key if n == 1 else f"{key}_{n}"] = {k: v for k, v in ckpt.items()
                                                       if k != "optimizer"}
         own = [_views_of(parts[k]) for k in parts if k.startswith(key)]
@@ -1190,7 +1255,7 @@ def bundle_networks(localizer, identifier, out, pipeline: dict | None = None) ->
 
 
 def load_networks(model=None, localizer=None, identifier=None, *, device: str | None = "auto",
-                  batch_size: int = 4) -> Networks:
+                  batch_size: int = 4, precision: str | None = "auto") -> Networks:
     """Load the localization and identification networks for :func:`label_ct`.
 
     Either ``model`` (one file holding both: a two-headed U-Net, ``task="both"``, a
@@ -1206,6 +1271,8 @@ def load_networks(model=None, localizer=None, identifier=None, *, device: str | 
         model, localizer, identifier: checkpoint paths (see above).
         device: "auto" (CUDA when available), "cpu", "cuda", "cuda:N".
         batch_size: views per forward pass.
+        precision: "auto" (bfloat16 on a CPU that computes it natively, else float32),
+            "float32" or "bfloat16" (:func:`resolve_precision`).
     """
     from vertebra import weights
 
@@ -1218,6 +1285,7 @@ def load_networks(model=None, localizer=None, identifier=None, *, device: str | 
     if model is None and localizer is None:
         model = weights.default_path()
     device = resolve_device(device)
+    precision = resolve_precision(precision, device)
     if model is not None:
         found, views, settings = _read_models(model)
         source = weights.describe(model)
@@ -1258,12 +1326,12 @@ def load_networks(model=None, localizer=None, identifier=None, *, device: str | 
                       stacklevel=2)
         views = ViewConfig()
     own = views_i if views_i is not None and views_i != views else None
-    return Networks(_network(locs, "heatmap", device, batch_size),
-                    _network(ides, "probabilities", device, batch_size), views, device,
-                    settings, own, source)
+    return Networks(_network(locs, "heatmap", device, batch_size, precision),
+                    _network(ides, "probabilities", device, batch_size, precision), views,
+                    device, settings, own, source, precision)
 
 
-def _network(models: list, output: str, device: str, batch_size: int):
+def _network(models: list, output: str, device: str, batch_size: int, precision: str):
     """One :class:`TorchNetwork`, or the :class:`MeanNetwork` of several (an ensemble)."""
-    nets = [TorchNetwork(m, output, device, batch_size) for m in models]
+    nets = [TorchNetwork(m, output, device, batch_size, precision) for m in models]
     return nets[0] if len(nets) == 1 else MeanNetwork(nets)

@@ -5,6 +5,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from drrkit.errors import DrrkitError
@@ -122,10 +124,12 @@ def test_cli_export_default_then_label_without_a_model(exported, tmp_path, monke
     ct = tmp_path / "ph" / "rawdata" / "sub-phantom0000" / "sub-phantom0000_ct.nii.gz"
     monkeypatch.setenv(weights.ENV_VAR, str(out / "default.safetensors"))
     res = runner.invoke(app, ["label", str(ct), "--out", str(tmp_path / "labels"),
-                              "--device", "cpu", "--backend", "cpu", "--no-pictures"])
+                              "--device", "cpu", "--backend", "cpu", "--no-pictures",
+                              "--precision", "float32"])
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "labels" / "sub-phantom0000_label.json").read_text())
     assert summary["networks"]["recipe"] == "tiny" and summary["networks"]["commit"] == "feed"
+    assert summary["precision"] == "float32"
     # a damaged default: one line, exit 2
     (out / "default.safetensors").write_bytes(b"x" + (out / "default.safetensors").read_bytes())
     res = runner.invoke(app, ["label", str(ct), "--out", str(tmp_path / "l2")])
@@ -228,3 +232,108 @@ def test_ensemble_members_must_share_their_views(tiny_networks, tmp_path):
                                        ("identifier2", False)])
 def test_is_part_names_the_networks_of_a_bundle(key, part):
     assert weights.is_part(key) is part
+
+
+def test_int8_quantization_in_closed_form():
+    import torch
+
+    from vertebra.weights.export import quantize_int8
+
+    w = torch.tensor([[[1.27, -0.635, 0.0]], [[0.0, 0.0, 0.0]], [[-2.54, 1.0, 0.02]]])
+    q, scale = quantize_int8(w)
+    assert q.dtype == torch.int8 and q.shape == w.shape and scale.shape == (3,)
+    np.testing.assert_allclose(scale, [0.01, 1.0, 0.02], rtol=1e-6)  # peak / 127; 1 if zero
+    assert q[0, 0].tolist() == [127, -64, 0]  # -63.5 rounds to even
+    assert q[1].abs().sum() == 0 and q[2, 0].tolist() == [-127, 50, 1]
+
+
+@given(st.integers(1, 6), st.integers(1, 40), st.floats(1e-4, 1e3), st.integers(0, 2**31))
+@settings(max_examples=40, deadline=None)
+def test_int8_quantization_is_within_half_a_step(channels, size, peak, seed):
+    import torch
+
+    from vertebra.weights.export import quantize_int8
+
+    gen = torch.Generator().manual_seed(seed)
+    w = (torch.rand(channels, size, generator=gen) * 2 - 1) * peak
+    q, scale = quantize_int8(w)
+    back = q.float() * scale[:, None]
+    assert bool(((back - w).abs() <= scale[:, None] * (0.5 + 1e-5)).all())
+    assert int(q.abs().max()) <= 127
+    assert set(q.abs().amax(dim=1).tolist()) <= {127, 0}  # each channel's peak is a full step
+
+
+def test_an_int8_networks_file_is_half_the_size_and_labels_alike(exported, tmp_path):
+    from safetensors import safe_open
+
+    bundle, _, half = exported
+    record = export_networks(bundle, tmp_path, recipe="tiny-random", training_data="d",
+                             dtype="int8")
+    path = tmp_path / record.weights
+    assert record.dtype == "int8" and record.bytes < 0.65 * half.bytes
+    with safe_open(str(path), framework="pt") as handle:
+        names = set(handle.keys())
+        kinds = {str(handle.get_tensor(n).dtype) for n in names}
+    scales = {n for n in names if n.endswith(weights.SCALE_SUFFIX)}
+    assert scales and all(n[:-len(weights.SCALE_SUFFIX)] in names for n in scales)
+    assert kinds == {"torch.int8", "torch.float32", "torch.float16", "torch.int64"}
+    ref = pipeline.load_networks(bundle, device="cpu", precision="float32")
+    nets = pipeline.load_networks(path, device="cpu", precision="float32")
+    x = np.random.default_rng(0).random((2, 64, 64)).astype(np.float32)
+    for a, b in ((nets.localizer(x), ref.localizer(x)), (nets.identifier(x), ref.identifier(x))):
+        np.testing.assert_allclose(a, b, atol=3e-2 * float(np.abs(b).max()))
+    with pytest.raises(DrrkitError, match="unknown dtype 'int4'"):
+        export_networks(bundle, tmp_path / "no", recipe="r", training_data="d", dtype="int4")
+    assert not (tmp_path / "no").exists()
+
+
+def test_an_ensemble_grows_from_a_networks_file(tiny_networks, tmp_path):
+    import torch
+
+    from vertebra.models import create_model, save_model
+
+    bundle, path = tiny_networks
+    torch.manual_seed(2)
+    small = {"encoder": "resnet10t", "decoder_channels": [16, 16, 8, 8, 8]}
+    loc2 = save_model(create_model("unet", task="localization", **small), tmp_path / "l2.pt",
+                      view_config=VIEWS.to_dict())
+    ide2 = save_model(create_model("unet", task="identification", **small),
+                      tmp_path / "i2.pt", view_config=COARSE.to_dict())
+    grown = tmp_path / "grown.pt"
+    pipeline.bundle_networks([path, loc2], [path, ide2], grown)
+    nets = pipeline.load_networks(grown, device="cpu", precision="float32")
+    first = pipeline.load_networks(path, device="cpu", precision="float32")
+    second = pipeline.load_networks(localizer=loc2, identifier=ide2, device="cpu",
+                                    precision="float32")
+    assert len(nets.localizer.members) == 2 and nets.identifier_views == COARSE
+    x = np.random.default_rng(1).random((2, 64, 64)).astype(np.float32)
+    np.testing.assert_allclose(nets.localizer(x), (first.localizer(x) + second.localizer(x)) / 2,
+                               rtol=1e-5, atol=1e-6)
+    again = tmp_path / "again.pt"  # members of a bundle of two come along, in order
+    pipeline.bundle_networks([grown], [grown], again)
+    assert len(pipeline.load_networks(again, device="cpu").identifier.members) == 2
+    with pytest.raises(DrrkitError, match="bundle without a localizer"):
+        saved = torch.load(bundle, weights_only=False)
+        torch.save({"format": "vertebra.networks", "identifier": saved["identifier"]},
+                   tmp_path / "half.pt")
+        pipeline.bundle_networks(tmp_path / "half.pt", ide2, tmp_path / "bad.pt")
+    assert not (tmp_path / "bad.pt").exists()
+
+
+def test_bfloat16_forward_passes_match_float32(exported, monkeypatch):
+    from vertebra.training import trainer
+
+    bundle, _, _ = exported
+    x = np.random.default_rng(3).random((3, 64, 96)).astype(np.float32)
+    ref = pipeline.load_networks(bundle, device="cpu", precision="float32")
+    half = pipeline.load_networks(bundle, device="cpu", precision="bfloat16")
+    assert (ref.precision, half.precision) == ("float32", "bfloat16")
+    for a, b in ((half.localizer(x), ref.localizer(x)), (half.identifier(x), ref.identifier(x))):
+        assert a.dtype == np.float32 and a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=5e-2 * float(np.abs(b).max()))
+    for native in (True, False):
+        monkeypatch.setattr(trainer, "cpu_has_bf16", lambda native=native: native)
+        assert pipeline.resolve_precision("auto", "cpu") == ("bfloat16" if native else "float32")
+    assert pipeline.resolve_precision(None, "cuda") == "float32"
+    with pytest.raises(DrrkitError, match="unknown precision 'half'"):
+        pipeline.load_networks(bundle, device="cpu", precision="half")

@@ -8,7 +8,9 @@ packaged one, in this folder)::
                       (KEY: the model's state-dict key; an ensemble's further members
                       are the parts "localizer_2", "identifier_2", ...); floating tensors in float16 (one
                       whose values do not fit float16 stays float32), integer buffers as
-                      they are. The safetensors metadata holds, as JSON under "vertebra",
+                      they are. A file of dtype "int8" stores the weight tensors as int8
+                      with one float32 scale per output channel, under "PART.KEY#scale"
+                      (:func:`vertebra.weights.export.quantize_int8`). The safetensors metadata holds, as JSON under "vertebra",
                       every other entry of the bundle that
                       :func:`vertebra.pipeline.bundle_networks` writes (model names and
                       configs, views, training settings, pipeline settings) and the
@@ -17,7 +19,8 @@ packaged one, in this folder)::
                       recipe, training data, commit, source bundle.
 
 A networks file whose record is missing or whose checksum does not match is refused.
-Tensors are read back as float32, so the networks run as trained, from rounded weights.
+Tensors are read back as float32 (int8 ones times their scales), so the networks run as
+trained, from rounded weights.
 
 The environment variable ``VERTEBRA_WEIGHTS`` names another networks file (a
 ``.safetensors`` with its record, or a bundle ``.pt``) to use as the default.
@@ -58,6 +61,10 @@ MAX_MB = 100.0
 FORMAT = "vertebra.networks"
 
 SUFFIX = ".safetensors"
+#: Storage precisions of a networks file's floating tensors (``Record.dtype``).
+DTYPES = ("float16", "int8")
+#: Name suffix of the per-output-channel scales of an int8 tensor.
+SCALE_SUFFIX = "#scale"
 #: The parts every networks file and bundle holds; an ensemble adds members named
 #: "localizer_2", "identifier_2", ... (:func:`is_part`).
 PARTS = ("localizer", "identifier")
@@ -82,7 +89,7 @@ class Record:
         training_data: what the networks were trained on, in words.
         commit: git commit of the code that trained them ("unknown" if not known).
         source: file name of the bundle they were exported from.
-        dtype: storage precision of the floating tensors.
+        dtype: storage precision of the floating tensors (:data:`DTYPES`).
         format: :data:`FORMAT`.
     """
 
@@ -166,6 +173,7 @@ def read_networks(path: str | Path) -> dict:
         ``ckpt`` holds ``"model"``, ``"config"`` and a
         ``"state_dict"`` of float32 (floating) CPU tensors.
     """
+    import torch
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -178,12 +186,21 @@ def read_networks(path: str | Path) -> dict:
                                     "file (no 'vertebra' metadata)")
             info = json.loads(meta["vertebra"])
             states: dict[str, dict] = {part: {} for part in info if is_part(part)}
-            names = handle.keys()  # a safe_open handle is not iterable
-            for key in names:
+            names = set(handle.keys())  # a safe_open handle is not iterable
+            for key in sorted(names):
                 part, _, name = key.partition(".")
                 if part not in states or not name:
                     raise VertebraError(f"{path}: unexpected tensor {key!r}")
+                if name.endswith(SCALE_SUFFIX):
+                    if key[:-len(SCALE_SUFFIX)] not in names:
+                        raise VertebraError(f"{path}: scales {key!r} of no tensor")
+                    continue
                 tensor = handle.get_tensor(key)
+                if key + SCALE_SUFFIX in names:  # int8 with a scale per output channel
+                    scale = handle.get_tensor(key + SCALE_SUFFIX).float()
+                    if tensor.dtype != torch.int8 or scale.shape != tensor.shape[:1]:
+                        raise VertebraError(f"{path}: {key!r} does not match its scales")
+                    tensor = tensor.float() * scale.reshape((-1,) + (1,) * (tensor.dim() - 1))
                 states[part][name] = tensor.float() if tensor.is_floating_point() else tensor
     except (SafetensorError, json.JSONDecodeError, OSError) as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__

@@ -12,9 +12,11 @@ from pathlib import Path
 from vertebra.errors import VertebraError
 from vertebra.weights import (
     DEFAULT_NAME,
+    DTYPES,
     FORMAT,
     MAX_MB,
     PARTS,
+    SCALE_SUFFIX,
     SUFFIX,
     Record,
     is_networks_file,
@@ -35,20 +37,55 @@ def _commit_of(bundle: dict) -> str | None:
     return None
 
 
-def _compact(tensor):
-    """float16 for a floating tensor whose values fit, else the tensor; contiguous, CPU."""
+#: Fewest values of a weight tensor that ``dtype="int8"`` quantizes (smaller ones, and
+#: every vector such as biases and BatchNorm statistics, stay float16).
+INT8_MIN_VALUES = 1024
+
+
+def quantize_int8(tensor):
+    """Symmetric int8 per output channel: ``tensor ~ q * scale[:, None, ...]``.
+
+    Each slice ``tensor[c]`` is divided by ``scale[c] = max |tensor[c]| / 127`` (1 for an
+    all-zero slice) and rounded, so every value is off by at most ``scale[c] / 2``.
+
+    Args:
+        tensor: (C, ...) finite floating tensor, at least 2-D.
+
+    Returns:
+        (q (C, ...) int8 in [-127, 127], scale (C,) float32).
+    """
+    import torch
+
+    values = tensor.detach().cpu().float()
+    peak = values.abs().reshape(values.shape[0], -1).amax(dim=1)
+    scale = torch.where(peak > 0, peak / 127.0, torch.ones_like(peak))
+    shape = (-1,) + (1,) * (values.dim() - 1)
+    q = torch.round(values / scale.reshape(shape)).clamp(-127, 127).to(torch.int8)
+    return q.contiguous(), scale.contiguous()
+
+
+def _compact(name: str, tensor, dtype: str) -> dict:
+    """``{name: tensor}`` stored compactly: float16 for a floating tensor whose values fit,
+    else the tensor as it is; with ``dtype="int8"``, a floating weight of at least 2-D and
+    :data:`INT8_MIN_VALUES` values becomes int8 plus its scales under
+    ``name + SCALE_SUFFIX`` (:func:`quantize_int8`). Contiguous, CPU."""
     import torch
 
     tensor = tensor.detach().cpu().contiguous()
-    if (tensor.is_floating_point() and tensor.numel() and torch.isfinite(tensor).all()
-            and float(tensor.abs().max()) <= _FLOAT16_MAX):
-        return tensor.to(torch.float16)
-    return tensor.clone()
+    finite = (tensor.is_floating_point() and tensor.numel() > 0
+              and bool(torch.isfinite(tensor).all()))
+    if dtype == "int8" and finite and tensor.dim() >= 2 and tensor.numel() >= INT8_MIN_VALUES:
+        q, scale = quantize_int8(tensor)
+        return {name: q, name + SCALE_SUFFIX: scale}
+    if finite and float(tensor.abs().max()) <= _FLOAT16_MAX:
+        return {name: tensor.to(torch.float16)}
+    return {name: tensor.clone()}
 
 
 def export_networks(bundle: str | Path, out_dir: str | Path, *, recipe: str,
                     training_data: str, commit: str | None = None,
-                    name: str = DEFAULT_NAME, max_mb: float = MAX_MB) -> Record:
+                    name: str = DEFAULT_NAME, max_mb: float = MAX_MB,
+                    dtype: str = "float16") -> Record:
     """Convert a networks bundle into a compact networks file and its record.
 
     Writes ``OUT_DIR/NAME.safetensors`` and ``OUT_DIR/NAME.json`` all or nothing (the
@@ -64,6 +101,9 @@ def export_networks(bundle: str | Path, out_dir: str | Path, *, recipe: str,
             record, else "unknown").
         name: file name without suffix.
         max_mb: refuse to write a file larger than this many MB (10^6 bytes).
+        dtype: "float16" (every floating tensor) or "int8" (weight tensors quantized per
+            output channel, :func:`quantize_int8`, the rest float16): half the size, for
+            ensembles.
 
     Returns:
         the :class:`Record` written.
@@ -80,6 +120,8 @@ def export_networks(bundle: str | Path, out_dir: str | Path, *, recipe: str,
             raise VertebraError(f"give the {label} of the networks (it is stored with them)")
     if not name or Path(name).name != name or name.startswith("."):
         raise VertebraError(f"bad file name {name!r}")
+    if dtype not in DTYPES:
+        raise VertebraError(f"unknown dtype {dtype!r}; choose {' or '.join(DTYPES)}")
     if is_networks_file(bundle):
         raise VertebraError(f"{bundle} is already a networks file")
     load_networks(bundle, device="cpu")  # both networks, the classes the pipeline needs
@@ -96,7 +138,7 @@ def export_networks(bundle: str | Path, out_dir: str | Path, *, recipe: str,
             info[key] = json_safe({k: v for k, v in value.items()
                                    if k not in ("state_dict", "optimizer")})
             for tensor_name, tensor in value["state_dict"].items():
-                tensors[f"{key}.{tensor_name}"] = _compact(tensor)
+                tensors.update(_compact(f"{key}.{tensor_name}", tensor, dtype))
         else:
             info[key] = json_safe(value)
     info["format"] = FORMAT
@@ -111,7 +153,7 @@ def export_networks(bundle: str | Path, out_dir: str | Path, *, recipe: str,
             raise VertebraError(f"the networks take {size / 1e6:.1f} MB in {file_name}, more "
                                 f"than the {max_mb:g} MB allowed (smaller networks, or max_mb)")
         record = Record(weights=file_name, sha256=sha256_of(tmp / file_name), bytes=size,
-                        **provenance)
+                        dtype=dtype, **provenance)
         write_json(tmp / f"{name}.json", record.to_dict())
         read_networks(tmp / file_name)  # reads back
     return record
