@@ -667,6 +667,42 @@ def demo(
                f"{TARGET_ERROR_MM:g} mm): {verdict}; pictures and report.json in {out}")
 
 
+# ====================================================================== ensemble
+@app.command()
+def ensemble(
+    sources: Annotated[list[Path], typer.Argument(
+        help="Bundles or networks files holding both networks, e.g. runs' "
+        "models/networks.pt or the packaged vertebra/weights/default.safetensors.")],
+    out: Annotated[Path, typer.Option("--out", help="The ensemble bundle to write (.pt).")],
+) -> None:
+    """Join runs into one ensemble bundle: every localizer and identifier of the SOURCES,
+    whose outputs vertebra label averages; the pipeline settings are the first source's.
+    vertebra export-default OUT --dtype int8 then makes it the default networks.
+
+    Example:
+
+        $ vertebra ensemble vertebra/weights/default.safetensors run2/models/networks.pt \
+              --out ensemble.pt
+    """
+    from vertebra.errors import VertebraError
+    from vertebra.pipeline import bundle_networks, load_networks, stored_pipeline
+
+    with cli_errors(every_warning=True):
+        if len(sources) < 2:
+            raise VertebraError("give at least two bundles to join")
+        for source in sources:
+            if not source.is_file():
+                raise VertebraError(f"no such file: {source}")
+        if out.suffix != ".pt":
+            raise VertebraError(f"the ensemble is a bundle: name it NAME.pt, not {out.name}")
+        settings = stored_pipeline(sources[0])
+        bundle_networks(sources, sources, out, pipeline=settings)
+        nets = load_networks(out, device="cpu")
+    counts = [len(getattr(n, "members", [n])) for n in (nets.localizer, nets.identifier)]
+    typer.echo(f"wrote {out}: {counts[0]} localizers and {counts[1]} identifiers, their "
+               f"outputs averaged; pipeline settings {settings}")
+
+
 # ====================================================================== export-default
 @app.command("export-default")
 def export_default(

@@ -1204,6 +1204,16 @@ def _checkpoints_of(path, key: str) -> list[dict]:
     return members
 
 
+def stored_pipeline(path) -> dict:
+    """The ``pipeline`` settings a bundle or networks file stores (:func:`bundle_networks`;
+    {} for a checkpoint of one network)."""
+    from vertebra import weights
+    from vertebra.models import read_checkpoint
+
+    ckpt = weights.read_networks(path) if weights.is_networks_file(path) else read_checkpoint(path)
+    return dict(ckpt.get("pipeline") or {})
+
+
 def bundle_networks(localizer, identifier, out, pipeline: dict | None = None) -> None:
     """Write one file holding both networks (for ``vertebra label --model``).
 

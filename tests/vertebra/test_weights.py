@@ -337,3 +337,22 @@ def test_bfloat16_forward_passes_match_float32(exported, monkeypatch):
     assert pipeline.resolve_precision(None, "cuda") == "float32"
     with pytest.raises(DrrkitError, match="unknown precision 'half'"):
         pipeline.load_networks(bundle, device="cpu", precision="half")
+
+
+def test_cli_ensemble_joins_runs(tiny_networks, tmp_path):
+    bundle, path = tiny_networks
+    out = tmp_path / "ens.pt"
+    res = runner.invoke(app, ["ensemble", str(path), str(bundle), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "2 localizers and 2 identifiers" in res.stdout and "localizer_views" in res.stdout
+    nets = pipeline.load_networks(out, device="cpu")
+    assert nets.settings["localizer_views"] == 6 and nets.identifier_views == COARSE
+    for args, message in (([str(bundle)], "at least two"),
+                          ([str(bundle), str(tmp_path / "none.pt")], "no such file"),
+                          ([str(bundle), str(bundle), "--out", str(tmp_path / "e.safetensors")],
+                           "name it NAME.pt")):
+        if "--out" not in args:
+            args = [*args, "--out", str(tmp_path / "bad.pt")]
+        res = runner.invoke(app, ["ensemble", *args])
+        assert res.exit_code == 2 and message in res.stderr and res.stderr.count("\n") == 1
+    assert not (tmp_path / "bad.pt").exists() and not (tmp_path / "e.safetensors").exists()
