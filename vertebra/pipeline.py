@@ -1157,9 +1157,8 @@ def _read_models(path) -> tuple[dict, dict, dict]:
     bundle, or a networks file of :mod:`vertebra.weights`). A bundle of an ensemble gives
     several models per task, in the order of its parts."""
     from vertebra import weights
-    from vertebra.models import read_checkpoint
 
-    ckpt = weights.read_networks(path) if weights.is_networks_file(path) else read_checkpoint(path)
+    ckpt = _read_file(path)
     top = _views_of(ckpt)
     found, views, settings = {}, {}, {}
     parts = [(key, sub) for key, sub in ckpt.items()
@@ -1185,20 +1184,20 @@ def _checkpoints_of(path, key: str) -> list[dict]:
     load: a model checkpoint itself, or every such member of a bundle or networks file
     (with the bundle's views where a member stores none)."""
     from vertebra import weights
-    from vertebra.models import read_checkpoint
 
-    ckpt = weights.read_networks(path) if weights.is_networks_file(path) else read_checkpoint(path)
+    ckpt = _read_file(path)
     parts = [(name, sub) for name, sub in ckpt.items()
              if weights.is_part(name) and name.startswith(key) and isinstance(sub, dict)]
     if not parts:
         if any(weights.is_part(name) for name in ckpt):
             raise VertebraError(f"{path} is a bundle without a {key}")
-        parts = [(key, ckpt)]
+        _model_from_state(ckpt, str(path))  # check it loads
+        return [ckpt]
     top = _views_of(ckpt)
     members = []
     for name, sub in parts:
-        _model_from_state(sub, f"{path} [{name}]" if sub is not ckpt else str(path))
-        if _views_of(sub) is None and top is not None and sub is not ckpt:
+        _model_from_state(sub, f"{path} [{name}]")
+        if _views_of(sub) is None and top is not None:
             sub = {**sub, "view_config": top.to_dict()}
         members.append(sub)
     return members
@@ -1207,11 +1206,16 @@ def _checkpoints_of(path, key: str) -> list[dict]:
 def stored_pipeline(path) -> dict:
     """The ``pipeline`` settings a bundle or networks file stores (:func:`bundle_networks`;
     {} for a checkpoint of one network)."""
+    return dict(_read_file(path).get("pipeline") or {})
+
+
+def _read_file(path) -> dict:
+    """A checkpoint or bundle as saved, or a networks file of :mod:`vertebra.weights` as the
+    bundle it was exported from."""
     from vertebra import weights
     from vertebra.models import read_checkpoint
 
-    ckpt = weights.read_networks(path) if weights.is_networks_file(path) else read_checkpoint(path)
-    return dict(ckpt.get("pipeline") or {})
+    return weights.read_networks(path) if weights.is_networks_file(path) else read_checkpoint(path)
 
 
 def bundle_networks(localizer, identifier, out, pipeline: dict | None = None) -> None:
