@@ -146,7 +146,7 @@ def test_the_packaged_default_networks(monkeypatch):
     path = weights.default_path()
     assert path.parent == weights.WEIGHTS_DIR
     record = weights.check_file(path)
-    assert record.recipe == "real-ct" and record.dtype == "float16"
+    assert record.recipe == "real-ct" and record.dtype == "int8"
     assert record.bytes <= weights.MAX_MB * 1e6
     assert "no real CT" in record.training_data
     nets = pipeline.load_networks(device="cpu")
@@ -266,7 +266,7 @@ def test_int8_quantization_is_within_half_a_step(channels, size, peak, seed):
 def test_an_int8_networks_file_is_half_the_size_and_labels_alike(exported, tmp_path):
     from safetensors import safe_open
 
-    bundle, _, half = exported
+    bundle, folder, half = exported
     record = export_networks(bundle, tmp_path, recipe="tiny-random", training_data="d",
                              dtype="int8")
     path = tmp_path / record.weights
@@ -282,6 +282,13 @@ def test_an_int8_networks_file_is_half_the_size_and_labels_alike(exported, tmp_p
     x = np.random.default_rng(0).random((2, 64, 64)).astype(np.float32)
     for a, b in ((nets.localizer(x), ref.localizer(x)), (nets.identifier(x), ref.identifier(x))):
         np.testing.assert_allclose(a, b, atol=3e-2 * float(np.abs(b).max()))
+    again = export_networks(folder / "default.safetensors", tmp_path / "again", recipe="r",
+                            training_data="d", dtype="int8")  # a float16 file, stored again
+    stored = pipeline.load_networks(tmp_path / "again" / again.weights, device="cpu",
+                                    precision="float32")
+    assert again.source == "default.safetensors" and again.dtype == "int8"
+    np.testing.assert_allclose(stored.localizer(x), ref.localizer(x),
+                               atol=3e-2 * float(np.abs(ref.localizer(x)).max()))
     with pytest.raises(DrrkitError, match="unknown dtype 'int4'"):
         export_networks(bundle, tmp_path / "no", recipe="r", training_data="d", dtype="int4")
     assert not (tmp_path / "no").exists()

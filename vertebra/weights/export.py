@@ -93,7 +93,8 @@ def export_networks(bundle: str | Path, out_dir: str | Path, *, recipe: str,
     (:func:`vertebra.pipeline.load_networks`) and that the new file reads back.
 
     Args:
-        bundle: a file written by :func:`vertebra.pipeline.bundle_networks` (both networks).
+        bundle: a file written by :func:`vertebra.pipeline.bundle_networks` (both networks),
+            or a networks file (stored again, e.g. in another ``dtype``).
         out_dir: output folder (created if missing); ``vertebra/weights/`` for the default.
         recipe: name of the training recipe.
         training_data: what the networks were trained on, in words.
@@ -122,10 +123,8 @@ def export_networks(bundle: str | Path, out_dir: str | Path, *, recipe: str,
         raise VertebraError(f"bad file name {name!r}")
     if dtype not in DTYPES:
         raise VertebraError(f"unknown dtype {dtype!r}; choose {' or '.join(DTYPES)}")
-    if is_networks_file(bundle):
-        raise VertebraError(f"{bundle} is already a networks file")
     load_networks(bundle, device="cpu")  # both networks, the classes the pipeline needs
-    ckpt = read_checkpoint(bundle)
+    ckpt = read_networks(bundle) if is_networks_file(bundle) else read_checkpoint(bundle)
     if not all(isinstance(ckpt.get(part), dict) for part in PARTS):
         raise VertebraError(f"{bundle} is not a bundle of both networks (see "
                             "vertebra.pipeline.bundle_networks)")
