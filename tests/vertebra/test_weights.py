@@ -161,19 +161,27 @@ def test_the_packaged_default_networks(monkeypatch):
     assert len(result.vertebrae) >= 3  # it finds a spine (accuracy: benchmarks, not tests)
 
 
-def test_an_ensemble_bundle_and_its_networks_file_average_their_members(tiny_networks,
-                                                                         tmp_path):
+def _random_pair(folder, seed: int):
+    """Checkpoints of a tiny random localizer and identifier on the fixture's views."""
     import torch
 
     from vertebra.models import create_model, save_model
 
-    bundle, _ = tiny_networks
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     small = {"encoder": "resnet10t", "decoder_channels": [16, 16, 8, 8, 8]}
-    loc2 = save_model(create_model("unet", task="localization", **small), tmp_path / "l2.pt",
-                      view_config=VIEWS.to_dict())
-    ide2 = save_model(create_model("unet", task="identification", **small),
-                      tmp_path / "i2.pt", view_config=COARSE.to_dict())
+    loc = save_model(create_model("unet", task="localization", **small), folder / "l2.pt",
+                     view_config=VIEWS.to_dict())
+    ide = save_model(create_model("unet", task="identification", **small),
+                     folder / "i2.pt", view_config=COARSE.to_dict())
+    return loc, ide
+
+
+def test_an_ensemble_bundle_and_its_networks_file_average_their_members(tiny_networks,
+                                                                         tmp_path):
+    import torch
+
+    bundle, _ = tiny_networks
+    loc2, ide2 = _random_pair(tmp_path, seed=1)
     one = pipeline.load_networks(bundle, device="cpu")
     two = pipeline.load_networks(localizer=loc2, identifier=ide2, device="cpu")
     parts = {k: tmp_path / f"{k}.pt" for k in ("loc1", "ide1")}
@@ -297,15 +305,8 @@ def test_an_int8_networks_file_is_half_the_size_and_labels_alike(exported, tmp_p
 def test_an_ensemble_grows_from_a_networks_file(tiny_networks, tmp_path):
     import torch
 
-    from vertebra.models import create_model, save_model
-
     bundle, path = tiny_networks
-    torch.manual_seed(2)
-    small = {"encoder": "resnet10t", "decoder_channels": [16, 16, 8, 8, 8]}
-    loc2 = save_model(create_model("unet", task="localization", **small), tmp_path / "l2.pt",
-                      view_config=VIEWS.to_dict())
-    ide2 = save_model(create_model("unet", task="identification", **small),
-                      tmp_path / "i2.pt", view_config=COARSE.to_dict())
+    loc2, ide2 = _random_pair(tmp_path, seed=2)
     grown = tmp_path / "grown.pt"
     pipeline.bundle_networks([path, loc2], [path, ide2], grown)
     nets = pipeline.load_networks(grown, device="cpu", precision="float32")
