@@ -232,7 +232,7 @@ def test_load_networks_bundle_pairs_and_settings(tiny_checkpoint, tmp_path):
     nets = pipeline.load_networks(bundle, device="cpu")
     assert nets.views == VIEWS
     x = np.random.default_rng(1).random((2, 32, 32)).astype(np.float32)
-    ref = pipeline.TorchNetwork(load_model(loc), "heatmap")(x)
+    ref = pipeline.TorchNetwork(load_model(loc), "heatmap", precision=nets.precision)(x)
     np.testing.assert_allclose(nets.localizer(x), ref, rtol=1e-5, atol=1e-6)
     # an identifier trained with other squares / DP weights passes them on
     ide = create_model("unet", encoder="resnet10t", task="identification",
