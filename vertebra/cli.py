@@ -248,6 +248,10 @@ def label(
         "--extend-ends/--no-extend-ends",
         help="Add weakly detected vertebrae that continue the spine at its ends (cut by "
              "the scan's edge, C1).")] = True,
+    mirror: Annotated[bool | None, typer.Option(
+        "--mirror/--no-mirror", help="Also run the networks on the views mirrored left to "
+        "right and average (twice the network time; default: the bundle's setting, else "
+        "no).")] = None,
     pictures: Annotated[bool, typer.Option(
         "--pictures/--no-pictures", help="Write the PNGs.")] = True,
 ) -> None:
@@ -280,6 +284,8 @@ def label(
             changes["localizer_views"] = views
         if t13 is not None:
             changes["allow_t13"] = t13
+        if mirror is not None:
+            changes["mirror"] = mirror
         config = pipeline_config(nets, **changes)
     failed = _label_all(cases, batch, nets, config, out,
                         {"backend": backend, "nan": nan, "pictures": pictures})

@@ -100,6 +100,12 @@ class DemoConfig:
             spines (5 % of the phantoms) and cannot tell them: on 72 validation phantoms
             its DP chose the T13 chain in 6-8 scans, wrongly every time, shifting their
             lumbar labels, and missed both real T13s. So the demo labels without it.
+        tolerance_mm: the largest reprojection error of a detection in a 3-D track,
+            stored in the networks bundle (``PipelineConfig.tolerance_mm``; None: its
+            default). The ``real-ct`` recipe widens it (decision ``match-tolerance``).
+        mirror: test-time mirroring, stored in the networks bundle
+            (``PipelineConfig.mirror``; None: the pipeline's default, off). The
+            ``real-ct`` recipe turns it on (decision ``test-time-mirroring``).
         threads: torch CPU threads (None: torch's default).
         pictures: write the PNGs of every held-out case.
         recipe: the recipe's name, recorded in the report and the networks bundle.
@@ -146,6 +152,8 @@ class DemoConfig:
     peak_threshold: float | None = 0.3
     extend_threshold: float | None = 0.15
     allow_t13: bool | None = False
+    tolerance_mm: float | None = None
+    mirror: bool | None = None
     threads: int | None = None
     pictures: bool = True
     device: str = "cpu"
@@ -230,7 +238,8 @@ class DemoConfig:
 
     def pipeline_settings(self) -> dict:
         """:class:`vertebra.pipeline.PipelineConfig` fields stored in the networks bundle."""
-        names = ("localizer_views", "peak_threshold", "extend_threshold", "allow_t13")
+        names = ("localizer_views", "peak_threshold", "extend_threshold", "allow_t13",
+                 "tolerance_mm", "mirror")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     @classmethod
@@ -244,7 +253,7 @@ class DemoConfig:
                   "localizer_spine_fov_share": 0.0,
                   "train_phantoms": 192, "identifier_phantoms": 400,
                   "localizer_iterations": 18000, "identifier_iterations": 7000,
-                  "cache_mib": 8192.0}
+                  "cache_mib": 8192.0, "tolerance_mm": 8.0, "mirror": True}
         values.update(changes)
         return cls(**values)
 

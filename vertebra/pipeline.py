@@ -141,6 +141,9 @@ class PipelineConfig:
             probability of at least this just below the last track labels it L5 or L6
             (and a last track whose own square reaches it is dropped as the sacrum);
             None ignores the class.
+        mirror: test-time mirroring: both networks also run on the views mirrored left
+            to right, and each uses the mean of the two outputs (:class:`MirroredNetwork`);
+            twice the network time.
     """
 
     peak_threshold: float = 0.4
@@ -165,6 +168,7 @@ class PipelineConfig:
     extend_tolerance: float = 0.4
     max_drops: int = 2
     sacrum_threshold: float | None = 0.5
+    mirror: bool = False
 
     def __post_init__(self) -> None:
         if self.voting not in VOTING:
@@ -202,6 +206,8 @@ class PipelineConfig:
                                 f"got {self.sacrum_threshold}")
         if int(self.extend_min_views) < 2 or not 0 < self.extend_tolerance < 1:
             raise VertebraError("need extend_min_views >= 2 and 0 < extend_tolerance < 1")
+        if not isinstance(self.mirror, (bool, np.bool_)):
+            raise VertebraError(f"mirror must be true or false, got {self.mirror!r}")
 
 
 @dataclass(frozen=True)
@@ -856,6 +862,8 @@ def label_ct(
         raise VertebraError("volume must be a drrkit.Volume (see drrkit.load_volume)")
     config = PipelineConfig() if config is None else config
     views, identifier_views = _orbits(views, identifier_views, config)
+    if config.mirror:
+        localizer, identifier = MirroredNetwork(localizer), MirroredNetwork(identifier)
     clock = _Clock(progress)
 
     clock.start("render")
@@ -984,6 +992,36 @@ class MeanNetwork:
                                     f"{total.shape} and {out.shape}")
             total = out if total is None else total + out
         return total / len(self.members)
+
+
+class MirroredNetwork:
+    """Test-time mirroring: the mean of a network's outputs on the views and on the same
+    views mirrored left to right (the detector's u axis, the last array axis, reversed),
+    the second output mirrored back.
+
+    A mirrored DRR is a DRR of the mirrored body, whose vertebrae sit at the mirrored
+    pixels and keep their labels, so both passes estimate the same heatmap or class
+    probabilities. Where a network is unsure (scans unlike its training data) the two
+    passes err apart and their mean is steadier, as an ensemble's is. Up and down are
+    never swapped: the order of the spine is what the identifier reads.
+
+    Args:
+        network: a pipeline callable, (K, H, W) float32 inputs -> (K, H, W) heatmaps or
+            (K, C, H, W) probabilities.
+    """
+
+    def __init__(self, network) -> None:
+        self.network = network
+
+    def __call__(self, inputs: np.ndarray) -> np.ndarray:
+        inputs = np.asarray(inputs, dtype=np.float32)
+        plain = np.asarray(self.network(inputs), dtype=np.float32)
+        mirrored = np.asarray(self.network(np.ascontiguousarray(inputs[..., ::-1])),
+                              dtype=np.float32)
+        if mirrored.shape != plain.shape:
+            raise VertebraError(f"the network's output on mirrored views has shape "
+                                f"{mirrored.shape}, on the views {plain.shape}")
+        return (plain + mirrored[..., ::-1]) / 2
 
 
 def run_unet(model, inputs: np.ndarray, *, batch_size: int = 4, device="cpu",

@@ -65,6 +65,12 @@ def test_demo_config_and_cli_errors(tmp_path):
         identifier_voxel_scale=1).phantom_options("identification")
     assert DemoConfig(localizer_views=None, peak_threshold=None, extend_threshold=None,
                       allow_t13=None).pipeline_settings() == {}
+    # the real-ct recipe stores the settings its networks were chosen with
+    from vertebra.pipeline import PipelineConfig
+
+    real = DemoConfig.real_ct().pipeline_settings()
+    assert real["tolerance_mm"] == 8.0 and real["mirror"] is True
+    assert PipelineConfig(**real).mirror
     (tmp_path / "file").write_text("x")
     res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "file")])
     assert res.exit_code == 2 and "not a folder" in res.stderr

@@ -15,7 +15,8 @@ import drrkit
 from drrkit.errors import DrrkitError
 from vertebra import labels as vl
 from vertebra.data.phantom import make_spine_phantom
-from vertebra.pipeline import NO_SPINE, PipelineConfig, extend_ends, label_ct, square_means
+from vertebra.pipeline import (NO_SPINE, MirroredNetwork, PipelineConfig, extend_ends, label_ct,
+                               square_means)
 from vertebra.targets import make_targets
 from vertebra.views import ViewConfig
 
@@ -322,6 +323,56 @@ def test_bad_network_outputs_raise(thoracic, thoracic_maps):
         run(vol, heat, probs[:, :5])
     with pytest.raises(DrrkitError):
         PipelineConfig(voting="max")
+
+
+def test_mirrored_network_closed_form():
+    """A network that weighs columns by a ramp: the mirrored mean weighs them by the mean
+    of the ramp and its mirror."""
+    x = np.random.default_rng(0).random((3, 4, 6)).astype(np.float32)
+    ramp = np.arange(6, dtype=np.float32)
+    got = MirroredNetwork(lambda v: v * ramp)(x)
+    np.testing.assert_allclose(got, x * 2.5, rtol=1e-6)  # (ramp + ramp[::-1]) / 2 = 2.5
+    probs = MirroredNetwork(lambda v: np.stack([v, 1 - v], axis=1) * ramp)(x)
+    assert probs.shape == (3, 2, 4, 6)
+    with pytest.raises(DrrkitError, match="mirrored"):
+        MirroredNetwork(lambda v: v if v[0, 0, 0] == x[0, 0, 0] else v[..., 1:])(x)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 9), st.integers(0, 2**16))
+def test_mirroring_keeps_an_equivariant_network_and_is_idempotent(k, h, w, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.random((k, h, w)).astype(np.float32)
+    weights = rng.random(w).astype(np.float32)
+
+    def blur(v):  # a left-right symmetric filter: mirroring commutes with it
+        padded = np.pad(v, ((0, 0), (0, 0), (1, 1)), mode="edge")
+        return 0.25 * padded[..., :-2] + 0.5 * v + 0.25 * padded[..., 2:]
+
+    np.testing.assert_allclose(MirroredNetwork(blur)(x), blur(x), rtol=1e-5, atol=1e-6)
+    once = MirroredNetwork(lambda v: v * weights)
+    np.testing.assert_allclose(MirroredNetwork(once)(x), once(x), rtol=1e-5, atol=1e-6)
+
+
+def test_mirror_runs_each_network_on_both_views(thoracic, thoracic_maps):
+    """With ``mirror``, each network gets the views and their mirror; networks that mirror
+    their maps with the views label exactly as without."""
+    vol, (heat, probs, _) = thoracic_maps
+    seen = {"localizer": [], "identifier": []}
+
+    def equivariant(name, maps):
+        def network(x):
+            seen[name].append(x)
+            return maps if len(seen[name]) % 2 else maps[..., ::-1]
+        return network
+
+    r = label_ct(vol, equivariant("localizer", heat), equivariant("identifier", probs),
+                 views=VIEWS, config=PipelineConfig(mirror=True), backend="cpu")
+    check(r, thoracic.centroids, tol_mm=0.5)
+    for first, second in seen.values():
+        np.testing.assert_array_equal(second, first[..., ::-1])
+    with pytest.raises(DrrkitError, match="mirror"):
+        PipelineConfig(mirror="yes")
 
 
 def test_square_means_exact():
