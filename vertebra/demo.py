@@ -120,6 +120,9 @@ class DemoConfig:
             clinical phantoms with a spine protocol's small field of view
             (``make_spine_phantom(spine_fov_share=)``; None: the generator's default,
             :data:`vertebra.data.phantom.SPINE_FOV_SHARE`).
+        identifier_ribless_share: share of the identifier's clinical phantoms whose ribs
+            do not show (``make_spine_phantom(ribless_share=)``), so that it also learns to
+            count without them.
         augment: "mild" (``AugmentConfig()``) or "strong" (``AugmentConfig.strong()``:
             wide intensity, gamma, blur and noise ranges and bright distractors).
         device: torch device that trains and runs the networks ("cpu", "cuda",
@@ -162,6 +165,7 @@ class DemoConfig:
     clinical_share: float = 0.0
     localizer_spine_fov_share: float | None = None
     identifier_spine_fov_share: float | None = None
+    identifier_ribless_share: float = 0.0
     augment: str = "mild"
 
     def __post_init__(self) -> None:
@@ -181,7 +185,7 @@ class DemoConfig:
             raise VertebraError(f"augment must be one of {', '.join(AUGMENTS)}, got "
                                 f"{self.augment!r}")
         for name in ("clinical_share", "localizer_spine_fov_share",
-                     "identifier_spine_fov_share"):
+                     "identifier_spine_fov_share", "identifier_ribless_share"):
             value = getattr(self, name)
             if value is not None and not 0 <= float(value) <= 1:
                 raise VertebraError(f"{name} must lie in [0, 1], got {value}")
@@ -222,6 +226,8 @@ class DemoConfig:
         options = {} if scale == 1.0 else {"voxel_scale": scale}
         if share is not None:
             options["spine_fov_share"] = float(share)
+        if ident and self.identifier_ribless_share:
+            options["ribless_share"] = float(self.identifier_ribless_share)
         return options
 
     def train_changes(self) -> dict:

@@ -230,3 +230,31 @@ def test_chest_spine_bone_leaves_the_vertebrae_and_the_truth_alone(real_ct, ches
     changed = case.ct.data != whole.ct.data
     assert changed.sum() > 100000  # ribs, sternum, scapulae and contrast
     assert not np.any(changed & (np.rint(case.mask.data) > 0))  # no vertebra voxel moves
+
+
+def test_soften_structures_dims_only_bright_voxels_of_the_structures(real_ct):
+    from drrkit.volume import hu_to_mu
+
+    # one row of voxels: (mask id, HU); 92 and 93 are ribs, 30 a vertebra, 0 nothing
+    voxels = [(92, 700.0), (92, 149.0), (30, 900.0), (93, 151.0), (0, 1000.0), (93, -50.0)]
+    ids = np.array([[[v[0] for v in voxels]]], dtype=np.float32)
+    hu = np.array([[[v[1] for v in voxels]]], dtype=np.float32)
+    ct = drrkit.Volume(hu_to_mu(hu), spacing=(1.0, 1.0, 1.0))
+    mask = drrkit.Volume(ids, spacing=(1.0, 1.0, 1.0))
+    out, count = real_ct.soften_structures(ct, mask, [92, 93], soft_hu=40.0)
+    want = hu.copy()
+    want[0, 0, [0, 3]] = 40.0  # the ribs' bright voxels only
+    np.testing.assert_allclose(out.data, hu_to_mu(want), rtol=1e-6)
+    assert count == 2
+
+
+def test_chest_no_ribs_changes_only_rib_voxels(real_ct, chest):
+    files, full = chest
+    case, whole = real_ct.load_case("chest-no-ribs"), real_ct.load_case("chest")
+    assert real_ct.describe_cut(case).endswith("with its ribs above 150 HU set to 40 HU")
+    ribs = real_ct.rib_ids(files.id_table)
+    assert len(ribs) == 24  # 12 pairs in TotalSegmentator's table
+    raw = np.rint(drrkit.load_volume(files.mask, units="mu").data)
+    changed = case.ct.data != whole.ct.data
+    assert changed.sum() > 10000 and np.all(np.isin(raw[changed], ribs))
+    assert real_ct.truth_from_mask(case.mask).centroids.keys() == full.centroids.keys()

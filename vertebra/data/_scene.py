@@ -361,7 +361,8 @@ class Scene:
 
 def build_scene(spine: Spine, rng: np.random.Generator, metal_levels=(),
                 clinical_rng: np.random.Generator | None = None,
-                lungs: tuple[float, float, float] = (1.0, 1.0, 0.0)) -> Scene:
+                lungs: tuple[float, float, float] = (1.0, 1.0, 0.0),
+                ribless_hu: float | None = None) -> Scene:
     """All primitives and materials of one patient.
 
     Args:
@@ -373,6 +374,9 @@ def build_scene(spine: Spine, rng: np.random.Generator, metal_levels=(),
             draws of ``rng`` stay the same, so a seed's skeleton does not change.
         lungs: (transverse, anteroposterior) size factors of the lungs and how far (mm)
             the diaphragm sits lower than its plain-phantom place (see :func:`_organs`).
+        ribless_hu: with ``clinical_rng``, the ribs' CT number, core and cortex alike (a
+            muscle's: ribs that do not show; they keep their place in the scene, so every
+            other draw stays the same); None: the ribs as drawn.
     """
     objs = Objects()
     soft, bone, canals, metal = _sdf.Shapes(), _sdf.Shapes(), _sdf.Shapes(), _sdf.Shapes()
@@ -420,6 +424,8 @@ def build_scene(spine: Spine, rng: np.random.Generator, metal_levels=(),
     if clinical_rng is not None:
         restyle_bone(objs, vert_obj, m, clinical_rng)
         clinical = build_clinical(spine, objs, locs, width, shoulders, clinical_rng)
+        if ribless_hu is not None:
+            objs.core[m["rib"]] = objs.shell[m["rib"]] = float(ribless_hu)
     bone.extend(canals)  # the spinal canal is carved last, from every bone
     return Scene(objs, soft, bone, metal, vert_obj, (head.c, head.F), rib_levels, clinical)
 

@@ -466,6 +466,7 @@ def make_spine_phantom(
     voxel_scale: float = 1.0,
     clinical: bool = False,
     spine_fov_share: float | None = None,
+    ribless_share: float = 0.0,
 ) -> SpinePhantom:
     """A random synthetic spine CT in HU with VerSe ground truth, reproducible from ``seed``.
 
@@ -500,14 +501,21 @@ def make_spine_phantom(
             centred on the spine, without the circle. A seed's curvature and vertebra
             sizes are those of its plain phantom; positions differ by the discs' heights.
         spine_fov_share: that share (None: :data:`SPINE_FOV_SHARE`), drawn per seed.
+        ribless_share: share of the clinical seeds whose ribs are as dense as the muscle
+            around them, 20-60 HU (drawn from a stream of its own): scans in which the spine
+            must be counted from the vertebrae, the sacrum and the organs, as in a crop
+            that shows no ribs. Everything else in those scans stays as drawn.
 
     Returns:
         :class:`SpinePhantom`.
     """
     seed, share = _check_options(seed, orientation, voxel_scale, spine_fov_share)
-    # a ninth stream leaves the first eight, and so every earlier draw, as they were
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(9)]
-    r_anat, r_fov, r_build, r_metal, r_noise, r_orient, r_clinical, r_look, r_spine_fov = streams
+    if not 0.0 <= float(ribless_share) <= 1.0:
+        raise VertebraError(f"ribless_share must lie in [0, 1], got {ribless_share!r}")
+    # each later stream leaves the earlier ones, and so every earlier draw, as they were
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(10)]
+    (r_anat, r_fov, r_build, r_metal, r_noise, r_orient, r_clinical, r_look, r_spine_fov,
+     r_ribs) = streams
     trans = _choose_transitional(transitional, levels, r_anat)
     names = level_names(trans)
     scale = r_anat.uniform(0.88, 1.12)
@@ -525,7 +533,9 @@ def make_spine_phantom(
     use_metal = bool(metal_levels)
     lungs = ((r_look.uniform(1.0, 1.25), r_look.uniform(1.0, 1.18), r_look.uniform(10.0, 60.0))
              if clinical else (1.0, 1.0, 0.0))
-    scene = build_scene(spine, r_build, metal_levels, r_clinical if clinical else None, lungs)
+    ribless = bool(clinical and r_ribs.random() < float(ribless_share))
+    scene = build_scene(spine, r_build, metal_levels, r_clinical if clinical else None, lungs,
+                        r_ribs.uniform(20.0, 60.0) if ribless else None)
     hu, lab = _rasterise(scene, spine, grid, habitus, r_build, r_metal if use_metal else None,
                          r_look if clinical else None)
     _scanner(hu, grid, r_noise if noise else None, float(voxel_scale),

@@ -170,6 +170,39 @@ def test_a_share_of_clinical_scans_has_a_spine_protocols_small_field_of_view():
         make_spine_phantom(0, clinical=True, size="small", spine_fov_share=1.5)
 
 
+def test_ribless_scans_lose_only_the_ribs():
+    """``ribless_share=1``: the same scan with its ribs as faint as muscle; share 0 and
+    plain phantoms are bit-identical to the default (a stream of its own)."""
+    opts = {"clinical": True, "size": "small", "levels": "T4:T9", "spine_fov_share": 0.0}
+    base = make_spine_phantom(3, **opts)
+    np.testing.assert_array_equal(make_spine_phantom(3, ribless_share=0.0, **opts).ct.data,
+                                  base.ct.data)
+    ribless = make_spine_phantom(3, ribless_share=1.0, **opts)
+    np.testing.assert_array_equal(ribless.labels.data, base.labels.data)
+    assert ribless.centroids.keys() == base.centroids.keys()
+    for k in base.centroids:
+        np.testing.assert_allclose(ribless.centroids[k], base.centroids[k])
+    changed, spine = ribless.ct.data != base.ct.data, base.labels.data > 0
+    diff = ribless.ct.data - base.ct.data
+    assert diff[changed & ~spine].mean() < -50  # the ribs' bone is gone
+    # the vertebrae only where the scanner's blur reaches from the rib heads
+    assert (changed & spine).sum() < 0.05 * changed.sum()
+    assert np.abs(diff[changed & spine]).mean() < 50
+    plain = {"size": "small", "levels": "T4:T9"}
+    np.testing.assert_array_equal(make_spine_phantom(3, ribless_share=1.0, **plain).ct.data,
+                                  make_spine_phantom(3, **plain).ct.data)
+    with pytest.raises(DrrkitError, match="ribless_share"):
+        make_spine_phantom(0, ribless_share=-0.5, **opts)
+    from vertebra.demo import DemoConfig
+
+    assert DemoConfig(identifier_ribless_share=0.3).phantom_options("identification")[
+        "ribless_share"] == 0.3
+    assert "ribless_share" not in DemoConfig(
+        identifier_ribless_share=0.3).phantom_options("localization")
+    with pytest.raises(DrrkitError, match="identifier_ribless_share"):
+        DemoConfig(identifier_ribless_share=2.0)
+
+
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 2**31), nx=st.integers(8, 40), ny=st.integers(8, 40))
 def test_fov_cut_blanks_exactly_outside_its_circle(seed, nx, ny):
