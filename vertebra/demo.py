@@ -123,6 +123,8 @@ class DemoConfig:
         identifier_ribless_share: share of the identifier's clinical phantoms whose ribs
             do not show (``make_spine_phantom(ribless_share=)``), so that it also learns to
             count without them.
+        calcified_disc_share: share of both networks' clinical phantoms with calcified
+            or ossified discs (``make_spine_phantom(calcified_disc_share=)``).
         augment: "mild" (``AugmentConfig()``) or "strong" (``AugmentConfig.strong()``:
             wide intensity, gamma, blur and noise ranges and bright distractors).
         device: torch device that trains and runs the networks ("cpu", "cuda",
@@ -166,6 +168,7 @@ class DemoConfig:
     localizer_spine_fov_share: float | None = None
     identifier_spine_fov_share: float | None = None
     identifier_ribless_share: float = 0.0
+    calcified_disc_share: float = 0.0
     augment: str = "mild"
 
     def __post_init__(self) -> None:
@@ -185,7 +188,8 @@ class DemoConfig:
             raise VertebraError(f"augment must be one of {', '.join(AUGMENTS)}, got "
                                 f"{self.augment!r}")
         for name in ("clinical_share", "localizer_spine_fov_share",
-                     "identifier_spine_fov_share", "identifier_ribless_share"):
+                     "identifier_spine_fov_share", "identifier_ribless_share",
+                     "calcified_disc_share"):
             value = getattr(self, name)
             if value is not None and not 0 <= float(value) <= 1:
                 raise VertebraError(f"{name} must lie in [0, 1], got {value}")
@@ -228,6 +232,8 @@ class DemoConfig:
             options["spine_fov_share"] = float(share)
         if ident and self.identifier_ribless_share:
             options["ribless_share"] = float(self.identifier_ribless_share)
+        if self.calcified_disc_share:
+            options["calcified_disc_share"] = float(self.calcified_disc_share)
         return options
 
     def train_changes(self) -> dict:

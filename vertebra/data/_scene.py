@@ -362,7 +362,8 @@ class Scene:
 def build_scene(spine: Spine, rng: np.random.Generator, metal_levels=(),
                 clinical_rng: np.random.Generator | None = None,
                 lungs: tuple[float, float, float] = (1.0, 1.0, 0.0),
-                ribless_hu: float | None = None) -> Scene:
+                ribless_hu: float | None = None,
+                calcified_discs: dict[int, float] | None = None) -> Scene:
     """All primitives and materials of one patient.
 
     Args:
@@ -377,6 +378,10 @@ def build_scene(spine: Spine, rng: np.random.Generator, metal_levels=(),
         ribless_hu: with ``clinical_rng``, the ribs' CT number, core and cortex alike (a
             muscle's: ribs that do not show; they keep their place in the scene, so every
             other draw stays the same); None: the ribs as drawn.
+        calcified_discs: {i: HU} for the discs above ``spine.dims[i]`` that are calcified
+            or ossified (a material of their own at that CT number, bone-like: the two
+            vertebrae then look joined across the disc, as in degenerated, calcified or
+            bridged discs); None or empty: every disc is soft.
     """
     objs = Objects()
     soft, bone, canals, metal = _sdf.Shapes(), _sdf.Shapes(), _sdf.Shapes(), _sdf.Shapes()
@@ -410,7 +415,9 @@ def build_scene(spine: Spine, rng: np.random.Generator, metal_levels=(),
         _vertebra(bone, canals, vert_obj[vlabels.by_name(d.name).verse_id], locs[i], d)
     for i in range(1, len(spine.dims)):
         if spine.dims[i - 1].name != "C1":
-            _disc(bone, m["disc"], locs[i - 1], spine.dims[i - 1], locs[i], spine.dims[i])
+            hu = (calcified_discs or {}).get(i)
+            o = m["disc"] if hu is None else objs.add(hu, label=0)
+            _disc(bone, o, locs[i - 1], spine.dims[i - 1], locs[i], spine.dims[i])
     _disc(bone, m["disc"], locs[-1], spine.dims[-1], sac_locs[0], spine.sacrum_dims[0])
     rib_levels, shoulders = _chest(bone, m, spine, locs, width, rng)
     _sacrum(bone, m["sacrum"], m["coccyx"], sac_locs, spine.sacrum_dims)

@@ -467,6 +467,7 @@ def make_spine_phantom(
     clinical: bool = False,
     spine_fov_share: float | None = None,
     ribless_share: float = 0.0,
+    calcified_disc_share: float = 0.0,
 ) -> SpinePhantom:
     """A random synthetic spine CT in HU with VerSe ground truth, reproducible from ``seed``.
 
@@ -505,17 +506,24 @@ def make_spine_phantom(
             around them, 20-60 HU (drawn from a stream of its own): scans in which the spine
             must be counted from the vertebrae, the sacrum and the organs, as in a crop
             that shows no ribs. Everything else in those scans stays as drawn.
+        calcified_disc_share: share of the clinical seeds with calcified or ossified
+            discs (drawn from a stream of its own): in such a scan each disc is, with a
+            per-scan probability of 15-60 %, as dense as bone (150-600 HU), so that its
+            two vertebrae look joined, as degenerated, calcified or bridged discs make
+            them look in older patients' scans.
 
     Returns:
         :class:`SpinePhantom`.
     """
     seed, share = _check_options(seed, orientation, voxel_scale, spine_fov_share)
-    if not 0.0 <= float(ribless_share) <= 1.0:
-        raise VertebraError(f"ribless_share must lie in [0, 1], got {ribless_share!r}")
+    for name, value in (("ribless_share", ribless_share),
+                        ("calcified_disc_share", calcified_disc_share)):
+        if not 0.0 <= float(value) <= 1.0:
+            raise VertebraError(f"{name} must lie in [0, 1], got {value!r}")
     # each later stream leaves the earlier ones, and so every earlier draw, as they were
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(10)]
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(11)]
     (r_anat, r_fov, r_build, r_metal, r_noise, r_orient, r_clinical, r_look, r_spine_fov,
-     r_ribs) = streams
+     r_ribs, r_discs) = streams
     trans = _choose_transitional(transitional, levels, r_anat)
     names = level_names(trans)
     scale = r_anat.uniform(0.88, 1.12)
@@ -535,13 +543,28 @@ def make_spine_phantom(
              if clinical else (1.0, 1.0, 0.0))
     ribless = bool(clinical and r_ribs.random() < float(ribless_share))
     scene = build_scene(spine, r_build, metal_levels, r_clinical if clinical else None, lungs,
-                        r_ribs.uniform(20.0, 60.0) if ribless else None)
+                        r_ribs.uniform(20.0, 60.0) if ribless else None,
+                        _calcified_discs(spine, r_discs) if clinical and r_discs.random()
+                        < float(calcified_disc_share) else None)
     hu, lab = _rasterise(scene, spine, grid, habitus, r_build, r_metal if use_metal else None,
                          r_look if clinical else None)
     _scanner(hu, grid, r_noise if noise else None, float(voxel_scale),
              (r_look, r_clinical if tight is None else None) if clinical else None)
     return _stored(hu, lab, scene, grid, r_orient, orientation, seed=seed, metal=use_metal,
                    transitional=trans, anatomy=spine)
+
+
+def _calcified_discs(spine: Spine, rng) -> dict[int, float]:
+    """{i: HU} of the calcified discs of one scan (the disc above ``spine.dims[i]``): each
+    disc with a per-scan probability of 15-60 %, at a per-scan 150-600 HU varied by
+    +-30 % per disc."""
+    chance, hu = rng.uniform(0.15, 0.6), rng.uniform(150.0, 600.0)
+    out = {}
+    for i in range(1, len(spine.dims)):
+        hit, factor = rng.random(), rng.uniform(0.7, 1.3)  # drawn for every disc
+        if spine.dims[i - 1].name != "C1" and hit < chance:
+            out[i] = hu * factor
+    return out
 
 
 def _scanner(hu, grid: _Grid, r_noise, voxel_scale: float, clinical) -> None:

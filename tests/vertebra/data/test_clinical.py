@@ -203,6 +203,33 @@ def test_ribless_scans_lose_only_the_ribs():
         DemoConfig(identifier_ribless_share=2.0)
 
 
+def test_calcified_discs_brighten_only_discs():
+    """``calcified_disc_share=1``: some discs as dense as bone, the vertebrae and their
+    ground truth as they were; share 0 is bit-identical to the default."""
+    from vertebra.data.phantom import _calcified_discs
+
+    opts = {"clinical": True, "size": "small", "levels": "T8:L3", "spine_fov_share": 0.0}
+    base = make_spine_phantom(3, **opts)
+    np.testing.assert_array_equal(
+        make_spine_phantom(3, calcified_disc_share=0.0, **opts).ct.data, base.ct.data)
+    calc = make_spine_phantom(3, calcified_disc_share=1.0, **opts)
+    np.testing.assert_array_equal(calc.labels.data, base.labels.data)
+    for k in base.centroids:
+        np.testing.assert_allclose(calc.centroids[k], base.centroids[k])
+    diff = calc.ct.data - base.ct.data
+    assert diff.max() > 100 and (diff > 50).sum() > 20  # bright discs
+    assert (diff[base.labels.data > 0] > 50).mean() < 0.05  # the bodies barely change
+    with pytest.raises(DrrkitError, match="calcified_disc_share"):
+        make_spine_phantom(0, calcified_disc_share=1.5, **opts)
+    # the draw: only discs between vertebrae (none above C2), within the HU range
+    spine = base.anatomy
+    for seed in range(20):
+        discs = _calcified_discs(spine, np.random.default_rng(seed))
+        assert all(spine.dims[i - 1].name != "C1" for i in discs)
+        assert all(0 < i < len(spine.dims) for i in discs)
+        assert all(150 * 0.7 <= hu <= 600 * 1.3 for hu in discs.values())
+
+
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 2**31), nx=st.integers(8, 40), ny=st.integers(8, 40))
 def test_fov_cut_blanks_exactly_outside_its_circle(seed, nx, ny):
