@@ -15,8 +15,14 @@ import drrkit
 from drrkit.errors import DrrkitError
 from vertebra import labels as vl
 from vertebra.data.phantom import make_spine_phantom
-from vertebra.pipeline import (NO_SPINE, MirroredNetwork, PipelineConfig, extend_ends, label_ct,
-                               square_means)
+from vertebra.pipeline import (
+    NO_SPINE,
+    MirroredNetwork,
+    PipelineConfig,
+    extend_ends,
+    label_ct,
+    square_means,
+)
 from vertebra.targets import make_targets
 from vertebra.views import ViewConfig
 
