@@ -277,15 +277,11 @@ def label(
 
         nets = load_networks(model, localizer, identifier, device=device,
                              precision=precision)
-        changes = {"correction": correction, "voting": voting}
+        given = {"localizer_views": views, "allow_t13": t13, "mirror": mirror}
+        changes = {"correction": correction, "voting": voting,
+                   **{name: value for name, value in given.items() if value is not None}}
         if not extend_ends:
             changes["extend_threshold"] = None
-        if views is not None:
-            changes["localizer_views"] = views
-        if t13 is not None:
-            changes["allow_t13"] = t13
-        if mirror is not None:
-            changes["mirror"] = mirror
         config = pipeline_config(nets, **changes)
     failed = _label_all(cases, batch, nets, config, out,
                         {"backend": backend, "nan": nan, "pictures": pictures})

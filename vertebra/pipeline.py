@@ -841,16 +841,14 @@ def label_ct(
     """Label the vertebrae of one CT: the stages of the module docstring, in turn.
 
     Args:
-        volume: the CT as attenuation in 1/mm (``drrkit.load_volume(path)``), any
-            orientation.
+        volume: the CT as attenuation in 1/mm (``drrkit.load_volume``), any orientation.
         localizer: (K, H, W) float32 inputs -> (K, H, W) heatmaps.
         identifier: (K, H, W) float32 inputs -> (K, C, H, W) probabilities, C = 27
             (channel 0 background, 1..26 the classes of :mod:`vertebra.labels`).
         views: how the CT becomes network inputs (must be the networks' training views).
         identifier_views: the identifier's own views when it was trained on others (e.g.
-            coarser pixels: identification needs context, localization detail); the K'
-            views are rendered separately and the 3-D centroids re-projected into them.
-            None: the identifier runs on ``views``.
+            coarser pixels: identification needs context, localization detail), rendered
+            apart, the 3-D centroids re-projected into them; None: ``views``.
         config: settings of the later stages.
         backend: drrkit render backend ("auto", "cpu", "cuda").
         progress: called with each stage's name as it starts.
@@ -862,7 +860,7 @@ def label_ct(
         raise VertebraError("volume must be a drrkit.Volume (see drrkit.load_volume)")
     config = PipelineConfig() if config is None else config
     views, identifier_views = _orbits(views, identifier_views, config)
-    if config.mirror:
+    if config.mirror:  # test-time mirroring
         localizer, identifier = MirroredNetwork(localizer), MirroredNetwork(identifier)
     clock = _Clock(progress)
 

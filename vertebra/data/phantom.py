@@ -485,45 +485,29 @@ def make_spine_phantom(
         transitional: None draws it (5 % T13, 5 % L6; implied by "T13"/"L6" in
             ``levels``), "none", "t13" or "l6".
         noise: add near-Gaussian noise (8-30 HU standard deviation).
-        orientation: "random" (permuted/flipped storage) or "canonical" (LPS, identity
-            direction).
-        voxel_scale: voxels this many times larger along each axis than drawn (>= 1),
-            over the same box: the same spine, scan and field of view in
-            ``voxel_scale**3`` times fewer voxels, built as many times faster, for data
-            seen through coarse pixels (the cpu-demo identifier's 4 mm views); the noise
-            is divided by ``sqrt(voxel_scale)`` so that in a line integral stays put.
+        orientation: "random" (permuted/flipped storage) or "canonical" (LPS, identity).
+        voxel_scale: voxels this many times larger along each axis (>= 1) over the same
+            box, built ``voxel_scale**3`` times faster, for data seen through coarse pixels
+            (the identifier's 4 mm views); the noise is divided by ``sqrt(voxel_scale)``.
         clinical: also draw what a clinical scan holds besides the skeleton (organs,
-            contrast, arms, leads, bone from dense to osteoporotic with sclerotic
-            endplates, discs 0.45-1.05 times their healthy height, the scanner's blur
-            and reconstruction circle; :mod:`vertebra.data._clinical`), from a random
-            stream of its own, and (unless ``fov`` is given) a 330-480 mm field of view
-            holding the whole trunk, in coarser in-plane voxels where the size cap needs
-            them, or on ``spine_fov_share`` of the seeds a spine protocol's 90-250 mm one
-            centred on the spine, without the circle. A seed's curvature and vertebra
-            sizes are those of its plain phantom; positions differ by the discs' heights.
+            contrast, arms, leads, osteoporotic to dense bone, sclerotic endplates, discs
+            0.45-1.05 times their healthy height, the scanner's blur and circle;
+            :mod:`vertebra.data._clinical`) from a stream of its own, and (unless ``fov``
+            is given) a 330-480 mm field of view on the whole trunk or, on
+            ``spine_fov_share`` of the seeds, a spine protocol's 90-250 mm one. A seed's
+            curvature and vertebra sizes are its plain phantom's.
         spine_fov_share: that share (None: :data:`SPINE_FOV_SHARE`), drawn per seed.
-        ribless_share: share of the clinical seeds whose ribs are as dense as the muscle
-            around them, 20-60 HU (drawn from a stream of its own): scans in which the spine
-            must be counted from the vertebrae, the sacrum and the organs, as in a crop
-            that shows no ribs. Everything else in those scans stays as drawn.
-        calcified_disc_share: share of the clinical seeds with calcified or ossified
-            discs (drawn from a stream of its own): in such a scan each disc is, with a
-            per-scan probability of 15-60 %, as dense as bone (150-600 HU), so that its
-            two vertebrae look joined, as degenerated, calcified or bridged discs make
-            them look in older patients' scans.
+        ribless_share, calcified_disc_share: shares of the clinical seeds with ribs as
+            faint as muscle and with calcified discs (:func:`_bone_variants`).
 
     Returns:
         :class:`SpinePhantom`.
     """
-    seed, share = _check_options(seed, orientation, voxel_scale, spine_fov_share)
-    for name, value in (("ribless_share", ribless_share),
-                        ("calcified_disc_share", calcified_disc_share)):
-        if not 0.0 <= float(value) <= 1.0:
-            raise VertebraError(f"{name} must lie in [0, 1], got {value!r}")
+    seed, share = _check_options(seed, orientation, voxel_scale, spine_fov_share,
+                                 ribless_share, calcified_disc_share)
     # each later stream leaves the earlier ones, and so every earlier draw, as they were
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(11)]
     (r_anat, r_fov, r_build, r_metal, r_noise, r_orient, r_clinical, r_look, r_spine_fov,
-     r_ribs, r_discs) = streams
+     r_ribs, r_discs) = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(11))
     trans = _choose_transitional(transitional, levels, r_anat)
     names = level_names(trans)
     scale = r_anat.uniform(0.88, 1.12)
@@ -536,22 +520,35 @@ def make_spine_phantom(
     wide, tight = _field_of_view(clinical and fov is None, share, r_clinical, r_spine_fov)
     grid, (i0, i1) = _choose_grid(spine, levels, size, spacing, fov, r_fov, wide, tight)
     grid = _coarser(grid, float(voxel_scale))
-
     metal_levels = _metal_levels(spine, (i0, i1), metal, r_metal)
-    use_metal = bool(metal_levels)
     lungs = ((r_look.uniform(1.0, 1.25), r_look.uniform(1.0, 1.18), r_look.uniform(10.0, 60.0))
              if clinical else (1.0, 1.0, 0.0))
-    ribless = bool(clinical and r_ribs.random() < float(ribless_share))
     scene = build_scene(spine, r_build, metal_levels, r_clinical if clinical else None, lungs,
-                        r_ribs.uniform(20.0, 60.0) if ribless else None,
-                        _calcified_discs(spine, r_discs) if clinical and r_discs.random()
-                        < float(calcified_disc_share) else None)
-    hu, lab = _rasterise(scene, spine, grid, habitus, r_build, r_metal if use_metal else None,
+                        *_bone_variants(spine, (ribless_share, calcified_disc_share), r_ribs,
+                                        r_discs, clinical))
+    hu, lab = _rasterise(scene, spine, grid, habitus, r_build, r_metal if metal_levels else None,
                          r_look if clinical else None)
     _scanner(hu, grid, r_noise if noise else None, float(voxel_scale),
              (r_look, r_clinical if tight is None else None) if clinical else None)
-    return _stored(hu, lab, scene, grid, r_orient, orientation, seed=seed, metal=use_metal,
+    return _stored(hu, lab, scene, grid, r_orient, orientation, seed=seed, metal=bool(metal_levels),
                    transitional=trans, anatomy=spine)
+
+
+def _bone_variants(spine: Spine, shares: tuple[float, float], r_ribs, r_discs, clinical: bool
+                   ) -> tuple[float | None, dict[int, float] | None]:
+    """(ribless_hu, calcified_discs) of :func:`build_scene` for one scan, each drawn from a
+    stream of its own (so every earlier draw stays as it was); plain scans get neither.
+
+    ``shares[0]`` of the clinical scans have ribs as dense as the muscle around them,
+    20-60 HU: scans in which the spine must be counted from the vertebrae, the sacrum and
+    the organs, as in a crop that shows no ribs. ``shares[1]`` have calcified or ossified
+    discs (:func:`_calcified_discs`), whose two vertebrae look joined, as degenerated,
+    calcified or bridged discs make them look in older patients' scans.
+    """
+    ribless = bool(clinical and r_ribs.random() < float(shares[0]))
+    calcified = bool(clinical and r_discs.random() < float(shares[1]))
+    return (r_ribs.uniform(20.0, 60.0) if ribless else None,
+            _calcified_discs(spine, r_discs) if calcified else None)
 
 
 def _calcified_discs(spine: Spine, rng) -> dict[int, float]:
@@ -609,10 +606,14 @@ def _field_of_view(draw: bool, share: float, r_clinical, r_spine_fov):
     return wide, None
 
 
-def _check_options(seed, orientation: str, voxel_scale, spine_fov_share=None
-                   ) -> tuple[int, float]:
+def _check_options(seed, orientation: str, voxel_scale, spine_fov_share=None,
+                   ribless_share=0.0, calcified_disc_share=0.0) -> tuple[int, float]:
     """The seed as an int and the spine-protocol share (None: :data:`SPINE_FOV_SHARE`),
     after checking the options a phantom cannot be built without."""
+    for name, value in (("ribless_share", ribless_share),
+                        ("calcified_disc_share", calcified_disc_share)):
+        if not 0.0 <= float(value) <= 1.0:
+            raise VertebraError(f"{name} must lie in [0, 1], got {value!r}")
     try:
         seed = int(seed)
     except (TypeError, ValueError):
