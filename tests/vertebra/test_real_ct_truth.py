@@ -179,15 +179,22 @@ def test_fov_sweep_refuses_bad_sides_before_any_work(capsys):
         assert err.startswith("error: --fovs") and len(err.splitlines()) == 1
 
 
+def voxel_row(voxels):
+    """A one-row CT (attenuation) and mask from (mask id, HU) pairs, and the HU row."""
+    from drrkit.volume import hu_to_mu
+
+    ids = np.array([[[v[0] for v in voxels]]], dtype=np.float32)
+    hu = np.array([[[v[1] for v in voxels]]], dtype=np.float32)
+    return (drrkit.Volume(hu_to_mu(hu), spacing=(1.0, 1.0, 1.0)),
+            drrkit.Volume(ids, spacing=(1.0, 1.0, 1.0)), hu)
+
+
 def test_replace_dense_contrast_changes_only_dense_vessels_and_unclaimed_voxels(real_ct):
     from drrkit.volume import hu_to_mu
 
     # one row of voxels: (mask id, HU); id 7 is a vessel, 3 a vertebra, 0 no structure
     voxels = [(7, 1300.0), (7, 300.0), (0, 1200.0), (0, 800.0), (3, 1500.0), (7, 451.0)]
-    ids = np.array([[[v[0] for v in voxels]]], dtype=np.float32)
-    hu = np.array([[[v[1] for v in voxels]]], dtype=np.float32)
-    ct = drrkit.Volume(hu_to_mu(hu), spacing=(1.0, 1.0, 1.0))
-    mask = drrkit.Volume(ids, spacing=(1.0, 1.0, 1.0))
+    ct, mask, hu = voxel_row(voxels)
     out, count = real_ct.replace_dense_contrast(ct, mask, [7], blood_hu=180.0)
     want = hu.copy()
     want[0, 0, [0, 2, 5]] = 180.0  # the dense vessel voxels and the unclaimed bright one
@@ -211,10 +218,7 @@ def test_keep_spine_bone_dims_only_bright_voxels_outside_the_vertebrae(real_ct):
 
     # one row of voxels: (VerSe id, HU); 19 is a vertebra (T12), 0 no vertebra
     voxels = [(0, 700.0), (0, 149.0), (19, 900.0), (0, 151.0), (19, 100.0), (0, -500.0)]
-    ids = np.array([[[v[0] for v in voxels]]], dtype=np.float32)
-    hu = np.array([[[v[1] for v in voxels]]], dtype=np.float32)
-    ct = drrkit.Volume(hu_to_mu(hu), spacing=(1.0, 1.0, 1.0))
-    mask = drrkit.Volume(ids, spacing=(1.0, 1.0, 1.0))
+    ct, mask, hu = voxel_row(voxels)
     out, count = real_ct.keep_spine_bone(ct, mask, soft_hu=40.0)
     want = hu.copy()
     want[0, 0, [0, 3]] = 40.0  # the bright voxels that no vertebra claims
@@ -237,10 +241,7 @@ def test_soften_structures_dims_only_bright_voxels_of_the_structures(real_ct):
 
     # one row of voxels: (mask id, HU); 92 and 93 are ribs, 30 a vertebra, 0 nothing
     voxels = [(92, 700.0), (92, 149.0), (30, 900.0), (93, 151.0), (0, 1000.0), (93, -50.0)]
-    ids = np.array([[[v[0] for v in voxels]]], dtype=np.float32)
-    hu = np.array([[[v[1] for v in voxels]]], dtype=np.float32)
-    ct = drrkit.Volume(hu_to_mu(hu), spacing=(1.0, 1.0, 1.0))
-    mask = drrkit.Volume(ids, spacing=(1.0, 1.0, 1.0))
+    ct, mask, hu = voxel_row(voxels)
     out, count = real_ct.soften_structures(ct, mask, [92, 93], soft_hu=40.0)
     want = hu.copy()
     want[0, 0, [0, 3]] = 40.0  # the ribs' bright voxels only
