@@ -252,6 +252,10 @@ def label(
         "--mirror/--no-mirror", help="Also run the networks on the views mirrored left to "
         "right and average (twice the network time; default: the bundle's setting, else "
         "no).")] = None,
+    chain: Annotated[bool | None, typer.Option(
+        "--chain/--no-chain", help="Place the vertebrae as one chain along the spine: "
+        "move them where the heatmap is flat, add one where a wide gap's heatmap shows it "
+        "(default: the bundle's setting, else no).")] = None,
     pictures: Annotated[bool, typer.Option(
         "--pictures/--no-pictures", help="Write the PNGs.")] = True,
 ) -> None:
@@ -272,17 +276,13 @@ def label(
     """
     with cli_errors(every_warning=True):
         cases, batch = _label_cases(ct, views, nan)
-        from vertebra.labelling import pipeline_config
         from vertebra.pipeline import load_networks
 
         nets = load_networks(model, localizer, identifier, device=device,
                              precision=precision)
-        given = {"localizer_views": views, "allow_t13": t13, "mirror": mirror}
-        changes = {"correction": correction, "voting": voting,
-                   **{name: value for name, value in given.items() if value is not None}}
-        if not extend_ends:
-            changes["extend_threshold"] = None
-        config = pipeline_config(nets, **changes)
+        config = _label_config(nets, {"localizer_views": views, "allow_t13": t13,
+                                      "mirror": mirror, "correction": correction,
+                                      "voting": voting}, extend_ends, chain)
     failed = _label_all(cases, batch, nets, config, out,
                         {"backend": backend, "nan": nan, "pictures": pictures})
     if failed:
@@ -290,6 +290,23 @@ def label(
             raise typer.Exit(2)
         typer.echo(f"error: {failed} of {len(cases)} CTs failed", err=True)
         raise typer.Exit(2)
+
+
+def _label_config(nets, given: dict, extend_ends: bool, chain: bool | None):
+    """The pipeline settings of ``vertebra label``: the networks' own, then the options
+    given (None: not given)."""
+    from vertebra.labelling import pipeline_config
+
+    changes = {name: value for name, value in given.items() if value is not None}
+    if not extend_ends:
+        changes["extend_threshold"] = None
+    if chain is False:
+        changes["chain_weight"] = None
+    elif chain and nets.settings.get("chain_weight") is None:
+        from vertebra.chain import WEIGHT
+
+        changes["chain_weight"] = WEIGHT
+    return pipeline_config(nets, **changes)
 
 
 def _label_cases(ct: Path, views: int | None, nan: str) -> tuple[list[Path], bool]:

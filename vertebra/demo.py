@@ -106,6 +106,9 @@ class DemoConfig:
         mirror: test-time mirroring, stored in the networks bundle
             (``PipelineConfig.mirror``; None: the pipeline's default, off). The
             ``real-ct`` recipe turns it on (decision ``test-time-mirroring``).
+        chain_weight: weight of the chain placement's spacing prior, stored in the
+            networks bundle (``PipelineConfig.chain_weight``; None: off). The ``real-ct``
+            recipe turns it on (decision ``chain-placement``).
         threads: torch CPU threads (None: torch's default).
         pictures: write the PNGs of every held-out case.
         recipe: the recipe's name, recorded in the report and the networks bundle.
@@ -159,6 +162,7 @@ class DemoConfig:
     allow_t13: bool | None = False
     tolerance_mm: float | None = None
     mirror: bool | None = None
+    chain_weight: float | None = None
     threads: int | None = None
     pictures: bool = True
     device: str = "cpu"
@@ -251,7 +255,7 @@ class DemoConfig:
     def pipeline_settings(self) -> dict:
         """:class:`vertebra.pipeline.PipelineConfig` fields stored in the networks bundle."""
         names = ("localizer_views", "peak_threshold", "extend_threshold", "allow_t13",
-                 "tolerance_mm", "mirror")
+                 "tolerance_mm", "mirror", "chain_weight")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     @classmethod
@@ -265,7 +269,8 @@ class DemoConfig:
                   "localizer_spine_fov_share": 0.0,
                   "train_phantoms": 192, "identifier_phantoms": 400,
                   "localizer_iterations": 18000, "identifier_iterations": 7000,
-                  "cache_mib": 8192.0, "tolerance_mm": 8.0, "mirror": True}
+                  "cache_mib": 8192.0, "tolerance_mm": 8.0, "mirror": True,
+                  "chain_weight": 3.0}
         values.update(changes)
         return cls(**values)
 

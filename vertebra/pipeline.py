@@ -22,7 +22,12 @@ in turn, each a function of this module passing a typed result to the next:
    chain is extended at both ends (:func:`extend_ends`): a second pass with a lower
    heatmap threshold and fewer views may add, one at a time, a track that lies where the
    next vertebra above the top or below the bottom one should be (the vertebrae cut by
-   the scan's edge, and C1, give weaker heatmaps than the rest).
+   the scan's edge, and C1, give weaker heatmaps than the rest). With ``chain_weight``
+   the tracks are then placed as one chain along the spine (:func:`chain_tracks`,
+   :mod:`vertebra.chain`): each may move along the curve through them within its own
+   heatmap plateau, and one may be added between two of them, where the mean heatmap
+   over the views and the regularity of the spacing together call for it (a bright disc
+   that joins two vertebrae into one blob; a vertebra missed in most views).
 5. ``identify``: the identification network -> class probabilities (K, C, H, W); per view
    and track, the mean probability over the ``square_mm`` (22 mm at the isocentre) square
    around the *re-projected* 3-D centroid: ``P_k`` (T, 26), background excluded. A track
@@ -144,6 +149,15 @@ class PipelineConfig:
         mirror: test-time mirroring: both networks also run on the views mirrored left
             to right, and each uses the mean of the two outputs (:class:`MirroredNetwork`);
             twice the network time.
+        chain_weight: weight of the spacing prior of the chain placement
+            (:func:`chain_tracks`, :mod:`vertebra.chain`); None leaves the tracks where
+            matching put them.
+        chain_cost: price of a track added by the chain placement, in units of the
+            median heatmap at the tracks.
+        chain_plateau: a track moves along the spine only where the mean heatmap stays
+            at least this share of its value at the track (0 < share <= 1).
+        chain_tolerance: spacing changes from one vertebra to the next up to this share
+            of their mean cost nothing in the chain placement's prior (>= 0).
     """
 
     peak_threshold: float = 0.4
@@ -169,6 +183,10 @@ class PipelineConfig:
     max_drops: int = 2
     sacrum_threshold: float | None = 0.5
     mirror: bool = False
+    chain_weight: float | None = None
+    chain_cost: float = 0.8
+    chain_plateau: float = 0.85
+    chain_tolerance: float = 0.1
 
     def __post_init__(self) -> None:
         if self.voting not in VOTING:
@@ -208,6 +226,14 @@ class PipelineConfig:
             raise VertebraError("need extend_min_views >= 2 and 0 < extend_tolerance < 1")
         if not isinstance(self.mirror, (bool, np.bool_)):
             raise VertebraError(f"mirror must be true or false, got {self.mirror!r}")
+        if self.chain_weight is not None and not (np.isfinite(self.chain_weight)
+                                                  and self.chain_weight >= 0):
+            raise VertebraError(f"chain_weight must be >= 0 (or None), got {self.chain_weight}")
+        if not (np.isfinite(self.chain_cost) and 0 < self.chain_plateau <= 1
+                and self.chain_tolerance >= 0):
+            raise VertebraError(f"need a finite chain_cost, 0 < chain_plateau <= 1 and "
+                                f"chain_tolerance >= 0, got {self.chain_cost}, "
+                                f"{self.chain_plateau} and {self.chain_tolerance}")
 
 
 @dataclass(frozen=True)
@@ -220,10 +246,13 @@ class LabelledVertebra:
         region: "cervical", "thoracic" or "lumbar".
         world: (3,) world LPS mm.
         confidence: probability of the label in the voted map (row normalised), [0, 1].
-        detection: mean heatmap value of the track's 2-D detections, ~[0, 1].
+        detection: mean heatmap value of the track's 2-D detections, ~[0, 1] (for an
+            added vertebra, the mean heatmap over all views at its point).
         n_views: views in which the vertebra was detected.
         rms_mm: RMS distance of the least-squares point (before the heatmap refinement)
-            from its detection rays, mm.
+            from its detection rays, mm (NaN for an added vertebra).
+        added: placed by the chain placement between two detected vertebrae
+            (:func:`chain_tracks`), detected in no view.
     """
 
     verse_id: int
@@ -234,6 +263,7 @@ class LabelledVertebra:
     detection: float
     n_views: int
     rms_mm: float
+    added: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -259,6 +289,8 @@ class LabelResult:
         kept: (T,) indices of the correspondence's tracks that were kept (-1 for the
             tracks added at the ends by the weaker second pass).
         extended: (T,) bool, the track was added at an end (:func:`extend_ends`).
+        added: (T,) bool, the track was added between two others by the chain placement
+            (:func:`chain_tracks`); it was detected in no view (``n_views`` 0).
         dropped: (T,) bool, the label correction judged the track not to be a vertebra
             (:func:`vertebra.correction.correct_tracks`), or the identifier saw the
             sacrum there; it has class 0.
@@ -296,6 +328,7 @@ class LabelResult:
     sacrum: np.ndarray = field(default_factory=lambda: np.zeros(0))
     sacrum_below: float = float("nan")
     above_sacrum: bool = False
+    added: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     def centroids(self) -> dict[int, np.ndarray]:
         """{VerSe id: (3,) world mm} of the labelled vertebrae, superior first."""
@@ -509,6 +542,8 @@ class Tracks:
             second pass at an end).
         extended: (T,) bool, added at an end by :func:`extend_tracks`.
         correspondence: the first pass's :class:`drrkit.correspondence.Correspondence`.
+        added: (T,) bool, added between two tracks by :func:`chain_tracks` (no
+            detections: ``assign`` all -1, ``rms`` NaN); None: none is.
     """
 
     points: np.ndarray
@@ -518,6 +553,11 @@ class Tracks:
     kept: np.ndarray
     extended: np.ndarray
     correspondence: object
+    added: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.added is None:
+            object.__setattr__(self, "added", np.zeros(len(self.points), dtype=bool))
 
     def __len__(self) -> int:
         return len(self.points)
@@ -653,6 +693,34 @@ def extend_tracks(tracks: Tracks, heatmaps: np.ndarray, geometry: drrkit.Geometr
                   correspondence=tracks.correspondence)
 
 
+def chain_tracks(tracks: Tracks, heatmaps: np.ndarray, geometry: drrkit.Geometry,
+                 config: PipelineConfig) -> Tracks:
+    """Stage ``match``, last step: the tracks placed as one chain along the spine
+    (:func:`vertebra.chain.place_chain` on the mean heatmap over the K views). A track
+    that moves keeps its detections; an added track has none and counts as suspect in the
+    label correction, which may drop it."""
+    if config.chain_weight is None or len(tracks) < 3:
+        return tracks
+    from drrkit.refinement import response
+    from vertebra.chain import place_chain
+
+    chain = place_chain(tracks.points, lambda p: response(p, heatmaps, geometry),
+                        cost=config.chain_cost, weight=config.chain_weight,
+                        plateau=config.chain_plateau, tolerance=config.chain_tolerance)
+    src = np.maximum(chain.source, 0)
+    new = chain.source < 0
+    k = tracks.assign.shape[1]
+    mean_heat = response(chain.points[new], heatmaps, geometry) if new.any() else 0.0
+    scores = tracks.scores[src].astype(np.float64)
+    scores[new] = mean_heat
+    return Tracks(points=chain.points,
+                  assign=np.where(new[:, None], -1, tracks.assign[src]).reshape(-1, k),
+                  scores=scores, rms=np.where(new, np.nan, tracks.rms[src]),
+                  kept=np.where(new, -1, tracks.kept[src]),
+                  extended=tracks.extended[src] & ~new,
+                  correspondence=tracks.correspondence, added=tracks.added[src] | new)
+
+
 def identify_tracks(points: np.ndarray, volume: drrkit.Volume, identifier: Identifier,
                     inputs: np.ndarray, geometry: drrkit.Geometry, views: ViewConfig,
                     identifier_views: ViewConfig | None, attenuation: drrkit.Volume,
@@ -747,7 +815,8 @@ def correct(tracks: Tracks, votes: Votes, config: PipelineConfig) -> Labels:
         v = vertebra_tracks
         points = tracks.points[v]
         labels = correct_tracks(points, votes.voted[v],
-                                suspects=tracks.extended[v] | crowded(points),
+                                suspects=(tracks.extended[v] | tracks.added[v]
+                                          | crowded(points)),
                                 max_drops=config.max_drops, method=config.correction,
                                 dp=SequenceDP(config.alpha, config.beta),
                                 allow_t13=config.allow_t13, fill_gaps=config.fill_gaps,
@@ -779,7 +848,7 @@ def labelled_vertebrae(tracks: Tracks, labels: Labels) -> tuple[LabelledVertebra
         vertebrae.append(LabelledVertebra(
             row.verse_id, row.name, row.region, tracks.points[i].copy(),
             float(labels.confidence[i]), float(tracks.scores[i]), int(n_views[i]),
-            float(tracks.rms[i])))
+            float(tracks.rms[i]), bool(tracks.added[i])))
     unlabelled = int(np.sum((labels.classes == 0) & ~labels.dropped))
     if unlabelled:
         warnings.warn(f"{unlabelled} detected vertebrae could not be given a label "
@@ -853,12 +922,11 @@ def label_ct(
         backend: drrkit render backend ("auto", "cpu", "cuda").
         progress: called with each stage's name as it starts.
 
-    Returns:
-        :class:`LabelResult`.
+    Returns: :class:`LabelResult`.
     """
     if not isinstance(volume, drrkit.Volume):
         raise VertebraError("volume must be a drrkit.Volume (see drrkit.load_volume)")
-    config = PipelineConfig() if config is None else config
+    config = config or PipelineConfig()
     views, identifier_views = _orbits(views, identifier_views, config)
     if config.mirror:  # test-time mirroring
         localizer, identifier = MirroredNetwork(localizer), MirroredNetwork(identifier)
@@ -882,6 +950,7 @@ def label_ct(
     clock.start("match")
     tracks = match_tracks(detections, heatmaps, geometry, volume, pixel_mm, config)
     tracks = extend_tracks(tracks, heatmaps, geometry, volume, pixel_mm, config)
+    tracks = chain_tracks(tracks, heatmaps, geometry, config)
     clock.done("match")
 
     clock.start("identify")
@@ -906,7 +975,7 @@ def label_ct(
         correspondence=tracks.correspondence, kept=tracks.kept, extended=tracks.extended,
         geometry=geometry, inputs=inputs, heatmaps=heatmaps, timings=clock.timings,
         sacrum=votes.sacrum, sacrum_below=votes.below,
-        above_sacrum=bool(labels.above_sacrum and len(vertebrae)))
+        above_sacrum=bool(labels.above_sacrum and len(vertebrae)), added=tracks.added)
 
 
 # ---------------------------------------------------------------------- torch networks

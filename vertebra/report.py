@@ -347,7 +347,9 @@ def result_summary(result, **extra) -> dict:
             "label": v.verse_id, "name": v.name, "region": v.region,
             "world_mm": [round(float(x), 3) for x in v.world],
             "confidence": round(v.confidence, 4), "detection": round(v.detection, 4),
-            "n_views": v.n_views, "rms_mm": round(v.rms_mm, 4),
+            "n_views": v.n_views,
+            "rms_mm": round(v.rms_mm, 4) if np.isfinite(v.rms_mm) else None,
+            "added": v.added,
         } for v in result.vertebrae],
     }
 
@@ -442,8 +444,9 @@ def centroids_csv(result) -> str:
     lines = [",".join(CSV_COLUMNS)]
     for v in result.vertebrae:
         x, y, z = (float(c) for c in v.world)
+        rms = f"{v.rms_mm:.4f}" if np.isfinite(v.rms_mm) else ""  # empty: an added vertebra
         lines.append(f"{v.verse_id},{v.name},{v.region},{x:.3f},{y:.3f},{z:.3f},"
-                     f"{v.confidence:.4f},{v.detection:.4f},{v.n_views},{v.rms_mm:.4f}")
+                     f"{v.confidence:.4f},{v.detection:.4f},{v.n_views},{rms}")
     return "\n".join(lines) + "\n"
 
 

@@ -4,6 +4,7 @@ tests check the geometry and the fusion (peaks, correspondence, triangulation, s
 voting, correction) independently of any learning."""
 
 import dataclasses
+import json
 import warnings
 
 import numpy as np
@@ -23,6 +24,7 @@ from vertebra.pipeline import (
     label_ct,
     square_means,
 )
+from vertebra.report import write_outputs
 from vertebra.targets import make_targets
 from vertebra.views import ViewConfig
 
@@ -205,6 +207,32 @@ def test_a_missed_vertebra_leaves_the_others_right(thoracic):
     check(r, seen)
     no_fill = run(vol, heat, probs, PipelineConfig(fill_gaps=False))
     assert missing in no_fill.centroids()  # without the gap rows the labels shift
+
+
+def test_the_chain_adds_a_vertebra_missed_in_the_middle(thoracic, tmp_path):
+    """The third vertebra's heatmap peaks at 0.6, below the detection threshold: matching
+    leaves a gap there; the chain placement adds a track at its heatmap, labelled."""
+    vol = mu(thoracic)
+    keys = list(thoracic.centroids)
+    weak = keys[2]
+    strong = {k: v for k, v in thoracic.centroids.items() if k != weak}
+    heat, probs, _ = oracle(vol, thoracic.centroids, heat_centroids=strong)
+    weak_heat = make_targets({weak: thoracic.centroids[weak]}, VIEWS.geometry(vol), vol)
+    heat = np.maximum(heat, 0.6 * weak_heat.heatmaps)
+    config = PipelineConfig(peak_threshold=0.7)
+    check(run(vol, heat, probs, config), strong)
+    r = run(vol, heat, probs, dataclasses.replace(config, chain_weight=3.0))
+    check(r, thoracic.centroids, tol_mm=2.0)
+    assert r.added.tolist() == [k == weak for k in keys]
+    assert r.n_views[r.added].tolist() == [0]
+    write_outputs(r, vol, tmp_path, "ct", pictures=False)  # NaN-free files, marked added
+    rows = json.loads((tmp_path / "ct_label.json").read_text())["vertebrae"]
+    assert [(v["added"], v["rms_mm"] is None) for v in rows] == [(k == weak,) * 2 for k in keys]
+    csv_rows = (tmp_path / "ct_centroids.csv").read_text().splitlines()[1:]
+    assert [row.endswith(",") for row in csv_rows] == [k == weak for k in keys]
+    for bad in ({"chain_weight": -1.0}, {"chain_plateau": 0.0}, {"chain_cost": np.nan}):
+        with pytest.raises(DrrkitError, match="chain_"):
+            PipelineConfig(**bad)
 
 
 @pytest.mark.parametrize("end", [0, -1])
