@@ -24,8 +24,14 @@ Run::
    (slices within 3 mm of a change of label) of their darkest and brightest slice. In
    real scans the junction (two endplates and a thin disc) is the densest part of the
    column; a dark disc between thin shells shows as a junction minimum below the core.
+3. **The mean heatmap along the spine.** The mean over the views of the heatmap
+   (:func:`drrkit.refinement.response`) along the polyline through the chest's
+   ground-truth centroids, with the truth and the labelled points of the networks'
+   settings with and without the chain placement (:mod:`vertebra.chain`) marked where
+   they lie along it (``--profile-out``, default ``runs/spine_rhythm/profile.png``). A
+   plateau over two vertebrae (a bright disc) shows as a flat stretch with one point in it.
 
-Both use only the files the ``bench`` group's wheels ship; nothing is written under
+All three use only the files the ``bench`` group's wheels ship; nothing is written under
 ``benchmarks/results``.
 """
 
@@ -128,6 +134,43 @@ def picture(result, ids, at, out: Path, names: dict[int, str]) -> None:
     plt.close(fig)
 
 
+def profile_picture(results: dict, truth: dict[int, np.ndarray], names: dict[int, str],
+                    out: Path) -> None:
+    """The mean heatmap along the truth's polyline (1 mm steps, 15 mm past each end) with
+    the truth and each labelling's points at their nearest place along it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from drrkit.refinement import response
+    from vertebra.chain import along_curve, arc_lengths
+
+    ids = sorted(truth, key=lambda v: -truth[v][2])  # superior first
+    points = np.array([truth[v] for v in ids])
+    s = arc_lengths(points)
+    arc = np.arange(-15.0, s[-1] + 15.0, 1.0)
+    curve = along_curve(points, arc)
+    first = next(iter(results.values()))
+    fig, ax = plt.subplots(figsize=(12, 3.6))
+    ax.plot(arc, response(curve, first.heatmaps, first.geometry), color="k", lw=1)
+    for x, v in zip(s, ids):
+        ax.axvline(x, color="0.8", lw=0.8)
+        ax.text(x, 1.0, names[v], ha="center", va="bottom", fontsize=8,
+                transform=ax.get_xaxis_transform())
+    for row, (label, result) in enumerate(results.items()):
+        near = [arc[np.argmin(np.linalg.norm(curve - v.world, axis=1))] for v in result.vertebrae]
+        ax.plot(near, np.full(len(near), -0.03 - 0.04 * row), "v", ms=7,
+                label=f"{label}: {len(near)} labelled points")
+    ax.set_xlabel("mm along the spine through the ground-truth centroids (superior first)")
+    ax.set_ylabel("mean heatmap over the views")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+
+
 def body_profile(hu: np.ndarray, labels: np.ndarray, spacing_zyx) -> tuple[np.ndarray, ...]:
     """Per axial slice of a (Z, Y, X) scan with y posterior: body-centre CT number and label.
 
@@ -199,6 +242,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default=None, help="networks bundle (default: the packaged ones)")
     p.add_argument("--seeds", default="3,11", help="clinical phantom seeds (comma-separated)")
     p.add_argument("--out", type=Path, default=Path("runs/spine_rhythm/heatmaps.png"))
+    p.add_argument("--profile-out", type=Path, default=Path("runs/spine_rhythm/profile.png"))
     return p.parse_args(argv)
 
 
@@ -231,6 +275,12 @@ def main(argv=None) -> int:
               f"{at_centroid[n]:>12.2f} {below}")
     picture(result, ids, at, args.out, names)
     print(f"picture: {args.out}")
+    from vertebra.labelling import pipeline_config
+
+    unchained, _ = label_file(files.ct, nets, pipeline_config(nets, chain_weight=None))
+    profile_picture({"shipped settings": result, "without the chain placement": unchained},
+                    truth, names, args.profile_out)
+    print(f"mean heatmap along the spine: {args.profile_out}")
 
     print("\nCT numbers at the vertebral body's centre, per axial slice (median HU)")
     print(f"{'scan':>19} {'core':>6} {'junction min':>13} {'junction max':>13}")
