@@ -258,15 +258,15 @@ def place_chain(points, response, *, cost: float = 0.8, weight: float = WEIGHT,
     if t < 3:
         return Chain(pts.copy(), np.arange(t), np.ones(t), np.zeros(t))
     s = arc_lengths(pts)
-    if np.any(np.diff(s) <= 0):
-        raise VertebraError("two tracks of the chain coincide")
+    if np.any(np.diff(s) < STEP_MM):
+        raise VertebraError(f"two tracks of the chain coincide (closer than {STEP_MM:g} mm)")
     grid = np.arange(-radius_mm, s[-1] + radius_mm + STEP_MM / 2, STEP_MM)
     own = np.asarray(response(pts), dtype=np.float64)
     scale = float(np.median(own))
     if not scale > 0:  # no heatmap at the tracks: nothing to trade against
         return Chain(pts.copy(), np.arange(t), np.ones(t), np.zeros(t))
     h = np.asarray(response(along_curve(pts, grid)), dtype=np.float64) / scale
-    centre = np.rint((s - grid[0]) / STEP_MM).astype(np.int64)
+    centre = np.floor((s - grid[0]) / STEP_MM + 0.5).astype(np.int64)  # distinct: gaps >= 1
     h[centre] = own / scale  # a track that stays keeps its own (exact) value
     wider = np.maximum(np.r_[s[1] - s[0], np.diff(s)], np.r_[np.diff(s), s[-1] - s[-2]])
     reach = np.floor(np.minimum(radius_mm, share * wider) / STEP_MM).astype(np.int64)
