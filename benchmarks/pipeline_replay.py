@@ -63,6 +63,8 @@ class _Recorder:
 
 def cache(store: Path, folders: list[Path], model: Path | None) -> None:
     """Run the networks once per case and store their outputs in ``store``."""
+    from dataclasses import replace
+
     from vertebra.labelling import pipeline_config
     from vertebra.pipeline import MirroredNetwork, label_ct, load_networks
     from vertebra.weights import default_path
@@ -79,7 +81,7 @@ def cache(store: Path, folders: list[Path], model: Path | None) -> None:
             localizer, identifier = MirroredNetwork(localizer), MirroredNetwork(identifier)
         loc, ident = _Recorder(localizer), _Recorder(identifier)
         label_ct(volume, loc, ident, views=nets.views, identifier_views=nets.identifier_views,
-                 config=config.__class__(**{**config.__dict__, "mirror": False}))
+                 config=replace(config, mirror=False))
         path.parent.mkdir(parents=True, exist_ok=True)
         ids = list(truth)
         np.savez(path, heatmaps=loc.output, probs=ident.output.astype(np.float16),
