@@ -3,10 +3,6 @@ the labelling it stored (oracle networks on a phantom)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -16,19 +12,10 @@ from vertebra.pipeline import PipelineConfig, label_ct
 from vertebra.targets import make_targets
 from vertebra.views import ViewConfig
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "pipeline_replay.py"
-
 
 @pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("benchmarks_pipeline_replay", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(SCRIPT.parent))  # the script imports real_ct from its folder
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+def script(benchmark_script):
+    return benchmark_script("pipeline_replay")
 
 
 def test_parse_config(script):

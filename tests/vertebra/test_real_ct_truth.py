@@ -5,30 +5,17 @@ skip without it. The edge rule is also checked on a small synthetic mask with a
 closed-form answer, which needs nothing beyond the project.
 """
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import drrkit
 from vertebra import labels as vlabels
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "real_ct.py"
-
 
 @pytest.fixture(scope="module")
-def real_ct():
-    """benchmarks/real_ct.py as a module (not on sys.path: loaded from its file)."""
-    spec = importlib.util.spec_from_file_location("benchmarks_real_ct", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop(spec.name, None)
+def real_ct(benchmark_script):
+    """benchmarks/real_ct.py as a module."""
+    return benchmark_script("real_ct")
 
 
 @pytest.fixture(scope="module")
@@ -168,11 +155,8 @@ def test_chest_variants_keep_the_world_positions_of_their_whole_vertebrae(real_c
     assert about["chest-spine"].startswith("the chest CT cut to a 150 mm field of view")
 
 
-def test_fov_sweep_refuses_bad_sides_before_any_work(capsys):
-    spec = importlib.util.spec_from_file_location(
-        "benchmarks_fov_sweep", SCRIPT.with_name("fov_sweep.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_fov_sweep_refuses_bad_sides_before_any_work(capsys, benchmark_script):
+    module = benchmark_script("fov_sweep")
     for bad in ("x", "300,-5", ""):
         assert module.main(["--fovs", bad]) == 2
         err = capsys.readouterr().err.strip()

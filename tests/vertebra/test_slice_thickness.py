@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import drrkit
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "slice_thickness.py"
-
 
 @pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("benchmarks_slice_thickness", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(benchmark_script):
+    return benchmark_script("slice_thickness")
 
 
 @pytest.mark.parametrize("axis", [0, 1, 2])

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,19 +9,10 @@ import pytest
 
 import drrkit
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "spine_rhythm.py"
-
 
 @pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("benchmarks_spine_rhythm", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(SCRIPT.parent))  # the script imports real_ct from its folder
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return module
+def script(benchmark_script):
+    return benchmark_script("spine_rhythm")
 
 
 def test_mean_heat_averages_the_views_at_each_projection(script):
