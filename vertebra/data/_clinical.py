@@ -125,6 +125,7 @@ class _Patient:
     shoulders: np.ndarray
     rng: np.random.Generator
     blood: dict
+    pose: object = None  # the scene's ShoulderPose, or None
     organs: _sdf.Shapes = field(default_factory=_sdf.Shapes)
     vessels: _sdf.Shapes = field(default_factory=_sdf.Shapes)
     hw: float = 1.0  # the heart's and great vessels' size factor
@@ -141,7 +142,8 @@ class _Patient:
         return self.objs.add(core, shell, thick, -1)
 
 
-def build_clinical(spine: Spine, objs, locs, width: float, shoulders, rng) -> Clinical:
+def build_clinical(spine: Spine, objs, locs, width: float, shoulders, rng,
+                   pose=None) -> Clinical:
     """Organs, vessels, arms, calcification and leads around ``spine``.
 
     Args:
@@ -151,10 +153,13 @@ def build_clinical(spine: Spine, objs, locs, width: float, shoulders, rng) -> Cl
         width: the patient's body-width factor (1 = average).
         shoulders: (2, 3) world mm of the right and left humeral heads.
         rng: random generator, consumed in a fixed order (the parts below, in turn).
+        pose: the arms' pose (:class:`vertebra.data._scene.ShoulderPose`, whose girdle
+            ``shoulders`` already follows); None: drawn from ``rng`` among arms at the
+            sides, raised and out of view.
     """
     blood = _phase(rng)
     tissue = rng.uniform(-40.0, 50.0)
-    p = _Patient(spine, objs, locs, width, shoulders, rng, blood)
+    p = _Patient(spine, objs, locs, width, shoulders, rng, blood, pose)
     for part in (_heart, _aorta, _veins, _lung_vessels, _abdomen, _arms, _leads):
         part(p)
     return Clinical(p.organs, p.vessels, float(tissue))
@@ -322,15 +327,17 @@ def _abdomen(p: _Patient) -> None:
 
 
 def _arms(p: _Patient) -> None:
-    """Arms at the sides (40 %), raised beside the head (35 %) or out of view (25 %), with
-    humerus, radius and ulna."""
+    """Arms with humerus, radius and ulna, from the humeral heads: as ``p.pose`` has them,
+    or, without a pose, at the sides (40 %), raised beside the head (35 %) or out of view
+    (25 %)."""
     rng = p.rng
-    pose = rng.random()
-    if pose >= 0.75:
+    draw = rng.random()  # drawn with a pose too, so every later draw stays as it was
+    raised, shown = ((draw < 0.35, draw < 0.75) if p.pose is None
+                     else (p.pose.raised, p.pose.arms_shown))
+    if not shown:
         return
     arm = p.add(rng.uniform(20.0, 55.0), -100.0, rng.uniform(4.0, 15.0))
     cortex = p.add(rng.uniform(-60.0, 40.0), rng.uniform(900.0, 1600.0), 3.0)
-    raised = pose < 0.35
     for s, head in zip((-1, 1), p.shoulders):
         if raised:
             elbow = head + np.array([s * rng.uniform(-10, 30), rng.uniform(-40, 10), 290])

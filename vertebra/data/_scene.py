@@ -27,6 +27,45 @@ AIR = -1000.0
 METAL_HU = 3000.0
 
 
+#: Share of the clinical scans with the arms raised beside the head (as chest and abdomen
+#: CTs are taken), of which :data:`ARMS_OUT_OF_VIEW` have them wholly above the scan.
+ARMS_RAISED = 0.6
+ARMS_OUT_OF_VIEW = 0.25 / 0.6
+
+
+@dataclass(frozen=True)
+class ShoulderPose:
+    """Where a clinical scan's arms are and how its shoulder girdle sits with them.
+
+    Attributes:
+        raised: the arms are raised beside the head (else at the sides).
+        arms_shown: the arms are drawn (raised arms may lie wholly above the scan).
+        turn_deg: the scapulae's upward turn in their plane about the root of the
+            scapular spine (lateral side up, inferior angle out), degrees; it lifts the
+            glenoid, the humeral head and the clavicle's lateral end with it.
+        shrug_mm: the whole girdle's lift above its arms-at-the-sides place, mm.
+    """
+
+    raised: bool
+    arms_shown: bool
+    turn_deg: float
+    shrug_mm: float
+
+
+def draw_shoulder_pose(rng: np.random.Generator) -> ShoulderPose:
+    """A clinical scan's :class:`ShoulderPose`: arms raised on :data:`ARMS_RAISED` of the
+    scans, the scapulae then turned up 10-30 degrees, else at the sides, turned -5 to 5
+    degrees; the girdle shrugged -5 to 15 mm either way. The humeral heads' centres then
+    lie level with C4-T1 with raised arms and with T1-T3 at the sides (a chest CT taken
+    with raised arms has them level with C6-C7; the arms-at-the-sides girdle alone put
+    them level with T2-T3 whatever the arms did)."""
+    u = rng.random()
+    raised = bool(u < ARMS_RAISED)
+    shown = bool(not raised or u < ARMS_RAISED * (1.0 - ARMS_OUT_OF_VIEW))
+    turn = rng.uniform(10.0, 30.0) if raised else rng.uniform(-5.0, 5.0)
+    return ShoulderPose(raised, shown, float(turn), float(rng.uniform(-5.0, 15.0)))
+
+
 # ---------------------------------------------------------------------- materials
 class Objects:
     """Material table: per object (core HU, shell HU, shell thickness mm, label)."""
@@ -363,7 +402,8 @@ def build_scene(spine: Spine, rng: np.random.Generator, metal_levels=(),
                 clinical_rng: np.random.Generator | None = None,
                 lungs: tuple[float, float, float] = (1.0, 1.0, 0.0),
                 ribless_hu: float | None = None,
-                calcified_discs: dict[int, float] | None = None) -> Scene:
+                calcified_discs: dict[int, float] | None = None,
+                shoulder_pose: ShoulderPose | None = None) -> Scene:
     """All primitives and materials of one patient.
 
     Args:
@@ -382,6 +422,9 @@ def build_scene(spine: Spine, rng: np.random.Generator, metal_levels=(),
             or ossified (a material of their own at that CT number, bone-like: the two
             vertebrae then look joined across the disc, as in degenerated, calcified or
             bridged discs); None or empty: every disc is soft.
+        shoulder_pose: with ``clinical_rng``, the arms' pose and the shoulder girdle's
+            (:func:`draw_shoulder_pose`); None: the arms-at-the-sides girdle (and, for a
+            clinical scan, arms drawn from ``clinical_rng`` as before).
     """
     objs = Objects()
     soft, bone, canals, metal = _sdf.Shapes(), _sdf.Shapes(), _sdf.Shapes(), _sdf.Shapes()
@@ -419,7 +462,8 @@ def build_scene(spine: Spine, rng: np.random.Generator, metal_levels=(),
             o = m["disc"] if hu is None else objs.add(hu, label=0)
             _disc(bone, o, locs[i - 1], spine.dims[i - 1], locs[i], spine.dims[i])
     _disc(bone, m["disc"], locs[-1], spine.dims[-1], sac_locs[0], spine.sacrum_dims[0])
-    rib_levels, shoulders = _chest(bone, m, spine, locs, width, rng)
+    rib_levels, shoulders = _chest(bone, m, spine, locs, width, rng,
+                                   shoulder_pose if clinical_rng is not None else None)
     _sacrum(bone, m["sacrum"], m["coccyx"], sac_locs, spine.sacrum_dims)
     _pelvis(bone, m["bone"], m["femur_head"], m["femur_shaft"], spine,
             width * rng.uniform(0.95, 1.1))
@@ -430,16 +474,19 @@ def build_scene(spine: Spine, rng: np.random.Generator, metal_levels=(),
     clinical = None
     if clinical_rng is not None:
         restyle_bone(objs, vert_obj, m, clinical_rng)
-        clinical = build_clinical(spine, objs, locs, width, shoulders, clinical_rng)
+        clinical = build_clinical(spine, objs, locs, width, shoulders, clinical_rng,
+                                  shoulder_pose)
         if ribless_hu is not None:
             objs.core[m["rib"]] = objs.shell[m["rib"]] = float(ribless_hu)
     bone.extend(canals)  # the spinal canal is carved last, from every bone
     return Scene(objs, soft, bone, metal, vert_obj, (head.c, head.F), rib_levels, clinical)
 
 
-def _chest(bone, m, spine: Spine, locs, width, rng) -> tuple[tuple[str, ...], np.ndarray]:
+def _chest(bone, m, spine: Spine, locs, width, rng, pose: ShoulderPose | None = None
+           ) -> tuple[tuple[str, ...], np.ndarray]:
     """Ribs on every thoracic level, costal cartilage, sternum, clavicles, scapulae and
-    humeral heads. Returns the names of the rib-bearing levels and the (2, 3) world
+    humeral heads, the shoulder girdle placed by ``pose`` (None: the arms-at-the-sides
+    girdle, no draws). Returns the names of the rib-bearing levels and the (2, 3) world
     centres of the right and left humeral heads."""
     rib_ends = {}
     with_ribs = []
@@ -482,20 +529,40 @@ def _chest(bone, m, spine: Spine, locs, width, rng) -> tuple[tuple[str, ...], np
     t3, t7 = locs[thor[2]], locs[thor[6]]
     shoulders = []
     for s in (-1, 1):
-        a = top + np.array([s * 24, 0, 4])
+        a = top + np.array([s * 24, 0, 4])  # the sternoclavicular joint stays in place
         b = a + np.array([s * 140 * width, 75, 18])
-        bone.chain(other, np.array([a, a + np.array([s * 70 * width, 25, 8]), b]),
-                   (7.0, 6.0, 7.5))
+        mid = a + np.array([s * 70 * width, 25, 8])
         centre = np.array([xm + s * 92 * width, max(t3.c[1], t7.c[1]) + 38,
                            0.5 * (t3.c[2] + t7.c[2]) + 10])
         u = np.array([s * 0.8, -0.6, 0.0])
         sframe = np.column_stack([u, [0.0, 0.0, 1.0], np.cross(u, [0.0, 0.0, 1.0])])
+        root = centre + np.array([-s * 25 * width, 14, 45])  # the scapular spine's root
+        glenoid = b + np.array([0, -10, -8])
+        head = b + np.array([s * 12, -28, -30])
+        if pose is not None:
+            turn = _scapular_turn(sframe, math.radians(pose.turn_deg))
+            lift = np.array([0.0, 0.0, pose.shrug_mm])
+            centre, glenoid, head = (root + turn @ (q - root) + lift
+                                     for q in (centre, glenoid, head))
+            sframe = turn @ sframe
+            root = root + lift
+            raised = glenoid - np.array([0, -10, -8])  # the acromion follows the glenoid
+            mid, b = mid + 0.5 * (raised - b), raised
+        bone.chain(other, np.array([a, mid, b]), (7.0, 6.0, 7.5))
         bone.box(other, centre, sframe, (38 * width, 70, 2.5), rounding=2.0)
-        bone.capsule(other, centre + np.array([-s * 25 * width, 14, 45]),
-                     b + np.array([0, -10, -8]), 5.0, 7.0)
-        shoulders.append(b + np.array([s * 12, -28, -30]))
-        bone.ellipsoid(m["femur_head"], shoulders[-1], np.eye(3), (22, 22, 23))
+        bone.capsule(other, root, glenoid, 5.0, 7.0)
+        shoulders.append(head)
+        bone.ellipsoid(m["femur_head"], head, np.eye(3), (22, 22, 23))
     return tuple(with_ribs), np.array(shoulders)
+
+
+def _scapular_turn(frame: np.ndarray, angle: float) -> np.ndarray:
+    """(3, 3) rotation by ``angle`` (rad) in the scapula's plane (``frame``'s first two
+    columns: lateral, up) that turns its lateral side up and its inferior angle out, as
+    the scapula turns when the arm is raised."""
+    u, z = frame[:, 0], frame[:, 1]
+    return (np.eye(3) + math.sin(angle) * (np.outer(z, u) - np.outer(u, z))
+            + (math.cos(angle) - 1.0) * (np.outer(u, u) + np.outer(z, z)))
 
 
 def _head(bone, soft, m, c1: _Local, hs: float, pitch: float) -> _Local:

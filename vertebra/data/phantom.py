@@ -44,7 +44,7 @@ from drrkit.volume import Volume
 from vertebra import labels as vlabels
 from vertebra.data import _sdf
 from vertebra.data._clinical import bone_texture, fov_cut, scanner_blur, sclerotic_endplates
-from vertebra.data._scene import Scene, build_scene
+from vertebra.data._scene import Scene, build_scene, draw_shoulder_pose
 from vertebra.data.anatomy import Spine, build_spine, level_names
 from vertebra.errors import VertebraError
 
@@ -507,7 +507,8 @@ def make_spine_phantom(
                                  ribless_share, calcified_disc_share)
     # each later stream leaves the earlier ones, and so every earlier draw, as they were
     (r_anat, r_fov, r_build, r_metal, r_noise, r_orient, r_clinical, r_look, r_spine_fov,
-     r_ribs, r_discs) = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(11))
+     r_ribs, r_discs, r_pose) = (np.random.default_rng(s)
+                                 for s in np.random.SeedSequence(seed).spawn(12))
     trans = _choose_transitional(transitional, levels, r_anat)
     names = level_names(trans)
     scale = r_anat.uniform(0.88, 1.12)
@@ -525,7 +526,8 @@ def make_spine_phantom(
              if clinical else (1.0, 1.0, 0.0))
     scene = build_scene(spine, r_build, metal_levels, r_clinical if clinical else None, lungs,
                         *_bone_variants(spine, (ribless_share, calcified_disc_share), r_ribs,
-                                        r_discs, clinical))
+                                        r_discs, clinical),
+                        draw_shoulder_pose(r_pose) if clinical else None)
     hu, lab = _rasterise(scene, spine, grid, habitus, r_build, r_metal if metal_levels else None,
                          r_look if clinical else None)
     _scanner(hu, grid, r_noise if noise else None, float(voxel_scale),

@@ -461,3 +461,98 @@ def test_bolus_dilutes_from_the_arm_to_the_vena_cava_without_touching_the_scans_
     assert segments[-1] <= 0.88 * bolus < segments[0]
     if jet:
         assert jet[0] <= segments[-1] / 0.9
+
+
+# ------------------------------------------------------------------ the shoulder girdle
+def _girdle(pose, seed: int = 0):
+    """(humeral heads (2, 3), every bone primitive row) of ``_chest`` for one spine."""
+    from vertebra.data import _scene, _sdf
+    from vertebra.data.anatomy import build_spine, level_names
+
+    spine = build_spine(level_names(), np.random.default_rng(seed), 1.0)
+    objs, bone = _scene.Objects(), _sdf.Shapes()
+    m = {k: objs.add(0.0) for k in ("rib", "cartilage", "bone", "femur_head")}
+    locs = [_scene._Local(spine.centres[i], spine.frames[i]) for i in range(len(spine.dims))]
+    _, heads = _scene._chest(bone, m, spine, locs, 1.0, np.random.default_rng(5), pose)
+    return spine, heads, bone.arrays()[0]
+
+
+def test_scapular_turn_is_a_rotation_in_the_scapulas_plane():
+    """Closed form: lateral turns towards up by the angle, the plane's normal stays."""
+    from vertebra.data._scene import _scapular_turn
+
+    u = np.array([0.8, -0.6, 0.0])
+    frame = np.column_stack([u, [0.0, 0.0, 1.0], np.cross(u, [0.0, 0.0, 1.0])])
+    turn = _scapular_turn(frame, np.radians(30.0))
+    np.testing.assert_allclose(turn @ turn.T, np.eye(3), atol=1e-12)
+    assert np.linalg.det(turn) == pytest.approx(1.0)
+    np.testing.assert_allclose(turn @ u, np.cos(np.radians(30)) * u
+                               + np.sin(np.radians(30)) * frame[:, 1], atol=1e-12)
+    np.testing.assert_allclose(turn @ frame[:, 2], frame[:, 2], atol=1e-12)
+    np.testing.assert_allclose(_scapular_turn(frame, 0.0), np.eye(3), atol=1e-15)
+
+
+def test_a_still_pose_keeps_the_girdle_and_raised_arms_lift_the_humeral_heads():
+    from vertebra.data._scene import ShoulderPose
+
+    spine, heads, rows = _girdle(None)
+    _, still_heads, still_rows = _girdle(ShoulderPose(False, True, 0.0, 0.0))
+    np.testing.assert_allclose(still_heads, heads, atol=1e-9)
+    np.testing.assert_allclose(still_rows, rows, atol=1e-9)
+    z = {n: spine.centres[i][2] for i, n in enumerate(spine.names)}
+    # at the sides the heads lie level with T2-T3 (between the centroids of T1 and T4)
+    assert np.all((heads[:, 2] < z["T1"]) & (heads[:, 2] > z["T4"]))
+    _, raised, raised_rows = _girdle(ShoulderPose(True, True, 20.0, 0.0))
+    assert np.all(raised[:, 2] > z["T1"])  # raised arms: above T1
+    assert np.all(raised[:, 2] < z["C4"])
+    # the sternoclavicular joints (the clavicles' first capsule's start) stay in place
+    assert np.all(raised[:, 2] - heads[:, 2] > 30.0)
+    shrugged = _girdle(ShoulderPose(True, True, 20.0, 10.0))[1]
+    np.testing.assert_allclose(shrugged - raised, [[0, 0, 10.0]] * 2, atol=1e-9)
+    assert rows.shape == raised_rows.shape  # the same primitives, moved
+
+
+@given(st.integers(0, 2**32 - 1))
+@settings(max_examples=40, deadline=None)
+def test_drawn_poses_stay_in_their_ranges(seed):
+    from vertebra.data._scene import draw_shoulder_pose
+
+    pose = draw_shoulder_pose(np.random.default_rng(seed))
+    lo, hi = (10.0, 30.0) if pose.raised else (-5.0, 5.0)
+    assert lo <= pose.turn_deg <= hi and -5.0 <= pose.shrug_mm <= 15.0
+    assert pose.arms_shown or pose.raised  # only raised arms lie wholly above the scan
+
+
+def test_drawn_poses_raise_the_arms_on_their_share():
+    from vertebra.data._scene import ARMS_OUT_OF_VIEW, ARMS_RAISED, draw_shoulder_pose
+
+    rng = np.random.default_rng(0)
+    poses = [draw_shoulder_pose(rng) for _ in range(4000)]
+    raised = np.mean([p.raised for p in poses])
+    hidden = np.mean([not p.arms_shown for p in poses])
+    assert abs(raised - ARMS_RAISED) < 0.03
+    assert abs(hidden - ARMS_RAISED * ARMS_OUT_OF_VIEW) < 0.03
+
+
+def test_the_pose_moves_only_a_clinical_scenes_girdle():
+    """A plain scene ignores the pose (plain phantoms keep their skeleton); a clinical
+    scene's girdle, and the arms hung from it, follow the pose."""
+    from vertebra.data._scene import ShoulderPose, build_scene
+    from vertebra.data.anatomy import build_spine, level_names
+
+    spine = build_spine(level_names(), np.random.default_rng(0), 1.0)
+    raised = ShoulderPose(True, True, 25.0, 5.0)
+
+    def bone(pose, clinical):
+        scene = build_scene(spine, np.random.default_rng(1), shoulder_pose=pose,
+                            clinical_rng=np.random.default_rng(2) if clinical else None)
+        return scene.bone.arrays()[0], scene.clinical
+
+    np.testing.assert_array_equal(bone(raised, False)[0], bone(None, False)[0])
+    moved, clinical = bone(raised, True)
+    still, _ = bone(ShoulderPose(False, True, 0.0, 0.0), True)
+    assert moved.shape == still.shape and not np.array_equal(moved, still)
+    hidden = build_scene(spine, np.random.default_rng(1), clinical_rng=np.random.default_rng(2),
+                         shoulder_pose=ShoulderPose(True, False, 25.0, 5.0)).clinical
+    # arms out of view: fewer vessel-pass primitives (no bones of the arm), same organs
+    assert len(hidden.vessels.rows) < len(clinical.vessels.rows)
