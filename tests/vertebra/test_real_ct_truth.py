@@ -243,3 +243,27 @@ def test_chest_no_ribs_changes_only_rib_voxels(real_ct, chest):
     changed = case.ct.data != whole.ct.data
     assert changed.sum() > 10000 and np.all(np.isin(raw[changed], ribs))
     assert real_ct.truth_from_mask(case.mask).centroids.keys() == full.centroids.keys()
+
+
+def test_chest_no_shoulders_changes_only_shoulder_girdle_voxels(real_ct, chest):
+    files, full = chest
+    case, whole = real_ct.load_case("chest-no-shoulders"), real_ct.load_case("chest")
+    assert real_ct.describe_cut(case).endswith(
+        "with its humeri, scapulae and clavicles above 150 HU set to 40 HU")
+    girdle = real_ct.shoulder_ids(files.id_table)
+    assert len(girdle) == 6  # both humeri, scapulae and clavicles
+    raw = np.rint(drrkit.load_volume(files.mask, units="mu").data)
+    changed = case.ct.data != whole.ct.data
+    assert changed.sum() > 10000 and np.all(np.isin(raw[changed], girdle))
+    assert real_ct.truth_from_mask(case.mask).centroids.keys() == full.centroids.keys()
+
+
+def test_voted_names_read_the_voted_map_of_the_labelled_tracks(real_ct):
+    """The identifiers' own reading: the voted map's top class of each labelled track
+    (class k is column k - 1), dropped tracks skipped."""
+    from types import SimpleNamespace
+
+    voted = np.zeros((4, 26))
+    voted[0, 9] = voted[1, 10] = voted[2, 0] = voted[3, 19] = 1.0  # T3, T4, C1, T13
+    result = SimpleNamespace(classes=np.array([10, 12, 0, 21]), voted=voted)
+    assert real_ct.voted_names(result) == ["T3", "T4", "T13"]
