@@ -36,6 +36,7 @@ import numpy as np
 
 from vertebra.data import _sdf
 from vertebra.data.anatomy import Spine
+from vertebra.errors import VertebraError
 
 #: CT number outside the reconstruction circle.
 OUTSIDE_FOV_HU = -1024.0
@@ -470,6 +471,49 @@ def sclerotic_endplates(hu: np.ndarray, lab: np.ndarray, spine: Spine, origin, s
         band = ((np.abs(local[:, 2]) > d.height / 2 - depth)
                 & (local[:, 1] < 0.45 * d.depth))
         hu[tuple(i[band] for i in idx)] += gain
+
+
+#: Share of the clinical scans reconstructed in thick slices (:func:`thick_slices`), and
+#: the range of their slice thickness (mm), as routine chest and abdomen CTs often are.
+THICK_SLICE_SHARE = 0.3
+THICK_SLICE_MM = (3.0, 5.0)
+
+
+def slice_profile(thickness: float, spacing: float) -> np.ndarray:
+    """(n,) weights of a slice ``thickness`` mm thick on slices ``spacing`` mm apart: the
+    overlap of each voxel's slab ``[i s - s/2, i s + s/2]`` with ``[-T/2, T/2]``, over
+    ``T`` (a box profile, as a scanner's thick reconstruction integrates the CT; odd
+    length, symmetric, summing to 1; one tap when ``T <= spacing``)."""
+    if not (thickness > 0 and spacing > 0):
+        raise VertebraError("slice thickness and spacing must be positive mm")
+    half = 0.5 * max(float(thickness), float(spacing))
+    n = int(np.ceil(half / spacing - 0.5))
+    centres = np.arange(-n, n + 1) * float(spacing)
+    lo = np.maximum(centres - 0.5 * spacing, -half)
+    hi = np.minimum(centres + 0.5 * spacing, half)
+    weights = np.clip(hi - lo, 0.0, None)
+    return weights / weights.sum()
+
+
+def thick_slices(hu: np.ndarray, spacing: float, rng) -> float | None:
+    """Reconstruct the CT numbers, in place, in thick slices on :data:`THICK_SLICE_SHARE`
+    of the scans: each slice becomes the mean of the CT over a slab 3-5 mm thick
+    (:func:`slice_profile`) about its centre, which merges thin discs with their endplates
+    and blurs every level's edges along the spine; the grid keeps its slices. Returns the
+    thickness (mm) or None when the scan keeps its slices.
+
+    Args:
+        hu: (Z, Y, X) float32 CT numbers, axis 0 along the slices.
+        spacing: slice spacing, mm.
+        rng: random generator (draws two numbers either way).
+    """
+    from scipy.ndimage import correlate1d
+
+    thick, thickness = rng.random() < THICK_SLICE_SHARE, rng.uniform(*THICK_SLICE_MM)
+    if not thick or thickness <= spacing:
+        return None
+    correlate1d(hu, slice_profile(thickness, spacing), axis=0, output=hu, mode="nearest")
+    return float(thickness)
 
 
 def scanner_blur(hu: np.ndarray, rng) -> None:

@@ -43,7 +43,13 @@ import numpy as np
 from drrkit.volume import Volume
 from vertebra import labels as vlabels
 from vertebra.data import _sdf
-from vertebra.data._clinical import bone_texture, fov_cut, scanner_blur, sclerotic_endplates
+from vertebra.data._clinical import (
+    bone_texture,
+    fov_cut,
+    scanner_blur,
+    sclerotic_endplates,
+    thick_slices,
+)
 from vertebra.data._scene import Scene, build_scene, draw_shoulder_pose
 from vertebra.data.anatomy import Spine, build_spine, level_names
 from vertebra.errors import VertebraError
@@ -507,8 +513,8 @@ def make_spine_phantom(
                                  ribless_share, calcified_disc_share)
     # each later stream leaves the earlier ones, and so every earlier draw, as they were
     (r_anat, r_fov, r_build, r_metal, r_noise, r_orient, r_clinical, r_look, r_spine_fov,
-     r_ribs, r_discs, r_pose) = (np.random.default_rng(s)
-                                 for s in np.random.SeedSequence(seed).spawn(12))
+     r_ribs, r_discs, r_pose, r_slices) = (np.random.default_rng(s)
+                                           for s in np.random.SeedSequence(seed).spawn(13))
     trans = _choose_transitional(transitional, levels, r_anat)
     names = level_names(trans)
     scale = r_anat.uniform(0.88, 1.12)
@@ -531,7 +537,7 @@ def make_spine_phantom(
     hu, lab = _rasterise(scene, spine, grid, habitus, r_build, r_metal if metal_levels else None,
                          r_look if clinical else None)
     _scanner(hu, grid, r_noise if noise else None, float(voxel_scale),
-             (r_look, r_clinical if tight is None else None) if clinical else None)
+             (r_look, r_clinical if tight is None else None, r_slices) if clinical else None)
     return _stored(hu, lab, scene, grid, r_orient, orientation, seed=seed, metal=bool(metal_levels),
                    transitional=trans, anatomy=spine)
 
@@ -567,11 +573,13 @@ def _calcified_discs(spine: Spine, rng) -> dict[int, float]:
 
 
 def _scanner(hu, grid: _Grid, r_noise, voxel_scale: float, clinical) -> None:
-    """What the scanner adds, in place: with ``clinical`` = (r_look, r_clinical) its blur
-    first and its reconstruction circle last (none when r_clinical is None: a small field
-    of view lies inside the scanner's circle); with ``r_noise`` near-Gaussian noise of
-    8-30 HU (divided by ``sqrt(voxel_scale)``); then the CT-number range is clipped."""
+    """What the scanner adds, in place: with ``clinical`` = (r_look, r_clinical, r_slices)
+    thick slices on some scans (:func:`thick_slices`) and its blur first and its
+    reconstruction circle last (none when r_clinical is None: a small field of view lies
+    inside the scanner's circle); with ``r_noise`` near-Gaussian noise of 8-30 HU
+    (divided by ``sqrt(voxel_scale)``); then the CT-number range is clipped."""
     if clinical is not None:
+        thick_slices(hu, float(grid.spacing[2]), clinical[2])
         scanner_blur(hu, clinical[0])
     sigma = r_noise.uniform(8, 30) / math.sqrt(voxel_scale) if r_noise is not None else 0.0
     seed = int(r_noise.integers(0, 2**62)) if r_noise is not None else 0

@@ -556,3 +556,60 @@ def test_the_pose_moves_only_a_clinical_scenes_girdle():
                          shoulder_pose=ShoulderPose(True, False, 25.0, 5.0)).clinical
     # arms out of view: fewer vessel-pass primitives (no bones of the arm), same organs
     assert len(hidden.vessels.rows) < len(clinical.vessels.rows)
+
+
+# ------------------------------------------------------------------ thick slices
+def test_slice_profile_closed_form():
+    from vertebra.data._clinical import slice_profile
+
+    np.testing.assert_allclose(slice_profile(5.0, 2.5), [0.25, 0.5, 0.25])  # 1.25+2.5+1.25
+    np.testing.assert_allclose(slice_profile(3.0, 1.0), [1 / 3] * 3)
+    np.testing.assert_allclose(slice_profile(4.0, 1.0), [0.125, 0.25, 0.25, 0.25, 0.125])
+    np.testing.assert_allclose(slice_profile(2.0, 2.5), [1.0])  # thinner than the spacing
+    with pytest.raises(DrrkitError, match="positive"):
+        slice_profile(0.0, 1.0)
+
+
+@given(st.floats(0.5, 8.0), st.floats(0.4, 3.0))
+@settings(max_examples=60, deadline=None)
+def test_slice_profile_is_a_box_of_the_thickness(thickness, spacing):
+    """Properties: symmetric, sums to 1, and its second moment is the box's, T^2/12,
+    within a quarter voxel squared (the profile is read at the voxel centres), for T >= s."""
+    from vertebra.data._clinical import slice_profile
+
+    w = slice_profile(thickness, spacing)
+    assert len(w) % 2 == 1 and np.all(w >= 0)
+    np.testing.assert_allclose(w, w[::-1])
+    assert w.sum() == pytest.approx(1.0)
+    if thickness >= spacing:
+        x = (np.arange(len(w)) - len(w) // 2) * spacing
+        var = float(np.sum(w * x**2))
+        assert abs(var - thickness**2 / 12) <= spacing**2 / 4 + 1e-9
+
+
+def test_thick_slices_average_a_step_over_the_slab():
+    """A step along the slices becomes the box-averaged ramp; a constant stays."""
+    from vertebra.data import _clinical
+
+    class Always:  # a generator that always asks for thick slices of 5 mm
+        def random(self):
+            return 0.0
+
+        def uniform(self, lo, hi):
+            return 5.0
+
+    hu = np.zeros((9, 2, 2), np.float32)
+    hu[4:] = 1000.0
+    assert _clinical.thick_slices(hu, 2.5, Always()) == 5.0
+    np.testing.assert_allclose(hu[:, 0, 0], [0, 0, 0, 250, 750, 1000, 1000, 1000, 1000])
+    flat = np.full((6, 3, 3), 40.0, np.float32)
+    _clinical.thick_slices(flat, 1.0, Always())
+    np.testing.assert_allclose(flat, 40.0, rtol=1e-6)
+
+    class Never(Always):
+        def random(self):
+            return 0.99
+
+    kept = np.arange(8, dtype=np.float32).reshape(8, 1, 1).copy()
+    assert _clinical.thick_slices(kept, 1.0, Never()) is None
+    np.testing.assert_array_equal(kept[:, 0, 0], np.arange(8))
