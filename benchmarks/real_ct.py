@@ -35,7 +35,9 @@ sternum, shoulder girdle and contrast become soft tissue), to show how much the 
 the scan moves the labels; ``chest-no-ribs`` sets only the ribs' bone to muscle
 (:func:`soften_structures`), to show whether the labels are counted from the ribs, and
 ``chest-no-shoulders`` only the humeri's, scapulae's and clavicles' bone, to show whether
-they are counted from the shoulder girdle.
+they are counted from the shoulder girdle. ``chest-thick`` reconstructs the chest in
+5 mm slices (:func:`thicker_slices`: the mean of each two of its 2.5 mm slices), as
+routine chest and abdomen CTs often come; its ground truth is the whole chest's.
 
 Ground truth (:func:`load_truth`): each vertebra's centroid is the centre of mass of its
 mask voxels in world LPS mm, VerSe's definition, computed on the mask's own voxel grid
@@ -107,6 +109,7 @@ VARIANTS = {
     "chest-spine-bone": ("chest", {"soft_hu": 40.0}),
     "chest-no-ribs": ("chest", {"ribs_hu": 40.0}),
     "chest-no-shoulders": ("chest", {"shoulders_hu": 40.0}),
+    "chest-thick": ("chest", {"slices_mm": 5.0}),
 }
 
 #: ``blood_hu`` variants: the words naming a vessel in ``structures.csv``, and the CT
@@ -406,6 +409,38 @@ class Case:
     cut: dict
 
 
+def thicker_slices(volume, slices_mm: float):
+    """The CT reconstructed in thicker slices: each run of ``n = slices_mm / spacing``
+    consecutive slices (along the index axis closest to world z) becomes their mean, one
+    slice ``slices_mm`` thick at the run's centre, as a scanner's thick reconstruction
+    integrates the CT (slices left over at the inferior or superior end are dropped).
+
+    Raises:
+        DrrkitError: ``slices_mm`` is not a whole multiple (2 or more) of the spacing.
+    """
+    import dataclasses
+
+    from drrkit.errors import DrrkitError
+
+    along = int(np.argmax(np.abs(volume.direction[2])))
+    ratio = float(slices_mm) / float(volume.spacing[along])
+    n = int(round(ratio))
+    if n < 2 or abs(ratio - n) > 1e-6:
+        raise DrrkitError(f"{slices_mm:g} mm slices are not a whole multiple of the "
+                          f"{volume.spacing[along]:g} mm spacing")
+    axis = 2 - along  # numpy axis of (Z, Y, X) data
+    data = np.moveaxis(np.asarray(volume.data, dtype=np.float32), axis, 0)
+    m = data.shape[0] // n
+    merged = data[:m * n].reshape(m, n, *data.shape[1:]).mean(axis=1)
+    first = np.zeros(3)
+    first[along] = 0.5 * (n - 1)
+    spacing = np.array(volume.spacing, dtype=np.float64)
+    spacing[along] *= n
+    return dataclasses.replace(
+        volume, data=np.ascontiguousarray(np.moveaxis(merged, 0, axis), dtype=np.float32),
+        spacing=spacing, origin=volume.voxel_to_world(first))
+
+
 def cut_bounds(volume, cut: dict, centre) -> tuple[np.ndarray, np.ndarray]:
     """(start, stop) voxel index bounds (i, j, k) of a variant's cut (:data:`VARIANTS`).
 
@@ -458,6 +493,8 @@ def load_case(name: str, cut: dict | None = None) -> Case:
         centre = np.mean(list(truth_from_mask(mask).centroids.values()), axis=0)
         start, stop = cut_bounds(ct, cut, centre)
         ct, mask = ct.crop(start, stop), mask.crop(start, stop)
+    if "slices_mm" in cut:  # the CT only: the truth keeps the mask's own grid
+        ct = thicker_slices(ct, cut["slices_mm"])
     return Case(name, files, ct, mask, dict(cut))
 
 
@@ -561,6 +598,9 @@ def describe_cut(case: Case) -> str:
     if "ribs_hu" in case.cut:
         about = (about or f"the {case.files.name} CT") + (
             f" with its ribs above {BRIGHT_HU:g} HU set to {case.cut['ribs_hu']:g} HU")
+    if "slices_mm" in case.cut:
+        about = (about or f"the {case.files.name} CT") + (
+            f" reconstructed in {case.cut['slices_mm']:g} mm slices")
     if "shoulders_hu" in case.cut:
         about = (about or f"the {case.files.name} CT") + (
             f" with its humeri, scapulae and clavicles above {BRIGHT_HU:g} HU set to "

@@ -267,3 +267,40 @@ def test_voted_names_read_the_voted_map_of_the_labelled_tracks(real_ct):
     voted[0, 9] = voted[1, 10] = voted[2, 0] = voted[3, 19] = 1.0  # T3, T4, C1, T13
     result = SimpleNamespace(classes=np.array([10, 12, 0, 21]), voted=voted)
     assert real_ct.voted_names(result) == ["T3", "T4", "T13"]
+
+
+def test_thicker_slices_average_runs_of_slices_at_their_centres(real_ct):
+    """Closed form on a volume whose slices run along j (direction column 1 is world z):
+    each new slice is the mean of two, centred between them; the leftover slice is
+    dropped; other axes are untouched."""
+    from drrkit.errors import DrrkitError
+
+    direction = np.array([[1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 0]])  # j runs along world z
+    data = np.arange(2 * 5 * 3, dtype=np.float32).reshape(2, 5, 3)  # (k, j, i)
+    vol = drrkit.Volume(data, spacing=(0.5, 2.5, 1.0), origin=(1.0, 2.0, 3.0),
+                        direction=direction)
+    out = real_ct.thicker_slices(vol, 5.0)
+    assert out.data.shape == (2, 2, 3)
+    np.testing.assert_allclose(out.data, 0.5 * (data[:, 0:4:2] + data[:, 1:4:2]))
+    np.testing.assert_allclose(out.spacing, [0.5, 5.0, 1.0])
+    for j in range(2):  # a new slice sits midway between the two it merges
+        np.testing.assert_allclose(
+            out.voxel_to_world(np.array([0.0, j, 0.0])),
+            0.5 * (vol.voxel_to_world(np.array([0.0, 2 * j, 0.0]))
+                   + vol.voxel_to_world(np.array([0.0, 2 * j + 1, 0.0]))))
+    with pytest.raises(DrrkitError, match="whole multiple"):
+        real_ct.thicker_slices(vol, 6.0)
+    with pytest.raises(DrrkitError, match="whole multiple"):
+        real_ct.thicker_slices(vol, 2.5)
+
+
+def test_chest_thick_keeps_the_truth_and_the_bone(real_ct, chest):
+    files, full = chest
+    case, whole = real_ct.load_case("chest-thick"), real_ct.load_case("chest")
+    assert real_ct.describe_cut(case).endswith("reconstructed in 5 mm slices")
+    assert case.ct.data.shape[0] == whole.ct.data.shape[0] // 2
+    assert case.ct.spacing[2] == pytest.approx(5.0)
+    # the same attenuation in all (slices averaged), and the truth from the full mask
+    kept = whole.ct.data[: 2 * case.ct.data.shape[0]]
+    assert case.ct.data.mean() == pytest.approx(kept.mean(), rel=1e-5)
+    assert real_ct.truth_from_mask(case.mask).centroids.keys() == full.centroids.keys()
