@@ -424,7 +424,7 @@ def thicker_slices(volume, slices_mm: float):
 
     along = int(np.argmax(np.abs(volume.direction[2])))
     ratio = float(slices_mm) / float(volume.spacing[along])
-    n = int(round(ratio))
+    n = round(ratio)
     if n < 2 or abs(ratio - n) > 1e-6:
         raise DrrkitError(f"{slices_mm:g} mm slices are not a whole multiple of the "
                           f"{volume.spacing[along]:g} mm spacing")

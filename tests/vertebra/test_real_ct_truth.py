@@ -295,7 +295,7 @@ def test_thicker_slices_average_runs_of_slices_at_their_centres(real_ct):
 
 
 def test_chest_thick_keeps_the_truth_and_the_bone(real_ct, chest):
-    files, full = chest
+    _, full = chest
     case, whole = real_ct.load_case("chest-thick"), real_ct.load_case("chest")
     assert real_ct.describe_cut(case).endswith("reconstructed in 5 mm slices")
     assert case.ct.data.shape[0] == whole.ct.data.shape[0] // 2
