@@ -304,3 +304,10 @@ def test_chest_thick_keeps_the_truth_and_the_bone(real_ct, chest):
     kept = whole.ct.data[: 2 * case.ct.data.shape[0]]
     assert case.ct.data.mean() == pytest.approx(kept.mean(), rel=1e-5)
     assert real_ct.truth_from_mask(case.mask).centroids.keys() == full.centroids.keys()
+
+
+def test_girdle_levels_interpolate_between_centroid_heights(benchmark_script):
+    levels_of = benchmark_script("girdle_levels").levels_of
+    heights, ids = np.array([-30.0, -10.0, -50.0]), np.array([9, 8, 10])  # T2, T1, T3
+    np.testing.assert_allclose(levels_of([-10.0, -20.0, -45.0], heights, ids), [8, 8.5, 9.75])
+    np.testing.assert_allclose(levels_of([0.0, -80.0], heights, ids), [8, 10])  # clamped
