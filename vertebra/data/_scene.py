@@ -422,9 +422,8 @@ def build_scene(spine: Spine, rng: np.random.Generator, metal_levels=(),
             or ossified (a material of their own at that CT number, bone-like: the two
             vertebrae then look joined across the disc, as in degenerated, calcified or
             bridged discs); None or empty: every disc is soft.
-        shoulder_pose: with ``clinical_rng``, the arms' pose and the shoulder girdle's
-            (:func:`draw_shoulder_pose`); None: the arms-at-the-sides girdle (and, for a
-            clinical scan, arms drawn from ``clinical_rng`` as before).
+        shoulder_pose: with ``clinical_rng``, the arms' and girdle's pose
+            (:func:`draw_shoulder_pose`); None: the arms-at-the-sides girdle.
     """
     objs = Objects()
     soft, bone, canals, metal = _sdf.Shapes(), _sdf.Shapes(), _sdf.Shapes(), _sdf.Shapes()
@@ -462,8 +461,8 @@ def build_scene(spine: Spine, rng: np.random.Generator, metal_levels=(),
             o = m["disc"] if hu is None else objs.add(hu, label=0)
             _disc(bone, o, locs[i - 1], spine.dims[i - 1], locs[i], spine.dims[i])
     _disc(bone, m["disc"], locs[-1], spine.dims[-1], sac_locs[0], spine.sacrum_dims[0])
-    rib_levels, shoulders = _chest(bone, m, spine, locs, width, rng,
-                                   shoulder_pose if clinical_rng is not None else None)
+    pose = shoulder_pose if clinical_rng is not None else None
+    rib_levels, shoulders = _chest(bone, m, spine, locs, width, rng, pose)
     _sacrum(bone, m["sacrum"], m["coccyx"], sac_locs, spine.sacrum_dims)
     _pelvis(bone, m["bone"], m["femur_head"], m["femur_shaft"], spine,
             width * rng.uniform(0.95, 1.1))
@@ -474,8 +473,7 @@ def build_scene(spine: Spine, rng: np.random.Generator, metal_levels=(),
     clinical = None
     if clinical_rng is not None:
         restyle_bone(objs, vert_obj, m, clinical_rng)
-        clinical = build_clinical(spine, objs, locs, width, shoulders, clinical_rng,
-                                  shoulder_pose)
+        clinical = build_clinical(spine, objs, locs, width, shoulders, clinical_rng, pose)
         if ribless_hu is not None:
             objs.core[m["rib"]] = objs.shell[m["rib"]] = float(ribless_hu)
     bone.extend(canals)  # the spinal canal is carved last, from every bone

@@ -513,13 +513,11 @@ def make_spine_phantom(
                                  ribless_share, calcified_disc_share)
     # each later stream leaves the earlier ones, and so every earlier draw, as they were
     (r_anat, r_fov, r_build, r_metal, r_noise, r_orient, r_clinical, r_look, r_spine_fov,
-     r_ribs, r_discs, r_pose, r_slices) = (np.random.default_rng(s)
-                                           for s in np.random.SeedSequence(seed).spawn(13))
+     r_ribs, r_discs, r_pose, r_slices) = _streams(seed, 13)
     trans = _choose_transitional(transitional, levels, r_anat)
     names = level_names(trans)
     scale = r_anat.uniform(0.88, 1.12)
-    # clinical looks come from a stream of their own (r_look): thin, degenerated discs,
-    # lung size, endplates, bone texture, the scanner's blur
+    # clinical looks (thin discs, lung size, endplates, bone texture, blur) draw from r_look
     discs = r_look.uniform(0.45, 1.05) if clinical else 1.0
     spine = build_spine(names, r_anat, scale, disc_scale=discs)
     habitus = (r_anat.uniform(0.88, 1.12), r_anat.uniform(0.9, 1.12),
@@ -530,16 +528,23 @@ def make_spine_phantom(
     metal_levels = _metal_levels(spine, (i0, i1), metal, r_metal)
     lungs = ((r_look.uniform(1.0, 1.25), r_look.uniform(1.0, 1.18), r_look.uniform(10.0, 60.0))
              if clinical else (1.0, 1.0, 0.0))
+    variants = _bone_variants(spine, (ribless_share, calcified_disc_share), r_ribs, r_discs,
+                              clinical)
     scene = build_scene(spine, r_build, metal_levels, r_clinical if clinical else None, lungs,
-                        *_bone_variants(spine, (ribless_share, calcified_disc_share), r_ribs,
-                                        r_discs, clinical),
-                        draw_shoulder_pose(r_pose) if clinical else None)
+                        *variants, draw_shoulder_pose(r_pose) if clinical else None)
     hu, lab = _rasterise(scene, spine, grid, habitus, r_build, r_metal if metal_levels else None,
                          r_look if clinical else None)
     _scanner(hu, grid, r_noise if noise else None, float(voxel_scale),
              (r_look, r_clinical if tight is None else None, r_slices) if clinical else None)
     return _stored(hu, lab, scene, grid, r_orient, orientation, seed=seed, metal=bool(metal_levels),
                    transitional=trans, anatomy=spine)
+
+
+def _streams(seed: int, count: int) -> list[np.random.Generator]:
+    """``count`` independent generators of ``seed`` (``SeedSequence.spawn``): the first
+    ``n`` are the same for any ``count >= n``, so a new stream leaves the others as
+    they were."""
+    return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(count)]
 
 
 def _bone_variants(spine: Spine, shares: tuple[float, float], r_ribs, r_discs, clinical: bool
