@@ -578,6 +578,17 @@ def _names(ids) -> str:
     return ", ".join(vlabels.name_of(i) for i in ids) or "none"
 
 
+#: How :func:`describe_cut` words each change to a CT's numbers (in this order).
+_CHANGES = {
+    "blood_hu": " with its undiluted contrast set to {:g} HU",
+    "soft_hu": f" with everything above {BRIGHT_HU:g} HU but the vertebrae set to {{:g}} HU",
+    "ribs_hu": f" with its ribs above {BRIGHT_HU:g} HU set to {{:g}} HU",
+    "slices_mm": " reconstructed in {:g} mm slices",
+    "shoulders_hu": f" with its humeri, scapulae and clavicles above {BRIGHT_HU:g} HU set to "
+                    "{:g} HU",
+}
+
+
 def describe_cut(case: Case) -> str:
     """``"the chest CT cut to a 150 mm field of view"`` (or ``"... with its undiluted
     contrast set to 180 HU"``) for a variant, else ``""``."""
@@ -588,23 +599,9 @@ def describe_cut(case: Case) -> str:
         low, high = case.cut["keep"]
         parts.append(f"{100 * low:g}-{100 * high:g} % of its length from the inferior end")
     about = f"the {case.files.name} CT cut to {' and '.join(parts)}" if parts else ""
-    if "blood_hu" in case.cut:
-        about = (about or f"the {case.files.name} CT") + (
-            f" with its undiluted contrast set to {case.cut['blood_hu']:g} HU")
-    if "soft_hu" in case.cut:
-        about = (about or f"the {case.files.name} CT") + (
-            f" with everything above {BRIGHT_HU:g} HU but the vertebrae set to "
-            f"{case.cut['soft_hu']:g} HU")
-    if "ribs_hu" in case.cut:
-        about = (about or f"the {case.files.name} CT") + (
-            f" with its ribs above {BRIGHT_HU:g} HU set to {case.cut['ribs_hu']:g} HU")
-    if "slices_mm" in case.cut:
-        about = (about or f"the {case.files.name} CT") + (
-            f" reconstructed in {case.cut['slices_mm']:g} mm slices")
-    if "shoulders_hu" in case.cut:
-        about = (about or f"the {case.files.name} CT") + (
-            f" with its humeri, scapulae and clavicles above {BRIGHT_HU:g} HU set to "
-            f"{case.cut['shoulders_hu']:g} HU")
+    for key, text in _CHANGES.items():
+        if key in case.cut:
+            about = (about or f"the {case.files.name} CT") + text.format(case.cut[key])
     return about
 
 

@@ -56,9 +56,8 @@ def draw_shoulder_pose(rng: np.random.Generator) -> ShoulderPose:
     """A clinical scan's :class:`ShoulderPose`: arms raised on :data:`ARMS_RAISED` of the
     scans, the scapulae then turned up 10-30 degrees, else at the sides, turned -5 to 5
     degrees; the girdle shrugged -5 to 15 mm either way. The humeral heads' centres then
-    lie level with C4-T1 with raised arms and with T1-T3 at the sides (a chest CT taken
-    with raised arms has them level with C6-C7; the arms-at-the-sides girdle alone put
-    them level with T2-T3 whatever the arms did)."""
+    lie level with C4-T1 with raised arms and with T1-T3 at the sides (decision
+    ``shoulder-girdle-and-thick-slices`` compares them with a real chest CT)."""
     u = rng.random()
     raised = bool(u < ARMS_RAISED)
     shown = bool(not raised or u < ARMS_RAISED * (1.0 - ARMS_OUT_OF_VIEW))
