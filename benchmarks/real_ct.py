@@ -38,6 +38,8 @@ the scan moves the labels; ``chest-no-ribs`` sets only the ribs' bone to muscle
 they are counted from the shoulder girdle. ``chest-thick`` reconstructs the chest in
 5 mm slices (:func:`thicker_slices`: the mean of each two of its 2.5 mm slices), as
 routine chest and abdomen CTs often come; its ground truth is the whole chest's.
+``chest-restored`` is the chest stored with its index axes permuted and two reversed
+(:func:`restored`), every voxel where it was: its labels must be the chest's.
 
 Ground truth (:func:`load_truth`): each vertebra's centroid is the centre of mass of its
 mask voxels in world LPS mm, VerSe's definition, computed on the mask's own voxel grid
@@ -110,6 +112,7 @@ VARIANTS = {
     "chest-no-ribs": ("chest", {"ribs_hu": 40.0}),
     "chest-no-shoulders": ("chest", {"shoulders_hu": 40.0}),
     "chest-thick": ("chest", {"slices_mm": 5.0}),
+    "chest-restored": ("chest", {"restored": True}),
 }
 
 #: ``blood_hu`` variants: the words naming a vessel in ``structures.csv``, and the CT
@@ -441,6 +444,24 @@ def thicker_slices(volume, slices_mm: float):
         spacing=spacing, origin=volume.voxel_to_world(first))
 
 
+def restored(volume):
+    """The same CT stored another way: index axes (i, j, k) become (k, i, j), and the new
+    first and third run backwards; every voxel keeps its world position (origin, spacing
+    and direction follow), so a labeller with exact geometry gives the same answer."""
+    import dataclasses
+
+    data = np.asarray(volume.data)[::-1, :, ::-1]  # (Z, Y, X): flip k and i
+    last = np.asarray(volume.shape_xyz) - 1
+    origin = volume.voxel_to_world(np.array([last[0], 0.0, last[2]]))
+    direction = volume.direction * np.array([-1.0, 1.0, -1.0])
+    # new (i', j', k') = (k, i, j): the (Z', Y', X') array is (j, i, k)
+    data = np.ascontiguousarray(np.transpose(data, (1, 2, 0)))
+    order = [2, 0, 1]
+    return dataclasses.replace(volume, data=data,
+                               spacing=np.asarray(volume.spacing, dtype=np.float64)[order],
+                               origin=origin, direction=direction[:, order])
+
+
 def cut_bounds(volume, cut: dict, centre) -> tuple[np.ndarray, np.ndarray]:
     """(start, stop) voxel index bounds (i, j, k) of a variant's cut (:data:`VARIANTS`).
 
@@ -495,6 +516,8 @@ def load_case(name: str, cut: dict | None = None) -> Case:
         ct, mask = ct.crop(start, stop), mask.crop(start, stop)
     if "slices_mm" in cut:  # the CT only: the truth keeps the mask's own grid
         ct = thicker_slices(ct, cut["slices_mm"])
+    if cut.get("restored"):
+        ct = restored(ct)
     return Case(name, files, ct, mask, dict(cut))
 
 
@@ -584,6 +607,7 @@ _CHANGES = {
     "soft_hu": f" with everything above {BRIGHT_HU:g} HU but the vertebrae set to {{:g}} HU",
     "ribs_hu": f" with its ribs above {BRIGHT_HU:g} HU set to {{:g}} HU",
     "slices_mm": " reconstructed in {:g} mm slices",
+    "restored": " stored with its index axes permuted and two of them reversed",
     "shoulders_hu": f" with its humeri, scapulae and clavicles above {BRIGHT_HU:g} HU set to "
                     "{:g} HU",
 }

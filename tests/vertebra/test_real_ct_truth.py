@@ -311,3 +311,20 @@ def test_girdle_levels_interpolate_between_centroid_heights(benchmark_script):
     heights, ids = np.array([-30.0, -10.0, -50.0]), np.array([9, 8, 10])  # T2, T1, T3
     np.testing.assert_allclose(levels_of([-10.0, -20.0, -45.0], heights, ids), [8, 8.5, 9.75])
     np.testing.assert_allclose(levels_of([0.0, -80.0], heights, ids), [8, 10])  # clamped
+
+
+def test_restored_keeps_every_voxel_at_its_world_position(real_ct):
+    """Each voxel of the restored volume holds the value of the original voxel at the same
+    world position (an oblique direction and unequal spacings, all voxels checked)."""
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    vol = drrkit.Volume(rng.normal(size=(4, 5, 6)).astype(np.float32),
+                        spacing=(0.7, 1.1, 2.5), origin=(3.0, -2.0, 10.0), direction=q)
+    out = real_ct.restored(vol)
+    assert out.data.shape == (5, 6, 4)  # (Z', Y', X') = (j, i, k)
+    k, j, i = np.indices(vol.data.shape).reshape(3, -1)
+    world = vol.voxel_to_world(np.stack([i, j, k], axis=1).astype(np.float64))
+    back = np.rint(out.world_to_voxel(world)).astype(int)  # (N, 3) (i', j', k')
+    np.testing.assert_allclose(out.voxel_to_world(back.astype(np.float64)), world, atol=1e-9)
+    np.testing.assert_array_equal(out.data[back[:, 2], back[:, 1], back[:, 0]],
+                                  vol.data[k, j, i])
