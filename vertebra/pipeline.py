@@ -59,7 +59,8 @@ give an answer with per-vertebra confidences; a CT in which no vertebra is found
 empty result whose ``status`` is ``"no spine found"`` (and a warning). Labels whose median
 confidence is below :data:`UNCERTAIN_CONFIDENCE` are flagged as uncertain (and warned
 about): the identifier did not recognise the region, as in a short crop with nothing to
-count from.
+count from. A CT whose slices lie more than :data:`THICK_SLICE_WARN_MM` apart is warned
+about too.
 """
 
 from __future__ import annotations
@@ -101,6 +102,11 @@ NO_SPINE = "no spine found"
 #: uncertain (:attr:`LabelResult.uncertain`, with a warning): the labels may be a region
 #: or several levels off (decision ``uncertain-labels``).
 UNCERTAIN_CONFIDENCE = 0.3
+
+#: Slices further apart than this (mm) get a warning: thick slices merge thin discs with
+#: their endplates, the localizers then miss vertebrae and the levels shift (decision
+#: ``shoulder-girdle-and-thick-slices``).
+THICK_SLICE_WARN_MM = 4.0
 
 Localizer = Callable[[np.ndarray], np.ndarray]
 Identifier = Callable[[np.ndarray], np.ndarray]
@@ -896,6 +902,23 @@ class _Clock:
         self._last = now
 
 
+def slice_spacing(volume: drrkit.Volume) -> float:
+    """Spacing (mm) of the index axis that runs closest to world z: the CT's slices."""
+    return float(volume.spacing[int(np.argmax(np.abs(volume.direction[2])))])
+
+
+def _check_volume(volume) -> None:
+    """Refuse anything but a :class:`drrkit.Volume`; warn when its slices lie more than
+    :data:`THICK_SLICE_WARN_MM` apart."""
+    if not isinstance(volume, drrkit.Volume):
+        raise VertebraError("volume must be a drrkit.Volume (see drrkit.load_volume)")
+    spacing = slice_spacing(volume)
+    if spacing > THICK_SLICE_WARN_MM:
+        warnings.warn(f"slices {spacing:.1f} mm apart (more than {THICK_SLICE_WARN_MM:g} mm): "
+                      "thick slices can merge vertebrae, so the levels may be off; check them",
+                      stacklevel=3)
+
+
 def label_ct(
     volume: drrkit.Volume,
     localizer: Localizer,
@@ -924,8 +947,7 @@ def label_ct(
 
     Returns: :class:`LabelResult`.
     """
-    if not isinstance(volume, drrkit.Volume):
-        raise VertebraError("volume must be a drrkit.Volume (see drrkit.load_volume)")
+    _check_volume(volume)
     config = config or PipelineConfig()
     views, identifier_views = _orbits(views, identifier_views, config)
     if config.mirror:  # test-time mirroring

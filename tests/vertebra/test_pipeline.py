@@ -494,3 +494,35 @@ def test_labels_an_identifier_does_not_recognise_are_flagged_uncertain(thoracic,
     assert summary["median_confidence"] == pytest.approx(guess.median_confidence, abs=1e-4)
     empty = dataclasses.replace(guess, vertebrae=())
     assert not empty.uncertain and np.isnan(empty.median_confidence)
+
+
+def test_thick_slices_are_warned_about(thoracic, thoracic_maps):
+    """Slices more than THICK_SLICE_WARN_MM apart along world z warn (whatever index axis
+    holds them); the same CT with thinner slices does not."""
+    import warnings
+
+    from vertebra.pipeline import THICK_SLICE_WARN_MM, slice_spacing
+
+    vol, (heat, probs, _) = thoracic_maps
+    assert slice_spacing(vol) <= THICK_SLICE_WARN_MM
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        run(vol, heat, probs)  # no warning at all
+    spacing = np.array(vol.spacing, dtype=np.float64)
+    along = int(np.argmax(np.abs(vol.direction[2])))
+    spacing[along] = THICK_SLICE_WARN_MM + 1.0
+    thick = dataclasses.replace(vol, spacing=spacing)
+    assert slice_spacing(thick) == THICK_SLICE_WARN_MM + 1.0
+    def nothing(inputs):  # a localizer that finds nothing (its own shape for any CT)
+        return np.zeros_like(inputs)
+
+    def background(inputs):
+        out = np.zeros((inputs.shape[0], 27, *inputs.shape[1:]), np.float32)
+        out[:, 0] = 1.0
+        return out
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        label_ct(thick, nothing, background, views=VIEWS)
+    said = [str(w.message) for w in caught]
+    assert any(m.startswith("slices 5.0 mm apart") for m in said), said
