@@ -425,7 +425,7 @@ def thicker_slices(volume, slices_mm: float):
 
     from drrkit.errors import DrrkitError
 
-    along = int(np.argmax(np.abs(volume.direction[2])))
+    along = volume.slice_axis
     ratio = float(slices_mm) / float(volume.spacing[along])
     n = round(ratio)
     if n < 2 or abs(ratio - n) > 1e-6:
@@ -470,7 +470,7 @@ def cut_bounds(volume, cut: dict, centre) -> tuple[np.ndarray, np.ndarray]:
         cut: ``fov_mm`` and/or ``keep``.
         centre: (3,) world mm the field of view is centred on.
     """
-    along = int(np.argmax(np.abs(volume.direction[2])))  # index axis closest to world z
+    along = volume.slice_axis
     n = np.asarray(volume.shape_xyz)
     start, stop = np.zeros(3, np.int64), n.astype(np.int64)
     if "fov_mm" in cut:

@@ -26,17 +26,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def slice_axis(volume) -> int:
-    """The index axis (0 x, 1 y, 2 z) that runs closest to world z: the slice axis."""
-    return int(np.argmax(np.abs(np.asarray(volume.direction)[2])))
-
-
 def reslice(volume, thickness: float):
     """``volume`` averaged over slabs ``thickness`` mm thick along its slice axis.
 
     Args:
         volume: drrkit.Volume, data (Z, Y, X), spacing (3,) mm along the (x, y, z) index
-            axes; the slice axis is :func:`slice_axis`.
+            axes; the slice axis is ``volume.slice_axis``.
         thickness: slab thickness (mm), at least the volume's slice spacing.
 
     Returns:
@@ -46,7 +41,7 @@ def reslice(volume, thickness: float):
     """
     import drrkit
 
-    a = slice_axis(volume)
+    a = volume.slice_axis
     dz = float(volume.spacing[a])
     if thickness < dz:
         raise ValueError(f"thickness {thickness} mm is below the slice spacing {dz} mm")
@@ -100,7 +95,7 @@ def main(argv=None) -> int:
     used = []
     for case in cases:
         ct = drrkit.load_volume(held / "rawdata" / case / f"{case}_ct.nii.gz")
-        if any(t and t < ct.spacing[slice_axis(ct)] for t in kinds.values()):
+        if any(t and t < ct.spacing[ct.slice_axis] for t in kinds.values()):
             print(f"{case}: slices thicker than some slabs, left out", flush=True)
             continue
         used.append(case)

@@ -114,6 +114,11 @@ class Volume:
         return inverse
 
     @property
+    def slice_axis(self) -> int:
+        """The index axis (0 i, 1 j, 2 k) that runs closest to world z: the slices' axis."""
+        return int(np.argmax(np.abs(np.asarray(self.direction)[2])))
+
+    @property
     def center(self) -> np.ndarray:
         """(3,) world mm of the centre of the volume's bounding box (the default isocentre)."""
         half = (np.asarray(self.shape_xyz, dtype=np.float64) - 1.0) / 2.0

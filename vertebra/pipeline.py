@@ -904,7 +904,7 @@ class _Clock:
 
 def slice_spacing(volume: drrkit.Volume) -> float:
     """Spacing (mm) of the index axis that runs closest to world z: the CT's slices."""
-    return float(volume.spacing[int(np.argmax(np.abs(volume.direction[2])))])
+    return float(volume.spacing[volume.slice_axis])
 
 
 def _check_volume(volume) -> None:

@@ -509,7 +509,7 @@ def test_thick_slices_are_warned_about(thoracic, thoracic_maps):
         warnings.simplefilter("error", UserWarning)
         run(vol, heat, probs)  # no warning at all
     spacing = np.array(vol.spacing, dtype=np.float64)
-    along = int(np.argmax(np.abs(vol.direction[2])))
+    along = vol.slice_axis
     spacing[along] = THICK_SLICE_WARN_MM + 1.0
     thick = dataclasses.replace(vol, spacing=spacing)
     assert slice_spacing(thick) == THICK_SLICE_WARN_MM + 1.0

@@ -21,6 +21,7 @@ def test_a_linear_ramp_along_z_keeps_its_values_at_the_slab_centres(script, axis
     spacing = np.array([1.0, 1.5, 2.0])
     vol = drrkit.Volume(np.zeros((8, 9, 10), np.float32), spacing, np.array([3.0, -2.0, 5.0]),
                         direction)
+    assert vol.slice_axis == axis
     index = np.stack(np.meshgrid(*[np.arange(n) for n in vol.shape_xyz], indexing="ij"), -1)
     z = (vol.voxel_to_world(index.reshape(-1, 3))[:, 2]).reshape(vol.shape_xyz)
     vol = vol.with_data(np.ascontiguousarray(z.transpose(2, 1, 0), dtype=np.float32))

@@ -209,7 +209,7 @@ def crop_z(ct: TrainingCT, first: int, last: int, reach: tuple[float, float] = (
     if not all(0 < r < 1 for r in reach):
         raise VertebraError(f"reach must lie in (0, 1), got {reach}")
     vol = ct.volume
-    axis = int(np.argmax(np.abs(vol.direction[2])))  # index axis closest to world z
+    axis = vol.slice_axis
     n = vol.shape_xyz[axis]
     along = {k: vol.world_to_voxel(ct.centroids[k])[axis] for k in keys}
     lo, hi = -0.5, n - 0.5  # the box in continuous index along the axis
