@@ -25,6 +25,9 @@ towards the patient's left), relative to the whole-vertebra centroid:
   holds parts of two ribs, given from a quarter spacing below to three quarters above;
   levels with both neighbours only.
 
+and, per whole vertebra T1-L5 (not cut by the scan's edge), its volume in ml, for the chest
+CT, TPTBox's lumbar crop (its own mask) and the phantoms (spines T1-L5),
+
 and, once per scan, the height of the jugular notch: the top of the bone in front of T2
 (within 25 mm of T2's midline and more than 50 mm anterior of its centroid: the
 manubrium and the clavicles' medial ends), as the 98th percentile of its voxels' height
@@ -69,6 +72,7 @@ NOTCH_X_MM, NOTCH_Y_MM, NOTCH_Z_MM, NOTCH_QUANTILE = 12.0, 50.0, 60.0, 0.98
 #: The chest CT's structures (``structures.csv`` names) that make the jugular notch.
 FRONT_BONE = ("sternum", "clavicula_left", "clavicula_right")
 LEVELS = tuple(f"T{i}" for i in range(1, 13)) + ("L1",)
+VOLUME_LEVELS = LEVELS + ("L2", "L3", "L4", "L5")
 QUANTITIES = ("y_mm", "z_mm", "extent_mm", "tip_y_mm", "tip_z_mm", "arch_z_mm",
               "lateral_share", "rib_z_mm")
 
@@ -190,6 +194,29 @@ def real_chest() -> tuple[dict[str, np.ndarray], np.ndarray]:
             _bright_points(case.ct, hu_to_mu(RIB_HU), case.mask))
 
 
+def volumes(mask) -> dict[str, float]:
+    """{level: ml} of the whole vertebrae T1-L5 of a VerSe-id mask: those whose voxels
+    do not touch the volume's boundary, where a cut vertebra would read small."""
+    from vertebra import labels as vlabels
+    from vertebra.data.dataset import label_centers
+
+    labs, counts, _, touches = label_centers(mask)
+    ml = float(np.prod(mask.spacing)) / 1000.0
+    whole = {int(lab): int(n) for lab, n, cut in zip(labs, counts, touches) if not cut}
+    return {name: round(whole[vid] * ml, 2) for name in VOLUME_LEVELS
+            if (vid := vlabels.by_name(name).verse_id) in whole}
+
+
+def real_volumes() -> dict[str, dict[str, float]]:
+    """{case: :func:`volumes`} of the real masks (``real_ct.py``'s cases, ids mapped to
+    VerSe's)."""
+    import real_ct
+
+    return {label: volumes(real_ct.load_mask(real_ct.case_files(case)))
+            for case, label in (("chest", "chest CT (TotalSegmentator mask)"),
+                                ("tptbox", "TPTBox crop (its mask)"))}
+
+
 def real_front_bone() -> np.ndarray:
     """(M, 3) world LPS mm of the voxels the chest CT's mask calls sternum or clavicle."""
     import csv
@@ -251,6 +278,10 @@ def main(argv=None) -> int:
                                   spacing=1.5, fov=420.0)
         notch[f"phantom {seed}"] = notch_height(
             _level_points(wide.labels, vlabels), _bright_points(wide.ct, RIB_HU, wide.labels))
+    sizes = real_volumes()
+    for seed in (int(s) for s in args.seeds.split(",")):
+        sizes[f"phantom {seed}"] = volumes(make_spine_phantom(
+            seed, levels=("T1", "L5"), orientation="canonical").labels)
     rows = {name: measures(*scan) for name, scan in scans.items()}
     notch = {name: round(height, 2) for name, height in notch.items()}
     print(f"{'':40s} " + " ".join(f"{n:>5s}" for n in LEVELS))
@@ -263,13 +294,17 @@ def main(argv=None) -> int:
             print(f"{name[:26] + ' ' + quantity:40s} {values}")
     for name, height in notch.items():
         print(f"{name[:26] + ' notch_z_mm':40s} {height:5.1f}")
+    print(f"{'volume (ml)':40s} " + " ".join(f"{n:>5s}" for n in VOLUME_LEVELS))
+    for name, row in sizes.items():
+        print(f"{name[:40]:40s} " + " ".join(f"{row[n]:5.1f}" if n in row else "    -"
+                                             for n in VOLUME_LEVELS))
     out = Path(__file__).resolve().parent / "results" / "centroid-offsets.json"
     out.write_text(json.dumps({"body_mm": BODY_MM, "tip_share": TIP_SHARE,
                                "arch_mm": [ARCH_MM, ARCH_HALF_MM], "lateral_mm": LATERAL_MM,
                                "rib_hu": RIB_HU, "rib_x_mm": RIB_X_MM, "rib_y_mm": RIB_Y_MM,
                                "notch_mm": [NOTCH_X_MM, NOTCH_Y_MM, NOTCH_Z_MM],
                                "notch_quantile": NOTCH_QUANTILE, "rows": rows,
-                               "notch_z_mm": notch}, indent=1) + "\n")
+                               "notch_z_mm": notch, "volumes_ml": sizes}, indent=1) + "\n")
     print(f"wrote {out}")
     return 0
 

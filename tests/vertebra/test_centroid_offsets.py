@@ -120,3 +120,18 @@ def test_phantom_jugular_notch_lies_below_t2_as_in_the_real_chest(script):
         points = script._level_points(wide.labels, vlabels)
         bright = script._bright_points(wide.ct, script.RIB_HU, wide.labels)
         assert -12.0 < script.notch_height(points, bright) < -1.0, seed
+
+
+def test_volumes_count_whole_vertebrae_in_ml_and_leave_out_cut_ones(script):
+    import drrkit
+    from vertebra import labels as vlabels
+
+    data = np.zeros((20, 30, 40), np.float32)
+    t5, l2, t6 = (vlabels.by_name(n).verse_id for n in ("T5", "L2", "T6"))
+    data[2:6, 3:8, 4:10] = t5  # 4 x 5 x 6 voxels inside
+    data[8:18, 10:20, 10:30] = l2  # 10 x 10 x 20 voxels inside
+    data[0:3, 20:25, 30:35] = t6  # touches the first slice: cut by the scan's edge
+    mask = drrkit.Volume(data, spacing=(0.5, 2.0, 3.0))  # 3 mm^3 voxels
+    got = script.volumes(mask)
+    assert got == {"T5": pytest.approx(4 * 5 * 6 * 3e-3), "L2": pytest.approx(2000 * 3e-3)}
+    assert list(got) == ["T5", "L2"]  # cranio-caudal
