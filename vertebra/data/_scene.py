@@ -157,7 +157,7 @@ def _vertebra(shapes: _sdf.Shapes, canals: _sdf.Shapes, o: int, loc: _Local, d: 
                            2.8, 3.0, smooth=k)
         else:
             kx_s, kx_i, ky_s, ky_i = (1.1, 0.25, 0.6, 0.8) if lumb else (0.5, 0.5, 0.45, 0.75)
-            r = (0.35 * pw + 2.5, 5.5 if lumb else 5.0, 0.45 * hh + 0.2 * d.disc)
+            r = (0.35 * pw + 2.0, 4.0, 0.45 * hh + 0.2 * d.disc)
             shapes.ellipsoid(o, loc.p(s * (cw / 2 + kx_s * pw), back + ky_s * cd,
                                       hh + 0.35 * d.disc), loc.F, r, smooth=k)
             shapes.ellipsoid(o, loc.p(s * (cw / 2 + kx_i * pw), back + ky_i * cd + 2,
@@ -167,7 +167,7 @@ def _vertebra(shapes: _sdf.Shapes, canals: _sdf.Shapes, o: int, loc: _Local, d: 
             if lumb:
                 tip = (s * d.tp_span / 2, base[1] + 6, -2.0)
                 thick = 8.0 if name in ("L5", "L6") else 5.0
-                _bar(shapes, o, loc, base, tip, 4.0 if thick < 6 else 5.0, thick, smooth=k)
+                _bar(shapes, o, loc, base, tip, 3.0 if thick < 6 else 5.0, thick, smooth=k)
             else:
                 tip = (s * d.tp_span / 2, base[1] + 14, base[2] + 3)
                 shapes.capsule(o, loc.p(*base), loc.p(*tip), 4.5, 5.5, smooth=k)

@@ -47,7 +47,7 @@ _ANCHORS: dict[str, tuple[tuple[str, float], ...]] = {
               ("L1", 8), ("L3", 10), ("L5", 14)),
     "ped_h": (("C1", 7), ("C3", 7), ("C7", 8), ("T1", 9), ("T6", 11), ("T12", 15),
               ("L1", 15), ("L5", 15)),
-    "lamina": (("C1", 3), ("C7", 4), ("T1", 5.5), ("T12", 6.5), ("L1", 7), ("L5", 7.5)),
+    "lamina": (("C1", 3), ("C7", 3.5), ("T1", 4), ("T12", 4.5), ("L1", 5), ("L5", 5.5)),
     "tp_span": (("C1", 76), ("C2", 55), ("C3", 52), ("C7", 70), ("T1", 80), ("T4", 72),
                 ("T8", 64), ("T10", 60), ("T12", 50), ("L1", 70), ("L3", 90), ("L4", 86),
                 ("L5", 92)),
@@ -57,7 +57,7 @@ _ANCHORS: dict[str, tuple[tuple[str, float], ...]] = {
                  ("T7", 60), ("T10", 40), ("T12", 20), ("L1", 10), ("L5", 5)),
     "sp_h": (("C1", 8), ("C7", 9), ("T1", 9), ("T10", 11), ("T12", 14), ("L1", 16),
              ("L4", 17), ("L5", 13)),
-    "sp_t": (("C1", 4), ("T1", 6), ("L1", 7)),
+    "sp_t": (("C1", 4), ("T1", 5), ("L1", 5.5)),
 }
 
 
@@ -148,7 +148,7 @@ def level_dims(names: tuple[str, ...], rng: np.random.Generator, scale: float = 
     Args:
         names: from :func:`level_names`.
         rng: random generator (consumed in a fixed order).
-        scale: overall patient size factor (about 0.9 - 1.25).
+        scale: overall patient size factor (about 0.85 - 1.15).
     """
     out = []
     thoracic = [n for n in names if n.startswith("T")]

@@ -516,7 +516,7 @@ def make_spine_phantom(
      r_ribs, r_discs, r_pose, r_slices) = _streams(seed, 13)
     trans = _choose_transitional(transitional, levels, r_anat)
     names = level_names(trans)
-    scale = r_anat.uniform(0.9, 1.25)
+    scale = r_anat.uniform(0.88, 1.12)
     # clinical looks (thin discs, lung size, endplates, bone texture, blur) draw from r_look
     discs = r_look.uniform(0.45, 1.05) if clinical else 1.0
     spine = build_spine(names, r_anat, scale, disc_scale=discs)
