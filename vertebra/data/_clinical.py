@@ -45,6 +45,11 @@ OUTSIDE_FOV_HU = -1024.0
 #: bolus in the arm veins reaches it.
 BOLUS_CEILING_HU = 3000.0
 
+#: Shares of the arterial and of the portal-venous scans with undiluted contrast in the
+#: injected arm's veins: an arterial scan starts while the injection still runs, and the
+#: arm and brachiocephalic veins of a venous scan often still hold the last of it.
+ARTERIAL_BOLUS, VENOUS_BOLUS = 0.85, 0.4
+
 
 @dataclass
 class Clinical:
@@ -102,12 +107,12 @@ def _phase(rng) -> dict[str, float]:
         return {"arterial": art, "venous": ven, "heart_r": rng.uniform(ven, art),
                 "heart_l": art, "kidney": rng.uniform(150.0, 280.0),
                 "liver": rng.uniform(60.0, 90.0),
-                "bolus": rng.uniform(600.0, 2500.0) if rng.random() < 0.5 else 0.0}
+                "bolus": rng.uniform(600.0, 2500.0) if rng.random() < ARTERIAL_BOLUS else 0.0}
     ven = rng.uniform(120.0, 220.0)  # portal-venous
     return {"arterial": ven + rng.uniform(0.0, 40.0), "venous": ven, "heart_r": ven,
             "heart_l": ven + rng.uniform(0.0, 30.0), "kidney": rng.uniform(140.0, 220.0),
             "liver": rng.uniform(90.0, 140.0),
-            "bolus": rng.uniform(400.0, 1500.0) if rng.random() < 0.2 else 0.0}
+            "bolus": rng.uniform(400.0, 1500.0) if rng.random() < VENOUS_BOLUS else 0.0}
 
 
 def _level(spine: Spine, name: str, fallback: int) -> int:
@@ -241,15 +246,30 @@ def _veins(p: _Patient) -> None:
                    p.shoulders[(s + 1) // 2] + np.array([0.0, -15.0, -5.0])]
         radii = np.array([9.0, 8.0, 7.0, 6.0]) * rng.uniform(0.7, 1.2)
         if bolus and s == arm_side:
-            _bolus(p, np.array(brachio[::-1] + svc[:1]), np.r_[radii[:0:-1], 10.0, 10.0])
+            _bolus(p, np.array(brachio[::-1] + svc[:1]), np.r_[radii[:0:-1], 10.0, 10.0],
+                   arm=_arm_direction(p.pose, s))
         else:
             p.vessels.chain(ven, np.array(brachio), radii)
 
 
-def _bolus(p: _Patient, path: np.ndarray, radii: np.ndarray) -> None:
+def _arm_direction(pose, side: int) -> np.ndarray | None:
+    """(3,) world unit vector from a humeral head down its arm (as :func:`_arms` draws the
+    arm: up beside the head when raised, down at the side), or None when the scan shows
+    no arm. ``side``: -1 right, 1 left."""
+    if pose is None or not pose.arms_shown:
+        return None
+    way = np.array([side * 0.05, -0.05, 1.0]) if pose.raised else np.array(
+        [side * 0.15, 0.03, -1.0])
+    return way / np.linalg.norm(way)
+
+
+def _bolus(p: _Patient, path: np.ndarray, radii: np.ndarray,
+           arm: np.ndarray | None = None) -> None:
     """Undiluted contrast flowing from the injected arm's shoulder down ``path`` (N, 3)
     world mm, radii (N,) mm, to the superior vena cava's lower end, then into the right
-    atrium.
+    atrium; with ``arm`` (a unit vector down the arm from the shoulder), from the arm's
+    veins first: 60-280 mm of the brachial and basilic veins, medial to the humerus,
+    between the injection site at the elbow and the shoulder.
 
     The contrast is densest in the arm and brachiocephalic veins (up to
     :data:`BOLUS_CEILING_HU`) and mixes with unopacified blood on its way down: each
@@ -262,6 +282,12 @@ def _bolus(p: _Patient, path: np.ndarray, radii: np.ndarray) -> None:
     bolus = p.blood["bolus"]
     peak = min(bolus * rng.uniform(1.0, 1.6), BOLUS_CEILING_HU)
     low = bolus * rng.uniform(0.25, 0.8)
+    if arm is not None:
+        reach = rng.uniform(60.0, 280.0)
+        medial = np.array([-np.sign(arm[0]) * rng.uniform(5.0, 20.0), -5.0, 0.0])
+        vein = [path[0] + reach * f * arm + f * medial for f in (1.0, 0.5)]
+        path = np.concatenate([vein, path])
+        radii = np.r_[rng.uniform(3.0, 5.0, 2), radii]
     n = len(path) - 1
     bend = rng.uniform(0.5, 2.0)  # how soon along the path the contrast mixes
     for k in range(n):

@@ -3,6 +3,8 @@ augmentation and the named recipes that use them."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -461,6 +463,33 @@ def test_bolus_dilutes_from_the_arm_to_the_vena_cava_without_touching_the_scans_
     assert segments[-1] <= 0.88 * bolus < segments[0]
     if jet:
         assert jet[0] <= segments[-1] / 0.9
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), raised=st.booleans(), side=st.sampled_from([-1, 1]))
+def test_bolus_fills_the_injected_arms_veins_first_when_the_arm_is_in_the_scan(
+        seed, raised, side):
+    from vertebra.data._clinical import _arm_direction, _bolus
+    from vertebra.data._scene import ShoulderPose
+
+    pose = ShoulderPose(raised=raised, arms_shown=True, turn_deg=0.0, shrug_mm=0.0)
+    arm = _arm_direction(pose, side)
+    assert np.isclose(np.linalg.norm(arm), 1.0)
+    assert (arm[2] > 0.9) == raised and (arm[2] < -0.9) != raised  # up or down the arm
+    assert np.sign(arm[0]) == side  # away from the midline, on the injected side
+    assert _arm_direction(replace(pose, arms_shown=False), side) is None
+    path = np.array([[150.0 * side, -40, 0], [75 * side, -40, 0], [30 * side, -45, 5],
+                     [-20, -60, 0], [-20, -85, -60]])
+    radii = np.array([6.0, 7, 8, 10, 10])
+    without, with_arm = _BolusPatient(seed, 1500.0), _BolusPatient(seed, 1500.0)
+    _bolus(without, path, radii)
+    _bolus(with_arm, path, radii, arm=arm)
+    # the shoulder-to-cava segments, two segments of arm vein before them, and maybe the
+    # jet into the atrium
+    assert len(without.hu) in (4, 5) and len(with_arm.hu) in (6, 7)
+    # the injection reaches the scan undiluted in the arm (within the 10 % jitter)
+    assert with_arm.hu[0] >= 0.9 * 1500.0
+    assert with_arm.rng.bit_generator.state == without.rng.bit_generator.state
 
 
 # ------------------------------------------------------------------ the shoulder girdle
