@@ -53,7 +53,7 @@ def _row(images: list[np.ndarray]) -> np.ndarray:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("docs/sim-vs-real.png"))
-    parser.add_argument("--seeds", default="2024,2031", help="phantom seeds (comma-separated)")
+    parser.add_argument("--seeds", default="2024,2040", help="phantom seeds (comma-separated)")
     args = parser.parse_args(argv)
 
     from PIL import Image, ImageDraw
