@@ -7,9 +7,9 @@ take a contrast-filled vein, the heart or an arm for bone. This module adds, for
 at random per scan so that no single appearance is learnt:
 
 * a contrast phase (none, arterial, venous) that sets the blood's CT number in the
-  heart, aorta, venae cavae and pulmonary vessels, and sometimes a dense undiluted
-  bolus in one arm's veins and the superior vena cava, diluting on its way to the right
-  atrium;
+  heart, aorta, venae cavae and pulmonary vessels, and often a dense undiluted bolus
+  from the injected arm's veins through the superior vena cava, diluting on its way to
+  the right atrium;
 * organs at their own CT numbers: liver, spleen, kidneys (cortex brighter in contrast),
   psoas muscles, visceral fat, bowel with or without oral contrast, lung vessels;
 * arms down at the sides or raised above the head, with humerus, radius and ulna;
@@ -253,9 +253,9 @@ def _veins(p: _Patient) -> None:
 
 
 def _arm_direction(pose, side: int) -> np.ndarray | None:
-    """(3,) world unit vector from a humeral head down its arm (as :func:`_arms` draws the
-    arm: up beside the head when raised, down at the side), or None when the scan shows
-    no arm. ``side``: -1 right, 1 left."""
+    """(3,) world unit vector from a humeral head towards its elbow, the mean of the
+    directions :func:`_arms` draws (up beside the head when raised, down at the side), or
+    None when the scan shows no arm. ``side``: -1 right, 1 left."""
     if pose is None or not pose.arms_shown:
         return None
     way = np.array([side * 0.05, -0.05, 1.0]) if pose.raised else np.array(
@@ -267,7 +267,7 @@ def _bolus(p: _Patient, path: np.ndarray, radii: np.ndarray,
            arm: np.ndarray | None = None) -> None:
     """Undiluted contrast flowing from the injected arm's shoulder down ``path`` (N, 3)
     world mm, radii (N,) mm, to the superior vena cava's lower end, then into the right
-    atrium; with ``arm`` (a unit vector down the arm from the shoulder), from the arm's
+    atrium; with ``arm`` (a unit vector from the shoulder towards the elbow), from the arm's
     veins first: 60-280 mm of the brachial and basilic veins, medial to the humerus,
     between the injection site at the elbow and the shoulder.
 
