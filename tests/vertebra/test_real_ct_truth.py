@@ -328,3 +328,34 @@ def test_restored_keeps_every_voxel_at_its_world_position(real_ct):
     np.testing.assert_allclose(out.voxel_to_world(back.astype(np.float64)), world, atol=1e-9)
     np.testing.assert_array_equal(out.data[back[:, 2], back[:, 1], back[:, 0]],
                                   vol.data[k, j, i])
+
+
+def test_clear_below_clears_only_the_structures_below_the_height(real_ct):
+    from drrkit.volume import hu_to_mu
+
+    # a column of five voxels along k (world z = 2 k mm), ids 10 (lung) and 30 (vertebra)
+    ids = np.array([10, 10, 30, 10, 10], dtype=np.float32).reshape(5, 1, 1)
+    hu = np.array([-850.0, -700.0, 600.0, -900.0, -800.0], dtype=np.float32).reshape(5, 1, 1)
+    ct = drrkit.Volume(hu_to_mu(hu), spacing=(1.0, 1.0, 2.0))
+    out, count = real_ct.clear_below(ct, drrkit.Volume(ids, spacing=(1.0, 1.0, 2.0)), [10],
+                                     z_mm=5.0, soft_hu=40.0)
+    want = hu.copy()
+    want[[0, 1], 0, 0] = 40.0  # z = 0 and 2 mm lie below 5 mm; the vertebra at 4 mm stays
+    np.testing.assert_allclose(out.data, hu_to_mu(want), rtol=1e-6)
+    assert count == 2
+
+
+def test_chest_spine_lungs_variants_change_only_lung_voxels_below_the_level(real_ct, chest):
+    files, full = chest
+    lungs = real_ct.lung_ids(files.id_table)
+    assert len(lungs) == 5  # TotalSegmentator's five lobes
+    case, cut = real_ct.load_case("chest-spine-lungs-t11"), real_ct.load_case("chest-spine")
+    assert real_ct.describe_cut(case).endswith("with its lungs below T11's centroid set to 40 HU")
+    changed = case.ct.data != cut.ct.data
+    raw = np.rint(drrkit.load_volume(files.mask, units="mu").crop(
+        *real_ct.cut_bounds(drrkit.load_volume(files.ct), case.cut,
+                            np.mean(list(full.centroids.values()), axis=0))).data)
+    assert changed.sum() > 1000 and np.all(np.isin(raw[changed], lungs))
+    k = np.nonzero(changed)[0]
+    z = case.ct.voxel_to_world(np.stack([np.zeros_like(k), np.zeros_like(k), k], 1).astype(float))[:, 2]
+    assert np.all(z < full.centroids[vlabels.by_name("T11").verse_id][2])
