@@ -588,6 +588,10 @@ def _head(bone, soft, m, c1: _Local, hs: float, pitch: float) -> _Local:
     return H
 
 
+#: Diaphragm drop (mm) beyond which the last rib level gets a lung lobe too.
+LAST_LOBE_DROP = 60.0
+
+
 def _organs(soft, m, spine: Spine, locs, width, rng, lungs=(1.0, 1.0, 0.0)):
     """Lungs (lobes per rib level, minus diaphragm, heart and mediastinum), pharynx,
     trachea and main bronchi, bowel and stomach gas.
@@ -595,13 +599,15 @@ def _organs(soft, m, spine: Spine, locs, width, rng, lungs=(1.0, 1.0, 0.0)):
     ``lungs`` = (fx, fy, drop): fx and fy grow each lobe's transverse and anteroposterior
     radius (>= 1, a deeper inspiration or a slimmer chest wall; the lobe keeps its lateral
     edge and grows towards the mediastinum, which stays carved out); drop > 0 lowers the
-    diaphragm domes by that many mm and gives the second-last rib level a lobe too, so the
-    lungs reach the posterior costophrenic recesses as in a full inspiration.
+    diaphragm domes by that many mm and gives the second-last rib level a lobe too (beyond
+    :data:`LAST_LOBE_DROP` mm the last one as well), so the lungs reach the posterior
+    costophrenic recesses as in a full inspiration.
     """
     lung, air = m["lung"], m["air"]
     rib_levels = [i for i, d in enumerate(spine.dims) if d.ribs != "none"]
     fx, fy, drop = lungs
-    for i in rib_levels[:len(rib_levels) - (1 if drop > 0 else 2)]:
+    left_out = 0 if drop > LAST_LOBE_DROP else 1 if drop > 0 else 2
+    for i in rib_levels[:len(rib_levels) - left_out]:
         d = spine.dims[i]
         r = d.rib_index - 1
         A, B = _RIB_A[min(r, 12)] * width, _RIB_B[min(r, 12)] * width

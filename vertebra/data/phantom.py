@@ -68,6 +68,11 @@ MIN_VISIBLE = 0.5
 #: of view centred on the spine (:data:`SPINE_FOV_MM` wide) instead of the whole trunk.
 SPINE_FOV_SHARE = 0.3
 
+#: Range (mm) of how far the clinical phantoms' diaphragm sits below the plain phantom's:
+#: where the lungs end against the spine, from about T10 to L1 (breath and build move a
+#: real lung base by several levels; decision ``lung-base``).
+LUNG_DROP_MM = (10.0, 100.0)
+
 #: Range (mm) of a spine protocol's field of view, widened where the vertebral bodies
 #: need it.
 SPINE_FOV_MM = (90.0, 250.0)
@@ -526,7 +531,7 @@ def make_spine_phantom(
     grid, (i0, i1) = _choose_grid(spine, levels, size, spacing, fov, r_fov, wide, tight)
     grid = _coarser(grid, float(voxel_scale))
     metal_levels = _metal_levels(spine, (i0, i1), metal, r_metal)
-    lungs = ((r_look.uniform(1.0, 1.25), r_look.uniform(1.0, 1.18), r_look.uniform(10.0, 60.0))
+    lungs = ((r_look.uniform(1.0, 1.25), r_look.uniform(1.0, 1.18), r_look.uniform(*LUNG_DROP_MM))
              if clinical else (1.0, 1.0, 0.0))
     variants = _bone_variants(spine, (ribless_share, calcified_disc_share), r_ribs, r_discs,
                               clinical)

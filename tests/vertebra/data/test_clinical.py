@@ -642,3 +642,21 @@ def test_thick_slices_average_a_step_over_the_slab():
     kept = np.arange(8, dtype=np.float32).reshape(8, 1, 1).copy()
     assert _clinical.thick_slices(kept, 1.0, Never()) is None
     np.testing.assert_array_equal(kept[:, 0, 0], np.arange(8))
+
+
+def test_a_deep_diaphragm_gives_the_last_rib_level_a_lung_lobe_too():
+    """Lobes per rib level: the last two left out of a plain scene, the last one of a
+    clinical scene whose diaphragm drops up to LAST_LOBE_DROP mm, none beyond; the drop
+    range reaches past that bound."""
+    from vertebra.data._scene import LAST_LOBE_DROP, build_scene
+    from vertebra.data.anatomy import build_spine, level_names
+    from vertebra.data.phantom import LUNG_DROP_MM
+
+    spine = build_spine(level_names(), np.random.default_rng(0), 1.0)
+
+    def soft(drop):
+        return len(build_scene(spine, np.random.default_rng(1), lungs=(1.0, 1.0, drop)).soft)
+
+    plain, shallow, deep = soft(0.0), soft(LAST_LOBE_DROP), soft(LAST_LOBE_DROP + 1.0)
+    assert shallow == plain + 2 and deep == shallow + 2  # one lobe on each side per level
+    assert LUNG_DROP_MM[0] > 0 and LUNG_DROP_MM[1] > LAST_LOBE_DROP
