@@ -68,9 +68,9 @@ MIN_VISIBLE = 0.5
 #: of view centred on the spine (:data:`SPINE_FOV_MM` wide) instead of the whole trunk.
 SPINE_FOV_SHARE = 0.3
 
-#: Range (mm) of how far the clinical phantoms' diaphragm sits below the plain phantom's:
-#: where the lungs end against the spine, from about T10 to L1 (breath and build move a
-#: real lung base by several levels; decision ``lung-base``).
+#: Range (mm) of how far the clinical phantoms' diaphragm sits below the plain phantom's,
+#: so that where the lungs end against the spine varies over several levels, as breath and
+#: build move a real lung base (decision ``lung-base``).
 LUNG_DROP_MM = (10.0, 100.0)
 
 #: Range (mm) of a spine protocol's field of view, widened where the vertebral bodies
