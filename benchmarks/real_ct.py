@@ -40,6 +40,9 @@ they are counted from the shoulder girdle. ``chest-thick`` reconstructs the ches
 routine chest and abdomen CTs often come; its ground truth is the whole chest's.
 ``chest-restored`` is the chest stored with its index axes permuted and two reversed
 (:func:`restored`), every voxel where it was: its labels must be the chest's.
+``chest-spine-lungs-t11`` and ``-t10`` are the spine-protocol cut with the lungs' voxels
+below T11's (T10's) centroid set to soft tissue (:func:`clear_below`), as if the lungs
+ended higher against the spine: they show whether the labels are counted from the lungs.
 
 Ground truth (:func:`load_truth`): each vertebra's centroid is the centre of mass of its
 mask voxels in world LPS mm, VerSe's definition, computed on the mask's own voxel grid
