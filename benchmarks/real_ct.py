@@ -23,7 +23,8 @@ Variants (:data:`VARIANTS`, run by default after the shipped cases): the chest C
 other protocols show the same spine, CT and mask alike, with exact geometry
 (:meth:`drrkit.Volume.crop`): ``chest-spine`` keeps a 150 mm square field of view centred
 on the whole vertebrae (a spine protocol's reconstruction: no arms, most ribs and organs
-gone), ``chest-upper`` and ``chest-lower`` the superior and inferior halves of its
+gone) and ``chest-spine-narrow`` a 110 mm one (a crop around the spine, as segmentation
+data sets store it: the transverse processes of the upper vertebrae cut), ``chest-upper`` and ``chest-lower`` the superior and inferior halves of its
 length (a scan that starts or ends mid-thorax). Their ground truth comes from the cut
 mask by the same edge rule, so a vertebra the cut passes through is left out. They are
 the same patient, not more test data: they show whether the labels hold when the field
@@ -108,6 +109,7 @@ TRUTH_SOURCE = {
 #: whether a labelling holds when the view of the same spine changes.
 VARIANTS = {
     "chest-spine": ("chest", {"fov_mm": 150.0}),
+    "chest-spine-narrow": ("chest", {"fov_mm": 110.0}),
     "chest-upper": ("chest", {"keep": (0.5, 1.0)}),
     "chest-lower": ("chest", {"keep": (0.0, 0.5)}),
     "chest-no-bolus": ("chest", {"blood_hu": 180.0}),

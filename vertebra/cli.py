@@ -256,6 +256,9 @@ def label(
         "--chain/--no-chain", help="Place the vertebrae as one chain along the spine: "
         "move them where the heatmap is flat, add one where a wide gap's heatmap shows it "
         "(default: the bundle's setting, else no).")] = None,
+    complete_body: Annotated[bool | None, typer.Option("--complete-body/--no-complete-body",
+        help="Render a scan whose small field of view the body fills (a spine protocol, a "
+        "crop) inside a trunk of soft tissue (default: the bundle's setting, else no).")] = None,
     pictures: Annotated[bool, typer.Option(
         "--pictures/--no-pictures", help="Write the PNGs.")] = True,
 ) -> None:
@@ -280,9 +283,9 @@ def label(
 
         nets = load_networks(model, localizer, identifier, device=device,
                              precision=precision)
-        config = _label_config(nets, {"localizer_views": views, "allow_t13": t13,
-                                      "mirror": mirror, "correction": correction,
-                                      "voting": voting}, extend_ends, chain)
+        given = {"localizer_views": views, "allow_t13": t13, "mirror": mirror,
+                 "correction": correction, "voting": voting, "complete_body": complete_body}
+        config = _label_config(nets, given, extend_ends, chain)
     failed = _label_all(cases, batch, nets, config, out,
                         {"backend": backend, "nan": nan, "pictures": pictures})
     if failed:

@@ -109,6 +109,10 @@ class DemoConfig:
         chain_weight: weight of the chain placement's spacing prior, stored in the
             networks bundle (``PipelineConfig.chain_weight``; None: off). The ``real-ct``
             recipe turns it on (decision ``chain-placement``).
+        complete_body: label scans whose small field of view the body fills inside a
+            completed trunk, stored in the networks bundle
+            (``PipelineConfig.complete_body``; None: off). The ``real-ct`` recipe turns
+            it on (decision ``body-completion``).
         threads: torch CPU threads (None: torch's default).
         pictures: write the PNGs of every held-out case.
         recipe: the recipe's name, recorded in the report and the networks bundle.
@@ -163,6 +167,7 @@ class DemoConfig:
     tolerance_mm: float | None = None
     mirror: bool | None = None
     chain_weight: float | None = None
+    complete_body: bool | None = None
     threads: int | None = None
     pictures: bool = True
     device: str = "cpu"
@@ -255,7 +260,7 @@ class DemoConfig:
     def pipeline_settings(self) -> dict:
         """:class:`vertebra.pipeline.PipelineConfig` fields stored in the networks bundle."""
         names = ("localizer_views", "peak_threshold", "extend_threshold", "allow_t13",
-                 "tolerance_mm", "mirror", "chain_weight")
+                 "tolerance_mm", "mirror", "chain_weight", "complete_body")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     @classmethod
@@ -270,7 +275,7 @@ class DemoConfig:
                   "train_phantoms": 192, "identifier_phantoms": 400,
                   "localizer_iterations": 18000, "identifier_iterations": 7000,
                   "cache_mib": 8192.0, "tolerance_mm": 8.0, "mirror": True,
-                  "chain_weight": 3.0}
+                  "chain_weight": 3.0, "complete_body": True}
         values.update(changes)
         return cls(**values)
 

@@ -7,7 +7,10 @@ in turn, each a function of this module passing a typed result to the next:
 :func:`correct` (:class:`Labels`)):
 
 1. ``render``: K DRRs of the CT with the network's :class:`vertebra.views.ViewConfig`
-   (drrkit; CUDA when available), normalised to network inputs (K, H, W).
+   (drrkit; CUDA when available), normalised to network inputs (K, H, W). With
+   ``complete_body``, a scan whose small field of view the body fills (a spine
+   protocol's reconstruction, a crop around the spine) is first placed in a trunk of
+   soft tissue (:mod:`drrkit.completion`), and both networks see the views of that.
 2. ``localize``: the localization network -> heatmaps (K, H, W).
 3. ``peaks``: 2-D detections per view by density-peak clustering
    (:func:`vertebra.peaks.density_peaks`); distances in mm at the isocentre.
@@ -74,6 +77,7 @@ from pathlib import Path
 import numpy as np
 
 import drrkit
+from drrkit.completion import complete_body, needs_completion
 from vertebra import labels as vlabels
 from vertebra.correction import Correction, correct_tracks, crowded, gap_rows
 from vertebra.errors import VertebraError
@@ -164,6 +168,12 @@ class PipelineConfig:
             at least this share of its value at the track (0 < share <= 1).
         chain_tolerance: spacing changes from one vertebra to the next up to this share
             of their mean cost nothing in the chain placement's prior (>= 0).
+        complete_body: a scan whose small field of view the body fills
+            (:func:`drrkit.completion.needs_completion`: a spine protocol's reconstruction,
+            a crop around the spine) is rendered with the trunk it cuts completed by soft
+            tissue (:func:`drrkit.completion.complete_body`), so its views show the spine
+            against a whole trunk's tissue as the networks' training scans do; the
+            points are still kept to the scan's own box.
     """
 
     peak_threshold: float = 0.4
@@ -193,6 +203,7 @@ class PipelineConfig:
     chain_cost: float = 0.8
     chain_plateau: float = 0.85
     chain_tolerance: float = 0.1
+    complete_body: bool = False
 
     def __post_init__(self) -> None:
         if self.voting not in VOTING:
@@ -309,6 +320,9 @@ class LabelResult:
         inputs: (K, H, W) float32 network inputs.
         heatmaps: (K, H, W) float32 localization output.
         timings: {stage: seconds}.
+        completed: the views were rendered with the trunk completed
+            (``PipelineConfig.complete_body``); ``geometry`` and ``inputs`` are of the
+            completed scan.
     """
 
     vertebrae: tuple[LabelledVertebra, ...]
@@ -335,6 +349,7 @@ class LabelResult:
     sacrum_below: float = float("nan")
     above_sacrum: bool = False
     added: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    completed: bool = False
 
     def centroids(self) -> dict[int, np.ndarray]:
         """{VerSe id: (3,) world mm} of the labelled vertebrae, superior first."""
@@ -938,9 +953,8 @@ def label_ct(
         identifier: (K, H, W) float32 inputs -> (K, C, H, W) probabilities, C = 27
             (channel 0 background, 1..26 the classes of :mod:`vertebra.labels`).
         views: how the CT becomes network inputs (must be the networks' training views).
-        identifier_views: the identifier's own views when it was trained on others (e.g.
-            coarser pixels: identification needs context, localization detail), rendered
-            apart, the 3-D centroids re-projected into them; None: ``views``.
+        identifier_views: the identifier's own views when trained on others (coarser
+            pixels: identification needs context), rendered apart; None: ``views``.
         config: settings of the later stages.
         backend: drrkit render backend ("auto", "cpu", "cuda").
         progress: called with each stage's name as it starts.
@@ -955,8 +969,9 @@ def label_ct(
     clock = _Clock(progress)
 
     clock.start("render")
-    geometry = views.geometry(volume)
-    attenuation = views.attenuation(volume)  # bone-enhanced once for both networks' views
+    scene = completed_scene(volume, config)
+    geometry = views.geometry(scene)
+    attenuation = views.attenuation(scene)  # bone-enhanced once for both networks' views
     inputs = views.render(attenuation, geometry, backend=backend, enhanced=True)
     clock.done("render")
 
@@ -976,7 +991,7 @@ def label_ct(
     clock.done("match")
 
     clock.start("identify")
-    ident = identify_tracks(tracks.points, volume, identifier, inputs, geometry, views,
+    ident = identify_tracks(tracks.points, scene, identifier, inputs, geometry, views,
                             identifier_views, attenuation, config, backend)
     clock.done("identify")
 
@@ -997,7 +1012,17 @@ def label_ct(
         correspondence=tracks.correspondence, kept=tracks.kept, extended=tracks.extended,
         geometry=geometry, inputs=inputs, heatmaps=heatmaps, timings=clock.timings,
         sacrum=votes.sacrum, sacrum_below=votes.below,
-        above_sacrum=bool(labels.above_sacrum and len(vertebrae)), added=tracks.added)
+        above_sacrum=bool(labels.above_sacrum and len(vertebrae)), added=tracks.added,
+        completed=scene is not volume)
+
+
+def completed_scene(volume: drrkit.Volume, config: PipelineConfig) -> drrkit.Volume:
+    """What the views integrate: ``volume`` itself, or with ``config.complete_body`` and a
+    small field of view the body fills (:func:`drrkit.completion.needs_completion`), the
+    scan inside a completed trunk (:func:`drrkit.completion.complete_body`)."""
+    if config.complete_body and needs_completion(volume):
+        return complete_body(volume)
+    return volume
 
 
 # ---------------------------------------------------------------------- torch networks

@@ -343,6 +343,7 @@ def result_summary(result, **extra) -> dict:
         "sacrum_below": (None if not np.isfinite(result.sacrum_below)
                          else round(float(result.sacrum_below), 4)),
         "above_sacrum": bool(result.above_sacrum),
+        "completed_body": bool(getattr(result, "completed", False)),
         "vertebrae": [{
             "label": v.verse_id, "name": v.name, "region": v.region,
             "world_mm": [round(float(x), 3) for x in v.world],

@@ -71,6 +71,7 @@ def test_demo_config_and_cli_errors(tmp_path):
     real = DemoConfig.real_ct().pipeline_settings()
     assert real["tolerance_mm"] == 8.0 and real["mirror"] is True
     assert PipelineConfig(**real).mirror and PipelineConfig(**real).chain_weight == 3.0
+    assert PipelineConfig(**real).complete_body and not PipelineConfig().complete_body
     (tmp_path / "file").write_text("x")
     res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "file")])
     assert res.exit_code == 2 and "not a folder" in res.stderr

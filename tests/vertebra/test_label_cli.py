@@ -69,14 +69,17 @@ def test_label_one_ct_with_a_random_checkpoint(data, tiny_checkpoint):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging left
     res = runner.invoke(app, ["label", str(ct_of(data)), "--model", str(tiny_checkpoint[0]),
                               "--out", str(data / "out_no_t13"), "--no-t13", "--mirror",
-                              "--chain", "--no-pictures"])
+                              "--chain", "--complete-body", "--no-pictures"])
     assert res.exit_code == 0, res.output
     summary = json.loads((data / "out_no_t13" / f"{stem}_label.json").read_text())
     assert summary["pipeline"]["allow_t13"] is False
     assert summary["pipeline"]["mirror"] is True and not (out / f"{stem}_label.json").read_text(
         ).count('"mirror": true')
     assert summary["pipeline"]["chain_weight"] == WEIGHT
-    assert json.loads((out / f"{stem}_label.json").read_text())["pipeline"]["chain_weight"] is None
+    assert summary["pipeline"]["complete_body"] is True
+    first = json.loads((out / f"{stem}_label.json").read_text())
+    assert first["pipeline"]["chain_weight"] is None
+    assert first["pipeline"]["complete_body"] is False and first["completed_body"] is False
 
 
 def test_label_folder_with_oracle_networks_writes_the_truth(data, monkeypatch, tmp_path):

@@ -526,3 +526,27 @@ def test_thick_slices_are_warned_about(thoracic, thoracic_maps):
         label_ct(thick, nothing, background, views=VIEWS)
     said = [str(w.message) for w in caught]
     assert any(m.startswith("slices 5.0 mm apart") for m in said), said
+
+
+def test_a_cut_scan_is_rendered_in_a_completed_trunk():
+    """With ``complete_body``, a scan whose 100 mm field of view the body fills is
+    rendered inside the completed trunk (the maps the networks see are of its views) and
+    labelled exactly, its points in the scan's own box; a whole trunk, or the option
+    off, renders the scan itself."""
+    from drrkit.completion import complete_body, needs_completion
+
+    ph = make_spine_phantom(0, size="small", fov=100.0)
+    vol = mu(ph)
+    assert needs_completion(vol)
+    completed = complete_body(vol)
+    heat, probs, _ = oracle(completed, ph.centroids)
+    r = run(vol, heat, probs, config=PipelineConfig(complete_body=True))
+    assert r.completed
+    assert r.geometry.shape == VIEWS.geometry(completed).shape != VIEWS.geometry(vol).shape
+    np.testing.assert_allclose(r.inputs, VIEWS.render(completed, VIEWS.geometry(completed),
+                                                      backend="cpu"))
+    check(r, ph.centroids)
+    heat, probs, _ = oracle(vol, ph.centroids)
+    off = run(vol, heat, probs)
+    assert not off.completed
+    check(off, ph.centroids)
