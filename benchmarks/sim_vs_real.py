@@ -62,11 +62,11 @@ def main(argv=None) -> int:
     from PIL import Image, ImageDraw
 
     import drrkit
+    from drrkit.completion import complete_body, needs_completion
     from vertebra.data.phantom import make_spine_phantom
     from vertebra.training.config import TrainConfig
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from drrkit.completion import complete_body, needs_completion
     from real_ct import CASES, load_case
 
     view_config = TrainConfig.cpu_demo("localization").views
