@@ -69,12 +69,15 @@ def _ellipse_ring(shape_xyz, inplane: list[int], width: float = 2.0) -> np.ndarr
     return (r <= 1.0) & (r >= 1.0 - width / min(ra, rb))
 
 
+def _slices_first(inplane: list[int]) -> list[int]:
+    """The axes of a (Z, Y, X) array in the order (slice axis, *inplane) of index axes."""
+    slice_axis = ({0, 1, 2} - set(inplane)).pop()
+    return [2 - axis for axis in (slice_axis, *inplane)]  # index axis a is array axis 2 - a
+
+
 def _inplane_view(data: np.ndarray, inplane: list[int]) -> np.ndarray:
     """``data`` (Z, Y, X) as (slices, n_a, n_b) over the index axes (slice, *inplane)."""
-    axis_of = {0: 2, 1: 1, 2: 0}  # index axis (i, j, k) -> array axis of (Z, Y, X)
-    slice_axis = ({0, 1, 2} - set(inplane)).pop()
-    order = [axis_of[slice_axis], axis_of[inplane[0]], axis_of[inplane[1]]]
-    return np.transpose(data, order)
+    return np.transpose(data, _slices_first(inplane))
 
 
 def truncation(volume: Volume, tissue_hu: float = TISSUE_HU,
@@ -188,10 +191,7 @@ def complete_body(volume: Volume, *, body_mm: tuple[float, float] = BODY_MM,
 
 def _unview(inside: np.ndarray, inplane: list[int]) -> np.ndarray:
     """The (slices, n_a, n_b) array of :func:`_inplane_view` back as (Z, Y, X)."""
-    axis_of = {0: 2, 1: 1, 2: 0}
-    slice_axis = ({0, 1, 2} - set(inplane)).pop()
-    order = [axis_of[slice_axis], axis_of[inplane[0]], axis_of[inplane[1]]]
-    return np.transpose(inside, np.argsort(order))
+    return np.transpose(inside, np.argsort(_slices_first(inplane)))
 
 
 def _padding(volume: Volume, inplane: list[int], a: float, b: float,
