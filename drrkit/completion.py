@@ -3,8 +3,8 @@
 A spine protocol reconstructs a small field of view centred on the spine (often 100-180 mm),
 and crops made for segmentation keep only a box around the vertebrae. Their DRRs integrate
 the tissue inside that box alone, so the spine shows against far less soft tissue than in
-any scan of the whole trunk, and networks trained on whole-trunk views misread it (they
-find vertebrae at half their spacing in a 90 mm crop). CT reconstruction meets the same
+any scan of the whole trunk, an input networks trained on whole-trunk views may misread
+(decision ``body-completion``). CT reconstruction meets the same
 gap in truncated projections and bridges it with water-equivalent cylinders (truncation
 correction); :func:`complete_body` does it in the volume: the CT is padded in plane and
 the voxels the scan does not hold (the padding, and the air outside the inscribed
@@ -58,15 +58,20 @@ def _inplane_axes(volume: Volume) -> list[int]:
     return [a for a in range(3) if a != volume.slice_axis]
 
 
-def _ellipse_ring(shape_xyz, inplane: list[int], width: float = 2.0) -> np.ndarray:
-    """(n_a, n_b) bool: the voxels within ``width`` voxels inside the inscribed ellipse of
-    the in-plane index box (axes ``inplane`` in order)."""
+def _inscribed_radius(shape_xyz, inplane: list[int]) -> np.ndarray:
+    """(n_a, n_b) each in-plane voxel's radius on the inscribed ellipse's scale of the
+    in-plane index box (axes ``inplane`` in order): 1 on the ellipse, 0 at the centre."""
     na, nb = (shape_xyz[a] for a in inplane)
-    ra, rb = max(na / 2.0, 1.0), max(nb / 2.0, 1.0)
-    ia = (np.arange(na) + 0.5 - na / 2.0)[:, None] / ra
-    ib = (np.arange(nb) + 0.5 - nb / 2.0)[None, :] / rb
-    r = np.sqrt(ia**2 + ib**2)
-    return (r <= 1.0) & (r >= 1.0 - width / min(ra, rb))
+    ia = (np.arange(na) + 0.5 - na / 2.0)[:, None] / max(na / 2.0, 1.0)
+    ib = (np.arange(nb) + 0.5 - nb / 2.0)[None, :] / max(nb / 2.0, 1.0)
+    return np.sqrt(ia**2 + ib**2)
+
+
+def _ellipse_ring(shape_xyz, inplane: list[int], width: float = 2.0) -> np.ndarray:
+    """(n_a, n_b) bool: the voxels within ``width`` voxels inside the inscribed ellipse."""
+    r = _inscribed_radius(shape_xyz, inplane)
+    half = max(min(shape_xyz[a] for a in inplane) / 2.0, 1.0)
+    return (r <= 1.0) & (r >= 1.0 - width / half)
 
 
 def _slices_first(inplane: list[int]) -> list[int]:
@@ -161,11 +166,8 @@ def complete_body(volume: Volume, *, body_mm: tuple[float, float] = BODY_MM,
         add = _padding(volume, inplane, a, b, body_centre - centre)
     data = np.asarray(volume.data, dtype=np.float32)
     pad = [(int(add[2]),) * 2, (int(add[1]),) * 2, (int(add[0]),) * 2]
-    n_slices = volume.shape_xyz[volume.slice_axis]
-    na, nb = (volume.shape_xyz[i] for i in inplane)
-    ia = (np.arange(na) + 0.5 - na / 2.0)[:, None] / (na / 2.0)
-    ib = (np.arange(nb) + 0.5 - nb / 2.0)[None, :] / (nb / 2.0)
-    outside = np.broadcast_to((ia**2 + ib**2) > 1.0, (n_slices, na, nb))
+    radius = _inscribed_radius(volume.shape_xyz, inplane)
+    outside = np.broadcast_to(radius > 1.0, (volume.shape_xyz[volume.slice_axis], *radius.shape))
     empty = data < hu_to_mu(np.float32(EMPTY_HU), mu_water)
     missing = empty & _unview(outside, inplane)
     big = np.pad(data, pad, constant_values=0.0)
