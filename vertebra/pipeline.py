@@ -241,8 +241,10 @@ class PipelineConfig:
                                 f"got {self.sacrum_threshold}")
         if int(self.extend_min_views) < 2 or not 0 < self.extend_tolerance < 1:
             raise VertebraError("need extend_min_views >= 2 and 0 < extend_tolerance < 1")
-        if not isinstance(self.mirror, (bool, np.bool_)):
-            raise VertebraError(f"mirror must be true or false, got {self.mirror!r}")
+        for name in ("mirror", "complete_body"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise VertebraError(f"{name} must be true or false, got "
+                                    f"{getattr(self, name)!r}")
         if self.chain_weight is not None and not (np.isfinite(self.chain_weight)
                                                   and self.chain_weight >= 0):
             raise VertebraError(f"chain_weight must be >= 0 (or None), got {self.chain_weight}")

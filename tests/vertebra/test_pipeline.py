@@ -550,3 +550,5 @@ def test_a_cut_scan_is_rendered_in_a_completed_trunk():
     off = run(vol, heat, probs)
     assert not off.completed
     check(off, ph.centroids)
+    with pytest.raises(DrrkitError, match="complete_body must be true or false"):
+        PipelineConfig(complete_body="yes")
