@@ -628,9 +628,11 @@ def train(
 
 
 # ====================================================================== demo
-def _run_config(recipe: str, device: str, threads: int | None, *, quick: bool = False):
+def _run_config(recipe: str, device: str, threads: int | None, *, quick: bool = False,
+                seed: int = 0):
     """The :class:`vertebra.demo.DemoConfig` of a named recipe (or the quick smoke run) on
-    ``device`` with ``threads`` torch threads; DrrkitError on bad values."""
+    ``device`` with ``threads`` torch threads and training seed ``seed``; VertebraError on
+    bad values."""
     from dataclasses import replace
 
     from vertebra.demo import DemoConfig, recipe_config
@@ -642,7 +644,7 @@ def _run_config(recipe: str, device: str, threads: int | None, *, quick: bool = 
         if threads < 1:
             raise VertebraError(f"--threads must be >= 1, got {threads}")
         config = replace(config, threads=threads)
-    return config
+    return replace(config, seed=seed)
 
 
 @app.command()
@@ -662,6 +664,9 @@ def demo(
                                              "phantoms) or real-ct (clinical phantoms, "
                                              "strong augmentation, for real scans).")
                       ] = "cpu-demo",
+    seed: Annotated[int, typer.Option(help="Training seed of the networks; runs of one "
+                                           "recipe that differ only in it are members of "
+                                           "an ensemble (vertebra ensemble).")] = 0,
 ) -> None:
     """The whole method on a CPU: phantoms, pre-training, both networks, labelling of
     held-out phantoms, VerSe scores per region and pictures.
@@ -670,6 +675,7 @@ def demo(
 
         $ vertebra demo --out demo/
         $ vertebra demo --out real-ct/ --recipe real-ct
+        $ vertebra demo --out real-ct-2/ --recipe real-ct --seed 1
         $ vertebra demo --out demo-gpu/ --device cuda
     """
     import time
@@ -678,7 +684,7 @@ def demo(
 
     start = time.perf_counter()
     with cli_errors(every_warning=True):
-        config = _run_config(recipe, device, threads, quick=quick)
+        config = _run_config(recipe, device, threads, quick=quick, seed=seed)
         result = run_demo(out, config, log=typer.echo, progress=progress)
     print_pooled(result.pooled, title=f"{result.pooled['n_scans']} held-out phantoms, "
                                       "VerSe 20 mm")

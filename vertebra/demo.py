@@ -109,10 +109,13 @@ class DemoConfig:
         chain_weight: weight of the chain placement's spacing prior, stored in the
             networks bundle (``PipelineConfig.chain_weight``; None: off). The ``real-ct``
             recipe turns it on (decision ``chain-placement``).
-        complete_body: label scans whose small field of view the body fills inside a
-            completed trunk, stored in the networks bundle
-            (``PipelineConfig.complete_body``; None: off). The ``real-ct`` recipe turns
-            it on (decision ``body-completion``).
+        complete_body: show the networks scans whose small field of view the body
+            fills inside a completed trunk, in training
+            (:class:`vertebra.training.sources.CompletedSource`) and in labelling, where
+            the networks bundle stores it (``PipelineConfig.complete_body``); None: off.
+            The ``real-ct`` recipe turns it on (decision ``body-completion``).
+        seed: training seed of both networks and the pre-training
+            (``TrainConfig.seed``); runs that differ only in it are ensemble members.
         threads: torch CPU threads (None: torch's default).
         pictures: write the PNGs of every held-out case.
         recipe: the recipe's name, recorded in the report and the networks bundle.
@@ -168,6 +171,7 @@ class DemoConfig:
     mirror: bool | None = None
     chain_weight: float | None = None
     complete_body: bool | None = None
+    seed: int = 0
     threads: int | None = None
     pictures: bool = True
     device: str = "cpu"
@@ -184,6 +188,8 @@ class DemoConfig:
         for name in ("train_phantoms", "orbits", "held_out"):
             if int(getattr(self, name)) < 1:
                 raise VertebraError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if int(self.seed) < 0:
+            raise VertebraError(f"seed must be >= 0, got {self.seed}")
         if self.identifier_phantoms is not None and int(self.identifier_phantoms) < 1:
             raise VertebraError(f"identifier_phantoms must be >= 1, got {self.identifier_phantoms}")
         if self.held_out_start < max(self.train_phantoms, self.phantoms("identification")):
@@ -249,7 +255,10 @@ class DemoConfig:
         """:class:`TrainConfig` fields this recipe sets on top of ``TrainConfig.cpu_demo``."""
         from vertebra.training.config import AugmentConfig
 
-        return {} if self.augment == "mild" else {"augment": AugmentConfig.strong()}
+        changes = {} if self.augment == "mild" else {"augment": AugmentConfig.strong()}
+        if self.seed:
+            changes["seed"] = int(self.seed)
+        return changes
 
     def phantoms(self, task: str) -> int:
         """Training phantoms of the network for ``task``."""
@@ -364,18 +373,20 @@ def prepare_data(data: Path, config: DemoConfig, log: Callable[[str], None] = pr
         prerender_many,
         read_manifest,
     )
-    from vertebra.training.sources import CroppedSource, PhantomSource
+    from vertebra.training.sources import CompletedSource, CroppedSource, PhantomSource
 
     def copies(task: str) -> int:  # items per phantom: the whole scan and its crops
         return config.crops_of(task) + 1
 
-    def source(task: str, n: int) -> CroppedSource:  # n phantoms as ``task``'s network sees them
-        return CroppedSource(PhantomSource(range(n), c1_share=config.c1_share,
-                                           sacrum_share=config.sacrum_share_of(task),
-                                           clinical_share=config.clinical_share,
-                                           **config.phantom_options(task)),
-                             crops=config.crops_of(task),
-                             min_vertebrae=config.crop_min_vertebrae, reach=config.crop_reach)
+    def source(task: str, n: int):  # n phantoms as ``task``'s network sees them
+        cropped = CroppedSource(PhantomSource(range(n), c1_share=config.c1_share,
+                                              sacrum_share=config.sacrum_share_of(task),
+                                              clinical_share=config.clinical_share,
+                                              **config.phantom_options(task)),
+                                crops=config.crops_of(task),
+                                min_vertebrae=config.crop_min_vertebrae,
+                                reach=config.crop_reach)
+        return CompletedSource(cropped) if config.complete_body else cropped
 
     caches, todo = {}, {}
     for task in ("localization", "identification"):

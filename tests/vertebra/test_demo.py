@@ -1,6 +1,7 @@
 """`vertebra demo` plumbing at a tiny size (the accuracy is measured by the demo itself)."""
 
 import json
+from dataclasses import replace
 
 import pytest
 from typer.testing import CliRunner
@@ -72,6 +73,11 @@ def test_demo_config_and_cli_errors(tmp_path):
     assert real["tolerance_mm"] == 8.0 and real["mirror"] is True
     assert PipelineConfig(**real).mirror and PipelineConfig(**real).chain_weight == 3.0
     assert PipelineConfig(**real).complete_body and not PipelineConfig().complete_body
+    # the training seed reaches both networks' TrainConfig; seed 0 is TrainConfig's own
+    assert DemoConfig(seed=3).train_changes() == {"seed": 3}
+    assert "seed" not in DemoConfig().train_changes()
+    with pytest.raises(DrrkitError, match="seed must be >= 0"):
+        DemoConfig(seed=-1)
     (tmp_path / "file").write_text("x")
     res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "file")])
     assert res.exit_code == 2 and "not a folder" in res.stderr
@@ -79,6 +85,8 @@ def test_demo_config_and_cli_errors(tmp_path):
         run_demo(tmp_path / "d", DemoConfig(device="tpu"), log=lambda line: None)
     res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--device", "gpu"])
     assert res.exit_code == 2 and "unknown device 'gpu'" in res.stderr
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), "--seed", "-1"])
+    assert res.exit_code == 2 and "seed must be >= 0" in res.stderr
     assert not (tmp_path / "d").exists()
 
 
@@ -159,6 +167,15 @@ def test_prepare_data_crops_each_network_as_configured(tmp_path, monkeypatch):
     assert loc["kind"] == "cropped" and loc["crops"] == 1 and loc["min_vertebrae"] == 2
     assert loc["reach"] == [0.1, 0.9] and ident["kind"] == "phantoms"
     assert config.crops_of("localization") == 1 and config.crops_of("identification") == 0
+    # complete_body: both networks train on the views the pipeline labels with it
+    asked.clear()
+    (tmp_path / "completed" / "held_out").mkdir(parents=True)
+    demo.prepare_data(tmp_path / "completed", replace(config, complete_body=True),
+                      log=lambda line: None)
+    for name, (made, _) in asked.items():
+        assert made["kind"] == "completed", name
+    assert asked["train_localization"][0]["source"] == loc
+    assert asked["train_identification"][0]["source"] == ident
     assert DemoConfig(crops=2).crops_of("localization") == 2
     for bad, word in (({"localizer_crops": -1}, "localizer_crops"),
                       ({"crop_min_vertebrae": 0}, "crop_min_vertebrae"),

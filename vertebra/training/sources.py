@@ -302,6 +302,42 @@ class CroppedSource(CTSource):
         return replace(ct, name=self.name(index))
 
 
+class CompletedSource(CTSource):
+    """Each CT of a source, a cut one inside a completed trunk, as the pipeline labels it.
+
+    A CT whose small field of view the body fills (``drrkit.completion.needs_completion``)
+    is replaced by :func:`drrkit.completion.complete_body` of it, the volume that
+    ``PipelineConfig.complete_body`` makes the networks see at inference; the other CTs
+    pass unchanged. Training on such views makes training and labelling render alike
+    (decision ``body-completion``). The centroids, names and anchors stay: completion
+    pads the scan and never moves its voxels.
+
+    Args:
+        source: the CT source.
+    """
+
+    def __init__(self, source: CTSource) -> None:
+        super().__init__(cache=1)  # the inner source caches the CTs
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def describe(self) -> dict:
+        return {"kind": "completed", "source": self.source.describe()}
+
+    def name(self, index: int) -> str:
+        return self.source.name(index)
+
+    def _load(self, index: int) -> TrainingCT:
+        from drrkit.completion import complete_body, needs_completion
+
+        ct = self.source.load(index)
+        if not needs_completion(ct.volume):
+            return ct
+        return replace(ct, volume=complete_body(ct.volume))
+
+
 def parse_phantoms(spec: str) -> list[int] | None:
     """Seeds of a ``phantoms:N`` / ``phantoms:A:B`` spec, or None if ``spec`` is not one."""
     m = _PHANTOMS.match(str(spec).strip())

@@ -131,6 +131,31 @@ def test_cropped_source_adds_named_deterministic_crops(phantoms):
             CroppedSource(phantoms, reach=reach)
 
 
+def test_completed_source_completes_only_cut_scans():
+    """A scan whose small field of view the body fills comes back inside the completed
+    trunk the pipeline labels it in (the same volume as ``complete_body`` of it, its
+    centroids kept); a whole trunk comes back as it is."""
+    from drrkit.completion import complete_body, needs_completion
+    from vertebra.training.sources import CompletedSource
+
+    cut = PhantomSource([0, 1], size="small", fov=100.0)
+    src = CompletedSource(cut)
+    assert len(src) == 2 and src.name(1) == cut.name(1) == "phantom0001"
+    assert src.describe() == {"kind": "completed", "source": cut.describe()}
+    given, made = cut.load(1), src.load(1)
+    assert needs_completion(given.volume) and not needs_completion(made.volume)
+    want = complete_body(given.volume)
+    np.testing.assert_array_equal(made.volume.data, want.data)
+    np.testing.assert_array_equal(made.volume.index_to_world, want.index_to_world)
+    assert made.volume.shape_xyz != given.volume.shape_xyz
+    assert made.name == given.name and made.t13 == given.t13
+    assert made.centroids.keys() == given.centroids.keys()
+    for k, c in given.centroids.items():
+        np.testing.assert_array_equal(made.centroids[k], c)
+    whole = PhantomSource([1], size="small", clinical_share=1.0)  # a whole trunk
+    assert CompletedSource(whole).load(0) is whole.load(0)
+
+
 def test_cropped_source_reach_sets_where_the_cuts_fall(phantoms):
     """The same vertebrae kept, a cut near the kept ones (reach 0.1) gives a shorter scan
     than a cut near the next ones outside (reach 0.9); both keep the same centroids."""
