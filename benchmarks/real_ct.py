@@ -702,7 +702,9 @@ def print_case(console, case: Case, truth: Truth, scores: dict, result, seconds:
     rate = scores["id_rate"]
     console.print(
         f"  {name}: {scores['n_gt']} GT, {scores['n_pred']} predicted ({result.status}"
-        f"{', labels uncertain' if result.uncertain else ''}; median confidence "
+        f"{', labels uncertain' if result.uncertain else ''}"
+        f"{', no landmark in view' if result.vertebrae and not result.landmarks else ''}"
+        f"; median confidence "
         f"{result.median_confidence:.2f}), "
         f"{scores['identified']} identified, id rate "
         f"{'-' if not math.isfinite(rate) else f'{100 * rate:.1f} %'}, l_error "
@@ -818,6 +820,7 @@ def case_record(case: Case, truth: Truth, scores: dict, result, paths: dict,
         "false_positives": [vlabels.name_of(i) for i in scores["false_positives"]],
         "status": result.status,
         "uncertain": result.uncertain,
+        "landmarks": list(result.landmarks),
         "median_confidence": round(result.median_confidence, 4) if result.vertebrae else None,
         "label_seconds": round(seconds, 3),
         "stage_seconds": {k: round(float(v), 3) for k, v in result.timings.items()},

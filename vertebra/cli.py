@@ -378,6 +378,8 @@ def _label_all(cases: list[Path], batch: bool, nets, config, out: Path, options:
             names = [v.name for v in result.vertebrae]
             span = f"{names[0]}-{names[-1]}" if names else "-"
             status = result.status + (", labels uncertain" if result.uncertain else "")
+            if result.vertebrae and not result.landmarks:
+                status += ", no landmark in view"
             typer.echo(f"{stem}: {len(names)} vertebrae {span} ({status}) in "
                        f"{time.perf_counter() - start:.1f} s -> {dest}")
     return failed

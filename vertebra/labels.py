@@ -209,3 +209,44 @@ def chain_classes(t13: bool) -> np.ndarray:
     t13_class = _BY_NAME["T13"].class_index
     classes = np.arange(1, len(VERTEBRAE) + 1, dtype=np.int64)
     return classes if t13 else classes[classes != t13_class]
+
+
+#: What a labelled run of vertebrae can count its levels from, in cranio-caudal order: the
+#: skull above C1-C2, the first rib (C7 then T1), the last rib (T12 or T13 then L1) and
+#: the sacrum below the last lumbar vertebra.
+LANDMARKS: tuple[str, ...] = ("skull base", "first rib", "last rib", "sacrum")
+
+
+def landmarks(verse_ids: Iterable[int], sacrum: bool = False) -> tuple[str, ...]:
+    """The landmarks (:data:`LANDMARKS`) a run of labelled vertebrae holds.
+
+    A scan's levels can only be counted from something whose level is known: the skull
+    (C1 or C2 labelled), or a change of region between two labelled neighbours (C7 then
+    T1: the first rib; T12 or T13 then L1: the last rib), or the sacrum below the last
+    vertebra (``sacrum``, e.g. ``LabelResult.above_sacrum``). A run with none of them, a
+    few lumbar or mid-thoracic vertebrae, is labelled from the vertebrae's shapes alone,
+    and a whole run may then be a level or more off with every label confident.
+
+    Args:
+        verse_ids: the labelled vertebrae's VerSe ids, superior first.
+        sacrum: the sacrum anchored the labels.
+
+    Returns:
+        The landmarks held, in :data:`LANDMARKS` order (empty when none).
+    """
+    ids = [int(v) for v in verse_ids]
+    held = set()
+    if any(v in (1, 2) for v in ids):
+        held.add("skull base")
+    for a, b in zip(ids, ids[1:]):
+        step = anatomical_rank(b) - anatomical_rank(a)
+        if step != 1 and not (a == 19 and b == 20):  # T12 then L1 skips T13's rank
+            continue
+        pair = (region_of(a), region_of(b))
+        if pair == ("cervical", "thoracic"):
+            held.add("first rib")
+        elif pair == ("thoracic", "lumbar"):
+            held.add("last rib")
+    if sacrum and ids:
+        held.add("sacrum")
+    return tuple(k for k in LANDMARKS if k in held)

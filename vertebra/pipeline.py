@@ -61,8 +61,10 @@ Fails soft: views without detections, a partial field of view or a single verteb
 give an answer with per-vertebra confidences; a CT in which no vertebra is found gives an
 empty result whose ``status`` is ``"no spine found"`` (and a warning). Labels whose median
 confidence is below :data:`UNCERTAIN_CONFIDENCE` are flagged as uncertain (and warned
-about): the identifier did not recognise the region, as in a short crop with nothing to
-count from. A CT whose slices lie more than :data:`THICK_SLICE_WARN_MM` apart is warned
+about): the identifier did not recognise the region. A labelled run that holds no
+landmark to count from (:attr:`LabelResult.landmarks`: no skull base, first or last rib or
+sacrum, as in a few lumbar vertebrae) is warned about as well: such a run can be
+confidently a level off (decision ``landmarks``). A CT whose slices lie more than :data:`THICK_SLICE_WARN_MM` apart is warned
 about too.
 """
 
@@ -367,6 +369,12 @@ class LabelResult:
         """Vertebrae were labelled, with a median confidence below
         :data:`UNCERTAIN_CONFIDENCE`."""
         return bool(self.vertebrae) and self.median_confidence < UNCERTAIN_CONFIDENCE
+
+    @property
+    def landmarks(self) -> tuple[str, ...]:
+        """The landmarks the labelled run holds (:func:`vertebra.labels.landmarks`): empty
+        when its levels were counted from the vertebrae's shapes alone."""
+        return vlabels.landmarks([v.verse_id for v in self.vertebrae], self.above_sacrum)
 
     @property
     def total_seconds(self) -> float:
@@ -885,6 +893,10 @@ def labelled_vertebrae(tracks: Tracks, labels: Labels) -> tuple[LabelledVertebra
             warnings.warn(f"labels uncertain: median label confidence {median:.2f} (below "
                           f"{UNCERTAIN_CONFIDENCE}); the levels may be off, check them",
                           stacklevel=3)
+        if not vlabels.landmarks([v.verse_id for v in vertebrae], labels.above_sacrum):
+            warnings.warn("no landmark in view (skull base, first or last rib, sacrum): the "
+                          "levels are counted from the vertebrae's shapes alone and may be "
+                          "off, check them", stacklevel=3)
     return tuple(vertebrae)
 
 

@@ -329,6 +329,7 @@ def result_summary(result, **extra) -> dict:
         **extra,
         "status": result.status,
         "uncertain": result.uncertain,
+        "landmarks": list(result.landmarks),
         "median_confidence": (None if not result.vertebrae
                               else round(result.median_confidence, 4)),
         "timings_s": {k: round(float(v), 4) for k, v in result.timings.items()},

@@ -120,6 +120,11 @@ def test_label_folder_with_oracle_networks_writes_the_truth(data, monkeypatch, t
         assert [r["name"] for r in rows] == [vl.name_of(k) for k in centroids]
         xyz = np.array([[float(r[c]) for c in ("x_mm", "y_mm", "z_mm")] for r in rows])
         np.testing.assert_allclose(xyz, np.array(list(got.values())), atol=2e-3)
+        # each case's line says when its run holds no landmark to count from
+        summary = json.loads((out / name / f"{name}_label.json").read_text())
+        line = next(t for t in res.stdout.splitlines() if t.startswith(f"{name}:"))
+        assert ("no landmark in view" in line) == (not summary["landmarks"]), line
+    assert "no landmark in view" in res.stdout  # phantom 0 holds T1-T6 only
     # folder evaluation pools both cases: everything identified
     res = runner.invoke(app, ["evaluate", str(out), str(data / "phantoms"), "--json"])
     assert res.exit_code == 0, res.output

@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from drrkit.errors import DrrkitError
 from vertebra import labels as L
@@ -66,3 +68,37 @@ def test_non_targets_and_bad_input():
 def test_anatomical_sort_puts_t13_between_t12_and_l1():
     assert L.sort_anatomical([20, 28, 19, 1, 25]) == [1, 19, 28, 20, 25]
     assert L.anatomical_rank(28) == 19
+
+
+def _ids(*names):
+    return [L.by_name(n).verse_id for n in names]
+
+
+def test_landmarks_of_labelled_runs():
+    assert L.LANDMARKS == ("skull base", "first rib", "last rib", "sacrum")
+    assert L.landmarks(_ids("L2", "L3", "L4")) == ()
+    assert L.landmarks(_ids("L2", "L3", "L4"), sacrum=True) == ("sacrum",)
+    assert L.landmarks(_ids("T11", "T12", "L1")) == ("last rib",)
+    assert L.landmarks(_ids("T12", "T13", "L1")) == ("last rib",)
+    assert L.landmarks(_ids("C6", "C7", "T1", "T2")) == ("first rib",)
+    assert L.landmarks(_ids("C2", "C3")) == ("skull base",)
+    assert L.landmarks(_ids("T3", "T4", "T5", "T6")) == ()
+    assert L.landmarks(_ids("C7", "T2")) == ()  # T1 missing: no neighbours across the rib
+    assert L.landmarks(_ids("T12", "L2")) == ()
+    assert L.landmarks([]) == () == L.landmarks([], sacrum=True)
+    whole = [v.verse_id for v in L.VERTEBRAE if v.name not in ("T13", "L6")]
+    assert L.landmarks(whole, sacrum=True) == L.LANDMARKS
+
+
+@given(st.integers(0, 24), st.integers(0, 24), st.booleans())
+def test_landmarks_of_a_whole_run_are_the_transitions_it_spans(a, b, t13):
+    """A gap-free run of the column holds the skull base when it has C1 or C2, the first
+    rib when it has C7 and T1, the last rib when it has the last thoracic and L1."""
+    names = [v.name for v in L.VERTEBRAE if v.name != "L6" and (t13 or v.name != "T13")]
+    lo, hi = sorted((min(a, len(names) - 1), min(b, len(names) - 1)))
+    run = names[lo:hi + 1]
+    last = "T13" if t13 else "T12"
+    want = [k for k, held in (("skull base", bool({"C1", "C2"} & set(run))),
+                              ("first rib", {"C7", "T1"} <= set(run)),
+                              ("last rib", {last, "L1"} <= set(run))) if held]
+    assert L.landmarks(_ids(*run)) == tuple(want)

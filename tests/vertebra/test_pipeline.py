@@ -496,6 +496,26 @@ def test_labels_an_identifier_does_not_recognise_are_flagged_uncertain(thoracic,
     assert not empty.uncertain and np.isnan(empty.median_confidence)
 
 
+def test_a_run_without_a_landmark_is_warned_about(thoracic, thoracic_maps):
+    """T1-T6 (no C7 above T1: the first rib is not seen as the first) holds no landmark to
+    count from and says so; T11-L2 holds the last rib and does not warn."""
+    from vertebra.report import result_summary
+
+    vol, (heat, probs, _) = thoracic_maps
+    with pytest.warns(UserWarning, match="no landmark in view"):
+        short = run(vol, heat, probs)
+    assert short.landmarks == () and result_summary(short)["landmarks"] == []
+    ph = make_spine_phantom(1, levels=("T11", "L2"), size="small")
+    lumbar = mu(ph)
+    heat, probs, _ = oracle(lumbar, ph.centroids)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = run(lumbar, heat, probs)
+    check(r, ph.centroids)
+    assert r.landmarks == ("last rib",) and result_summary(r)["landmarks"] == ["last rib"]
+    assert not any("landmark" in str(w.message) for w in caught)
+
+
 def test_thick_slices_are_warned_about(thoracic, thoracic_maps):
     """Slices more than THICK_SLICE_WARN_MM apart along world z warn (whatever index axis
     holds them); the same CT with thinner slices does not."""
@@ -507,7 +527,9 @@ def test_thick_slices_are_warned_about(thoracic, thoracic_maps):
     assert slice_spacing(vol) <= THICK_SLICE_WARN_MM
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        run(vol, heat, probs)  # no warning at all
+        # T1-T6 holds no landmark, which is warned about too; nothing else is
+        warnings.filterwarnings("ignore", "no landmark in view")
+        run(vol, heat, probs)
     spacing = np.array(vol.spacing, dtype=np.float64)
     along = vol.slice_axis
     spacing[along] = THICK_SLICE_WARN_MM + 1.0
