@@ -13,7 +13,7 @@ number of soft tissue inside an elliptic cylinder the size of an adult trunk, ai
 in each slice the body fills; a slice that shows the body's outline keeps it. The scan's
 own voxels inside that ellipse are never changed.
 
-:func:`truncation` says whether a scan needs it: the share of the voxels on the inscribed
+:func:`completed` applies it where a scan needs it; :func:`truncation` says whether it does: the share of the voxels on the inscribed
 ellipse of each slice's box (the in-plane index axes) that hold tissue. A scan of the
 whole trunk has air there (the body lies inside the field of view, at most the arms or
 the table reach the edge); a cut one has tissue all round.
@@ -189,6 +189,16 @@ def complete_body(volume: Volume, *, body_mm: tuple[float, float] = BODY_MM,
     big[new] = 0.0
     big[fill] = hu_to_mu(np.float32(body_hu), mu_water)
     return out
+
+
+def completed(volume: Volume, mu_water: float = MU_WATER) -> Volume:
+    """What a scan's views integrate once cut scans are completed: :func:`complete_body` of
+    ``volume`` when :func:`needs_completion` holds (a new volume), else ``volume`` itself.
+    The one rule that labelling (``PipelineConfig.complete_body``) and training
+    (``vertebra.training.sources.CompletedSource``) share."""
+    if needs_completion(volume, mu_water=mu_water):
+        return complete_body(volume, mu_water=mu_water)
+    return volume
 
 
 def _unview(inside: np.ndarray, inplane: list[int]) -> np.ndarray:

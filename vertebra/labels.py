@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import pairwise
 from dataclasses import dataclass
 
 import numpy as np
@@ -238,7 +239,7 @@ def landmarks(verse_ids: Iterable[int], sacrum: bool = False) -> tuple[str, ...]
     held = set()
     if any(v in (1, 2) for v in ids):
         held.add("skull base")
-    for a, b in zip(ids, ids[1:]):
+    for a, b in pairwise(ids):
         step = anatomical_rank(b) - anatomical_rank(a)
         if step != 1 and not (a == 19 and b == 20):  # T12 then L1 skips T13's rank
             continue

@@ -64,8 +64,8 @@ confidence is below :data:`UNCERTAIN_CONFIDENCE` are flagged as uncertain (and w
 about): the identifier did not recognise the region. A labelled run that holds no
 landmark to count from (:attr:`LabelResult.landmarks`: no skull base, first or last rib or
 sacrum, as in a few lumbar vertebrae) is warned about as well: such a run can be
-confidently a level off (decision ``landmarks``). A CT whose slices lie more than :data:`THICK_SLICE_WARN_MM` apart is warned
-about too.
+confidently a level off (decision ``landmarks``). A CT whose slices lie more than
+:data:`THICK_SLICE_WARN_MM` apart is warned about too.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ from pathlib import Path
 import numpy as np
 
 import drrkit
-from drrkit.completion import complete_body, needs_completion
+from drrkit.completion import completed
 from vertebra import labels as vlabels
 from vertebra.correction import Correction, correct_tracks, crowded, gap_rows
 from vertebra.errors import VertebraError
@@ -1034,9 +1034,7 @@ def completed_scene(volume: drrkit.Volume, config: PipelineConfig) -> drrkit.Vol
     """What the views integrate: ``volume`` itself, or with ``config.complete_body`` and a
     small field of view the body fills (:func:`drrkit.completion.needs_completion`), the
     scan inside a completed trunk (:func:`drrkit.completion.complete_body`)."""
-    if config.complete_body and needs_completion(volume):
-        return complete_body(volume)
-    return volume
+    return completed(volume) if config.complete_body else volume
 
 
 # ---------------------------------------------------------------------- torch networks

@@ -11,6 +11,7 @@ from drrkit.completion import (
     ANTERIOR_MM,
     BODY_MM,
     complete_body,
+    completed,
     needs_completion,
     slice_truncation,
     truncation,
@@ -45,6 +46,14 @@ def test_truncation_closed_form():
     assert not needs_completion(disc(60.0))
     wide = box((4, 120, 120), (2.0, 2.0, 2.0))  # 240 mm: deeper than a trunk, not a crop
     assert truncation(wide) == 1.0 and not needs_completion(wide)
+
+
+def test_completed_completes_only_a_cut_scan():
+    cut, whole = box(), disc(60.0)
+    done = completed(cut)
+    np.testing.assert_array_equal(done.data, complete_body(cut).data)
+    np.testing.assert_array_equal(done.index_to_world, complete_body(cut).index_to_world)
+    assert completed(whole) is whole
 
 
 def test_complete_body_closed_form():

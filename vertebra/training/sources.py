@@ -305,8 +305,8 @@ class CroppedSource(CTSource):
 class CompletedSource(CTSource):
     """Each CT of a source, a cut one inside a completed trunk, as the pipeline labels it.
 
-    A CT whose small field of view the body fills (``drrkit.completion.needs_completion``)
-    is replaced by :func:`drrkit.completion.complete_body` of it, the volume that
+    A CT whose small field of view the body fills is replaced by
+    :func:`drrkit.completion.completed` of it, the volume that
     ``PipelineConfig.complete_body`` makes the networks see at inference; the other CTs
     pass unchanged. Training on such views makes training and labelling render alike
     (decision ``body-completion``). The centroids, names and anchors stay: completion
@@ -330,12 +330,11 @@ class CompletedSource(CTSource):
         return self.source.name(index)
 
     def _load(self, index: int) -> TrainingCT:
-        from drrkit.completion import complete_body, needs_completion
+        from drrkit.completion import completed
 
         ct = self.source.load(index)
-        if not needs_completion(ct.volume):
-            return ct
-        return replace(ct, volume=complete_body(ct.volume))
+        volume = completed(ct.volume)
+        return ct if volume is ct.volume else replace(ct, volume=volume)
 
 
 def parse_phantoms(spec: str) -> list[int] | None:
