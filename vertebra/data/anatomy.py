@@ -273,7 +273,7 @@ def _sagittal_angles(dims: list[LevelDims], rng: np.random.Generator
     # the upward spine tangent, in degrees); the joint angles in between follow
     slope = rng.uniform(28, 48)
     tilt_l1 = rng.uniform(-20, 2)
-    tilt_t1 = rng.uniform(5, 50)
+    tilt_t1 = rng.uniform(5, 30)
     tilt_c2 = rng.uniform(-15, 10)
     sagittal[thoracic[-1]] = rng.uniform(-4, 4)  # thoracolumbar junction
     if "C7" in names:
@@ -321,10 +321,9 @@ def build_spine(names: tuple[str, ...], rng: np.random.Generator, scale: float =
     each disc rotates the next frame by a sagittal angle (lumbar and cervical lordosis,
     thoracic kyphosis), a coronal angle (mild scoliosis, one C-curve with compensation)
     and a small axial twist. The sagittal angles are set so that S1, L1, T1 and C2 lean
-    by random amounts (sacral slope 28-48 deg; L1 -20..2, T1 5..50, C2 -15..10 deg
-    forward: T1's range reaches the steep upper thoracic spine of hyperkyphotic, often
-    older patients lying supine with their head on a pillow), then the whole spine is
-    tilted by a few degrees about S1, which sits at the world origin.
+    by random but typical amounts (sacral slope 28-48 deg; L1 -20..2, T1 5..30, C2
+    -15..10 deg forward), then the whole spine is tilted by a few degrees about S1, which
+    sits at the world origin.
 
     ``disc_scale`` multiplies every disc's height after the draws (thin, degenerated discs
     of older patients below 1); the random draws, and so the curvature, do not change.
