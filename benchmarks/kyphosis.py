@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
-STEEP_DEG = 30.0  # the steepest T1 lean the phantoms drew before decision kyphosis
+STEEP_DEG = 30.0  # about the steepest T1 lean the phantom generator draws (decision kyphosis)
 UPPER = (8, 9, 10, 11)  # VerSe ids of T1-T4
 
 
