@@ -209,3 +209,15 @@ def summary(wall: list[float], cpu: list[float]) -> dict:
     q = quartiles(wall)
     return {**q, "iqr_s": q["q3_s"] - q["q1_s"], "min_s": float(min(wall)),
             "cpu_median_s": float(np.median(cpu)), "times_s": wall}
+
+
+def folder_pairs(items: Sequence[str], parser) -> list[tuple[Path, Path]]:
+    """``LABELS:GT`` arguments -> (labels folder, ground-truth folder) pairs; anything else
+    ends the script through ``parser.error`` (argparse's one-line message, exit 2)."""
+    pairs = []
+    for item in items:
+        labels_dir, sep, gt = item.partition(":")
+        if not sep or not Path(labels_dir).is_dir() or not Path(gt).is_dir():
+            parser.error(f"{item!r} is not LABELS:GT with both folders present")
+        pairs.append((Path(labels_dir), Path(gt)))
+    return pairs

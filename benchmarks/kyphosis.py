@@ -77,13 +77,9 @@ def main(argv=None) -> int:
     p.add_argument("pairs", nargs="+", help="LABELS:GT folder pairs")
     p.add_argument("--name", default="run", help="results file name")
     args = p.parse_args(argv)
-    pairs = []
-    for item in args.pairs:
-        labels_dir, sep, gt = item.partition(":")
-        if not sep or not Path(labels_dir).is_dir() or not Path(gt).is_dir():
-            print(f"error: {item!r} is not LABELS:GT (two folders)")
-            return 2
-        pairs.append((Path(labels_dir), Path(gt)))
+    from _common import folder_pairs
+
+    pairs = folder_pairs(args.pairs, p)
     out = score(pairs)
     for c in sorted(out["cases"], key=lambda c: c["lean_deg"]):
         upper = "-" if c["upper_error_mm"] is None else f"{c['upper_error_mm']:.1f} mm"

@@ -69,12 +69,9 @@ def main(argv=None) -> None:
     parser.add_argument("pairs", nargs="+", help="LABELS:GT folder pairs")
     parser.add_argument("--name", default="validation", help="results file name part")
     args = parser.parse_args(argv)
-    pairs = []
-    for item in args.pairs:
-        labels_dir, sep, gt = item.partition(":")
-        if not sep or not Path(labels_dir).is_dir() or not Path(gt).is_dir():
-            parser.error(f"{item!r} is not LABELS:GT with both folders present")
-        pairs.append((Path(labels_dir), Path(gt)))
+    from _common import folder_pairs
+
+    pairs = folder_pairs(args.pairs, parser)
     result = score(pairs)
     for c in result["cases"]:
         if not c["landmarks"] or c["identified"] < c["n_gt"]:
