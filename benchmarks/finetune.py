@@ -3,7 +3,7 @@
 Run::
 
     uv run python benchmarks/finetune.py BUNDLE WORK [--phantoms 64] [--members localizer,...]
-        [--iterations 500] [--lr 1e-4]
+        [--iterations 500] [--lr 1e-4] [--max-t1-lean 30]
 
 ``BUNDLE`` is a networks file or bundle (``vertebra/weights/default.safetensors``, a
 ``vertebra ensemble`` output). ``WORK/data`` receives the ``real-ct`` recipe's training
@@ -27,7 +27,7 @@ from pathlib import Path
 
 
 def finetune(bundle: Path, work: Path, members: list[str], *, phantoms: int,
-             iterations: int, lr: float) -> Path:
+             iterations: int, lr: float, max_t1_lean: float = 30.0) -> Path:
     """Fine-tune ``members`` of ``bundle`` (see the module docstring); returns the bundle."""
     import torch
 
@@ -42,7 +42,8 @@ def finetune(bundle: Path, work: Path, members: list[str], *, phantoms: int,
     if unknown:
         raise SystemExit(f"error: {bundle} has no member {', '.join(unknown)}; it holds "
                          f"{', '.join(k for k in source if k.startswith(('loc', 'ident')))}")
-    config = DemoConfig.real_ct(train_phantoms=phantoms, identifier_phantoms=phantoms)
+    config = DemoConfig.real_ct(train_phantoms=phantoms, identifier_phantoms=phantoms,
+                                max_t1_lean=max_t1_lean)
     caches, _ = prepare_data(work / "data", config)
     out = dict(source)
     for name in members:
@@ -74,12 +75,15 @@ def main(argv=None) -> int:
     p.add_argument("--iterations", type=int, default=500)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--max-t1-lean", type=float, default=30.0,
+                   help="the phantoms' largest forward lean at T1, degrees")
     args = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
     path = finetune(args.bundle, args.work, [m.strip() for m in args.members.split(",")],
-                    phantoms=args.phantoms, iterations=args.iterations, lr=args.lr)
+                    phantoms=args.phantoms, iterations=args.iterations, lr=args.lr,
+                    max_t1_lean=args.max_t1_lean)
     print(f"wrote {path}")
     return 0
 

@@ -97,7 +97,8 @@ def _replay(network_output: np.ndarray):
 
 def sweep(store: Path, folders: list[Path], configs: dict[str, dict], model: Path | None
           ) -> dict:
-    """{setting: {set: pooled scores, "cases": {real case: scores}}} from stored outputs."""
+    """{setting: {set: pooled scores, "cases": {case: scores}}} from stored outputs (a real
+    CT's case by its name, a folder's as ``folder/case``)."""
     import warnings
     from dataclasses import replace
 
@@ -129,8 +130,8 @@ def sweep(store: Path, folders: list[Path], configs: dict[str, dict], model: Pat
             truth = dict(zip(stored["truth_ids"].tolist(), stored["truth_mm"], strict=True))
             score = evaluate(result.centroids(), truth)
             scores.setdefault(group, []).append(score)
-            if group == REAL:
-                real_cases[name] = {k: score[k] for k in ("identified", "n_gt", "l_error")}
+            key = name if group == REAL else f"{group}/{name}"
+            real_cases[key] = {k: score[k] for k in ("identified", "n_gt", "l_error")}
         out[label] = {group: pool(rows) for group, rows in scores.items()}
         out[label]["cases"] = real_cases
         _print(label, out[label])
@@ -140,6 +141,8 @@ def sweep(store: Path, folders: list[Path], configs: dict[str, dict], model: Pat
 def _print(label: str, row: dict) -> None:
     parts = []
     for name, c in row["cases"].items():
+        if "/" in name:  # a folder's case: pooled below
+            continue
         parts.append(f"{name} {c['identified']}/{c['n_gt']} {c['l_error']:.1f} mm")
     for group, p in row.items():
         if group != "cases":

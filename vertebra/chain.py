@@ -89,6 +89,36 @@ def along_curve(points, arc) -> np.ndarray:
     return out
 
 
+def spine_tangents(points, neighbours: int = 4) -> np.ndarray:
+    """(T, 3) unit direction of the spine at each of T points (tracks in any order).
+
+    The tangent at a point is the principal axis of the unit directions to its
+    ``neighbours`` nearest other points (the eigenvector of the largest eigenvalue of the
+    sum of their outer products). Directions, not positions, enter: every neighbour
+    counts alike however far it lies, and one stray point beside the spine (a duplicate,
+    a rib head, a vessel) is outvoted by the vertebrae above and below. Where fewer than
+    two other points exist the world z axis stands in. The sign is arbitrary.
+
+    Example:
+        >>> pts = np.array([[0, 0, 0.], [0, 20, 10], [0, 40, 20], [25, 20, 11]])
+        >>> np.round(np.abs(spine_tangents(pts, neighbours=2)[1]), 2)
+        array([0.  , 0.89, 0.45])
+    """
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    out = np.tile([0.0, 0.0, 1.0], (len(pts), 1))
+    k = min(int(neighbours), len(pts) - 1)
+    if k < 2:
+        return out
+    diff = pts[None, :, :] - pts[:, None, :]  # (T, T, 3): point j minus point i
+    dist = np.linalg.norm(diff, axis=-1)
+    np.fill_diagonal(dist, np.inf)
+    near = np.argsort(dist, axis=1)[:, :k]
+    for i, js in enumerate(near):
+        d = diff[i, js] / np.maximum(dist[i, js], 1e-9)[:, None]
+        out[i] = np.linalg.eigh(d.T @ d)[1][:, -1]
+    return out
+
+
 def _penalty(spacings: np.ndarray, weight: float, tolerance: float) -> np.ndarray:
     """(D, D) spacing prior for a previous spacing (rows) followed by a new one (columns)."""
     prev, new = np.meshgrid(spacings, spacings, indexing="ij")

@@ -163,6 +163,9 @@ def phantom(
     spine_fov: Annotated[float | None, typer.Option(
         "--spine-fov", help="Share of the --clinical scans with a spine protocol's small "
         "field of view (default 0.3; 1: all).")] = None,
+    max_t1_lean: Annotated[float, typer.Option(
+        "--max-t1-lean", help="Largest forward lean of the spine at T1, degrees (drawn from "
+        "5; 50 reaches hyperkyphotic upper thoracic spines).")] = 30.0,
 ) -> None:
     """Write synthetic spine CTs with VerSe ground truth (mask and centroid JSON).
 
@@ -171,6 +174,7 @@ def phantom(
         $ vertebra phantom data/phantoms --seed 0 --count 20 --levels T10:L3
         $ vertebra phantom data/clinical --seed 2024 --count 24 --clinical
         $ vertebra phantom data/spine-fov --seed 2024 --count 24 --clinical --spine-fov 1
+        $ vertebra phantom data/steep --seed 3100 --count 8 --clinical --levels C5:L1 --max-t1-lean 50
     """
     import time
 
@@ -189,6 +193,8 @@ def phantom(
             raise VertebraError("--spine-fov needs --clinical (plain phantoms show the "
                                 "whole trunk)")
         options = {} if spine_fov is None else {"spine_fov_share": spine_fov}
+        if max_t1_lean != 30.0:
+            options["max_t1_lean"] = max_t1_lean
         start = time.perf_counter()
         names = write_phantoms(
             out, range(seed, seed + count), levels=levels, metal=metal, size=size,

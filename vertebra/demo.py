@@ -135,6 +135,8 @@ class DemoConfig:
             count without them.
         calcified_disc_share: share of both networks' clinical phantoms with calcified
             or ossified discs (``make_spine_phantom(calcified_disc_share=)``).
+        max_t1_lean: largest forward lean of the spine at T1 of every training phantom,
+            degrees (``make_spine_phantom(max_t1_lean=)``).
         augment: "mild" (``AugmentConfig()``) or "strong" (``AugmentConfig.strong()``:
             wide intensity, gamma, blur and noise ranges and bright distractors).
         device: torch device that trains and runs the networks ("cpu", "cuda",
@@ -182,6 +184,7 @@ class DemoConfig:
     identifier_spine_fov_share: float | None = None
     identifier_ribless_share: float = 0.0
     calcified_disc_share: float = 0.0
+    max_t1_lean: float = 30.0
     augment: str = "mild"
 
     def __post_init__(self) -> None:
@@ -199,6 +202,8 @@ class DemoConfig:
         if not float(self.identifier_voxel_scale) >= 1.0:
             raise VertebraError(f"identifier_voxel_scale must be >= 1, got "
                                 f"{self.identifier_voxel_scale}")
+        if not 5.0 <= float(self.max_t1_lean) <= 80.0:
+            raise VertebraError(f"max_t1_lean must lie in [5, 80] degrees, got {self.max_t1_lean}")
         if self.augment not in AUGMENTS:
             raise VertebraError(f"augment must be one of {', '.join(AUGMENTS)}, got "
                                 f"{self.augment!r}")
@@ -249,6 +254,8 @@ class DemoConfig:
             options["ribless_share"] = float(self.identifier_ribless_share)
         if self.calcified_disc_share:
             options["calcified_disc_share"] = float(self.calcified_disc_share)
+        if float(self.max_t1_lean) != 30.0:
+            options["max_t1_lean"] = float(self.max_t1_lean)
         return options
 
     def train_changes(self) -> dict:

@@ -20,7 +20,7 @@ in turn, each a function of this module passing a typed result to the next:
    (``refine_mm``, :func:`drrkit.refinement.refine_points`: the whole heatmaps, not one
    detection per view, so a lopsided or split 2-D peak does not pull the point); tracks
    further than ``box_margin_mm`` outside the CT's box are dropped, and of two tracks
-   closer than ``min_separation_mm`` in height (two detections of one vertebra, or a
+   closer than ``min_separation_mm`` along the spine (two detections of one vertebra, or a
    vertebra and another bone at its level) only the better supported is kept. Then the
    chain is extended at both ends (:func:`extend_ends`): a second pass with a lower
    heatmap threshold and fewer views may add, one at a time, a track that lies where the
@@ -142,8 +142,9 @@ class PipelineConfig:
         allow_t13: the DP may label a thirteenth thoracic vertebra.
         fill_gaps: leave an empty row where the 3-D spacing shows a missed vertebra.
         box_margin_mm: tracks further than this outside the CT's box are dropped (mm).
-        min_separation_mm: two tracks closer than this along the spine (world z) cannot
-            both be vertebrae: the one seen in fewer views (then with the lower heatmap
+        min_separation_mm: two tracks closer than this along the spine (their offset
+            projected on its local direction, :func:`vertebra.chain.spine_tangents`)
+            cannot both be vertebrae: the one seen in fewer views (then with the lower heatmap
             score) is dropped; 0 keeps all.
         alpha, beta: weights of the sequence DP (paper: 0.1, 0.8).
         extend_threshold: heatmap threshold of the second pass that extends the chain at
@@ -545,17 +546,28 @@ def _refined(points: np.ndarray, heatmaps: np.ndarray, geometry: drrkit.Geometry
 
 
 def _separated(points: np.ndarray, views: np.ndarray, scores: np.ndarray,
-               min_dz: float) -> np.ndarray:
-    """Indices (ascending) of tracks kept so that no two lie closer than ``min_dz`` in z.
+               min_gap: float) -> np.ndarray:
+    """Indices (ascending) of tracks kept so that no two lie closer than ``min_gap`` mm
+    along the spine.
 
-    Greedy, best supported first: more views, then a higher mean heatmap score.
+    Greedy, best supported first: more views, then a higher mean heatmap score. The gap
+    of two tracks is their offset projected on the spine's tangent
+    (:func:`vertebra.chain.spine_tangents`), the smaller of the two tangents' values: a
+    bone beside a vertebra shares its level, while two vertebrae of a steeply leaning
+    spine (an upper thoracic kyphosis, a flexed neck) can lie only a few mm apart in
+    world z.
     """
-    if min_dz <= 0 or len(points) < 2:
+    if min_gap <= 0 or len(points) < 2:
         return np.arange(len(points))
+    from vertebra.chain import spine_tangents
+
+    tangents = spine_tangents(points)
     order = np.lexsort((-scores, -views))
     kept: list[int] = []
     for i in order:
-        if all(abs(points[i, 2] - points[j, 2]) >= min_dz for j in kept):
+        d = points[kept] - points[i]
+        gap = np.minimum(np.abs(d @ tangents[i]), np.abs(np.sum(d * tangents[kept], axis=1)))
+        if np.all(gap >= min_gap):
             kept.append(int(i))
     return np.sort(np.array(kept, dtype=np.int64))
 
@@ -666,8 +678,8 @@ def match_tracks(detections, heatmaps: np.ndarray, geometry: drrkit.Geometry,
 
     Correspondence and triangulation (:func:`drrkit.correspondence.match_views`), the
     heatmap refinement of each point, then tracks outside the CT's box (with
-    ``box_margin_mm``) and the worse of two tracks closer than ``min_separation_mm`` in
-    height are left out.
+    ``box_margin_mm``) and the worse of two tracks closer than ``min_separation_mm`` along
+    the spine are left out.
     """
     from drrkit.correspondence import match_views
 

@@ -15,6 +15,7 @@ from vertebra.chain import (
     chain_dp,
     place_chain,
     plateau_windows,
+    spine_tangents,
 )
 from vertebra.errors import VertebraError
 
@@ -184,3 +185,28 @@ def test_regular_chain_is_a_fixed_point(spacing, n, shift):
     chain = place_chain(line(arc), bumps(arc, width=3.0))
     assert chain.source.tolist() == list(range(n))
     assert np.allclose(chain.points, line(arc))
+
+
+def test_spine_tangents_follow_the_line_and_outvote_a_stray_point():
+    """Points along AXIS: every tangent is +-AXIS; a stray point straight beside one of
+    them leaves that point's tangent exactly on AXIS (three directions along it, one
+    across). With fewer than three points the z axis stands in."""
+    pts = line(np.arange(5) * 20.0)
+    np.testing.assert_allclose(np.abs(spine_tangents(pts) @ AXIS), 1.0, atol=1e-9)
+    across = np.cross(AXIS, [1.0, 0.0, 0.0])
+    with_stray = np.vstack([pts, pts[2] + 25 * across / np.linalg.norm(across)])
+    assert abs(spine_tangents(with_stray)[2] @ AXIS) == pytest.approx(1.0, abs=1e-9)
+    np.testing.assert_array_equal(spine_tangents(pts[:2]), [[0, 0, 1.0]] * 2)
+    assert spine_tangents(np.zeros((0, 3))).shape == (0, 3)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**16))
+def test_spine_tangents_turn_with_the_points(seed):
+    """Rotating and shifting the points rotates the tangents (up to sign)."""
+    rng = np.random.default_rng(seed)
+    pts = np.cumsum(rng.normal(0, 1, (7, 3)) * [3, 3, 1] + [0, 0, -20], axis=0)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    moved = spine_tangents(pts @ q.T + rng.normal(0, 50, 3))
+    turned = spine_tangents(pts) @ q.T
+    np.testing.assert_allclose(np.abs(np.sum(moved * turned, axis=1)), 1.0, atol=1e-6)

@@ -253,14 +253,14 @@ def sacrum_dims(scale: float) -> list[LevelDims]:
     return out
 
 
-def _sagittal_angles(dims: list[LevelDims], rng: np.random.Generator
-                     ) -> tuple[np.ndarray, float]:
+def _sagittal_angles(dims: list[LevelDims], rng: np.random.Generator,
+                     max_t1_lean: float = 30.0) -> tuple[np.ndarray, float]:
     """(N,) sagittal joint angles in degrees (positive lordotic) and the sacral slope.
 
     Joint i sits below level i (the last level's joint is with S1). The profile follows
-    from random target tilts of S1, L1, T1 and C2 (the forward lean of the upward spine
-    tangent): lumbar lordosis growing caudally, a thoracic kyphosis bump, a cervical
-    lordosis, a few degrees of noise per joint.
+    from random target tilts of S1, L1, T1 (5 to ``max_t1_lean``) and C2 (the forward
+    lean of the upward spine tangent): lumbar lordosis growing caudally, a thoracic
+    kyphosis bump, a cervical lordosis, a few degrees of noise per joint.
     """
     n = len(dims)
     names = tuple(d.name for d in dims)
@@ -273,7 +273,7 @@ def _sagittal_angles(dims: list[LevelDims], rng: np.random.Generator
     # the upward spine tangent, in degrees); the joint angles in between follow
     slope = rng.uniform(28, 48)
     tilt_l1 = rng.uniform(-20, 2)
-    tilt_t1 = rng.uniform(5, 30)
+    tilt_t1 = rng.uniform(5, max_t1_lean)
     tilt_c2 = rng.uniform(-15, 10)
     sagittal[thoracic[-1]] = rng.uniform(-4, 4)  # thoracolumbar junction
     if "C7" in names:
@@ -314,7 +314,7 @@ def _coronal_angles(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def build_spine(names: tuple[str, ...], rng: np.random.Generator, scale: float = 1.0,
-                disc_scale: float = 1.0) -> Spine:
+                disc_scale: float = 1.0, max_t1_lean: float = 30.0) -> Spine:
     """Place every vertebra along a random, realistically curved spine.
 
     Starting from S1 (tilted by a random sacral slope) the levels are stacked upwards:
@@ -327,15 +327,20 @@ def build_spine(names: tuple[str, ...], rng: np.random.Generator, scale: float =
 
     ``disc_scale`` multiplies every disc's height after the draws (thin, degenerated discs
     of older patients below 1); the random draws, and so the curvature, do not change.
+    ``max_t1_lean`` (degrees, 5-80) widens T1's range, 5..30 by default, to the steep upper
+    thoracic spine of hyperkyphotic patients (decision ``kyphosis``); the draws stay
+    the same in number, so every other part of the spine keeps its values.
     """
     if not disc_scale > 0:
         raise VertebraError(f"disc_scale must be positive, got {disc_scale}")
+    if not 5.0 <= max_t1_lean <= 80.0:
+        raise VertebraError(f"max_t1_lean must lie in [5, 80] degrees, got {max_t1_lean}")
     dims = level_dims(names, rng, scale)
     if disc_scale != 1.0:
         dims = [replace(d, disc=d.disc * disc_scale) for d in dims]
     n = len(dims)
     sac = sacrum_dims(scale)
-    sagittal, slope = _sagittal_angles(dims, rng)
+    sagittal, slope = _sagittal_angles(dims, rng, max_t1_lean)
     coronal = _coronal_angles(n, rng)
     twist = rng.normal(0, 0.8, n)
 

@@ -479,6 +479,7 @@ def make_spine_phantom(
     spine_fov_share: float | None = None,
     ribless_share: float = 0.0,
     calcified_disc_share: float = 0.0,
+    max_t1_lean: float = 30.0,
 ) -> SpinePhantom:
     """A random synthetic spine CT in HU with VerSe ground truth, reproducible from ``seed``.
 
@@ -510,6 +511,7 @@ def make_spine_phantom(
         spine_fov_share: that share (None: :data:`SPINE_FOV_SHARE`), drawn per seed.
         ribless_share, calcified_disc_share: shares of the clinical seeds with ribs as
             faint as muscle and with calcified discs (:func:`_bone_variants`).
+        max_t1_lean: T1's forward lean is drawn from 5 to this many degrees (``kyphosis``).
 
     Returns:
         :class:`SpinePhantom`.
@@ -519,12 +521,8 @@ def make_spine_phantom(
     # each later stream leaves the earlier ones, and so every earlier draw, as they were
     (r_anat, r_fov, r_build, r_metal, r_noise, r_orient, r_clinical, r_look, r_spine_fov,
      r_ribs, r_discs, r_pose, r_slices) = _streams(seed, 13)
-    trans = _choose_transitional(transitional, levels, r_anat)
-    names = level_names(trans)
-    scale = r_anat.uniform(0.88, 1.12)
-    # clinical looks (thin discs, lung size, endplates, bone texture, blur) draw from r_look
-    discs = r_look.uniform(0.45, 1.05) if clinical else 1.0
-    spine = build_spine(names, r_anat, scale, disc_scale=discs)
+    trans, scale, spine = _draw_spine(transitional, levels, clinical, max_t1_lean, r_anat,
+                                      r_look)
     habitus = (r_anat.uniform(0.88, 1.12), r_anat.uniform(0.9, 1.12),
                max(0.0, r_anat.normal(8, 12)), r_anat.uniform(5, 22))
     wide, tight = _field_of_view(clinical and fov is None, share, r_clinical, r_spine_fov)
@@ -543,6 +541,17 @@ def make_spine_phantom(
              (r_look, r_clinical if tight is None else None, r_slices) if clinical else None)
     return _stored(hu, lab, scene, grid, r_orient, orientation, seed=seed, metal=bool(metal_levels),
                    transitional=trans, anatomy=spine)
+
+
+def _draw_spine(transitional, levels, clinical: bool, max_t1_lean: float,
+                r_anat: np.random.Generator, r_look: np.random.Generator):
+    """(transitional anatomy, size scale, :class:`Spine`) of one seed: its levels, size
+    and curvature from ``r_anat``; a clinical scan's disc heights, like its other looks
+    (lung size, endplates, bone texture, blur), from ``r_look``."""
+    trans = _choose_transitional(transitional, levels, r_anat)
+    scale = r_anat.uniform(0.88, 1.12)
+    discs = r_look.uniform(0.45, 1.05) if clinical else 1.0
+    return trans, scale, build_spine(level_names(trans), r_anat, scale, discs, max_t1_lean)
 
 
 def _streams(seed: int, count: int) -> list[np.random.Generator]:
