@@ -14,7 +14,7 @@ replay runs without it; every other stage is the pipeline's own (:func:`label_ct
 Usage::
 
     uv run --group bench python benchmarks/pipeline_replay.py cache runs/replay \\
-        --folder runs/val_plain --folder runs/val_clinical [--model M]
+        --folder runs/val_plain --folder runs/val_clinical [--model M] [--real chest,tptbox]
     uv run --group bench python benchmarks/pipeline_replay.py sweep runs/replay \\
         --config before:chain_weight=none --config chain:chain_weight=3 [--name N]
 
@@ -34,13 +34,29 @@ import numpy as np
 REAL = "real"  # the set name of the real CTs
 
 
-def _cases(folders: list[Path]):
-    """(set, case name, loader) of every case; the loader returns (volume, truth)."""
+def real_cases(text: str | None) -> list[str]:
+    """The real CTs named by ``--real`` ("a,b", "none"; None: all of them)."""
+    import real_ct
+
+    every = [*real_ct.CASES, *real_ct.VARIANTS]
+    if text is None:
+        return every
+    names = [n.strip() for n in text.split(",") if n.strip() and n.strip() != "none"]
+    unknown = [n for n in names if n not in every]
+    if unknown:
+        raise SystemExit(f"error: --real names no case {', '.join(unknown)}; the cases: "
+                         f"{', '.join(every)}")
+    return names
+
+
+def _cases(folders: list[Path], real: list[str] | None = None):
+    """(set, case name, loader) of every case (the real CTs ``real``, None: all); the loader
+    returns (volume, truth)."""
     import real_ct
 
     from vertebra.data.dataset import VerseDataset
 
-    for name in [*real_ct.CASES, *real_ct.VARIANTS]:
+    for name in real_cases(None) if real is None else real:
         def real(name=name):
             case = real_ct.load_case(name)
             return case.ct, real_ct.truth_from_mask(case.mask).centroids
@@ -61,7 +77,8 @@ class _Recorder:
         return self.output
 
 
-def cache(store: Path, folders: list[Path], model: Path | None) -> None:
+def cache(store: Path, folders: list[Path], model: Path | None,
+          real: list[str] | None = None) -> None:
     """Run the networks once per case and store their outputs in ``store``."""
     from dataclasses import replace
 
@@ -71,7 +88,7 @@ def cache(store: Path, folders: list[Path], model: Path | None) -> None:
 
     nets = load_networks(model or default_path(), device="cpu")
     config = pipeline_config(nets)
-    for group, name, load in _cases(folders):
+    for group, name, load in _cases(folders, real):
         path = store / group / f"{name}.npz"
         if path.exists():
             continue
@@ -95,8 +112,8 @@ def _replay(network_output: np.ndarray):
     return network
 
 
-def sweep(store: Path, folders: list[Path], configs: dict[str, dict], model: Path | None
-          ) -> dict:
+def sweep(store: Path, folders: list[Path], configs: dict[str, dict], model: Path | None,
+          real: list[str] | None = None) -> dict:
     """{setting: {set: pooled scores, "cases": {case: scores}}} from stored outputs (a real
     CT's case by its name, a folder's as ``folder/case``)."""
     import warnings
@@ -114,7 +131,7 @@ def sweep(store: Path, folders: list[Path], configs: dict[str, dict], model: Pat
         config = replace(pipeline_config(nets, **settings), mirror=False)
         scores: dict[str, list] = {}
         real_cases = {}
-        for group, name, load in _cases(folders):
+        for group, name, load in _cases(folders, real):
             path = store / group / f"{name}.npz"
             if not path.exists():
                 continue
@@ -172,18 +189,21 @@ def main(argv=None) -> int:
     parser.add_argument("--config", action="append", default=[],
                         help="LABEL:NAME=VALUE,... pipeline settings to score (repeatable)")
     parser.add_argument("--name", default="sweep", help="results file name (sweep)")
+    parser.add_argument("--real", help="the real CTs to take, comma-separated, or none "
+                        "(default: all)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).parent))
+    real = real_cases(args.real)
     import torch
     from _common import RESULTS, commit, cpu_model, utc_now, write_json
 
     torch.set_num_threads(2)
     start = time.perf_counter()
     if args.step == "cache":
-        cache(args.store, args.folder, args.model)
+        cache(args.store, args.folder, args.model, real)
         return 0
     configs = dict(parse_config(c) for c in args.config) or {"shipped": {}}
-    rows = sweep(args.store, args.folder, configs, args.model)
+    rows = sweep(args.store, args.folder, configs, args.model, real)
     from drrkit.io import json_safe
 
     write_json(RESULTS / f"pipeline-replay-{args.name}.json", json_safe({

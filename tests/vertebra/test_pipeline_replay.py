@@ -43,3 +43,12 @@ def test_replayed_outputs_label_as_the_networks_did(script):
     assert direct.centroids().keys() == replayed.centroids().keys() == ph.centroids.keys()
     for k, v in direct.centroids().items():
         np.testing.assert_array_equal(v, replayed.centroids()[k])
+
+
+def test_real_cases_are_named_or_all(script):
+    every = script.real_cases(None)
+    assert "chest" in every and "tptbox" in every
+    assert script.real_cases("chest, tptbox") == ["chest", "tptbox"]
+    assert script.real_cases("none") == []
+    with pytest.raises(SystemExit, match="no case"):
+        script.real_cases("chest,lung")
