@@ -193,8 +193,7 @@ def phantom(
             raise VertebraError("--spine-fov needs --clinical (plain phantoms show the "
                                 "whole trunk)")
         options = {} if spine_fov is None else {"spine_fov_share": spine_fov}
-        if max_t1_lean != 30.0:
-            options["max_t1_lean"] = max_t1_lean
+        options["max_t1_lean"] = max_t1_lean
         start = time.perf_counter()
         names = write_phantoms(
             out, range(seed, seed + count), levels=levels, metal=metal, size=size,

@@ -202,8 +202,9 @@ class DemoConfig:
         if not float(self.identifier_voxel_scale) >= 1.0:
             raise VertebraError(f"identifier_voxel_scale must be >= 1, got "
                                 f"{self.identifier_voxel_scale}")
-        if not 5.0 <= float(self.max_t1_lean) <= 80.0:
-            raise VertebraError(f"max_t1_lean must lie in [5, 80] degrees, got {self.max_t1_lean}")
+        from vertebra.data.anatomy import check_max_t1_lean
+
+        check_max_t1_lean(self.max_t1_lean)
         if self.augment not in AUGMENTS:
             raise VertebraError(f"augment must be one of {', '.join(AUGMENTS)}, got "
                                 f"{self.augment!r}")
@@ -254,7 +255,9 @@ class DemoConfig:
             options["ribless_share"] = float(self.identifier_ribless_share)
         if self.calcified_disc_share:
             options["calcified_disc_share"] = float(self.calcified_disc_share)
-        if float(self.max_t1_lean) != 30.0:
+        from vertebra.data.anatomy import MAX_T1_LEAN
+
+        if float(self.max_t1_lean) != MAX_T1_LEAN:  # the default leaves the caches' keys
             options["max_t1_lean"] = float(self.max_t1_lean)
         return options
 

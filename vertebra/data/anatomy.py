@@ -253,8 +253,19 @@ def sacrum_dims(scale: float) -> list[LevelDims]:
     return out
 
 
+#: Default largest forward lean of the spine at T1, degrees (decision ``kyphosis``).
+MAX_T1_LEAN = 30.0
+
+
+def check_max_t1_lean(value) -> float:
+    """``value`` as a float after checking it lies in [5, 80] degrees."""
+    if not 5.0 <= float(value) <= 80.0:
+        raise VertebraError(f"max_t1_lean must lie in [5, 80] degrees, got {value}")
+    return float(value)
+
+
 def _sagittal_angles(dims: list[LevelDims], rng: np.random.Generator,
-                     max_t1_lean: float = 30.0) -> tuple[np.ndarray, float]:
+                     max_t1_lean: float = MAX_T1_LEAN) -> tuple[np.ndarray, float]:
     """(N,) sagittal joint angles in degrees (positive lordotic) and the sacral slope.
 
     Joint i sits below level i (the last level's joint is with S1). The profile follows
@@ -314,7 +325,7 @@ def _coronal_angles(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def build_spine(names: tuple[str, ...], rng: np.random.Generator, scale: float = 1.0,
-                disc_scale: float = 1.0, max_t1_lean: float = 30.0) -> Spine:
+                disc_scale: float = 1.0, max_t1_lean: float = MAX_T1_LEAN) -> Spine:
     """Place every vertebra along a random, realistically curved spine.
 
     Starting from S1 (tilted by a random sacral slope) the levels are stacked upwards:
@@ -333,8 +344,7 @@ def build_spine(names: tuple[str, ...], rng: np.random.Generator, scale: float =
     """
     if not disc_scale > 0:
         raise VertebraError(f"disc_scale must be positive, got {disc_scale}")
-    if not 5.0 <= max_t1_lean <= 80.0:
-        raise VertebraError(f"max_t1_lean must lie in [5, 80] degrees, got {max_t1_lean}")
+    max_t1_lean = check_max_t1_lean(max_t1_lean)
     dims = level_dims(names, rng, scale)
     if disc_scale != 1.0:
         dims = [replace(d, disc=d.disc * disc_scale) for d in dims]

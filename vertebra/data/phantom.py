@@ -51,7 +51,7 @@ from vertebra.data._clinical import (
     thick_slices,
 )
 from vertebra.data._scene import Scene, build_scene, draw_shoulder_pose
-from vertebra.data.anatomy import Spine, build_spine, level_names
+from vertebra.data.anatomy import MAX_T1_LEAN, Spine, build_spine, level_names
 from vertebra.errors import VertebraError
 
 #: Size presets: (max slices, max rows, max columns) of the canonical grid, in-plane
@@ -479,7 +479,7 @@ def make_spine_phantom(
     spine_fov_share: float | None = None,
     ribless_share: float = 0.0,
     calcified_disc_share: float = 0.0,
-    max_t1_lean: float = 30.0,
+    max_t1_lean: float = MAX_T1_LEAN,
 ) -> SpinePhantom:
     """A random synthetic spine CT in HU with VerSe ground truth, reproducible from ``seed``.
 
@@ -521,8 +521,7 @@ def make_spine_phantom(
     # each later stream leaves the earlier ones, and so every earlier draw, as they were
     (r_anat, r_fov, r_build, r_metal, r_noise, r_orient, r_clinical, r_look, r_spine_fov,
      r_ribs, r_discs, r_pose, r_slices) = _streams(seed, 13)
-    trans, scale, spine = _draw_spine(transitional, levels, clinical, max_t1_lean, r_anat,
-                                      r_look)
+    trans, spine = _draw_spine(transitional, levels, clinical, max_t1_lean, r_anat, r_look)
     habitus = (r_anat.uniform(0.88, 1.12), r_anat.uniform(0.9, 1.12),
                max(0.0, r_anat.normal(8, 12)), r_anat.uniform(5, 22))
     wide, tight = _field_of_view(clinical and fov is None, share, r_clinical, r_spine_fov)
@@ -545,13 +544,13 @@ def make_spine_phantom(
 
 def _draw_spine(transitional, levels, clinical: bool, max_t1_lean: float,
                 r_anat: np.random.Generator, r_look: np.random.Generator):
-    """(transitional anatomy, size scale, :class:`Spine`) of one seed: its levels, size
-    and curvature from ``r_anat``; a clinical scan's disc heights, like its other looks
+    """(transitional anatomy, :class:`Spine`) of one seed: its levels, size and curvature
+    from ``r_anat``; a clinical scan's disc heights, like its other looks
     (lung size, endplates, bone texture, blur), from ``r_look``."""
     trans = _choose_transitional(transitional, levels, r_anat)
     scale = r_anat.uniform(0.88, 1.12)
     discs = r_look.uniform(0.45, 1.05) if clinical else 1.0
-    return trans, scale, build_spine(level_names(trans), r_anat, scale, discs, max_t1_lean)
+    return trans, build_spine(level_names(trans), r_anat, scale, discs, max_t1_lean)
 
 
 def _streams(seed: int, count: int) -> list[np.random.Generator]:

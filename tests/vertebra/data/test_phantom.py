@@ -415,3 +415,25 @@ def test_disc_scale_thins_every_disc_and_keeps_the_rest():
     for bad in (0.0, -0.5):
         with pytest.raises(VertebraError, match="disc_scale must be positive"):
             anatomy.build_spine(names, np.random.default_rng(5), disc_scale=bad)
+
+
+def test_max_t1_lean_steepens_only_the_upper_spine():
+    """The same seed with a wider T1 range: the same vertebra sizes and sacrum, T1's
+    forward lean (its body axis) never smaller and on average larger; a value outside
+    [5, 80] degrees is refused."""
+    names = anatomy.level_names()
+
+    def t1_lean(spine):
+        axis = spine.frames[spine.index("T1")][:, 2]
+        return math.degrees(math.atan2(-axis[1], axis[2]))
+
+    gained = []
+    for seed in range(12):
+        usual = anatomy.build_spine(names, np.random.default_rng(seed))
+        steep = anatomy.build_spine(names, np.random.default_rng(seed), max_t1_lean=50)
+        assert usual.dims == steep.dims
+        np.testing.assert_array_equal(usual.sacrum_centres, steep.sacrum_centres)
+        gained.append(t1_lean(steep) - t1_lean(usual))
+    assert min(gained) > -0.5 and np.mean(gained) > 5.0
+    with pytest.raises(anatomy.VertebraError, match="max_t1_lean"):
+        anatomy.build_spine(names, np.random.default_rng(0), max_t1_lean=90)
