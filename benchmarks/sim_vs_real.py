@@ -11,7 +11,9 @@ first seed's clinical phantom as a spine protocol reconstructs it (``spine_fov_s
 a small field of view centred on the spine). The cut scans (TPTBox's crop, the chest CT
 cut to a spine protocol's 150 mm field of view, ``real_ct.py``'s ``chest-spine``, and the
 spine-protocol phantom) come again as ``vertebra label --complete-body`` renders them,
-inside a completed trunk (:func:`drrkit.completion.complete_body`). Each row shows the
+inside a completed trunk (:func:`drrkit.completion.complete_body`), and a CT with voxels
+denser than bone (undiluted contrast, metal) comes again as ``vertebra label
+--suppress-dense`` renders it (:func:`drrkit.dense.suppress_dense`). Each row shows the
 anterior and left-lateral views as the localizer sees them (``TrainConfig.cpu_demo``'s
 localization views: 2 mm pixels at the isocentre, bone-enhanced, line integrals divided
 by ``intensity_scale``), on one fixed grey scale, so brightness compares across rows.
@@ -63,6 +65,7 @@ def main(argv=None) -> int:
 
     import drrkit
     from drrkit.completion import complete_body, needs_completion
+    from drrkit.dense import suppress_dense
     from vertebra.data.phantom import make_spine_phantom
     from vertebra.training.config import TrainConfig
 
@@ -73,12 +76,17 @@ def main(argv=None) -> int:
     rows, names = [], []
 
     def add(volume, name, cut=False):
-        """A row of the volume's views, and one of its completed trunk's when ``cut``."""
+        """A row of the volume's views; one of its completed trunk's when ``cut``; one
+        without its voxels denser than bone when it has any."""
         rows.append(_row(_views(volume, view_config)))
         names.append(name)
         if cut and needs_completion(volume):
             rows.append(_row(_views(complete_body(volume), view_config)))
             names.append(f"{name}, completed")
+        cleaned = suppress_dense(volume)
+        if cleaned is not volume:
+            rows.append(_row(_views(cleaned, view_config)))
+            names.append(f"{name}, dense suppressed")
 
     for case in [*CASES, "chest-spine"]:
         add(load_case(case).ct, f"real: {case}", cut=True)

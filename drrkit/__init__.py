@@ -4,6 +4,7 @@ Importing drrkit never needs a GPU; CUDA (CuPy) is loaded only when a CUDA backe
 used.
 """
 
+from drrkit.dense import suppress_dense
 from drrkit.errors import DrrkitError
 from drrkit.geometry import Geometry, Projected, circular_orbit, pixel_rays, project_points
 from drrkit.render import cuda_available, render, render_labels
@@ -34,6 +35,7 @@ __all__ = [
     "render",
     "render_labels",
     "resample_isotropic",
+    "suppress_dense",
 ]
 
 

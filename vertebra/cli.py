@@ -264,6 +264,10 @@ def label(
     complete_body: Annotated[bool | None, typer.Option("--complete-body/--no-complete-body",
         help="Render a scan whose small field of view the body fills (a spine protocol, a "
         "crop) inside a trunk of soft tissue (default: the bundle's setting, else no).")] = None,
+    suppress_dense: Annotated[bool | None, typer.Option(
+        "--suppress-dense/--keep-dense", help="Render the CT's voxels denser than bone "
+        "(undiluted contrast, metal) and their bright rim as soft tissue (default: the "
+        "bundle's setting, else keep them).")] = None,
     pictures: Annotated[bool, typer.Option(
         "--pictures/--no-pictures", help="Write the PNGs.")] = True,
 ) -> None:
@@ -290,7 +294,7 @@ def label(
                              precision=precision)
         given = {"localizer_views": views, "allow_t13": t13, "mirror": mirror,
                  "correction": correction, "voting": voting, "complete_body": complete_body}
-        config = _label_config(nets, given, extend_ends, chain)
+        config = _label_config(nets, given, extend_ends, chain, suppress_dense)
     failed = _label_all(cases, batch, nets, config, out,
                         {"backend": backend, "nan": nan, "pictures": pictures})
     if failed:
@@ -300,7 +304,8 @@ def label(
         raise typer.Exit(2)
 
 
-def _label_config(nets, given: dict, extend_ends: bool, chain: bool | None):
+def _label_config(nets, given: dict, extend_ends: bool, chain: bool | None,
+                  suppress_dense: bool | None = None):
     """The pipeline settings of ``vertebra label``: the networks' own, then the options
     given (None: not given)."""
     from vertebra.labelling import pipeline_config
@@ -314,6 +319,12 @@ def _label_config(nets, given: dict, extend_ends: bool, chain: bool | None):
         from vertebra.chain import WEIGHT
 
         changes["chain_weight"] = WEIGHT
+    if suppress_dense is False:
+        changes["dense_hu"] = None
+    elif suppress_dense and nets.settings.get("dense_hu") is None:
+        from drrkit.dense import DENSE_HU
+
+        changes["dense_hu"] = DENSE_HU
     return pipeline_config(nets, **changes)
 
 

@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from drrkit.dense import DENSE_HU
 from vertebra.errors import VertebraError
 
 #: Augmentation strengths of :attr:`DemoConfig.augment`.
@@ -114,6 +115,9 @@ class DemoConfig:
             (:class:`vertebra.training.sources.CompletedSource`) and in labelling, where
             the networks bundle stores it (``PipelineConfig.complete_body``); None: off.
             The ``real-ct`` recipe turns it on (decision ``body-completion``).
+        dense_hu: labelling renders voxels above this CT number as soft tissue, stored in
+            the networks bundle (``PipelineConfig.dense_hu``; None: off). The ``real-ct``
+            recipe sets it (decision ``dense-contrast``).
         seed: training seed of both networks and the pre-training
             (``TrainConfig.seed``); runs that differ only in it are ensemble members.
         threads: torch CPU threads (None: torch's default).
@@ -173,6 +177,7 @@ class DemoConfig:
     mirror: bool | None = None
     chain_weight: float | None = None
     complete_body: bool | None = None
+    dense_hu: float | None = None
     seed: int = 0
     threads: int | None = None
     pictures: bool = True
@@ -279,7 +284,7 @@ class DemoConfig:
     def pipeline_settings(self) -> dict:
         """:class:`vertebra.pipeline.PipelineConfig` fields stored in the networks bundle."""
         names = ("localizer_views", "peak_threshold", "extend_threshold", "allow_t13",
-                 "tolerance_mm", "mirror", "chain_weight", "complete_body")
+                 "tolerance_mm", "mirror", "chain_weight", "complete_body", "dense_hu")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     @classmethod
@@ -294,7 +299,7 @@ class DemoConfig:
                   "train_phantoms": 192, "identifier_phantoms": 400,
                   "localizer_iterations": 18000, "identifier_iterations": 7000,
                   "cache_mib": 8192.0, "tolerance_mm": 8.0, "mirror": True,
-                  "chain_weight": 3.0, "complete_body": True}
+                  "chain_weight": 3.0, "complete_body": True, "dense_hu": DENSE_HU}
         values.update(changes)
         return cls(**values)
 

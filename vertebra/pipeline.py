@@ -80,6 +80,7 @@ import numpy as np
 
 import drrkit
 from drrkit.completion import completed
+from drrkit.dense import check_dense_hu, suppress_dense
 from vertebra import labels as vlabels
 from vertebra.correction import Correction, correct_tracks, crowded, gap_rows
 from vertebra.errors import VertebraError
@@ -177,6 +178,10 @@ class PipelineConfig:
             tissue (:func:`drrkit.completion.complete_body`), so its views show the spine
             against a whole trunk's tissue as the networks' training scans do; the
             points are still kept to the scan's own box.
+        dense_hu: voxels above this CT number (undiluted contrast, metal: denser than any
+            vertebra) and their bright rim are rendered as soft tissue
+            (:func:`drrkit.dense.suppress_dense`), so that a vein full of contrast does not
+            outshine the spine it crosses in the bone-enhanced views; None renders them.
     """
 
     peak_threshold: float = 0.4
@@ -207,6 +212,7 @@ class PipelineConfig:
     chain_plateau: float = 0.85
     chain_tolerance: float = 0.1
     complete_body: bool = False
+    dense_hu: float | None = None
 
     def __post_init__(self) -> None:
         if self.voting not in VOTING:
@@ -248,6 +254,11 @@ class PipelineConfig:
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise VertebraError(f"{name} must be true or false, got "
                                     f"{getattr(self, name)!r}")
+        if self.dense_hu is not None:
+            try:
+                check_dense_hu(self.dense_hu)
+            except drrkit.DrrkitError as error:
+                raise VertebraError(f"dense_hu: {error}") from None
         if self.chain_weight is not None and not (np.isfinite(self.chain_weight)
                                                   and self.chain_weight >= 0):
             raise VertebraError(f"chain_weight must be >= 0 (or None), got {self.chain_weight}")
@@ -328,6 +339,8 @@ class LabelResult:
         completed: the views were rendered with the trunk completed
             (``PipelineConfig.complete_body``); ``geometry`` and ``inputs`` are of the
             completed scan.
+        suppressed: the views were rendered without the CT's voxels denser than bone
+            (``PipelineConfig.dense_hu``).
     """
 
     vertebrae: tuple[LabelledVertebra, ...]
@@ -355,6 +368,7 @@ class LabelResult:
     above_sacrum: bool = False
     added: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     completed: bool = False
+    suppressed: bool = False
 
     def centroids(self) -> dict[int, np.ndarray]:
         """{VerSe id: (3,) world mm} of the labelled vertebrae, superior first."""
@@ -995,7 +1009,8 @@ def label_ct(
     clock = _Clock(progress)
 
     clock.start("render")
-    scene = completed_scene(volume, config)
+    cleaned = dense_free(volume, config)
+    scene = completed(cleaned) if config.complete_body else cleaned
     geometry = views.geometry(scene)
     attenuation = views.attenuation(scene)  # bone-enhanced once for both networks' views
     inputs = views.render(attenuation, geometry, backend=backend, enhanced=True)
@@ -1039,14 +1054,13 @@ def label_ct(
         geometry=geometry, inputs=inputs, heatmaps=heatmaps, timings=clock.timings,
         sacrum=votes.sacrum, sacrum_below=votes.below,
         above_sacrum=bool(labels.above_sacrum and len(vertebrae)), added=tracks.added,
-        completed=scene is not volume)
+        completed=scene is not cleaned, suppressed=cleaned is not volume)
 
 
-def completed_scene(volume: drrkit.Volume, config: PipelineConfig) -> drrkit.Volume:
-    """What the views integrate: ``volume`` itself, or with ``config.complete_body`` and a
-    small field of view the body fills (:func:`drrkit.completion.needs_completion`), the
-    scan inside a completed trunk (:func:`drrkit.completion.complete_body`)."""
-    return completed(volume) if config.complete_body else volume
+def dense_free(volume: drrkit.Volume, config: PipelineConfig) -> drrkit.Volume:
+    """``volume`` without its voxels denser than bone when ``config.dense_hu`` is set (a
+    new volume when there are any), else ``volume`` itself."""
+    return volume if config.dense_hu is None else suppress_dense(volume, config.dense_hu)
 
 
 # ---------------------------------------------------------------------- torch networks

@@ -345,6 +345,7 @@ def result_summary(result, **extra) -> dict:
                          else round(float(result.sacrum_below), 4)),
         "above_sacrum": bool(result.above_sacrum),
         "completed_body": bool(getattr(result, "completed", False)),
+        "dense_suppressed": bool(getattr(result, "suppressed", False)),
         "vertebrae": [{
             "label": v.verse_id, "name": v.name, "region": v.region,
             "world_mm": [round(float(x), 3) for x in v.world],

@@ -73,6 +73,7 @@ def test_demo_config_and_cli_errors(tmp_path):
     assert real["tolerance_mm"] == 8.0 and real["mirror"] is True
     assert PipelineConfig(**real).mirror and PipelineConfig(**real).chain_weight == 3.0
     assert PipelineConfig(**real).complete_body and not PipelineConfig().complete_body
+    assert PipelineConfig(**real).dense_hu == 1600.0 and PipelineConfig().dense_hu is None
     # the training seed reaches both networks' TrainConfig; seed 0 is TrainConfig's own
     assert DemoConfig(seed=3).train_changes() == {"seed": 3}
     assert "seed" not in DemoConfig().train_changes()

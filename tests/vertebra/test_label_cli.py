@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from drrkit.dense import DENSE_HU
 from drrkit.errors import DrrkitError
 from vertebra import labels as vl
 from vertebra import pipeline
@@ -69,7 +70,8 @@ def test_label_one_ct_with_a_random_checkpoint(data, tiny_checkpoint):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging left
     res = runner.invoke(app, ["label", str(ct_of(data)), "--model", str(tiny_checkpoint[0]),
                               "--out", str(data / "out_no_t13"), "--no-t13", "--mirror",
-                              "--chain", "--complete-body", "--no-pictures"])
+                              "--chain", "--complete-body", "--suppress-dense",
+                              "--no-pictures"])
     assert res.exit_code == 0, res.output
     summary = json.loads((data / "out_no_t13" / f"{stem}_label.json").read_text())
     assert summary["pipeline"]["allow_t13"] is False
@@ -77,9 +79,11 @@ def test_label_one_ct_with_a_random_checkpoint(data, tiny_checkpoint):
         ).count('"mirror": true')
     assert summary["pipeline"]["chain_weight"] == WEIGHT
     assert summary["pipeline"]["complete_body"] is True
+    assert summary["pipeline"]["dense_hu"] == DENSE_HU
     first = json.loads((out / f"{stem}_label.json").read_text())
     assert first["pipeline"]["chain_weight"] is None
     assert first["pipeline"]["complete_body"] is False and first["completed_body"] is False
+    assert first["pipeline"]["dense_hu"] is None and first["dense_suppressed"] is False
 
 
 def test_label_folder_with_oracle_networks_writes_the_truth(data, monkeypatch, tmp_path):

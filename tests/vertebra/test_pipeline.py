@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import drrkit
 from drrkit.errors import DrrkitError
+from vertebra.errors import VertebraError
 from vertebra import labels as vl
 from vertebra.data.phantom import make_spine_phantom
 from vertebra.pipeline import (
@@ -607,3 +608,31 @@ def test_a_cut_scan_is_rendered_in_a_completed_trunk():
     check(off, ph.centroids)
     with pytest.raises(DrrkitError, match="complete_body must be true or false"):
         PipelineConfig(complete_body="yes")
+
+
+def test_dense_contrast_is_rendered_as_soft_tissue(thoracic, thoracic_maps):
+    """With ``dense_hu``, a 2500 HU vein beside the spine is left out of both networks'
+    views (the inputs are those of the CT without it) and the labels stay exact; a CT with
+    nothing that dense renders as it is."""
+    from drrkit.dense import suppress_dense
+
+    vol, (heat, probs, _) = thoracic_maps
+    hu = thoracic.ct.data.copy()
+    zyx = np.indices(hu.shape).reshape(3, -1).T
+    world = vol.voxel_to_world(zyx[:, ::-1]).reshape(hu.shape + (3,))
+    top = next(iter(thoracic.centroids.values()))
+    # a vein 4 mm across running along the spine, 20 mm left of it and 30 mm in front
+    hu[np.hypot(world[..., 0] - top[0] - 20.0, world[..., 1] - top[1] + 30.0) < 2.0] = 2500.0
+    veined = vol.with_data(drrkit.hu_to_mu(hu))
+    r = run(veined, heat, probs, config=PipelineConfig(dense_hu=1600.0))
+    assert r.suppressed and not r.completed
+    clean = suppress_dense(veined, 1600.0)
+    assert not np.array_equal(clean.data, veined.data)
+    np.testing.assert_allclose(r.inputs, VIEWS.render(clean, VIEWS.geometry(clean),
+                                                      backend="cpu"))
+    check(r, thoracic.centroids)
+    plain = run(vol, heat, probs, config=PipelineConfig(dense_hu=1600.0))
+    assert not plain.suppressed
+    np.testing.assert_array_equal(plain.inputs, run(vol, heat, probs).inputs)
+    with pytest.raises(VertebraError, match="dense_hu"):
+        PipelineConfig(dense_hu=500.0)
