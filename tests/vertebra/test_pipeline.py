@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 import drrkit
 from drrkit.errors import DrrkitError
-from vertebra.errors import VertebraError
 from vertebra import labels as vl
 from vertebra.data.phantom import make_spine_phantom
+from vertebra.errors import VertebraError
 from vertebra.pipeline import (
     NO_SPINE,
     MirroredNetwork,
