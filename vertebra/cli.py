@@ -297,10 +297,15 @@ def label(
         config = _label_config(nets, given, extend_ends, chain, suppress_dense)
     failed = _label_all(cases, batch, nets, config, out,
                         {"backend": backend, "nan": nan, "pictures": pictures})
+    _exit_if_failed(failed, len(cases))
+
+
+def _exit_if_failed(failed: int, total: int) -> None:
+    """Exit 2 when any CT failed (each failure already said why; a batch also says how
+    many)."""
     if failed:
-        if len(cases) == 1:
-            raise typer.Exit(2)
-        typer.echo(f"error: {failed} of {len(cases)} CTs failed", err=True)
+        if total > 1:
+            typer.echo(f"error: {failed} of {total} CTs failed", err=True)
         raise typer.Exit(2)
 
 

@@ -1009,8 +1009,7 @@ def label_ct(
     clock = _Clock(progress)
 
     clock.start("render")
-    cleaned = dense_free(volume, config)
-    scene = completed(cleaned) if config.complete_body else cleaned
+    cleaned, scene = scenes(volume, config)
     geometry = views.geometry(scene)
     attenuation = views.attenuation(scene)  # bone-enhanced once for both networks' views
     inputs = views.render(attenuation, geometry, backend=backend, enhanced=True)
@@ -1057,10 +1056,15 @@ def label_ct(
         completed=scene is not cleaned, suppressed=cleaned is not volume)
 
 
-def dense_free(volume: drrkit.Volume, config: PipelineConfig) -> drrkit.Volume:
-    """``volume`` without its voxels denser than bone when ``config.dense_hu`` is set (a
-    new volume when there are any), else ``volume`` itself."""
-    return volume if config.dense_hu is None else suppress_dense(volume, config.dense_hu)
+def scenes(volume: drrkit.Volume, config: PipelineConfig
+           ) -> tuple[drrkit.Volume, drrkit.Volume]:
+    """(cleaned, scene): ``volume`` without its voxels denser than bone when
+    ``config.dense_hu`` is set (:func:`drrkit.dense.suppress_dense`; a new volume when there
+    are any), and what the views integrate: ``cleaned`` inside a completed trunk with
+    ``config.complete_body`` and a small field of view the body fills
+    (:func:`drrkit.completion.completed`), else ``cleaned`` itself."""
+    cleaned = volume if config.dense_hu is None else suppress_dense(volume, config.dense_hu)
+    return cleaned, completed(cleaned) if config.complete_body else cleaned
 
 
 # ---------------------------------------------------------------------- torch networks
