@@ -24,7 +24,7 @@ from drrkit.errors import DrrkitError
 from drrkit.volume import MU_WATER, Volume
 
 #: Default CT number (HU) above which a voxel is taken out: above the densest vertebral
-#: bone, below undiluted contrast and metal.
+#: bone, below undiluted contrast and metal (decision ``dense-contrast``).
 DENSE_HU = 1600.0
 #: Lowest threshold :func:`suppress_dense` accepts (HU): below it, it would take out
 #: vertebral cortex.
