@@ -1,8 +1,9 @@
 """Undiluted contrast and metal taken out of a CT before it is rendered.
 
-Vertebral bone stays below about 1600 HU in clinical CTs: its cortical shell is thin, so
-the scanner's blur mixes it with the marrow beside it. Denser voxels are undiluted
-iodinated contrast in the injected arm's veins (2000-3000 HU, up to where the scanner's
+Vertebral bone rarely reaches the default threshold: its cortical shell is thin, so the
+scanner's blur mixes it with the marrow beside it (the densest vertebral voxels of the
+real CTs the project checks are in decision ``dense-contrast``). Denser voxels are
+undiluted iodinated contrast in the injected arm's veins (up to where the scanner's
 numbers stop), metal (screws, rods, prostheses, wires) and, rarely, the thick cortex of
 the long bones. In a bone-enhanced DRR (:func:`drrkit.enhance_bone`) a vein full of
 contrast outshines the spine it crosses. :func:`suppress_dense` replaces those voxels,
