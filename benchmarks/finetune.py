@@ -3,12 +3,14 @@
 Run::
 
     uv run python benchmarks/finetune.py BUNDLE WORK [--phantoms 64] [--members localizer,...]
-        [--iterations 500] [--lr 1e-4] [--max-t1-lean 30]
+        [--iterations 500] [--lr 1e-4] [--max-t1-lean 30] [--keep-dense]
 
 ``BUNDLE`` is a networks file or bundle (``vertebra/weights/default.safetensors``, a
 ``vertebra ensemble`` output). ``WORK/data`` receives the ``real-ct`` recipe's training
 caches for ``--phantoms`` phantoms per network (:func:`vertebra.demo.prepare_data`: seeds
-0.., the recipe's scan mix, completed views; reused when present), and each named member
+0.., the recipe's scan mix, completed views with the voxels denser than bone rendered as
+soft tissue, or kept with ``--keep-dense``, as the shipped networks before decision
+``dense-contrast`` were trained; reused when present), and each named member
 (``localizer``, ``localizer_2``, ..., ``identifier``, ...) is trained on its task's cache
 for ``--iterations`` more steps at a constant learning rate ``--lr``, from its weights in
 the bundle (a fresh Adam state; the recipe's augmentation, batch and crops), into
@@ -27,7 +29,8 @@ from pathlib import Path
 
 
 def finetune(bundle: Path, work: Path, members: list[str], *, phantoms: int,
-             iterations: int, lr: float, max_t1_lean: float = 30.0) -> Path:
+             iterations: int, lr: float, max_t1_lean: float = 30.0,
+             keep_dense: bool = False) -> Path:
     """Fine-tune ``members`` of ``bundle`` (see the module docstring); returns the bundle."""
     import torch
 
@@ -44,6 +47,8 @@ def finetune(bundle: Path, work: Path, members: list[str], *, phantoms: int,
                          f"{', '.join(k for k in source if k.startswith(('loc', 'ident')))}")
     config = DemoConfig.real_ct(train_phantoms=phantoms, identifier_phantoms=phantoms,
                                 max_t1_lean=max_t1_lean)
+    if keep_dense:
+        config = dataclasses.replace(config, dense_hu=None)
     caches, _ = prepare_data(work / "data", config)
     out = dict(source)
     for name in members:
@@ -77,13 +82,15 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-t1-lean", type=float, default=30.0,
                    help="the phantoms' largest forward lean at T1, degrees")
+    p.add_argument("--keep-dense", action="store_true",
+                   help="train on views that keep the voxels denser than bone")
     args = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
     path = finetune(args.bundle, args.work, [m.strip() for m in args.members.split(",")],
                     phantoms=args.phantoms, iterations=args.iterations, lr=args.lr,
-                    max_t1_lean=args.max_t1_lean)
+                    max_t1_lean=args.max_t1_lean, keep_dense=args.keep_dense)
     print(f"wrote {path}")
     return 0
 

@@ -112,12 +112,13 @@ class DemoConfig:
             recipe turns it on (decision ``chain-placement``).
         complete_body: show the networks scans whose small field of view the body
             fills inside a completed trunk, in training
-            (:class:`vertebra.training.sources.CompletedSource`) and in labelling, where
+            (:class:`vertebra.training.sources.SceneSource`) and in labelling, where
             the networks bundle stores it (``PipelineConfig.complete_body``); None: off.
             The ``real-ct`` recipe turns it on (decision ``body-completion``).
-        dense_hu: labelling renders voxels above this CT number as soft tissue, stored in
-            the networks bundle (``PipelineConfig.dense_hu``; None: off). The ``real-ct``
-            recipe sets it (decision ``dense-contrast``).
+        dense_hu: render voxels above this CT number (and their bright rim) as soft
+            tissue, in training (:class:`vertebra.training.sources.SceneSource`) and in
+            labelling, where the networks bundle stores it (``PipelineConfig.dense_hu``);
+            None: off. The ``real-ct`` recipe sets it (decision ``dense-contrast``).
         seed: training seed of both networks and the pre-training
             (``TrainConfig.seed``); runs that differ only in it are ensemble members.
         threads: torch CPU threads (None: torch's default).
@@ -388,7 +389,7 @@ def prepare_data(data: Path, config: DemoConfig, log: Callable[[str], None] = pr
         prerender_many,
         read_manifest,
     )
-    from vertebra.training.sources import CompletedSource, CroppedSource, PhantomSource
+    from vertebra.training.sources import CroppedSource, PhantomSource, SceneSource
 
     def copies(task: str) -> int:  # items per phantom: the whole scan and its crops
         return config.crops_of(task) + 1
@@ -401,7 +402,10 @@ def prepare_data(data: Path, config: DemoConfig, log: Callable[[str], None] = pr
                                 crops=config.crops_of(task),
                                 min_vertebrae=config.crop_min_vertebrae,
                                 reach=config.crop_reach)
-        return CompletedSource(cropped) if config.complete_body else cropped
+        if not config.complete_body and config.dense_hu is None:
+            return cropped
+        return SceneSource(cropped, complete_body=bool(config.complete_body),
+                           dense_hu=config.dense_hu)
 
     caches, todo = {}, {}
     for task in ("localization", "identification"):

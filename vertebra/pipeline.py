@@ -79,12 +79,12 @@ from pathlib import Path
 import numpy as np
 
 import drrkit
-from drrkit.completion import completed
-from drrkit.dense import check_dense_hu, suppress_dense
+from drrkit.dense import check_dense_hu
 from vertebra import labels as vlabels
 from vertebra.correction import Correction, correct_tracks, crowded, gap_rows
 from vertebra.errors import VertebraError
 from vertebra.peaks import Peaks, density_peaks
+from vertebra.scene import network_scene
 from vertebra.targets import SQUARE_MM, pixel_size_at_isocenter
 from vertebra.views import ViewConfig
 
@@ -1058,13 +1058,10 @@ def label_ct(
 
 def scenes(volume: drrkit.Volume, config: PipelineConfig
            ) -> tuple[drrkit.Volume, drrkit.Volume]:
-    """(cleaned, scene): ``volume`` without its voxels denser than bone when
-    ``config.dense_hu`` is set (:func:`drrkit.dense.suppress_dense`; a new volume when there
-    are any), and what the views integrate: ``cleaned`` inside a completed trunk with
-    ``config.complete_body`` and a small field of view the body fills
-    (:func:`drrkit.completion.completed`), else ``cleaned`` itself."""
-    cleaned = volume if config.dense_hu is None else suppress_dense(volume, config.dense_hu)
-    return cleaned, completed(cleaned) if config.complete_body else cleaned
+    """(cleaned, scene) of ``volume`` under ``config.dense_hu`` and ``config.complete_body``:
+    :func:`vertebra.scene.network_scene`, the rule training shares."""
+    return network_scene(volume, dense_hu=config.dense_hu,
+                         complete_body=bool(config.complete_body))
 
 
 # ---------------------------------------------------------------------- torch networks

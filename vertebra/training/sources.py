@@ -302,38 +302,49 @@ class CroppedSource(CTSource):
         return replace(ct, name=self.name(index))
 
 
-class CompletedSource(CTSource):
-    """Each CT of a source, a cut one inside a completed trunk, as the pipeline labels it.
+class SceneSource(CTSource):
+    """Each CT of a source as the pipeline renders it for the networks.
 
-    A CT whose small field of view the body fills is replaced by
-    :func:`drrkit.completion.completed` of it, the volume that
-    ``PipelineConfig.complete_body`` makes the networks see at inference; the other CTs
-    pass unchanged. Training on such views makes training and labelling render alike
-    (decision ``body-completion``). The centroids, names and anchors stay: completion
-    pads the scan and never moves its voxels.
+    Every CT goes through :func:`vertebra.scene.network_scene`, the rule labelling
+    applies before it renders (``PipelineConfig.dense_hu`` and ``complete_body``): with
+    ``dense_hu`` its voxels denser than bone become soft tissue, with ``complete_body`` a
+    CT whose small field of view the body fills is placed inside a completed trunk. A CT
+    neither changes passes as it is. Training on such views makes training and labelling
+    render alike (decisions ``body-completion``, ``dense-contrast``). The centroids, names
+    and anchors stay: neither step moves a voxel.
 
     Args:
         source: the CT source.
+        complete_body: complete cut scans' trunks.
+        dense_hu: CT number (HU) above which voxels become soft tissue; None keeps them.
     """
 
-    def __init__(self, source: CTSource) -> None:
+    def __init__(self, source: CTSource, *, complete_body: bool = True,
+                 dense_hu: float | None = None) -> None:
+        from drrkit.dense import check_dense_hu
+
         super().__init__(cache=1)  # the inner source caches the CTs
-        self.source = source
+        self.source, self.complete_body = source, bool(complete_body)
+        self.dense_hu = None if dense_hu is None else check_dense_hu(dense_hu)
 
     def __len__(self) -> int:
         return len(self.source)
 
     def describe(self) -> dict:
-        return {"kind": "completed", "source": self.source.describe()}
+        if self.complete_body and self.dense_hu is None:  # as caches made before dense_hu
+            return {"kind": "completed", "source": self.source.describe()}
+        return {"kind": "scene", "complete_body": self.complete_body,
+                "dense_hu": self.dense_hu, "source": self.source.describe()}
 
     def name(self, index: int) -> str:
         return self.source.name(index)
 
     def _load(self, index: int) -> TrainingCT:
-        from drrkit.completion import completed
+        from vertebra.scene import network_scene
 
         ct = self.source.load(index)
-        volume = completed(ct.volume)
+        _, volume = network_scene(ct.volume, dense_hu=self.dense_hu,
+                                  complete_body=self.complete_body)
         return ct if volume is ct.volume else replace(ct, volume=volume)
 
 

@@ -131,15 +131,15 @@ def test_cropped_source_adds_named_deterministic_crops(phantoms):
             CroppedSource(phantoms, reach=reach)
 
 
-def test_completed_source_completes_only_cut_scans():
+def test_scene_source_completes_only_cut_scans():
     """A scan whose small field of view the body fills comes back inside the completed
     trunk the pipeline labels it in (the same volume as ``complete_body`` of it, its
     centroids kept); a whole trunk comes back as it is."""
     from drrkit.completion import complete_body, needs_completion
-    from vertebra.training.sources import CompletedSource
+    from vertebra.training.sources import SceneSource
 
     cut = PhantomSource([0, 1], size="small", fov=100.0)
-    src = CompletedSource(cut)
+    src = SceneSource(cut)
     assert len(src) == 2 and src.name(1) == cut.name(1) == "phantom0001"
     assert src.describe() == {"kind": "completed", "source": cut.describe()}
     given, made = cut.load(1), src.load(1)
@@ -153,7 +153,32 @@ def test_completed_source_completes_only_cut_scans():
     for k, c in given.centroids.items():
         np.testing.assert_array_equal(made.centroids[k], c)
     whole = PhantomSource([1], size="small", clinical_share=1.0)  # a whole trunk
-    assert CompletedSource(whole).load(0) is whole.load(0)
+    assert SceneSource(whole).load(0) is whole.load(0)
+
+
+def test_scene_source_renders_dense_voxels_as_the_pipeline_does():
+    """With ``dense_hu`` a phantom's screws come back as the pipeline's rule makes them
+    (the same volume as ``suppress_dense``, nothing above the threshold left), its
+    geometry and centroids kept; the description names the setting; a bad threshold is
+    refused."""
+    from drrkit.dense import suppress_dense
+    from drrkit.volume import hu_to_mu
+    from vertebra.training.sources import SceneSource
+
+    screws = PhantomSource([0], size="small", metal=True)
+    src = SceneSource(screws, complete_body=False, dense_hu=1600)
+    assert src.describe() == {"kind": "scene", "complete_body": False, "dense_hu": 1600.0,
+                              "source": screws.describe()}
+    given, made = screws.load(0), src.load(0)
+    assert given.volume.data.max() > hu_to_mu(1600.0)
+    np.testing.assert_array_equal(made.volume.data, suppress_dense(given.volume, 1600).data)
+    assert made.volume.data.max() <= hu_to_mu(1600.0)
+    np.testing.assert_array_equal(made.volume.index_to_world, given.volume.index_to_world)
+    for k, c in given.centroids.items():
+        np.testing.assert_array_equal(made.centroids[k], c)
+    assert SceneSource(screws, complete_body=False).load(0) is given
+    with pytest.raises(DrrkitError, match="at least"):
+        SceneSource(screws, dense_hu=500)
 
 
 def test_cropped_source_reach_sets_where_the_cuts_fall(phantoms):
