@@ -195,6 +195,7 @@ def test_orientation_superior_up_left_right_in_view0():
 
 @given(seed=st.integers(0, 2**31 - 1))
 @example(seed=733)  # a ray within float32 rounding of a piece-count jump
+@example(seed=3949)  # two such rays, each repeated by the orbit's and the rows' symmetry
 def test_storage_orientation_does_not_change_the_drr(seed):
     # the same physical voxels stored with permuted / flipped axes render identically
     rng = np.random.default_rng(seed)
@@ -209,9 +210,11 @@ def test_storage_orientation_does_not_change_the_drr(seed):
     b = render(base, g, backend="cpu", step=0.3)
     # a ray whose chord lies within float32 rounding of a whole number of steps may be cut
     # into one piece more in one storage order than in the other (the midpoint rules of N
-    # and N + 1 pieces); every other ray renders the same
+    # and N + 1 pieces); every other ray renders the same. The two views lie 180 degrees
+    # apart and the detector's rows mirror about its centre, so a chord length (and its
+    # margin) repeats up to four times: the exact comparison must still cover most rays
     tipping = reference.piece_count_margins(base, g, 0.3) < 1e-3
-    assert tipping.mean() < 0.05
+    assert tipping.mean() < 0.25
     np.testing.assert_allclose(a[~tipping], b[~tipping], rtol=2e-4, atol=2e-5)
     np.testing.assert_allclose(a[tipping], b[tipping], rtol=1e-2, atol=1e-2 * np.abs(b).max())
 
