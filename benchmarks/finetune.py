@@ -3,7 +3,7 @@
 Run::
 
     uv run python benchmarks/finetune.py BUNDLE WORK [--phantoms 64] [--members localizer,...]
-        [--iterations 500] [--lr 1e-4] [--max-t1-lean 30] [--keep-dense]
+        [--iterations 500] [--lr 1e-4] [--max-t1-lean 30] [--keep-dense] [--seed-shift 0]
 
 ``BUNDLE`` is a networks file or bundle (``vertebra/weights/default.safetensors``, a
 ``vertebra ensemble`` output). ``WORK/data`` receives the ``real-ct`` recipe's training
@@ -13,7 +13,8 @@ soft tissue, or kept with ``--keep-dense``, as the shipped networks before decis
 ``dense-contrast`` were trained; reused when present), and each named member
 (``localizer``, ``localizer_2``, ..., ``identifier``, ...) is trained on its task's cache
 for ``--iterations`` more steps at a constant learning rate ``--lr``, from its weights in
-the bundle (a fresh Adam state; the recipe's augmentation, batch and crops), into
+the bundle (a fresh Adam state; the recipe's augmentation, batch and crops; its training
+seed plus ``--seed-shift``, so that a replicate draws other batches), into
 ``WORK/nets/<member>.pt``. ``WORK/networks.pt`` then holds the bundle with those members
 replaced (its pipeline settings kept): label with ``vertebra label --model
 WORK/networks.pt``. It is how a change of the phantom generator is tried on the shipped
@@ -30,7 +31,7 @@ from pathlib import Path
 
 def finetune(bundle: Path, work: Path, members: list[str], *, phantoms: int,
              iterations: int, lr: float, max_t1_lean: float = 30.0,
-             keep_dense: bool = False) -> Path:
+             keep_dense: bool = False, seed_shift: int = 0) -> Path:
     """Fine-tune ``members`` of ``bundle`` (see the module docstring); returns the bundle."""
     import torch
 
@@ -55,7 +56,7 @@ def finetune(bundle: Path, work: Path, members: list[str], *, phantoms: int,
         member = source[name]
         cfg = TrainConfig.from_dict(member["train_config"])
         cfg = dataclasses.replace(cfg, iterations=iterations, lr=lr, lr_step=10**9,
-                                  checkpoint_every=10**9)
+                                  checkpoint_every=10**9, seed=cfg.seed + seed_shift)
         path = work / "nets" / f"{name}.pt"
         if not path.exists():
             model = _model_from_state(member, f"{bundle} [{name}]")
@@ -84,13 +85,16 @@ def main(argv=None) -> int:
                    help="the phantoms' largest forward lean at T1, degrees")
     p.add_argument("--keep-dense", action="store_true",
                    help="train on views that keep the voxels denser than bone")
+    p.add_argument("--seed-shift", type=int, default=0,
+                   help="added to each member's training seed (a replicate's batches)")
     args = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
     path = finetune(args.bundle, args.work, [m.strip() for m in args.members.split(",")],
                     phantoms=args.phantoms, iterations=args.iterations, lr=args.lr,
-                    max_t1_lean=args.max_t1_lean, keep_dense=args.keep_dense)
+                    max_t1_lean=args.max_t1_lean, keep_dense=args.keep_dense,
+                    seed_shift=args.seed_shift)
     print(f"wrote {path}")
     return 0
 
