@@ -45,7 +45,8 @@ in turn, each a function of this module passing a typed result to the next:
    (:func:`vertebra.correction.gap_rows`); where the spacing is doubtful, both readings
    are tried and the identifier decides. Up to ``max_drops`` suspect tracks (added at an
    end, or crowding a neighbour) are left out when the labels of the others fit better
-   without them (:func:`vertebra.correction.correct_tracks`). An identifier with the
+   without them (:func:`vertebra.correction.correct_tracks`); a point the chain
+   placement added is kept unless ``drop_added``. An identifier with the
    sacrum class (C = 28) also anchors the chain's lower end: where the voted sacrum
    probability just below the last track (:func:`sacrum_below`) reaches
    ``sacrum_threshold``, that track is labelled L5 or L6; where the last track's own
@@ -172,6 +173,11 @@ class PipelineConfig:
             at least this share of its value at the track (0 < share <= 1).
         chain_tolerance: spacing changes from one vertebra to the next up to this share
             of their mean cost nothing in the chain placement's prior (>= 0).
+        drop_added: a point the chain placement added counts as suspect in the label
+            correction, which may drop it. Off by default: the point stands where the
+            spacing shows a missed vertebra and the heatmap supports one, and dropping it
+            reopens that gap, which the correction may then read as no gap at all when
+            the identifier's readings fit that better (decision ``kept-added-points``).
         complete_body: a scan whose small field of view the body fills
             (:func:`drrkit.completion.needs_completion`: a spine protocol's reconstruction,
             a crop around the spine) is rendered with the trunk it cuts completed by soft
@@ -211,6 +217,7 @@ class PipelineConfig:
     chain_cost: float = 0.8
     chain_plateau: float = 0.85
     chain_tolerance: float = 0.1
+    drop_added: bool = False
     complete_body: bool = False
     dense_hu: float | None = None
 
@@ -250,7 +257,7 @@ class PipelineConfig:
                                 f"got {self.sacrum_threshold}")
         if int(self.extend_min_views) < 2 or not 0 < self.extend_tolerance < 1:
             raise VertebraError("need extend_min_views >= 2 and 0 < extend_tolerance < 1")
-        for name in ("mirror", "complete_body"):
+        for name in ("mirror", "complete_body", "drop_added"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise VertebraError(f"{name} must be true or false, got "
                                     f"{getattr(self, name)!r}")
@@ -754,8 +761,8 @@ def chain_tracks(tracks: Tracks, heatmaps: np.ndarray, geometry: drrkit.Geometry
                  config: PipelineConfig) -> Tracks:
     """Stage ``match``, last step: the tracks placed as one chain along the spine
     (:func:`vertebra.chain.place_chain` on the mean heatmap over the K views). A track
-    that moves keeps its detections; an added track has none and counts as suspect in the
-    label correction, which may drop it."""
+    that moves keeps its detections; an added track has none, and the label correction
+    keeps it (with ``drop_added`` it may drop it)."""
     if config.chain_weight is None or len(tracks) < 3:
         return tracks
     from drrkit.refinement import response
@@ -853,7 +860,8 @@ def correct(tracks: Tracks, votes: Votes, config: PipelineConfig) -> Labels:
     """Stage ``correct``: consecutive labels from the voted map, anchored at the sacrum
     when the identifier sees it (the last track is the sacrum and leaves, or the sacrum
     lies just below it), with suspect tracks possibly dropped
-    (:func:`vertebra.correction.correct_tracks`)."""
+    (:func:`vertebra.correction.correct_tracks`): those added at an end, those crowding a
+    neighbour, and with ``drop_added`` those the chain placement added."""
     from vertebra.sequence import SequenceDP
 
     t = len(tracks)
@@ -871,9 +879,10 @@ def correct(tracks: Tracks, votes: Votes, config: PipelineConfig) -> Labels:
     if len(vertebra_tracks):
         v = vertebra_tracks
         points = tracks.points[v]
-        labels = correct_tracks(points, votes.voted[v],
-                                suspects=(tracks.extended[v] | tracks.added[v]
-                                          | crowded(points)),
+        suspects = tracks.extended[v] | crowded(points)
+        if config.drop_added:
+            suspects |= tracks.added[v]
+        labels = correct_tracks(points, votes.voted[v], suspects=suspects,
                                 max_drops=config.max_drops, method=config.correction,
                                 dp=SequenceDP(config.alpha, config.beta),
                                 allow_t13=config.allow_t13, fill_gaps=config.fill_gaps,

@@ -236,6 +236,32 @@ def test_the_chain_adds_a_vertebra_missed_in_the_middle(thoracic, tmp_path):
             PipelineConfig(**bad)
 
 
+def test_an_added_vertebra_is_kept_against_a_shifted_reading(thoracic):
+    """The chain placement adds the weak third vertebra, whose square the identifier
+    reads as nothing, and the identifier reads the two above it a level low (as real
+    identifiers read the top of a chest with the shoulder girdle in view). Dropping the
+    added track would let those two read consecutively with the rest across the reopened
+    gap; kept, it holds the gap and the majority's labels stand. With ``drop_added`` the
+    correction drops it and the top two take the low labels."""
+    vol = mu(thoracic)
+    keys = list(thoracic.centroids)
+    c = thoracic.centroids
+    weak = keys[2]
+    strong = {k: v for k, v in c.items() if k != weak}
+    geometry = VIEWS.geometry(vol)
+    heat, _, _ = oracle(vol, c, heat_centroids=strong)
+    heat = np.maximum(heat, 0.6 * make_targets({weak: c[weak]}, geometry, vol).heatmaps)
+    read = {keys[1]: c[keys[0]], keys[2]: c[keys[1]], **{k: c[k] for k in keys[3:]}}
+    probs = one_hot(make_targets(read, geometry, vol).id_maps)
+    config = PipelineConfig(peak_threshold=0.7, chain_weight=3.0)
+    r = run(vol, heat, probs, config)
+    check(r, c, tol_mm=2.0)
+    assert r.added.tolist() == [k == weak for k in keys] and not r.dropped.any()
+    dropping = run(vol, heat, probs, dataclasses.replace(config, drop_added=True))
+    assert dropping.dropped.tolist() == [k == weak for k in keys]
+    assert list(dropping.centroids()) == [keys[1], keys[2], *keys[3:]]
+
+
 @pytest.mark.parametrize("end", [0, -1])
 def test_a_weak_vertebra_at_either_end_is_added(thoracic, end):
     """The vertebra at one end gives a heatmap peak of 0.3, below the 0.4 threshold (as
