@@ -4,6 +4,7 @@ Run::
 
     uv run python benchmarks/finetune.py BUNDLE WORK [--phantoms 64] [--members localizer,...]
         [--iterations 500] [--lr 1e-4] [--max-t1-lean 30] [--keep-dense] [--seed-shift 0]
+        [--thick-slice-share S]
 
 ``BUNDLE`` is a networks file or bundle (``vertebra/weights/default.safetensors``, a
 ``vertebra ensemble`` output). ``WORK/data`` receives the ``real-ct`` recipe's training
@@ -31,7 +32,8 @@ from pathlib import Path
 
 def finetune(bundle: Path, work: Path, members: list[str], *, phantoms: int,
              iterations: int, lr: float, max_t1_lean: float = 30.0,
-             keep_dense: bool = False, seed_shift: int = 0) -> Path:
+             keep_dense: bool = False, seed_shift: int = 0,
+             thick_slice_share: float | None = None) -> Path:
     """Fine-tune ``members`` of ``bundle`` (see the module docstring); returns the bundle."""
     import torch
 
@@ -47,7 +49,7 @@ def finetune(bundle: Path, work: Path, members: list[str], *, phantoms: int,
         raise SystemExit(f"error: {bundle} has no member {', '.join(unknown)}; it holds "
                          f"{', '.join(k for k in source if k.startswith(('loc', 'ident')))}")
     config = DemoConfig.real_ct(train_phantoms=phantoms, identifier_phantoms=phantoms,
-                                max_t1_lean=max_t1_lean)
+                                max_t1_lean=max_t1_lean, thick_slice_share=thick_slice_share)
     if keep_dense:
         config = dataclasses.replace(config, dense_hu=None)
     caches, _ = prepare_data(work / "data", config)
@@ -87,6 +89,9 @@ def main(argv=None) -> int:
                    help="train on views that keep the voxels denser than bone")
     p.add_argument("--seed-shift", type=int, default=0,
                    help="added to each member's training seed (a replicate's batches)")
+    p.add_argument("--thick-slice-share", type=float, default=None,
+                   help="share of the clinical phantoms in 3-5 mm slices (default: the "
+                   "generator's)")
     args = p.parse_args(argv)
     import torch
 
@@ -94,7 +99,7 @@ def main(argv=None) -> int:
     path = finetune(args.bundle, args.work, [m.strip() for m in args.members.split(",")],
                     phantoms=args.phantoms, iterations=args.iterations, lr=args.lr,
                     max_t1_lean=args.max_t1_lean, keep_dense=args.keep_dense,
-                    seed_shift=args.seed_shift)
+                    seed_shift=args.seed_shift, thick_slice_share=args.thick_slice_share)
     print(f"wrote {path}")
     return 0
 

@@ -142,6 +142,9 @@ class DemoConfig:
             or ossified discs (``make_spine_phantom(calcified_disc_share=)``).
         max_t1_lean: largest forward lean of the spine at T1 of every training phantom,
             degrees (``make_spine_phantom(max_t1_lean=)``).
+        thick_slice_share: share of both networks' clinical phantoms reconstructed in
+            3-5 mm slices (``make_spine_phantom(thick_slice_share=)``; None: the
+            generator's default, :data:`vertebra.data._clinical.THICK_SLICE_SHARE`).
         augment: "mild" (``AugmentConfig()``) or "strong" (``AugmentConfig.strong()``:
             wide intensity, gamma, blur and noise ranges and bright distractors).
         device: torch device that trains and runs the networks ("cpu", "cuda",
@@ -191,6 +194,7 @@ class DemoConfig:
     identifier_ribless_share: float = 0.0
     calcified_disc_share: float = 0.0
     max_t1_lean: float = 30.0
+    thick_slice_share: float | None = None
     augment: str = "mild"
 
     def __post_init__(self) -> None:
@@ -216,7 +220,7 @@ class DemoConfig:
                                 f"{self.augment!r}")
         for name in ("clinical_share", "localizer_spine_fov_share",
                      "identifier_spine_fov_share", "identifier_ribless_share",
-                     "calcified_disc_share"):
+                     "calcified_disc_share", "thick_slice_share"):
             value = getattr(self, name)
             if value is not None and not 0 <= float(value) <= 1:
                 raise VertebraError(f"{name} must lie in [0, 1], got {value}")
@@ -261,6 +265,8 @@ class DemoConfig:
             options["ribless_share"] = float(self.identifier_ribless_share)
         if self.calcified_disc_share:
             options["calcified_disc_share"] = float(self.calcified_disc_share)
+        if self.thick_slice_share is not None:
+            options["thick_slice_share"] = float(self.thick_slice_share)
         from vertebra.data.anatomy import MAX_T1_LEAN
 
         if float(self.max_t1_lean) != MAX_T1_LEAN:  # the default leaves the caches' keys

@@ -64,6 +64,11 @@ def test_demo_config_and_cli_errors(tmp_path):
     assert coarse.phantom_options("identification") == {"voxel_scale": 2.0}
     assert coarse.phantom_options("localization") == {} == DemoConfig(
         identifier_voxel_scale=1).phantom_options("identification")
+    thick = DemoConfig(thick_slice_share=0.5)
+    assert thick.phantom_options("localization") == {"thick_slice_share": 0.5}
+    assert thick.phantom_options("identification")["thick_slice_share"] == 0.5
+    with pytest.raises(DrrkitError, match="thick_slice_share"):
+        DemoConfig(thick_slice_share=1.5)
     assert DemoConfig(localizer_views=None, peak_threshold=None, extend_threshold=None,
                       allow_t13=None).pipeline_settings() == {}
     # the real-ct recipe stores the settings its networks were chosen with

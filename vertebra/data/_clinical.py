@@ -521,9 +521,10 @@ def slice_profile(thickness: float, spacing: float) -> np.ndarray:
     return weights / weights.sum()
 
 
-def thick_slices(hu: np.ndarray, spacing: float, rng) -> float | None:
-    """Reconstruct the CT numbers, in place, in thick slices on :data:`THICK_SLICE_SHARE`
-    of the scans: each slice becomes the mean of the CT over a slab 3-5 mm thick
+def thick_slices(hu: np.ndarray, spacing: float, rng, share: float = THICK_SLICE_SHARE
+                 ) -> float | None:
+    """Reconstruct the CT numbers, in place, in thick slices on ``share`` of the scans
+    (:data:`THICK_SLICE_SHARE` by default): each slice becomes the mean of the CT over a slab 3-5 mm thick
     (:func:`slice_profile`) about its centre, which merges thin discs with their endplates
     and blurs every level's edges along the spine; the grid keeps its slices. Returns the
     thickness (mm) or None when the scan keeps its slices.
@@ -531,11 +532,13 @@ def thick_slices(hu: np.ndarray, spacing: float, rng) -> float | None:
     Args:
         hu: (Z, Y, X) float32 CT numbers, axis 0 along the slices.
         spacing: slice spacing, mm.
-        rng: random generator (draws two numbers either way).
+        rng: random generator (draws two numbers either way, so a larger ``share`` keeps
+            every scan that a smaller one thickens, at the same thickness).
+        share: probability of thick slices, [0, 1].
     """
     from scipy.ndimage import correlate1d
 
-    thick, thickness = rng.random() < THICK_SLICE_SHARE, rng.uniform(*THICK_SLICE_MM)
+    thick, thickness = rng.random() < share, rng.uniform(*THICK_SLICE_MM)
     if not thick or thickness <= spacing:
         return None
     correlate1d(hu, slice_profile(thickness, spacing), axis=0, output=hu, mode="nearest")

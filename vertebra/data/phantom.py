@@ -44,6 +44,7 @@ from drrkit.volume import Volume
 from vertebra import labels as vlabels
 from vertebra.data import _sdf
 from vertebra.data._clinical import (
+    THICK_SLICE_SHARE,
     bone_texture,
     fov_cut,
     scanner_blur,
@@ -480,6 +481,7 @@ def make_spine_phantom(
     ribless_share: float = 0.0,
     calcified_disc_share: float = 0.0,
     max_t1_lean: float = MAX_T1_LEAN,
+    thick_slice_share: float | None = None,
 ) -> SpinePhantom:
     """A random synthetic spine CT in HU with VerSe ground truth, reproducible from ``seed``.
 
@@ -512,12 +514,16 @@ def make_spine_phantom(
         ribless_share, calcified_disc_share: shares of the clinical seeds with ribs as
             faint as muscle and with calcified discs (:func:`_bone_variants`).
         max_t1_lean: T1's forward lean is drawn from 5 to this many degrees (``kyphosis``).
+        thick_slice_share: share of the clinical seeds reconstructed in 3-5 mm slices
+            (:func:`thick_slices`; None: :data:`THICK_SLICE_SHARE`); a seed thickened at
+            a smaller share stays so at a larger one.
 
     Returns:
         :class:`SpinePhantom`.
     """
     seed, share = _check_options(seed, orientation, voxel_scale, spine_fov_share,
-                                 ribless_share, calcified_disc_share)
+                                 ribless_share, calcified_disc_share, thick_slice_share)
+    thick = THICK_SLICE_SHARE if thick_slice_share is None else float(thick_slice_share)
     # each later stream leaves the earlier ones, and so every earlier draw, as they were
     (r_anat, r_fov, r_build, r_metal, r_noise, r_orient, r_clinical, r_look, r_spine_fov,
      r_ribs, r_discs, r_pose, r_slices) = _streams(seed, 13)
@@ -537,7 +543,8 @@ def make_spine_phantom(
     hu, lab = _rasterise(scene, spine, grid, habitus, r_build, r_metal if metal_levels else None,
                          r_look if clinical else None)
     _scanner(hu, grid, r_noise if noise else None, float(voxel_scale),
-             (r_look, r_clinical if tight is None else None, r_slices) if clinical else None)
+             (r_look, r_clinical if tight is None else None, r_slices, thick) if clinical
+             else None)
     return _stored(hu, lab, scene, grid, r_orient, orientation, seed=seed, metal=bool(metal_levels),
                    transitional=trans, anatomy=spine)
 
@@ -591,13 +598,14 @@ def _calcified_discs(spine: Spine, rng) -> dict[int, float]:
 
 
 def _scanner(hu, grid: _Grid, r_noise, voxel_scale: float, clinical) -> None:
-    """What the scanner adds, in place: with ``clinical`` = (r_look, r_clinical, r_slices)
-    thick slices on some scans (:func:`thick_slices`) and its blur first and its
+    """What the scanner adds, in place: with ``clinical`` = (r_look, r_clinical, r_slices,
+    thick share) thick slices on that share of the scans (:func:`thick_slices`) and its
+    blur first and its
     reconstruction circle last (none when r_clinical is None: a small field of view lies
     inside the scanner's circle); with ``r_noise`` near-Gaussian noise of 8-30 HU
     (divided by ``sqrt(voxel_scale)``); then the CT-number range is clipped."""
     if clinical is not None:
-        thick_slices(hu, float(grid.spacing[2]), clinical[2])
+        thick_slices(hu, float(grid.spacing[2]), clinical[2], clinical[3])
         scanner_blur(hu, clinical[0])
     sigma = r_noise.uniform(8, 30) / math.sqrt(voxel_scale) if r_noise is not None else 0.0
     seed = int(r_noise.integers(0, 2**62)) if r_noise is not None else 0
@@ -635,11 +643,14 @@ def _field_of_view(draw: bool, share: float, r_clinical, r_spine_fov):
 
 
 def _check_options(seed, orientation: str, voxel_scale, spine_fov_share=None,
-                   ribless_share=0.0, calcified_disc_share=0.0) -> tuple[int, float]:
+                   ribless_share=0.0, calcified_disc_share=0.0, thick_slice_share=None
+                   ) -> tuple[int, float]:
     """The seed as an int and the spine-protocol share (None: :data:`SPINE_FOV_SHARE`),
     after checking the options a phantom cannot be built without."""
     for name, value in (("ribless_share", ribless_share),
-                        ("calcified_disc_share", calcified_disc_share)):
+                        ("calcified_disc_share", calcified_disc_share),
+                        ("thick_slice_share", THICK_SLICE_SHARE if thick_slice_share is None
+                         else thick_slice_share)):
         if not 0.0 <= float(value) <= 1.0:
             raise VertebraError(f"{name} must lie in [0, 1], got {value!r}")
     try:

@@ -205,6 +205,40 @@ def test_ribless_scans_lose_only_the_ribs():
         DemoConfig(identifier_ribless_share=2.0)
 
 
+def test_thick_slice_share_one_thickens_every_clinical_scan():
+    """``thick_slice_share=1``: a seed in thin slices becomes its thick-slice scan (labels
+    and truth as they were, the CT smoother along the slices); the default share is
+    bit-identical to passing it, share 0 keeps it, and plain phantoms do not change."""
+    from vertebra.data._clinical import THICK_SLICE_SHARE
+
+    opts = {"clinical": True, "size": "small", "levels": "T8:L3", "spine_fov_share": 0.0,
+            "spacing": (2.0, 2.0, 1.0), "noise": False}
+    for seed in range(8):  # a seed the default share leaves in thin slices
+        base = make_spine_phantom(seed, **opts)
+        if np.array_equal(make_spine_phantom(seed, thick_slice_share=0.0, **opts).ct.data,
+                          base.ct.data):
+            break
+    else:
+        raise AssertionError("no thin-slice seed among 8")
+    np.testing.assert_array_equal(
+        make_spine_phantom(seed, thick_slice_share=THICK_SLICE_SHARE, **opts).ct.data,
+        base.ct.data)
+    thick = make_spine_phantom(seed, thick_slice_share=1.0, **opts)
+    np.testing.assert_array_equal(thick.labels.data, base.labels.data)
+    for k in base.centroids:
+        np.testing.assert_allclose(thick.centroids[k], base.centroids[k])
+    # the array axis along world z (the direction's columns follow ITK's index order)
+    axis = 2 - int(np.argmax(np.abs(thick.ct.direction[2])))
+    step = [np.abs(np.diff(v.ct.data.astype(np.float64), axis=axis)).mean()
+            for v in (thick, base)]
+    assert step[0] < 0.95 * step[1]
+    plain = {"size": "small", "levels": "T8:L3"}
+    np.testing.assert_array_equal(make_spine_phantom(seed, thick_slice_share=1.0, **plain).ct.data,
+                                  make_spine_phantom(seed, **plain).ct.data)
+    with pytest.raises(DrrkitError, match="thick_slice_share"):
+        make_spine_phantom(0, thick_slice_share=1.5, **opts)
+
+
 def test_calcified_discs_brighten_only_discs():
     """``calcified_disc_share=1``: some discs as dense as bone, the vertebrae and their
     ground truth as they were; share 0 is bit-identical to the default."""
@@ -642,6 +676,31 @@ def test_thick_slices_average_a_step_over_the_slab():
     kept = np.arange(8, dtype=np.float32).reshape(8, 1, 1).copy()
     assert _clinical.thick_slices(kept, 1.0, Never()) is None
     np.testing.assert_array_equal(kept[:, 0, 0], np.arange(8))
+
+
+@given(st.integers(0, 2**32 - 1), st.floats(0.0, 1.0), st.floats(0.0, 1.0))
+@settings(max_examples=60, deadline=None)
+def test_a_larger_thick_slice_share_keeps_every_thick_scan(seed, a, b):
+    """Property: a scan thickened at one share is thickened at any larger share, to the
+    same thickness, and the generator leaves in the same state either way."""
+    from vertebra.data import _clinical
+
+    small, large = min(a, b), max(a, b)
+    out = {}
+    for share in (small, large):
+        rng = np.random.default_rng(seed)
+        hu = np.zeros((12, 1, 1), np.float32)
+        hu[6:] = 1000.0
+        out[share] = (_clinical.thick_slices(hu, 0.5, rng, share), hu, rng.random())
+    if out[small][0] is not None:
+        assert out[large][0] == out[small][0]
+        np.testing.assert_array_equal(out[large][1], out[small][1])
+    assert out[small][2] == out[large][2]
+    never = _clinical.thick_slices(np.zeros((4, 1, 1), np.float32), 0.5,
+                                   np.random.default_rng(seed), 0.0)
+    always = _clinical.thick_slices(np.zeros((4, 1, 1), np.float32), 0.5,
+                                    np.random.default_rng(seed), 1.0)
+    assert never is None and 3.0 <= always <= 5.0
 
 
 def test_a_deep_diaphragm_gives_the_last_rib_level_a_lung_lobe_too():
