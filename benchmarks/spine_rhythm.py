@@ -178,8 +178,8 @@ def body_profile(hu: np.ndarray, labels: np.ndarray, spacing_zyx) -> tuple[np.nd
     common vertebra label), for the slices holding at least 20 vertebra voxels.
     """
     z, mean, label = [], [], []
-    hy = max(1, int(round(5.0 / spacing_zyx[1])))
-    hx = max(1, int(round(5.0 / spacing_zyx[2])))
+    hy = max(1, round(5.0 / spacing_zyx[1]))
+    hx = max(1, round(5.0 / spacing_zyx[2]))
     for k in range(hu.shape[0]):
         ys, xs = np.nonzero(labels[k] > 0)
         if len(ys) < 20:
