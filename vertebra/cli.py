@@ -774,8 +774,9 @@ def export_default(
     max_mb: Annotated[float, typer.Option("--max-mb", help="Refuse a larger file (MB).")
                       ] = MAX_MB,
     dtype: Annotated[str, typer.Option(
-        "--dtype", help="Storage of the weights: float16, or int8 with a scale per output "
-        "channel (half the size, for ensembles).")] = "float16",
+        "--dtype", help="Storage of the weights: float16, int8 with a scale per output "
+        "channel (half the size, for ensembles), or int8-identifiers (the identifiers in "
+        "int8, the localizers in float16).")] = "float16",
 ) -> None:
     """Store a networks bundle compactly (float16 or int8 safetensors + a JSON record with
     its sha256, recipe, training data and commit): the default networks of vertebra label.

@@ -302,6 +302,31 @@ def test_an_int8_networks_file_is_half_the_size_and_labels_alike(exported, tmp_p
     assert not (tmp_path / "no").exists()
 
 
+def test_int8_identifiers_keep_the_localizers_in_float16(exported, tmp_path):
+    """dtype "int8-identifiers": every int8 tensor belongs to an identifier, the localizer
+    is stored as the float16 file stores it and computes the same heatmaps."""
+    import torch
+    from safetensors import safe_open
+
+    bundle, folder, half = exported
+    record = export_networks(bundle, tmp_path, recipe="tiny-random", training_data="d",
+                             dtype="int8-identifiers")
+    assert record.dtype == "int8-identifiers" and record.bytes < half.bytes
+    with safe_open(str(tmp_path / record.weights), framework="pt") as mixed, \
+            safe_open(str(folder / half.weights), framework="pt") as plain:
+        mixed_names, plain_names = set(mixed.keys()), set(plain.keys())
+        int8 = {n for n in mixed_names if mixed.get_tensor(n).dtype == torch.int8}
+        assert int8 and all(n.startswith("identifier.") for n in int8)
+        for n in plain_names:
+            if n.startswith("localizer."):
+                assert mixed.get_tensor(n).equal(plain.get_tensor(n))
+    mixed_nets = pipeline.load_networks(tmp_path / record.weights, device="cpu",
+                                        precision="float32")
+    half_nets = pipeline.load_networks(folder / half.weights, device="cpu", precision="float32")
+    x = np.random.default_rng(1).random((2, 64, 64)).astype(np.float32)
+    np.testing.assert_array_equal(mixed_nets.localizer(x), half_nets.localizer(x))
+
+
 def test_an_ensemble_grows_from_a_networks_file(tiny_networks, tmp_path):
     import torch
 

@@ -10,7 +10,9 @@ packaged one, in this folder)::
                       whose values do not fit float16 stays float32), integer buffers as
                       they are. A file of dtype "int8" stores the weight tensors as int8
                       with one float32 scale per output channel, under "PART.KEY#scale"
-                      (:func:`vertebra.weights.export.quantize_int8`). The safetensors metadata holds, as JSON under "vertebra",
+                      (:func:`vertebra.weights.export.quantize_int8`); one of dtype
+                      "int8-identifiers" does so for the identifiers only and keeps the
+                      localizers' weights in float16. The safetensors metadata holds, as JSON under "vertebra",
                       every other entry of the bundle that
                       :func:`vertebra.pipeline.bundle_networks` writes (model names and
                       configs, views, training settings, pipeline settings) and the
@@ -62,7 +64,7 @@ FORMAT = "vertebra.networks"
 
 SUFFIX = ".safetensors"
 #: Storage precisions of a networks file's floating tensors (``Record.dtype``).
-DTYPES = ("float16", "int8")
+DTYPES = ("float16", "int8", "int8-identifiers")
 #: Name suffix of the per-output-channel scales of an int8 tensor.
 SCALE_SUFFIX = "#scale"
 #: The parts every networks file and bundle holds; an ensemble adds members named

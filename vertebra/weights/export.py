@@ -102,9 +102,11 @@ def export_networks(bundle: str | Path, out_dir: str | Path, *, recipe: str,
             record, else "unknown").
         name: file name without suffix.
         max_mb: refuse to write a file larger than this many MB (10^6 bytes).
-        dtype: "float16" (every floating tensor) or "int8" (weight tensors quantized per
+        dtype: "float16" (every floating tensor), "int8" (weight tensors quantized per
             output channel, :func:`quantize_int8`, the rest float16): half the size, for
-            ensembles.
+            ensembles; or "int8-identifiers" (the identifiers' weights in int8, the
+            localizers' in float16: a localizer's peaks, which place the points, move
+            with the int8 rounding, an identifier's square means barely do).
 
     Returns:
         the :class:`Record` written.
@@ -122,7 +124,7 @@ def export_networks(bundle: str | Path, out_dir: str | Path, *, recipe: str,
     if not name or Path(name).name != name or name.startswith("."):
         raise VertebraError(f"bad file name {name!r}")
     if dtype not in DTYPES:
-        raise VertebraError(f"unknown dtype {dtype!r}; choose {' or '.join(DTYPES)}")
+        raise VertebraError(f"unknown dtype {dtype!r}; choose {', '.join(DTYPES)}")
     load_networks(bundle, device="cpu")  # both networks, the classes the pipeline needs
     ckpt = read_networks(bundle) if is_networks_file(bundle) else read_checkpoint(bundle)
     if not all(isinstance(ckpt.get(part), dict) for part in PARTS):
@@ -136,8 +138,10 @@ def export_networks(bundle: str | Path, out_dir: str | Path, *, recipe: str,
         if is_part(key):
             info[key] = json_safe({k: v for k, v in value.items()
                                    if k not in ("state_dict", "optimizer")})
+            part_dtype = "int8" if dtype == "int8" or (
+                dtype == "int8-identifiers" and key.startswith("identifier")) else "float16"
             for tensor_name, tensor in value["state_dict"].items():
-                tensors.update(_compact(f"{key}.{tensor_name}", tensor, dtype))
+                tensors.update(_compact(f"{key}.{tensor_name}", tensor, part_dtype))
         else:
             info[key] = json_safe(value)
     info["format"] = FORMAT
