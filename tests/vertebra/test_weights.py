@@ -146,7 +146,7 @@ def test_the_packaged_default_networks(monkeypatch):
     path = weights.default_path()
     assert path.parent == weights.WEIGHTS_DIR
     record = weights.check_file(path)
-    assert record.recipe == "real-ct" and record.dtype == "int8"
+    assert record.recipe == "real-ct" and record.dtype == "int8-identifiers"
     assert record.bytes <= weights.MAX_MB * 1e6
     assert "no real CT" in record.training_data
     nets = pipeline.load_networks(device="cpu")
