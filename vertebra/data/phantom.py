@@ -514,16 +514,14 @@ def make_spine_phantom(
         ribless_share, calcified_disc_share: shares of the clinical seeds with ribs as
             faint as muscle and with calcified discs (:func:`_bone_variants`).
         max_t1_lean: T1's forward lean is drawn from 5 to this many degrees (``kyphosis``).
-        thick_slice_share: share of the clinical seeds reconstructed in 3-5 mm slices
-            (:func:`thick_slices`; None: :data:`THICK_SLICE_SHARE`); a seed thickened at
-            a smaller share stays so at a larger one.
+        thick_slice_share: share of the clinical seeds in 3-5 mm slices (None:
+            :data:`THICK_SLICE_SHARE`); a seed thick at one share is so at a larger one.
 
     Returns:
         :class:`SpinePhantom`.
     """
-    seed, share = _check_options(seed, orientation, voxel_scale, spine_fov_share,
-                                 ribless_share, calcified_disc_share, thick_slice_share)
-    thick = THICK_SLICE_SHARE if thick_slice_share is None else float(thick_slice_share)
+    seed, share, thick = _check_options(seed, orientation, voxel_scale, spine_fov_share,
+                                        ribless_share, calcified_disc_share, thick_slice_share)
     # each later stream leaves the earlier ones, and so every earlier draw, as they were
     (r_anat, r_fov, r_build, r_metal, r_noise, r_orient, r_clinical, r_look, r_spine_fov,
      r_ribs, r_discs, r_pose, r_slices) = _streams(seed, 13)
@@ -542,9 +540,8 @@ def make_spine_phantom(
                         *variants, draw_shoulder_pose(r_pose) if clinical else None)
     hu, lab = _rasterise(scene, spine, grid, habitus, r_build, r_metal if metal_levels else None,
                          r_look if clinical else None)
-    _scanner(hu, grid, r_noise if noise else None, float(voxel_scale),
-             (r_look, r_clinical if tight is None else None, r_slices, thick) if clinical
-             else None)
+    scanner = (r_look, r_clinical if tight is None else None, r_slices, thick) if clinical else None
+    _scanner(hu, grid, r_noise if noise else None, float(voxel_scale), scanner)
     return _stored(hu, lab, scene, grid, r_orient, orientation, seed=seed, metal=bool(metal_levels),
                    transitional=trans, anatomy=spine)
 
@@ -644,13 +641,15 @@ def _field_of_view(draw: bool, share: float, r_clinical, r_spine_fov):
 
 def _check_options(seed, orientation: str, voxel_scale, spine_fov_share=None,
                    ribless_share=0.0, calcified_disc_share=0.0, thick_slice_share=None
-                   ) -> tuple[int, float]:
-    """The seed as an int and the spine-protocol share (None: :data:`SPINE_FOV_SHARE`),
-    after checking the options a phantom cannot be built without."""
+                   ) -> tuple[int, float, float]:
+    """The seed as an int, the spine-protocol share (None: :data:`SPINE_FOV_SHARE`) and
+    the thick-slice share (None: :data:`THICK_SLICE_SHARE`), after checking the options
+    a phantom cannot be built without."""
+    if thick_slice_share is None:
+        thick_slice_share = THICK_SLICE_SHARE
     for name, value in (("ribless_share", ribless_share),
                         ("calcified_disc_share", calcified_disc_share),
-                        ("thick_slice_share", THICK_SLICE_SHARE if thick_slice_share is None
-                         else thick_slice_share)):
+                        ("thick_slice_share", thick_slice_share)):
         if not 0.0 <= float(value) <= 1.0:
             raise VertebraError(f"{name} must lie in [0, 1], got {value!r}")
     try:
@@ -666,7 +665,7 @@ def _check_options(seed, orientation: str, voxel_scale, spine_fov_share=None,
     share = SPINE_FOV_SHARE if spine_fov_share is None else float(spine_fov_share)
     if not 0.0 <= share <= 1.0:
         raise VertebraError(f"spine_fov_share must lie in [0, 1], got {spine_fov_share!r}")
-    return seed, share
+    return seed, share, float(thick_slice_share)
 
 
 def _metal_levels(spine: Spine, run: tuple[int, int], metal: bool | None, rng) -> list[int]:
