@@ -524,8 +524,8 @@ def slice_profile(thickness: float, spacing: float) -> np.ndarray:
 def thick_slices(hu: np.ndarray, spacing: float, rng, share: float = THICK_SLICE_SHARE
                  ) -> float | None:
     """Reconstruct the CT numbers, in place, in thick slices on ``share`` of the scans
-    (:data:`THICK_SLICE_SHARE` by default): each slice becomes the mean of the CT over a slab 3-5 mm thick
-    (:func:`slice_profile`) about its centre, which merges thin discs with their endplates
+    (:data:`THICK_SLICE_SHARE` by default): each slice becomes the mean of the CT over a
+    slab 3-5 mm thick (:func:`slice_profile`) about its centre, which merges thin discs with their endplates
     and blurs every level's edges along the spine; the grid keeps its slices. Returns the
     thickness (mm) or None when the scan keeps its slices.
 

@@ -12,8 +12,8 @@ packaged one, in this folder)::
                       with one float32 scale per output channel, under "PART.KEY#scale"
                       (:func:`vertebra.weights.export.quantize_int8`); one of dtype
                       "int8-identifiers" does so for the identifiers only and keeps the
-                      localizers' weights in float16. The safetensors metadata holds, as JSON under "vertebra",
-                      every other entry of the bundle that
+                      localizers' weights in float16. The safetensors metadata holds,
+                      as JSON under "vertebra", every other entry of the bundle that
                       :func:`vertebra.pipeline.bundle_networks` writes (model names and
                       configs, views, training settings, pipeline settings) and the
                       provenance (recipe, training data, commit).
