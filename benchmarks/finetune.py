@@ -4,7 +4,7 @@ Run::
 
     uv run python benchmarks/finetune.py BUNDLE WORK [--phantoms 64] [--members localizer,...]
         [--iterations 500] [--lr 1e-4] [--max-t1-lean 30] [--keep-dense] [--seed-shift 0]
-        [--thick-slice-share S]
+        [--thick-slice-share S] [--sagittal-share S]
 
 ``BUNDLE`` is a networks file or bundle (``vertebra/weights/default.safetensors``, a
 ``vertebra ensemble`` output). ``WORK/data`` receives the ``real-ct`` recipe's training
@@ -33,7 +33,7 @@ from pathlib import Path
 def finetune(bundle: Path, work: Path, members: list[str], *, phantoms: int,
              iterations: int, lr: float, max_t1_lean: float = 30.0,
              keep_dense: bool = False, seed_shift: int = 0,
-             thick_slice_share: float | None = None) -> Path:
+             thick_slice_share: float | None = None, sagittal_share: float = 0.0) -> Path:
     """Fine-tune ``members`` of ``bundle`` (see the module docstring); returns the bundle."""
     import torch
 
@@ -49,7 +49,8 @@ def finetune(bundle: Path, work: Path, members: list[str], *, phantoms: int,
         raise SystemExit(f"error: {bundle} has no member {', '.join(unknown)}; it holds "
                          f"{', '.join(k for k in source if k.startswith(('loc', 'ident')))}")
     config = DemoConfig.real_ct(train_phantoms=phantoms, identifier_phantoms=phantoms,
-                                max_t1_lean=max_t1_lean, thick_slice_share=thick_slice_share)
+                                max_t1_lean=max_t1_lean, thick_slice_share=thick_slice_share,
+                                sagittal_share=sagittal_share)
     if keep_dense:
         config = dataclasses.replace(config, dense_hu=None)
     caches, _ = prepare_data(work / "data", config)
@@ -92,6 +93,8 @@ def main(argv=None) -> int:
     p.add_argument("--thick-slice-share", type=float, default=None,
                    help="share of the clinical phantoms in 3-5 mm slices (default: the "
                    "generator's)")
+    p.add_argument("--sagittal-share", type=float, default=0.0,
+                   help="share of the clinical phantoms stored as sagittal reformats")
     args = p.parse_args(argv)
     import torch
 
@@ -99,7 +102,8 @@ def main(argv=None) -> int:
     path = finetune(args.bundle, args.work, [m.strip() for m in args.members.split(",")],
                     phantoms=args.phantoms, iterations=args.iterations, lr=args.lr,
                     max_t1_lean=args.max_t1_lean, keep_dense=args.keep_dense,
-                    seed_shift=args.seed_shift, thick_slice_share=args.thick_slice_share)
+                    seed_shift=args.seed_shift, thick_slice_share=args.thick_slice_share,
+                    sagittal_share=args.sagittal_share)
     print(f"wrote {path}")
     return 0
 

@@ -39,6 +39,9 @@ the scan moves the labels; ``chest-no-ribs`` sets only the ribs' bone to muscle
 they are counted from the shoulder girdle. ``chest-thick`` reconstructs the chest in
 5 mm slices (:func:`thicker_slices`: the mean of each two of its 2.5 mm slices), as
 routine chest and abdomen CTs often come; its ground truth is the whole chest's.
+``chest-sagittal`` and ``chest-spine-sagittal`` store the chest and its spine-protocol cut
+as a sagittal reformat, each five 0.7 mm voxels left to right merged into one 3.5 mm
+sagittal slice (:func:`sagittal_slices`), as spine CTs are often stored.
 ``chest-restored`` is the chest stored with its index axes permuted and two reversed
 (:func:`restored`), every voxel where it was: its labels must be the chest's.
 ``chest-spine-lungs-t11`` and ``-t10`` are the spine-protocol cut with the lungs' voxels
@@ -117,6 +120,8 @@ VARIANTS = {
     "chest-no-ribs": ("chest", {"ribs_hu": 40.0}),
     "chest-no-shoulders": ("chest", {"shoulders_hu": 40.0}),
     "chest-thick": ("chest", {"slices_mm": 5.0}),
+    "chest-sagittal": ("chest", {"sagittal_n": 5}),
+    "chest-spine-sagittal": ("chest", {"fov_mm": 150.0, "sagittal_n": 5}),
     "chest-restored": ("chest", {"restored": True}),
     "chest-spine-lungs-t11": ("chest", {"fov_mm": 150.0, "lung_base": "T11"}),
     "chest-spine-lungs-t10": ("chest", {"fov_mm": 150.0, "lung_base": "T10"}),
@@ -463,8 +468,6 @@ def thicker_slices(volume, slices_mm: float):
     Raises:
         DrrkitError: ``slices_mm`` is not a whole multiple (2 or more) of the spacing.
     """
-    import dataclasses
-
     from drrkit.errors import DrrkitError
 
     along = volume.slice_axis
@@ -473,6 +476,24 @@ def thicker_slices(volume, slices_mm: float):
     if n < 2 or abs(ratio - n) > 1e-6:
         raise DrrkitError(f"{slices_mm:g} mm slices are not a whole multiple of the "
                           f"{volume.spacing[along]:g} mm spacing")
+    return merged_layers(volume, along, n)
+
+
+def sagittal_slices(volume, n: int):
+    """The CT as a sagittal reformat: each run of ``n`` voxel layers along the index axis
+    closest to world x (left-right) becomes their mean, one sagittal slice ``n`` voxels
+    thick, as spine CTs are often stored (thin in the sagittal plane, thick across it)."""
+    along = int(np.argmax(np.abs(np.asarray(volume.direction)[0])))
+    return merged_layers(volume, along, int(n))
+
+
+def merged_layers(volume, along: int, n: int):
+    """The volume with each run of ``n`` voxel layers along index axis ``along`` (0 i,
+    1 j, 2 k) replaced by their mean, one layer ``n`` spacings thick at the run's centre
+    (layers left over at the far end are dropped); every kept layer sits where the mean
+    of its run sat, so the geometry stays exact."""
+    import dataclasses
+
     axis = 2 - along  # numpy axis of (Z, Y, X) data
     data = np.moveaxis(np.asarray(volume.data, dtype=np.float32), axis, 0)
     m = data.shape[0] // n
@@ -564,6 +585,8 @@ def load_case(name: str, cut: dict | None = None) -> Case:
         ct, mask = ct.crop(start, stop), mask.crop(start, stop)
     if "slices_mm" in cut:  # the CT only: the truth keeps the mask's own grid
         ct = thicker_slices(ct, cut["slices_mm"])
+    if "sagittal_n" in cut:
+        ct = sagittal_slices(ct, cut["sagittal_n"])
     if cut.get("restored"):
         ct = restored(ct)
     return Case(name, files, ct, mask, dict(cut))
@@ -655,6 +678,7 @@ _CHANGES = {
     "soft_hu": f" with everything above {BRIGHT_HU:g} HU but the vertebrae set to {{:g}} HU",
     "ribs_hu": f" with its ribs above {BRIGHT_HU:g} HU set to {{:g}} HU",
     "slices_mm": " reconstructed in {:g} mm slices",
+    "sagittal_n": " as a sagittal reformat (each {} voxels across merged)",
     "restored": " stored with its index axes permuted and two of them reversed",
     "lung_base": f" with its lungs below {{}}'s centroid set to {LUNG_SOFT_HU:g} HU",
     "shoulders_hu": f" with its humeri, scapulae and clavicles above {BRIGHT_HU:g} HU set to "

@@ -145,6 +145,8 @@ class DemoConfig:
         thick_slice_share: share of both networks' clinical phantoms reconstructed in
             3-5 mm slices (``make_spine_phantom(thick_slice_share=)``; None: the
             generator's default, :data:`vertebra.data._clinical.THICK_SLICE_SHARE`).
+        sagittal_share: share of both networks' clinical phantoms stored as sagittal
+            reformats, 2-4 mm thick from left to right (``make_spine_phantom(sagittal_share=)``).
         augment: "mild" (``AugmentConfig()``) or "strong" (``AugmentConfig.strong()``:
             wide intensity, gamma, blur and noise ranges and bright distractors).
         device: torch device that trains and runs the networks ("cpu", "cuda",
@@ -195,6 +197,7 @@ class DemoConfig:
     calcified_disc_share: float = 0.0
     max_t1_lean: float = 30.0
     thick_slice_share: float | None = None
+    sagittal_share: float = 0.0
     augment: str = "mild"
 
     def __post_init__(self) -> None:
@@ -220,7 +223,7 @@ class DemoConfig:
                                 f"{self.augment!r}")
         for name in ("clinical_share", "localizer_spine_fov_share",
                      "identifier_spine_fov_share", "identifier_ribless_share",
-                     "calcified_disc_share", "thick_slice_share"):
+                     "calcified_disc_share", "thick_slice_share", "sagittal_share"):
             value = getattr(self, name)
             if value is not None and not 0 <= float(value) <= 1:
                 raise VertebraError(f"{name} must lie in [0, 1], got {value}")
@@ -267,6 +270,8 @@ class DemoConfig:
             options["calcified_disc_share"] = float(self.calcified_disc_share)
         if self.thick_slice_share is not None:
             options["thick_slice_share"] = float(self.thick_slice_share)
+        if self.sagittal_share:
+            options["sagittal_share"] = float(self.sagittal_share)
         from vertebra.data.anatomy import MAX_T1_LEAN
 
         if float(self.max_t1_lean) != MAX_T1_LEAN:  # the default leaves the caches' keys

@@ -69,6 +69,11 @@ def test_demo_config_and_cli_errors(tmp_path):
     assert thick.phantom_options("identification")["thick_slice_share"] == 0.5
     with pytest.raises(DrrkitError, match="thick_slice_share"):
         DemoConfig(thick_slice_share=1.5)
+    sagittal = DemoConfig(sagittal_share=0.3)
+    assert sagittal.phantom_options("localization") == {"sagittal_share": 0.3}
+    assert "sagittal_share" not in DemoConfig().phantom_options("localization")
+    with pytest.raises(DrrkitError, match="sagittal_share"):
+        DemoConfig(sagittal_share=-0.1)
     assert DemoConfig(localizer_views=None, peak_threshold=None, extend_threshold=None,
                       allow_t13=None).pipeline_settings() == {}
     # the real-ct recipe stores the settings its networks were chosen with

@@ -294,6 +294,22 @@ def test_thicker_slices_average_runs_of_slices_at_their_centres(real_ct):
         real_ct.thicker_slices(vol, 2.5)
 
 
+def test_sagittal_slices_merge_the_layers_across_world_x(real_ct):
+    """Closed form on a volume whose index axis k runs along world x: each new layer is the
+    mean of three, centred on the middle one; the other axes are untouched."""
+    direction = np.array([[0, 0, -1.0], [0, 1.0, 0], [1.0, 0, 0]])  # k runs along -x
+    data = np.arange(7 * 2 * 3, dtype=np.float32).reshape(7, 2, 3)  # (k, j, i)
+    vol = drrkit.Volume(data, spacing=(2.0, 1.5, 0.5), origin=(1.0, 2.0, 3.0),
+                        direction=direction)
+    out = real_ct.sagittal_slices(vol, 3)
+    assert out.data.shape == (2, 2, 3)
+    np.testing.assert_allclose(out.data, [data[0:3].mean(0), data[3:6].mean(0)])
+    np.testing.assert_allclose(out.spacing, [2.0, 1.5, 1.5])
+    for k in range(2):  # a new layer sits on the middle of the three it merges
+        np.testing.assert_allclose(out.voxel_to_world(np.array([0.0, 0.0, k])),
+                                   vol.voxel_to_world(np.array([0.0, 0.0, 3 * k + 1])))
+
+
 def test_chest_thick_keeps_the_truth_and_the_bone(real_ct, chest):
     _, full = chest
     case, whole = real_ct.load_case("chest-thick"), real_ct.load_case("chest")

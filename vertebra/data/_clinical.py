@@ -503,6 +503,9 @@ def sclerotic_endplates(hu: np.ndarray, lab: np.ndarray, spine: Spine, origin, s
 #: the range of their slice thickness (mm), as routine chest and abdomen CTs often are.
 THICK_SLICE_SHARE = 0.3
 THICK_SLICE_MM = (3.0, 5.0)
+#: Slab thickness range (mm) of the clinical scans stored as sagittal reformats (thin in
+#: the sagittal plane, thick from left to right), as spine CTs often are.
+SAGITTAL_SLICE_MM = (2.0, 4.0)
 
 
 def slice_profile(thickness: float, spacing: float) -> np.ndarray:
@@ -521,27 +524,31 @@ def slice_profile(thickness: float, spacing: float) -> np.ndarray:
     return weights / weights.sum()
 
 
-def thick_slices(hu: np.ndarray, spacing: float, rng, share: float = THICK_SLICE_SHARE
-                 ) -> float | None:
+def thick_slices(hu: np.ndarray, spacing: float, rng, share: float = THICK_SLICE_SHARE,
+                 *, axis: int = 0, mm: tuple[float, float] = THICK_SLICE_MM) -> float | None:
     """Reconstruct the CT numbers, in place, in thick slices on ``share`` of the scans
     (:data:`THICK_SLICE_SHARE` by default): each slice becomes the mean of the CT over a
-    slab 3-5 mm thick (:func:`slice_profile`) about its centre, which merges thin discs with their endplates
-    and blurs every level's edges along the spine; the grid keeps its slices. Returns the
-    thickness (mm) or None when the scan keeps its slices.
+    slab ``mm`` thick (3-5 mm by default; :func:`slice_profile`) about its centre, which
+    merges thin discs with their endplates and blurs every level's edges along the spine;
+    the grid keeps its slices. Returns the thickness (mm) or None when the scan keeps its
+    slices. Along axis 2 (world x) the slabs are a sagittal reformat's slices
+    (:data:`SAGITTAL_SLICE_MM`).
 
     Args:
         hu: (Z, Y, X) float32 CT numbers, axis 0 along the slices.
-        spacing: slice spacing, mm.
+        spacing: voxel spacing along ``axis``, mm.
         rng: random generator (draws two numbers either way, so a larger ``share`` keeps
             every scan that a smaller one thickens, at the same thickness).
         share: probability of thick slices, [0, 1].
+        axis: the numpy axis the slabs are thick along (0 z: axial slices; 2 x: sagittal).
+        mm: (low, high) range of the slab thickness, mm.
     """
     from scipy.ndimage import correlate1d
 
-    thick, thickness = rng.random() < share, rng.uniform(*THICK_SLICE_MM)
+    thick, thickness = rng.random() < share, rng.uniform(*mm)
     if not thick or thickness <= spacing:
         return None
-    correlate1d(hu, slice_profile(thickness, spacing), axis=0, output=hu, mode="nearest")
+    correlate1d(hu, slice_profile(thickness, spacing), axis=axis, output=hu, mode="nearest")
     return float(thickness)
 
 

@@ -44,6 +44,7 @@ from drrkit.volume import Volume
 from vertebra import labels as vlabels
 from vertebra.data import _sdf
 from vertebra.data._clinical import (
+    SAGITTAL_SLICE_MM,
     THICK_SLICE_SHARE,
     bone_texture,
     fov_cut,
@@ -482,6 +483,7 @@ def make_spine_phantom(
     calcified_disc_share: float = 0.0,
     max_t1_lean: float = MAX_T1_LEAN,
     thick_slice_share: float | None = None,
+    sagittal_share: float = 0.0,
 ) -> SpinePhantom:
     """A random synthetic spine CT in HU with VerSe ground truth, reproducible from ``seed``.
 
@@ -516,15 +518,19 @@ def make_spine_phantom(
         max_t1_lean: T1's forward lean is drawn from 5 to this many degrees (``kyphosis``).
         thick_slice_share: share of the clinical seeds in 3-5 mm slices (None:
             :data:`THICK_SLICE_SHARE`); a seed thick at one share is so at a larger one.
+        sagittal_share: share of the clinical seeds stored as sagittal reformats, each
+            sagittal slice the mean over a slab 2-4 mm thick from left to right (drawn from
+            a stream of its own, so that every other draw stays as it was).
 
     Returns:
         :class:`SpinePhantom`.
     """
     seed, share, thick = _check_options(seed, orientation, voxel_scale, spine_fov_share,
-                                        ribless_share, calcified_disc_share, thick_slice_share)
+                                        ribless_share, calcified_disc_share, thick_slice_share,
+                                        sagittal_share)
     # each later stream leaves the earlier ones, and so every earlier draw, as they were
     (r_anat, r_fov, r_build, r_metal, r_noise, r_orient, r_clinical, r_look, r_spine_fov,
-     r_ribs, r_discs, r_pose, r_slices) = _streams(seed, 13)
+     r_ribs, r_discs, r_pose, r_slices, r_sagittal) = _streams(seed, 14)
     trans, spine = _draw_spine(transitional, levels, clinical, max_t1_lean, r_anat, r_look)
     habitus = (r_anat.uniform(0.88, 1.12), r_anat.uniform(0.9, 1.12),
                max(0.0, r_anat.normal(8, 12)), r_anat.uniform(5, 22))
@@ -540,7 +546,8 @@ def make_spine_phantom(
                         *variants, draw_shoulder_pose(r_pose) if clinical else None)
     hu, lab = _rasterise(scene, spine, grid, habitus, r_build, r_metal if metal_levels else None,
                          r_look if clinical else None)
-    scanner = (r_look, r_clinical if tight is None else None, r_slices, thick) if clinical else None
+    scanner = ((r_look, r_clinical if tight is None else None, (r_slices, thick),
+                (r_sagittal, float(sagittal_share))) if clinical else None)
     _scanner(hu, grid, r_noise if noise else None, float(voxel_scale), scanner)
     return _stored(hu, lab, scene, grid, r_orient, orientation, seed=seed, metal=bool(metal_levels),
                    transitional=trans, anatomy=spine)
@@ -595,14 +602,15 @@ def _calcified_discs(spine: Spine, rng) -> dict[int, float]:
 
 
 def _scanner(hu, grid: _Grid, r_noise, voxel_scale: float, clinical) -> None:
-    """What the scanner adds, in place: with ``clinical`` = (r_look, r_clinical, r_slices,
-    thick share) thick slices on that share of the scans (:func:`thick_slices`) and its
-    blur first and its
+    """What the scanner adds, in place: with ``clinical`` = (r_look, r_clinical, (r_slices,
+    thick share), (r_sagittal, sagittal share)) thick axial slices and sagittal reformats
+    on those shares of the scans (:func:`thick_slices`) and its blur first and its
     reconstruction circle last (none when r_clinical is None: a small field of view lies
     inside the scanner's circle); with ``r_noise`` near-Gaussian noise of 8-30 HU
     (divided by ``sqrt(voxel_scale)``); then the CT-number range is clipped."""
     if clinical is not None:
-        thick_slices(hu, float(grid.spacing[2]), clinical[2], clinical[3])
+        thick_slices(hu, float(grid.spacing[2]), *clinical[2])
+        thick_slices(hu, float(grid.spacing[0]), *clinical[3], axis=2, mm=SAGITTAL_SLICE_MM)
         scanner_blur(hu, clinical[0])
     sigma = r_noise.uniform(8, 30) / math.sqrt(voxel_scale) if r_noise is not None else 0.0
     seed = int(r_noise.integers(0, 2**62)) if r_noise is not None else 0
@@ -640,8 +648,8 @@ def _field_of_view(draw: bool, share: float, r_clinical, r_spine_fov):
 
 
 def _check_options(seed, orientation: str, voxel_scale, spine_fov_share=None,
-                   ribless_share=0.0, calcified_disc_share=0.0, thick_slice_share=None
-                   ) -> tuple[int, float, float]:
+                   ribless_share=0.0, calcified_disc_share=0.0, thick_slice_share=None,
+                   sagittal_share=0.0) -> tuple[int, float, float]:
     """The seed as an int, the spine-protocol share (None: :data:`SPINE_FOV_SHARE`) and
     the thick-slice share (None: :data:`THICK_SLICE_SHARE`), after checking the options
     a phantom cannot be built without."""
@@ -649,7 +657,8 @@ def _check_options(seed, orientation: str, voxel_scale, spine_fov_share=None,
         thick_slice_share = THICK_SLICE_SHARE
     for name, value in (("ribless_share", ribless_share),
                         ("calcified_disc_share", calcified_disc_share),
-                        ("thick_slice_share", thick_slice_share)):
+                        ("thick_slice_share", thick_slice_share),
+                        ("sagittal_share", sagittal_share)):
         if not 0.0 <= float(value) <= 1.0:
             raise VertebraError(f"{name} must lie in [0, 1], got {value!r}")
     try:

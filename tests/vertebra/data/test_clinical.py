@@ -678,6 +678,55 @@ def test_thick_slices_average_a_step_over_the_slab():
     np.testing.assert_array_equal(kept[:, 0, 0], np.arange(8))
 
 
+def test_sagittal_slabs_average_along_x_only():
+    """Along axis 2 (world x) a step becomes the box-averaged ramp of a 2-4 mm slab, and
+    a CT that varies only along z and y is left as it was."""
+    from vertebra.data import _clinical
+
+    class Always:  # a generator that always asks for slabs of 3 mm
+        def random(self):
+            return 0.0
+
+        def uniform(self, lo, hi):
+            assert (lo, hi) == _clinical.SAGITTAL_SLICE_MM
+            return 3.0
+
+    hu = np.zeros((2, 2, 7), np.float32)
+    hu[..., 3:] = 900.0
+    assert _clinical.thick_slices(hu, 1.0, Always(), axis=2,
+                                  mm=_clinical.SAGITTAL_SLICE_MM) == 3.0
+    np.testing.assert_allclose(hu[1, 1], [0, 0, 300, 600, 900, 900, 900], rtol=1e-6)
+    layered = np.arange(4 * 3, dtype=np.float32).reshape(4, 3, 1) * np.ones((1, 1, 5),
+                                                                              np.float32)
+    expected = layered.copy()
+    _clinical.thick_slices(layered, 1.0, Always(), axis=2, mm=_clinical.SAGITTAL_SLICE_MM)
+    np.testing.assert_allclose(layered, expected, rtol=1e-6)
+
+
+def test_sagittal_share_one_blurs_a_clinical_scan_across_x_only():
+    """``sagittal_share=1``: a clinical scan in thin voxels becomes smoother from left to
+    right, its labels and truth as they were; share 0 is bit-identical to the default,
+    and plain phantoms do not change."""
+    opts = {"clinical": True, "levels": "L1:L2", "fov": 150.0, "spine_fov_share": 0.0,
+            "spacing": (0.8, 0.8, 2.0), "noise": False, "orientation": "canonical"}
+    base = make_spine_phantom(1, **opts)
+    np.testing.assert_array_equal(make_spine_phantom(1, sagittal_share=0.0, **opts).ct.data,
+                                  base.ct.data)
+    sag = make_spine_phantom(1, sagittal_share=1.0, **opts)
+    np.testing.assert_array_equal(sag.labels.data, base.labels.data)
+    for k in base.centroids:
+        np.testing.assert_allclose(sag.centroids[k], base.centroids[k])
+    step = {axis: [np.abs(np.diff(v.ct.data.astype(np.float64), axis=axis)).mean()
+                   for v in (sag, base)] for axis in (0, 2)}  # canonical: (z, y, x)
+    assert step[2][0] < 0.9 * step[2][1]  # smoother across x
+    assert step[0][0] > 0.9 * step[0][1]  # barely along z
+    plain = {"size": "small", "levels": "T8:L3"}
+    np.testing.assert_array_equal(make_spine_phantom(1, sagittal_share=1.0, **plain).ct.data,
+                                  make_spine_phantom(1, **plain).ct.data)
+    with pytest.raises(DrrkitError, match="sagittal_share"):
+        make_spine_phantom(0, sagittal_share=2.0, **opts)
+
+
 @given(st.integers(0, 2**32 - 1), st.floats(0.0, 1.0), st.floats(0.0, 1.0))
 @settings(max_examples=60, deadline=None)
 def test_a_larger_thick_slice_share_keeps_every_thick_scan(seed, a, b):
