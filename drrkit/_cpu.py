@@ -15,7 +15,7 @@ import numpy as np
 from drrkit import config
 from drrkit.backends import PIECE_SLACK, prepare_rays
 
-_JIT = dict(fastmath=True, cache=True, error_model="numpy", nogil=True)
+_JIT = {"fastmath": True, "cache": True, "error_model": "numpy", "nogil": True}
 
 
 @numba.njit(inline="always", **_JIT)
@@ -105,7 +105,7 @@ def _march(vol, rays, height, width, step, out):  # pragma: no cover - compiled
                 out[k, r, c] = zero
                 continue
             chord_mm = (a1 - a0) * length_mm
-            n = max(1, int(math.ceil(chord_mm / step - np.float32(PIECE_SLACK))))
+            n = max(1, math.ceil(chord_mm / step - np.float32(PIECE_SLACK)))
             da = (a1 - a0) / n
             h_mm = chord_mm / n
             # first sample at the midpoint of the first piece
@@ -188,8 +188,8 @@ def _march_joseph(vol, rays, height, width, out):  # pragma: no cover - compiled
             xa1 = sa + a1 * da
             lo = min(xa0, xa1)
             hi = max(xa0, xa1)
-            m_first = max(int(math.floor(lo + half)), 0)
-            m_last = min(int(math.floor(hi + half)), na - 1)
+            m_first = max(math.floor(lo + half), 0)
+            m_last = min(math.floor(hi + half), na - 1)
             inv = np.float32(1.0) / da
             mm_per_slice = length_mm * abs(inv)
             acc = zero
