@@ -516,11 +516,9 @@ def make_spine_phantom(
         ribless_share, calcified_disc_share: shares of the clinical seeds with ribs as
             faint as muscle and with calcified discs (:func:`_bone_variants`).
         max_t1_lean: T1's forward lean is drawn from 5 to this many degrees (``kyphosis``).
-        thick_slice_share: share of the clinical seeds in 3-5 mm slices (None:
-            :data:`THICK_SLICE_SHARE`); a seed thick at one share is so at a larger one.
-        sagittal_share: share of the clinical seeds stored as sagittal reformats, each
-            sagittal slice the mean over a slab 2-4 mm thick from left to right (drawn from
-            a stream of its own, so that every other draw stays as it was).
+        thick_slice_share, sagittal_share: shares of the clinical seeds in 3-5 mm axial slices
+            (None: :data:`THICK_SLICE_SHARE`; a seed thick at one share is so at a larger
+            one) and stored as sagittal reformats, 2-4 mm thick across (a stream of its own).
 
     Returns:
         :class:`SpinePhantom`.
@@ -528,18 +526,14 @@ def make_spine_phantom(
     seed, share, thick = _check_options(seed, orientation, voxel_scale, spine_fov_share,
                                         ribless_share, calcified_disc_share, thick_slice_share,
                                         sagittal_share)
-    # each later stream leaves the earlier ones, and so every earlier draw, as they were
     (r_anat, r_fov, r_build, r_metal, r_noise, r_orient, r_clinical, r_look, r_spine_fov,
      r_ribs, r_discs, r_pose, r_slices, r_sagittal) = _streams(seed, 14)
     trans, spine = _draw_spine(transitional, levels, clinical, max_t1_lean, r_anat, r_look)
-    habitus = (r_anat.uniform(0.88, 1.12), r_anat.uniform(0.9, 1.12),
-               max(0.0, r_anat.normal(8, 12)), r_anat.uniform(5, 22))
+    habitus, lungs = _body_draws(r_anat, r_look, clinical)
     wide, tight = _field_of_view(clinical and fov is None, share, r_clinical, r_spine_fov)
     grid, (i0, i1) = _choose_grid(spine, levels, size, spacing, fov, r_fov, wide, tight)
     grid = _coarser(grid, float(voxel_scale))
     metal_levels = _metal_levels(spine, (i0, i1), metal, r_metal)
-    lungs = ((r_look.uniform(1.0, 1.25), r_look.uniform(1.0, 1.18), r_look.uniform(*LUNG_DROP_MM))
-             if clinical else (1.0, 1.0, 0.0))
     variants = _bone_variants(spine, (ribless_share, calcified_disc_share), r_ribs, r_discs,
                               clinical)
     scene = build_scene(spine, r_build, metal_levels, r_clinical if clinical else None, lungs,
@@ -562,6 +556,17 @@ def _draw_spine(transitional, levels, clinical: bool, max_t1_lean: float,
     scale = r_anat.uniform(0.88, 1.12)
     discs = r_look.uniform(0.45, 1.05) if clinical else 1.0
     return trans, build_spine(level_names(trans), r_anat, scale, discs, max_t1_lean)
+
+
+def _body_draws(r_anat: np.random.Generator, r_look: np.random.Generator, clinical: bool):
+    """(habitus, lungs) of one seed: the body's build from ``r_anat`` (passed on to
+    :func:`_rasterise`) and, for a clinical scan, the lungs' size and lower reach from
+    ``r_look`` (passed on to :func:`build_scene`); a plain scan draws no lungs."""
+    habitus = (r_anat.uniform(0.88, 1.12), r_anat.uniform(0.9, 1.12),
+               max(0.0, r_anat.normal(8, 12)), r_anat.uniform(5, 22))
+    lungs = ((r_look.uniform(1.0, 1.25), r_look.uniform(1.0, 1.18), r_look.uniform(*LUNG_DROP_MM))
+             if clinical else (1.0, 1.0, 0.0))
+    return habitus, lungs
 
 
 def _streams(seed: int, count: int) -> list[np.random.Generator]:
