@@ -66,7 +66,9 @@ about): the identifier did not recognise the region. A labelled run that holds n
 landmark to count from (:attr:`LabelResult.landmarks`: no skull base, first or last rib or
 sacrum, as in a few lumbar vertebrae) is warned about as well: such a run can be
 confidently a level off (decision ``landmarks``). A CT whose slices lie more than
-:data:`THICK_SLICE_WARN_MM` apart is warned about too.
+:data:`THICK_SLICE_WARN_MM` apart is warned about too, and so is one whose values do not
+look like a CT's in HU (:func:`hu_scale_problem`: nothing as dark as fat, or almost
+nothing as dense as bone), as a missing rescale intercept or another modality gives.
 """
 
 from __future__ import annotations
@@ -115,6 +117,13 @@ UNCERTAIN_CONFIDENCE = 0.3
 #: their endplates, the localizers then miss vertebrae and the levels shift (decision
 #: ``shoulder-girdle-and-thick-slices``).
 THICK_SLICE_WARN_MM = 4.0
+
+#: A CT in HU holds air, lung or at least fat below this (HU); a scan with no voxel this
+#: dark was most likely stored without its rescale intercept (air at 0 instead of -1000).
+DARKEST_EXPECTED_HU = -50.0
+#: ... and bone above this (HU) in at least :data:`BONE_SHARE_EXPECTED` of its voxels.
+BONE_HU = 150.0
+BONE_SHARE_EXPECTED = 1e-3
 
 Localizer = Callable[[np.ndarray], np.ndarray]
 Identifier = Callable[[np.ndarray], np.ndarray]
@@ -971,11 +980,44 @@ def slice_spacing(volume: drrkit.Volume) -> float:
     return float(volume.spacing[volume.slice_axis])
 
 
+def hu_scale_problem(volume: drrkit.Volume, mu_water: float | None = None) -> str | None:
+    """Why the volume's attenuation does not look like a CT read from HU, or None.
+
+    A CT in HU always holds something darker than :data:`DARKEST_EXPECTED_HU` (air
+    outside the body, lung, bowel gas or at least fat), and a CT for vertebra labelling
+    holds bone, above :data:`BONE_HU` in at least :data:`BONE_SHARE_EXPECTED` of its
+    voxels. A file stored without its rescale intercept (air at 0, water at 1024) has
+    nothing that dark; an MR image, or a CT whose intercept was applied twice, has no bone.
+
+    Args:
+        volume: attenuation in 1/mm (``drrkit.load_volume`` of a CT in HU).
+        mu_water: attenuation of water in 1/mm (default :data:`drrkit.volume.MU_WATER`).
+    """
+    from drrkit.volume import MU_WATER, hu_to_mu
+
+    mu_water = MU_WATER if mu_water is None else float(mu_water)
+    data = np.asarray(volume.data)
+    darkest = float(data.min()) / mu_water * 1000.0 - 1000.0
+    if darkest >= DARKEST_EXPECTED_HU:
+        return (f"no voxel below {darkest:.0f} HU, where air, lung or fat lie far below: is the "
+                "CT in HU? (a missing rescale intercept stores air at 0)")
+    sample = data.reshape(-1)[:: max(1, data.size // 2_000_000)]
+    bone = float(np.mean(sample > hu_to_mu(BONE_HU, mu_water)))
+    if bone < BONE_SHARE_EXPECTED:
+        return (f"only {100 * bone:.2g} % of the voxels above {BONE_HU:g} HU: no bone "
+                "in view, or not a CT in HU")
+    return None
+
+
 def _check_volume(volume) -> None:
     """Refuse anything but a :class:`drrkit.Volume`; warn when its slices lie more than
-    :data:`THICK_SLICE_WARN_MM` apart."""
+    :data:`THICK_SLICE_WARN_MM` apart, and when its values do not look like a CT in HU
+    (:func:`hu_scale_problem`)."""
     if not isinstance(volume, drrkit.Volume):
         raise VertebraError("volume must be a drrkit.Volume (see drrkit.load_volume)")
+    problem = hu_scale_problem(volume)
+    if problem is not None:
+        warnings.warn(f"{problem}; the labels are likely wrong", stacklevel=3)
     spacing = slice_spacing(volume)
     if spacing > THICK_SLICE_WARN_MM:
         warnings.warn(f"slices {spacing:.1f} mm apart (more than {THICK_SLICE_WARN_MM:g} mm): "

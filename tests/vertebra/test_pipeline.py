@@ -576,6 +576,25 @@ def test_a_run_without_a_landmark_is_warned_about(thoracic, thoracic_maps):
     assert not any("landmark" in str(w.message) for w in caught)
 
 
+def test_a_ct_not_in_hu_is_warned_about(thoracic_maps):
+    """Closed cases: the phantom read from HU passes; the same CT stored without its
+    rescale intercept (HU + 1024) has nothing as dark as fat; with every voxel above
+    100 HU set to 100 it has no bone; label_ct warns about either and still labels."""
+    from drrkit.volume import MU_WATER, hu_to_mu
+    from vertebra.pipeline import hu_scale_problem
+
+    vol, (heat, probs, _) = thoracic_maps
+    assert hu_scale_problem(vol) is None
+    hu = (np.asarray(vol.data, dtype=np.float64) / MU_WATER - 1.0) * 1000.0
+    shifted = vol.with_data(hu_to_mu(hu + 1024.0))
+    assert "is the CT in HU" in hu_scale_problem(shifted)
+    boneless = vol.with_data(hu_to_mu(np.minimum(hu, 100.0)))
+    assert "no bone" in hu_scale_problem(boneless)
+    with pytest.warns(UserWarning, match="is the CT in HU"):
+        result = run(shifted, heat, probs)
+    assert result.status == "ok"
+
+
 def test_thick_slices_are_warned_about(thoracic, thoracic_maps):
     """Slices more than THICK_SLICE_WARN_MM apart along world z warn (whatever index axis
     holds them); the same CT with thinner slices does not."""
