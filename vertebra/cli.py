@@ -163,6 +163,12 @@ def phantom(
     spine_fov: Annotated[float | None, typer.Option(
         "--spine-fov", help="Share of the --clinical scans with a spine protocol's small "
         "field of view (default 0.3; 1: all).")] = None,
+    thick_slices: Annotated[float | None, typer.Option(
+        "--thick-slices", help="Share of the --clinical scans in 3-5 mm slices (default "
+        "0.3).")] = None,
+    sagittal: Annotated[float | None, typer.Option(
+        "--sagittal", help="Share of the --clinical scans stored as sagittal reformats, "
+        "2-4 mm thick from left to right (default 0).")] = None,
     max_t1_lean: Annotated[float, typer.Option(
         "--max-t1-lean", help="Largest forward lean of the spine at T1, degrees (drawn from "
         "5; 50 reaches hyperkyphotic upper thoracic spines).")] = 30.0,
@@ -174,6 +180,7 @@ def phantom(
         $ vertebra phantom data/phantoms --seed 0 --count 20 --levels T10:L3
         $ vertebra phantom data/clinical --seed 2024 --count 24 --clinical
         $ vertebra phantom data/spine-fov --seed 2024 --count 24 --clinical --spine-fov 1
+        $ vertebra phantom data/reformats --seed 2024 --count 24 --clinical --sagittal 1
         $ vertebra phantom data/steep --seed 3100 --count 8 --clinical --levels C5:L1 --max-t1-lean 50
     """
     import time
@@ -189,10 +196,12 @@ def phantom(
         if transitional not in ("random", "none", "t13", "l6"):
             raise VertebraError(f"--transitional must be random, none, t13 or l6, "
                                 f"got {transitional!r}")
-        if spine_fov is not None and not clinical:
-            raise VertebraError("--spine-fov needs --clinical (plain phantoms show the "
-                                "whole trunk)")
-        options = {} if spine_fov is None else {"spine_fov_share": spine_fov}
+        shares = {"spine_fov_share": spine_fov, "thick_slice_share": thick_slices,
+                  "sagittal_share": sagittal}
+        options = {k: v for k, v in shares.items() if v is not None}
+        if options and not clinical:
+            raise VertebraError("--spine-fov, --thick-slices and --sagittal need --clinical "
+                                "(plain phantoms show the whole trunk in thin slices)")
         options["max_t1_lean"] = max_t1_lean
         start = time.perf_counter()
         names = write_phantoms(

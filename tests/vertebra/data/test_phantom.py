@@ -348,7 +348,9 @@ def test_cli_phantom(tmp_path):
     assert (out / "derivatives" / "sub-phantom0006" / "sub-phantom0006_seg-vert_msk.nii.gz"
             ).is_file()
     for args in (["--transitional", "t14"], ["--levels", "L3:T10"], ["--count", "0"],
-                 ["--spine-fov", "1"], ["--clinical", "--spine-fov", "1.5"]):
+                 ["--spine-fov", "1"], ["--clinical", "--spine-fov", "1.5"],
+                 ["--sagittal", "1"], ["--thick-slices", "0.5"],
+                 ["--clinical", "--sagittal", "-0.5"], ["--clinical", "--thick-slices", "2"]):
         bad = runner.invoke(app, ["phantom", str(tmp_path / "x"), "--size", "small", *args])
         assert bad.exit_code == 2
         assert bad.output.strip().startswith("error:") and len(bad.output.strip().splitlines()) == 1
