@@ -43,10 +43,21 @@ def test_tiny_demo_runs_every_step_and_reuses_outputs(tmp_path, monkeypatch):
     assert [len(list((data / f"train_{t}").glob("*.npz"))) for t in
             ("localization", "identification")] == [2, 3]
     assert list((tmp_path / "labels").glob("*/*_ctd.json"))
-    # a second run reuses data and models
+    # a second run reuses data and models (its labelling, which the first run covered,
+    # is replaced to keep the test short)
+    from vertebra import demo
+
+    labelled = []
+
+    def label_folder(networks, held_dir, labels, **options):
+        labelled.append(networks)
+        return result.pooled, result.cases, result.labelling_seconds
+
+    monkeypatch.setattr(demo, "label_folder", label_folder)
     lines.clear()
     run_demo(tmp_path, config, log=lines.append, progress=False)
     assert sum("reusing" in line for line in lines) >= 3
+    assert labelled == [tmp_path / "models" / "networks.pt"]
 
 
 def test_demo_config_and_cli_errors(tmp_path):
