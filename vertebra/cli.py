@@ -825,31 +825,37 @@ def train_default(
     progress: Annotated[bool, typer.Option(help="Show training progress bars.")] = True,
     device: Annotated[str, typer.Option(help="Torch device: cpu, cuda, cuda:N or auto.")
                       ] = "cpu",
+    members: Annotated[int, typer.Option(
+        "--members", help="Runs to train, seeds 0, 1, ..., joined into one ensemble "
+        "(the packaged default is an ensemble of three).")] = 1,
 ) -> None:
     """Train default networks from scratch with a named recipe and store them compactly:
-    vertebra demo --recipe RECIPE, then vertebra export-default. One run: the packaged
-    default is an ensemble of several runs of the real-ct recipe (see bundle_networks).
+    vertebra demo --recipe RECIPE (once per member, on the same phantoms), vertebra
+    ensemble when there are several, then vertebra export-default (float16; an ensemble
+    with its identifiers in int8). A stopped run continues where it stopped when the
+    same command runs again.
 
     Example:
 
-        $ vertebra train-default --out real-ct/
+        $ vertebra train-default --out real-ct/ --members 3
     """
     from dataclasses import asdict
 
     from vertebra import weights
-    from vertebra.demo import run_demo
+    from vertebra.demo import run_ensemble
     from vertebra.weights.export import export_networks
 
     with cli_errors(every_warning=True):
         config = _run_config(recipe, device, threads)
-        result = run_demo(out, config, log=typer.echo, progress=progress)
+        result, bundle = run_ensemble(out, config, members, log=typer.echo,
+                                      progress=progress)
         shares = {k: v for k, v in asdict(config).items()
                   if k.endswith(("_phantoms", "_share")) or k in ("augment", "orbits")}
         data = ("synthetic spine phantoms only (vertebra.data.phantom), no real CT; "
                 + ", ".join(f"{k}={v}" for k, v in shares.items()))
         folder = weights.WEIGHTS_DIR if weights_out is None else weights_out
-        record = export_networks(out / "models" / "networks.pt", folder,
-                                         recipe=config.recipe, training_data=data)
+        record = export_networks(bundle, folder, recipe=config.recipe, training_data=data,
+                                 dtype="float16" if members == 1 else "int8-identifiers")
     print_pooled(result.pooled, title=f"{result.pooled['n_scans']} held-out phantoms, "
                                       "VerSe 20 mm")
     typer.echo(f"wrote {folder / record.weights} ({record.bytes / 1e6:.1f} MB, sha256 "

@@ -32,6 +32,14 @@ Folder layout::
     OUT/models/            simsiam.pt, localizer.pt, identifier.pt, networks.pt (+ loss logs)
     OUT/labels/STEM/       outputs per held-out CT
     OUT/report.json        the scores, per case and pooled, and the time of each step
+
+An ensemble (:func:`run_ensemble`, ``vertebra train-default --members N``) adds, on the
+same phantoms::
+
+    OUT/member-K/          the run of seed + K (K >= 1), laid out as above without data/
+    OUT/models/ensemble.pt all members' networks in one bundle
+    OUT/labels-ensemble/, OUT/report-ensemble.json
+                           the held-out phantoms labelled by the ensemble
 """
 
 from __future__ import annotations
@@ -304,12 +312,15 @@ class DemoConfig:
         """The ``real-ct`` recipe: the cpu-demo networks trained on phantoms of which 70 %
         are clinical, with strong augmentation, more phantoms and more steps, for real
         scans; the identifier's clinical phantoms include spine protocols' small fields of
-        view, the localizer's show the whole trunk (decisions ``real-ct-recipe`` and
-        ``spine-fov`` in ``benchmarks/decisions.md``)."""
+        view, the localizer's show the whole trunk; both see upper spines leaning up to 50
+        degrees and half the clinical scans in 3-5 mm slices, the mix the shipped
+        localizers were last fine-tuned on (decisions ``real-ct-recipe``, ``spine-fov`` and
+        ``recipe-from-scratch`` in ``benchmarks/decisions.md``)."""
         values = {"recipe": "real-ct", "clinical_share": 0.7, "augment": "strong",
                   "localizer_spine_fov_share": 0.0,
                   "train_phantoms": 192, "identifier_phantoms": 400,
                   "localizer_iterations": 18000, "identifier_iterations": 7000,
+                  "max_t1_lean": 50.0, "thick_slice_share": 0.5,
                   "cache_mib": 8192.0, "tolerance_mm": 8.0, "mirror": True,
                   "chain_weight": 3.0, "complete_body": True, "dense_hu": DENSE_HU}
         values.update(changes)
@@ -377,7 +388,7 @@ def _train_config(task: str, iterations: int | None, init: str, device: str = "c
         preset = TrainConfig.cpu_demo(task)
         changes["iterations"] = int(iterations)
         changes["lr_step"] = max(1, round(preset.lr_step * int(iterations) / preset.iterations))
-        changes["checkpoint_every"] = max(1, int(iterations))
+        changes["checkpoint_every"] = max(1, min(int(iterations), preset.checkpoint_every))
     return TrainConfig.cpu_demo(task, **changes)
 
 
@@ -550,7 +561,8 @@ def _write_report(path: Path, config: DemoConfig, result: DemoResult, device: st
 
 
 def run_demo(out: str | Path, config: DemoConfig | None = None, *,
-             log: Callable[[str], None] = print, progress: bool = True) -> DemoResult:
+             log: Callable[[str], None] = print, progress: bool = True,
+             data: str | Path | None = None) -> DemoResult:
     """Run the demo into ``out`` (see the module docstring).
 
     Args:
@@ -558,6 +570,8 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *,
         config: sizes (default :class:`DemoConfig`).
         log: called with one line per step.
         progress: show training progress bars.
+        data: the data folder (default ``out/data``); runs that differ only in their
+            training seed may share one, since the phantoms do not depend on it.
 
     Returns:
         :class:`DemoResult`.
@@ -583,7 +597,7 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *,
     log(f"[data] training phantoms x {config.orbits} orbit(s): localizer "
         f"{config.phantoms('localization')}, identifier {config.phantoms('identification')}; "
         f"{config.held_out} held-out phantoms (seeds {config.held_out_start}..)")
-    caches, held_dir = prepare_data(out / "data", config, log)
+    caches, held_dir = prepare_data(out / "data" if data is None else Path(data), config, log)
     seconds["data"] = time.perf_counter() - t
 
     init = "none"
@@ -617,3 +631,51 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *,
     result = DemoResult(pooled, cases, seconds, per_ct, out)
     _write_report(out / "report.json", config, result, device)
     return result
+
+
+def run_ensemble(out: str | Path, config: DemoConfig, members: int, *,
+                 log: Callable[[str], None] = print, progress: bool = True
+                 ) -> tuple[DemoResult, Path]:
+    """Train ``members`` runs of ``config`` that differ only in their training seed
+    (``config.seed``, ``config.seed + 1``, ...), join them into one ensemble bundle and
+    label the held-out phantoms with it.
+
+    Member 0 is a run in ``out`` itself, laid out as :func:`run_demo` lays out one run;
+    member k > 0 trains into ``out/member-k`` on the phantoms of ``out/data``. Every step
+    reuses what the folders already hold, so a stopped run continues where it stopped.
+
+    Returns:
+        (the ensemble's :class:`DemoResult`, written to ``out/report-ensemble.json``;
+        the ensemble bundle ``out/models/ensemble.pt``, or the single run's
+        ``out/models/networks.pt`` when ``members`` is 1).
+    """
+    from dataclasses import replace
+
+    from vertebra.pipeline import bundle_networks
+    from vertebra.training.trainer import resolve_device
+
+    if int(members) < 1:
+        raise VertebraError(f"members must be >= 1, got {members}")
+    out = Path(out)
+    runs = []
+    for k in range(int(members)):
+        where = out if k == 0 else out / f"member-{k}"
+        log(f"[member {k + 1} of {members}] seed {config.seed + k} -> {where}")
+        runs.append(run_demo(where, replace(config, seed=config.seed + k), log=log,
+                             progress=progress, data=out / "data"))
+    if members == 1:
+        return runs[0], out / "models" / "networks.pt"
+    bundle = out / "models" / "ensemble.pt"
+    nets = [r.out / "models" / "networks.pt" for r in runs]
+    bundle_networks(nets, nets, bundle, pipeline=config.pipeline_settings())
+    t = time.perf_counter()
+    log(f"[label] the ensemble of {members} -> {out / 'labels-ensemble'}")
+    held_dir = out / "data" / "held_out"
+    device = str(resolve_device(config.device))
+    pooled, cases, per_ct = label_folder(bundle, held_dir, out / "labels-ensemble",
+                                         pictures=config.pictures, log=log, device=device)
+    seconds = {f"member-{k}": sum(r.seconds.values()) for k, r in enumerate(runs)}
+    seconds["label"] = time.perf_counter() - t
+    result = DemoResult(pooled, cases, seconds, per_ct, out)
+    _write_report(out / "report-ensemble.json", config, result, device)
+    return result, bundle

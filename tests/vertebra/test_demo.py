@@ -205,3 +205,49 @@ def test_prepare_data_crops_each_network_as_configured(tmp_path, monkeypatch):
                       ({"crop_reach": (0.0, 0.5)}, "crop_reach")):
         with pytest.raises(DrrkitError, match=word):
             DemoConfig(**bad)
+
+
+def test_an_ensemble_run_trains_each_seed_on_shared_phantoms_and_labels_the_join(
+        tmp_path, monkeypatch, tiny_networks):
+    import shutil
+
+    from vertebra import demo
+    from vertebra.demo import DemoResult, run_ensemble
+    from vertebra.pipeline import load_networks
+
+    bundle, _ = tiny_networks
+    runs, labelled = [], []
+
+    def run_demo(out, config, *, log, progress, data):  # a member: its bundle only
+        runs.append((out, config.seed, data))
+        (out / "models").mkdir(parents=True, exist_ok=True)
+        shutil.copy(bundle, out / "models" / "networks.pt")
+        return DemoResult({"n_scans": 1}, {}, {"localizer": 2.0, "identifier": 1.0}, {}, out)
+
+    def label_folder(networks, held_dir, labels, **options):
+        labelled.append((networks, held_dir, labels))
+        return {"n_scans": 1, "id_rate": 1.0, "l_error": 1.0}, {}, {}
+
+    monkeypatch.setattr(demo, "run_demo", run_demo)
+    monkeypatch.setattr(demo, "label_folder", label_folder)
+    config = replace(DemoConfig(), seed=5)
+    result, joined = run_ensemble(tmp_path, config, 3, log=lambda line: None)
+    # member 0 is the folder itself; the others beside its data, each with the next seed
+    assert runs == [(tmp_path, 5, tmp_path / "data"),
+                    (tmp_path / "member-1", 6, tmp_path / "data"),
+                    (tmp_path / "member-2", 7, tmp_path / "data")]
+    assert joined == tmp_path / "models" / "ensemble.pt"
+    nets = load_networks(joined, device="cpu")
+    assert len(nets.localizer.members) == 3 == len(nets.identifier.members)
+    assert nets.settings.items() >= config.pipeline_settings().items()
+    assert labelled == [(joined, tmp_path / "data" / "held_out", tmp_path / "labels-ensemble")]
+    report = json.loads((tmp_path / "report-ensemble.json").read_text())
+    assert report["seconds"]["member-2"] == 3.0 and result.meets_targets
+    # one member is an ordinary run, labelled by run_demo itself
+    runs.clear()
+    assert run_ensemble(tmp_path / "one", config, 1, log=lambda line: None)[1] == (
+        tmp_path / "one" / "models" / "networks.pt")
+    assert len(runs) == 1 and len(labelled) == 1
+    with pytest.raises(DrrkitError, match="members"):
+        run_ensemble(tmp_path / "none", config, 0)
+    assert not (tmp_path / "none").exists()

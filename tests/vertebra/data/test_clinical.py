@@ -355,9 +355,12 @@ def test_recipes_registry_and_schedule():
     with pytest.raises(DrrkitError, match="clinical_share"):
         DemoConfig(clinical_share=1.5)
     # the localizer's clinical phantoms show the whole trunk, the identifier's the
-    # generator's share of spine protocols
-    assert real.phantom_options("localization") == {"spine_fov_share": 0.0}
+    # generator's share of spine protocols; both see steeper upper spines and more
+    # thick-slice scans than the generator's defaults
+    assert real.phantom_options("localization") == {
+        "spine_fov_share": 0.0, "max_t1_lean": 50.0, "thick_slice_share": 0.5}
     assert "spine_fov_share" not in real.phantom_options("identification")
+    assert real.phantom_options("identification")["max_t1_lean"] == 50.0
     with pytest.raises(DrrkitError, match="identifier_spine_fov_share"):
         DemoConfig(identifier_spine_fov_share=-0.1)
     assert set(RECIPES) >= {"cpu-demo", "real-ct"}
@@ -368,6 +371,10 @@ def test_recipes_registry_and_schedule():
     preset = _train_config("localization", None, "none")
     longer = _train_config("localization", 2 * preset.iterations, "none")
     assert longer.lr_step == 2 * preset.lr_step  # the decay keeps its place in the schedule
+    # a long run saves a checkpoint as often as the preset does, so a stopped run resumes
+    # near where it stopped; a short one saves once, at its end
+    assert longer.checkpoint_every == preset.checkpoint_every < longer.iterations
+    assert _train_config("localization", 7, "none").checkpoint_every == 7
 
 
 def test_demo_cli_refuses_an_unknown_recipe(tmp_path):
@@ -407,7 +414,8 @@ def test_train_default_refuses_bad_input_before_any_work(tmp_path):
     from vertebra.cli import app
 
     for extra, message in ((["--recipe", "nope"], "unknown recipe"),
-                           (["--threads", "0"], "--threads")):
+                           (["--threads", "0"], "--threads"),
+                           (["--members", "0"], "members")):
         res = CliRunner().invoke(app, ["train-default", "--out", str(tmp_path / "t"),
                                        "--weights-out", str(tmp_path / "w"), *extra])
         assert res.exit_code == 2 and message in res.output
