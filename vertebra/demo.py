@@ -633,6 +633,27 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *,
     return result
 
 
+def finished_run(out: Path, config: DemoConfig) -> DemoResult | None:
+    """The result of the run of ``config`` in ``out`` if it is complete: its
+    ``report.json`` was written after its ``models/networks.pt`` by the same
+    configuration (threads and device aside). None otherwise."""
+    import json
+
+    from drrkit.io import json_safe
+
+    report, bundle = out / "report.json", out / "models" / "networks.pt"
+    if not (report.is_file() and bundle.is_file()
+            and report.stat().st_mtime >= bundle.stat().st_mtime):
+        return None
+    stored = json.loads(report.read_text())
+    ours = json.loads(json.dumps(json_safe(asdict(config))))
+    if any(stored["config"].get(k) != v for k, v in ours.items()
+           if k not in ("threads", "device")):
+        return None
+    return DemoResult(stored["pooled"], stored["cases"], stored["seconds"],
+                      stored["labelling_seconds_per_ct"], out)
+
+
 def run_ensemble(out: str | Path, config: DemoConfig, members: int, *,
                  log: Callable[[str], None] = print, progress: bool = True
                  ) -> tuple[DemoResult, Path]:
@@ -660,9 +681,13 @@ def run_ensemble(out: str | Path, config: DemoConfig, members: int, *,
     runs = []
     for k in range(int(members)):
         where = out if k == 0 else out / f"member-{k}"
-        log(f"[member {k + 1} of {members}] seed {config.seed + k} -> {where}")
-        runs.append(run_demo(where, replace(config, seed=config.seed + k), log=log,
-                             progress=progress, data=out / "data"))
+        member = replace(config, seed=config.seed + k)
+        log(f"[member {k + 1} of {members}] seed {member.seed} -> {where}")
+        done = finished_run(where, member) if members > 1 else None
+        if done is not None:
+            log(f"  reusing {where} (labelled after its networks were trained)")
+        runs.append(done or run_demo(where, member, log=log, progress=progress,
+                                     data=out / "data"))
     if members == 1:
         return runs[0], out / "models" / "networks.pt"
     bundle = out / "models" / "ensemble.pt"

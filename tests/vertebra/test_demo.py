@@ -243,11 +243,23 @@ def test_an_ensemble_run_trains_each_seed_on_shared_phantoms_and_labels_the_join
     assert labelled == [(joined, tmp_path / "data" / "held_out", tmp_path / "labels-ensemble")]
     report = json.loads((tmp_path / "report-ensemble.json").read_text())
     assert report["seconds"]["member-2"] == 3.0 and result.meets_targets
+    # a member labelled after its networks were trained, by the same settings, is reused
+    member = replace(config, seed=6)
+    demo._write_report(tmp_path / "member-1" / "report.json", member,
+                       DemoResult({"n_scans": 1, "id_rate": 1.0, "l_error": 1.0}, {},
+                                  {"label": 4.0}, {}), "cpu")
+    runs.clear()
+    run_ensemble(tmp_path, config, 3, log=lambda line: None)
+    assert [seed for _, seed, _ in runs] == [5, 7]
+    assert demo.finished_run(tmp_path / "member-1", member).seconds == {"label": 4.0}
+    assert demo.finished_run(tmp_path / "member-1", replace(member, threads=1)) is not None
+    assert demo.finished_run(tmp_path / "member-1", replace(member, seed=7)) is None
+    assert demo.finished_run(tmp_path / "member-2", replace(member, seed=7)) is None
     # one member is an ordinary run, labelled by run_demo itself
     runs.clear()
     assert run_ensemble(tmp_path / "one", config, 1, log=lambda line: None)[1] == (
         tmp_path / "one" / "models" / "networks.pt")
-    assert len(runs) == 1 and len(labelled) == 1
+    assert len(runs) == 1 and len(labelled) == 2
     with pytest.raises(DrrkitError, match="members"):
         run_ensemble(tmp_path / "none", config, 0)
     assert not (tmp_path / "none").exists()
