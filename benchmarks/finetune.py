@@ -8,7 +8,7 @@ Run::
 
 ``BUNDLE`` is a networks file or bundle (``vertebra/weights/default.safetensors``, a
 ``vertebra ensemble`` output). ``WORK/data`` receives the ``real-ct`` recipe's training
-caches for ``--phantoms`` phantoms per network (:func:`vertebra.demo.prepare_data`: seeds
+caches for ``--phantoms`` phantoms per tuned network, one for the other (:func:`vertebra.demo.prepare_data`: seeds
 0.., the recipe's scan mix, completed views with the voxels denser than bone rendered as
 soft tissue, or kept with ``--keep-dense``, as the shipped networks before decision
 ``dense-contrast`` were trained; reused when present), and each named member
@@ -48,8 +48,13 @@ def finetune(bundle: Path, work: Path, members: list[str], *, phantoms: int,
     if unknown:
         raise SystemExit(f"error: {bundle} has no member {', '.join(unknown)}; it holds "
                          f"{', '.join(k for k in source if k.startswith(('loc', 'ident')))}")
-    config = DemoConfig.real_ct(train_phantoms=phantoms, identifier_phantoms=phantoms,
-                                max_t1_lean=max_t1_lean, thick_slice_share=thick_slice_share,
+    # a task none of whose members is tuned gets one phantom, and the held-out folder one
+    # phantom: neither is used here
+    tasks = {"localizer" if m.startswith("loc") else "identifier" for m in members}
+    config = DemoConfig.real_ct(train_phantoms=phantoms if "localizer" in tasks else 1,
+                                identifier_phantoms=phantoms if "identifier" in tasks else 1,
+                                held_out=1, max_t1_lean=max_t1_lean,
+                                thick_slice_share=thick_slice_share,
                                 sagittal_share=sagittal_share)
     if keep_dense:
         config = dataclasses.replace(config, dense_hu=None)

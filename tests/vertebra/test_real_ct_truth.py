@@ -375,3 +375,34 @@ def test_chest_spine_lungs_variants_change_only_lung_voxels_below_the_level(real
     k = np.nonzero(changed)[0]
     z = case.ct.voxel_to_world(np.stack([np.zeros_like(k), np.zeros_like(k), k], 1).astype(float))[:, 2]
     assert np.all(z < full.centroids[vlabels.by_name("T11").verse_id][2])
+
+
+# ---------------------------------------------------------------------- the lumbar CT
+@pytest.fixture(scope="module")
+def lumbar(real_ct, benchmark_script):
+    """The lumbar case's files and truth, when TotalSegmentator's sdist is in the cache
+    (``real_ct.py`` fetches it from the registry; tests never download)."""
+    sdist = benchmark_script("registry_sdist")
+    _, folder, ct, mask, _ = real_ct.CASES["lumbar"]
+    root = sdist.cache_dir() / sdist.SDISTS["totalsegmentator"].root / folder
+    if not ((root / ct).is_file() and (root / mask).is_file()):
+        pytest.skip("TotalSegmentator's source distribution is not in the cache; "
+                    "benchmarks/real_ct.py --cases lumbar fetches it")
+    files = real_ct.case_files("lumbar")
+    return files, real_ct.load_truth(files)
+
+
+def test_lumbar_whole_vertebrae_are_l1_to_l5_below_a_cut_t11_and_t12(lumbar):
+    files, truth = lumbar
+    assert files.inside_package == ("totalsegmentator-2.18.0/tests/reference_files/"
+                                    "example_ct.nii.gz")
+    names = [vlabels.name_of(k) for k in truth.centroids]
+    assert names == ["L1", "L2", "L3", "L4", "L5"]
+    cut = {vlabels.name_of(k): faces for k, faces in truth.cut.items()}
+    assert cut == {"T11": ["superior (k=111)"], "T12": ["superior (k=111)"]}
+    z = np.array([truth.centroids[vlabels.by_name(n).verse_id][2] for n in names])
+    gaps = -np.diff(z)  # RAS storage, world LPS: z rises superiorly, so L1 is highest
+    assert np.all((gaps > 25.0) & (gaps < 45.0))
+    # S1 and the sacrum are in the mask but are no VerSe target
+    raw = np.unique(np.rint(drrkit.load_volume(files.mask, units="mu").data))
+    assert {25, 26} & set(raw.astype(int).tolist()) and 26 not in files.id_table

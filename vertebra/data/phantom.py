@@ -10,7 +10,8 @@ in real spines, so a vertebra's level can only be told from anatomy (ribs, size,
 pelvis, counting), as in real CT.
 
 Random per seed: curvature (lordosis, kyphosis, mild scoliosis), which contiguous run of
-levels is in the field of view (sometimes only 4-5), voxel spacing (0.5-1 mm in plane,
+levels is in the field of view (sometimes only 4-5; a run that ends at L5 reaches from
+the upper sacrum down past the pelvis, :data:`PELVIS_BELOW_L5_MM`), voxel spacing (0.5-1 mm in plane,
 1-3 mm slices), storage orientation (axis permutation and flips, exact in world space),
 noise, optional pedicle screws and rods (3000 HU, with streaks) and optional transitional
 anatomy (T13 or L6).
@@ -74,6 +75,11 @@ SPINE_FOV_SHARE = 0.3
 #: so that where the lungs end against the spine varies over several levels, as breath and
 #: build move a real lung base (decision ``lung-base``).
 LUNG_DROP_MM = (10.0, 100.0)
+
+#: Range (mm) of how far below L5 a scan that ends at L5 reaches: a lumbar spine protocol
+#: stops at the upper sacrum, an abdomen and pelvis CT below the pubic symphysis and the
+#: femoral heads, with the whole pelvic ring in view (decision ``pelvis-in-view``).
+PELVIS_BELOW_L5_MM = (20.0, 220.0)
 
 #: Range (mm) of a spine protocol's field of view, widened where the vertebral bodies
 #: need it.
@@ -221,13 +227,17 @@ def _choose_grid(spine: Spine, levels, size, spacing, fov, rng, min_fov=None, ti
     if names[i0] == "C1":
         m_top = rng.uniform(25, 70)
     if i1 == n - 1:
-        m_bot = rng.uniform(20, 90)
+        m_bot = rng.uniform(*PELVIS_BELOW_L5_MM)
     ends = rng.random()
 
     def z_range(a, b):
         return _level_z_range(spine, b)[0] - m_bot, _level_z_range(spine, a)[1] + m_top
 
     lo, hi = z_range(i0, i1)
+    excess = (hi - lo) - (cap[0] - 1) * sp[2]
+    if not explicit and i1 == n - 1 and excess > 0:  # the pelvis gives way before the spine
+        m_bot = max(PELVIS_BELOW_L5_MM[0], m_bot - excess)
+        lo, hi = z_range(i0, i1)
     while not explicit and (hi - lo) / sp[2] + 1 > cap[0] and i1 > i0 + 3:
         if ends < 0.5:
             i0 += 1
