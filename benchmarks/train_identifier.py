@@ -10,7 +10,8 @@ localizers already shipped. Prints the time of each step.
 Run::
 
     uv run python benchmarks/train_identifier.py OUT --seed 0 \\
-        --localizers L1.pt L2.pt L3.pt --settings vertebra/weights/default.safetensors
+        --localizers L1.pt L2.pt L3.pt --settings vertebra/weights/default.safetensors \\
+        [--max-t1-lean 30 --thick-slice-share 0.3]
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ def main(argv=None) -> int:
                         help="networks file or bundle whose pipeline settings the bundle keeps")
     parser.add_argument("--held-out", type=Path, default=None,
                         help="an existing held-out phantom folder to reuse (a link to it)")
+    parser.add_argument("--max-t1-lean", type=float, default=None,
+                        help="the phantoms' largest lean at T1, degrees (default: the recipe's)")
+    parser.add_argument("--thick-slice-share", type=float, default=None,
+                        help="share of clinical phantoms in 3-5 mm slices (default: the "
+                        "recipe's)")
     args = parser.parse_args(argv)
 
     from dataclasses import replace
@@ -39,6 +45,10 @@ def main(argv=None) -> int:
     from vertebra.pipeline import bundle_networks, stored_pipeline
 
     config = replace(recipe_config(args.recipe), train_phantoms=1, seed=args.seed)
+    if args.max_t1_lean is not None:
+        config = replace(config, max_t1_lean=args.max_t1_lean)
+    if args.thick_slice_share is not None:
+        config = replace(config, thick_slice_share=args.thick_slice_share)
     models = args.out / "models"
     models.mkdir(parents=True, exist_ok=True)
     held = args.out / "data" / "held_out"
