@@ -53,6 +53,7 @@ def main(argv=None) -> int:
     models.mkdir(parents=True, exist_ok=True)
     held = args.out / "data" / "held_out"
     if args.held_out is not None and not held.exists():
+        held.parent.mkdir(parents=True, exist_ok=True)
         held.symlink_to(args.held_out.resolve())
     t = time.time()
     caches, _ = prepare_data(args.out / "data", config)
