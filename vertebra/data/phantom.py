@@ -78,8 +78,11 @@ LUNG_DROP_MM = (10.0, 100.0)
 
 #: Range (mm) of how far below L5 a scan that ends at L5 reaches: a lumbar spine protocol
 #: stops at the upper sacrum, an abdomen and pelvis CT below the pubic symphysis and the
-#: femoral heads, with the whole pelvic ring in view (decision ``pelvis-in-view``).
+#: femoral heads, with the whole pelvic ring in view (decision ``pelvis-in-view``). Where
+#: a drawn scan outgrows the size cap, its margin shrinks, not below the same draw's
+#: place in :data:`SACRUM_BELOW_L5_MM`, before any vertebra leaves the scan.
 PELVIS_BELOW_L5_MM = (20.0, 220.0)
+SACRUM_BELOW_L5_MM = (20.0, 90.0)
 
 #: Range (mm) of a spine protocol's field of view, widened where the vertebral bodies
 #: need it.
@@ -226,8 +229,11 @@ def _choose_grid(spine: Spine, levels, size, spacing, fov, rng, min_fov=None, ti
         rng.uniform(3, 25), rng.uniform(3, 25))
     if names[i0] == "C1":
         m_top = rng.uniform(25, 70)
-    if i1 == n - 1:
-        m_bot = rng.uniform(*PELVIS_BELOW_L5_MM)
+    short = m_bot
+    if i1 == n - 1:  # one draw: the margin below L5 and its short form for a capped scan
+        u = rng.random()
+        (a, b), (c, d) = SACRUM_BELOW_L5_MM, PELVIS_BELOW_L5_MM
+        short, m_bot = a + (b - a) * u, c + (d - c) * u
     ends = rng.random()
 
     def z_range(a, b):
@@ -235,8 +241,8 @@ def _choose_grid(spine: Spine, levels, size, spacing, fov, rng, min_fov=None, ti
 
     lo, hi = z_range(i0, i1)
     excess = (hi - lo) - (cap[0] - 1) * sp[2]
-    if not explicit and i1 == n - 1 and excess > 0:  # the pelvis gives way before the spine
-        m_bot = max(PELVIS_BELOW_L5_MM[0], m_bot - excess)
+    if not explicit and excess > 0:  # the pelvis gives way first, down to the short margin
+        m_bot = max(short, m_bot - excess)
         lo, hi = z_range(i0, i1)
     while not explicit and (hi - lo) / sp[2] + 1 > cap[0] and i1 > i0 + 3:
         if ends < 0.5:
